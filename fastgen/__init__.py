@@ -1,0 +1,13 @@
+"""fastgen: Triton kernels for generative image models, drop-in autograd Functions checked against PyTorch.
+
+Set ``TRITON_INTERPRET=1`` before importing fastgen to run the Triton kernels on CPU tensors (slowly);
+otherwise CPU tensors use the plain-PyTorch reference and CUDA tensors the compiled kernels
+(see :mod:`fastgen.dispatch`).
+"""
+
+from fastgen.dispatch import backend_for, interpreting, use_backend
+from fastgen.ops import ReparameterizeKL, reparameterize_kl
+
+__version__ = "0.1.0"
+
+__all__ = ["ReparameterizeKL", "backend_for", "interpreting", "reparameterize_kl", "use_backend", "__version__"]

@@ -1,0 +1,35 @@
+"""The one place that lists each kernel's launch configurations.
+
+On a GPU a kernel with several configs is wrapped in ``triton.autotune`` (timed once per key); under the
+interpreter there is no driver to time with, so only the first config is used. The sm_90 compile check
+(:mod:`fastgen.compile_check`) walks the same lists, so every config an op can launch is compiled in CI.
+"""
+
+from __future__ import annotations
+
+import triton
+
+from fastgen.dispatch import interpreting
+
+KERNEL_CONFIGS: dict[str, list[triton.Config]] = {
+    # Memory-bound tiles of 1024 elements: 8 (4 warps) or 4 (8 warps) elements per thread.
+    "reparameterize_kl_forward_kernel": [triton.Config({}, num_warps=4), triton.Config({}, num_warps=8)],
+    "reparameterize_kl_backward_kernel": [triton.Config({}, num_warps=4), triton.Config({}, num_warps=8)],
+    "reparameterize_kl_column_kernel": [triton.Config({}, num_warps=4)],
+}
+
+
+def kernel_name(kernel) -> str:
+    """The Python name of a @triton.jit kernel (also when wrapped by the interpreter)."""
+    return getattr(kernel, "fn", kernel).__name__
+
+
+def configs_for(kernel) -> list[triton.Config]:
+    """The configs that ``kernel`` is launched with here: all of them on a GPU, the first under the interpreter."""
+    configs = KERNEL_CONFIGS[kernel_name(kernel)]
+    return configs[:1] if interpreting() else list(configs)
+
+
+def autotuned(kernel, key: list[str]):
+    """``kernel`` wrapped in ``triton.autotune`` over its configs (a single config under the interpreter)."""
+    return triton.autotune(configs=configs_for(kernel), key=key)(kernel)

@@ -1,0 +1,236 @@
+"""Fused VAE reparameterization + KL: launchers, the autograd Function and the public op."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fastgen import reference
+from fastgen.autotune import autotuned, configs_for
+from fastgen.dispatch import backend_for
+from fastgen.kernels import reparameterize_kl as kernels
+from fastgen.reference.reparameterize_kl import reduce_batch
+from fastgen.validation import (check_choice, check_float_tensor, check_like, check_nonnegative,
+                                check_seed)
+
+REDUCTIONS = ("none", "sum", "mean")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Launch space. Each program works on [BLOCK_B, BLOCK_N] tiles of TILE elements; BLOCK_N is the smallest
+# of LATENT_BLOCKS that holds a sample's latent dims (so at least a quarter of each tile is live), BLOCK_B
+# fills the rest of the tile with samples. When a batch gives fewer than MIN_PROGRAMS programs (about four
+# per SM of an H100/H200), long rows are split over several programs whose partial sums are added after.
+TILE = 1024
+LATENT_BLOCKS = (16, 64, 256, 1024)
+MIN_PROGRAMS = 512
+
+_forward_kernel = autotuned(kernels.reparameterize_kl_forward_kernel,
+                            key=["n_rows", "n_cols", "BLOCK_N", "HAS_EPS", "HAS_PRIOR"])
+_backward_kernel = autotuned(kernels.reparameterize_kl_backward_kernel,
+                             key=["n_rows", "n_cols", "BLOCK_N", "HAS_EPS", "GRAD_OF_EPS", "HAS_PRIOR"])
+_column_kernel = autotuned(kernels.reparameterize_kl_column_kernel, key=["n_rows", "n_cols", "HAS_PRIOR"])
+
+
+def tile_for(n_cols: int) -> tuple[int, int]:
+    """(BLOCK_B, BLOCK_N) for rows of ``n_cols`` latent dims."""
+    block_n = next((b for b in LATENT_BLOCKS if b >= n_cols), LATENT_BLOCKS[-1])
+    return TILE // block_n, block_n
+
+
+def row_split(n_rows: int, n_cols: int, block_b: int, block_n: int) -> tuple[int, int]:
+    """(programs per row block, latent dims per program) so that small batches of long rows fill the GPU."""
+    col_blocks = triton.cdiv(n_cols, block_n)
+    wanted = max(1, triton.cdiv(MIN_PROGRAMS, triton.cdiv(n_rows, block_b)))
+    blocks_per_program = triton.cdiv(col_blocks, min(col_blocks, wanted))
+    cols_per_program = blocks_per_program * block_n
+    return triton.cdiv(n_cols, cols_per_program), cols_per_program
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic (and KL output) dtype: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _rows(t: torch.Tensor | None, n_rows: int, n_cols: int, fallback: torch.Tensor) -> torch.Tensor:
+    """``t`` as a [B, N] view (a copy only when its strides cannot be flattened); ``fallback`` when absent."""
+    return fallback if t is None else t.reshape(n_rows, n_cols)
+
+
+class ReparameterizeKL(torch.autograd.Function):
+    """(mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits) -> (z, beta * KL per sample).
+
+    ``eps``, ``prior_mu`` and ``prior_logvar`` may be None; the two prior tensors come together, with
+    mu's shape (expanded views are fine). The KL is returned in float32 (float64 for float64 inputs).
+    Prefer :func:`fastgen.reparameterize_kl`, which validates arguments and picks the backend.
+    """
+
+    @staticmethod
+    def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits):
+        n_rows = mu.shape[0]
+        n_cols = math.prod(mu.shape[1:])
+        acc_dtype = compute_dtype(mu.dtype)
+        z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+        has_eps, has_prior = eps is not None, prior_mu is not None
+        ctx.seed, ctx.beta, ctx.free_bits = seed, beta, free_bits
+        ctx.has_eps, ctx.has_prior = has_eps, has_prior
+        if n_rows * n_cols == 0:
+            ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar, None)
+            return z, torch.zeros(n_rows, dtype=acc_dtype, device=mu.device)
+
+        mu2, logvar2 = _rows(mu, n_rows, n_cols, None), _rows(logvar, n_rows, n_cols, None)
+        eps2 = _rows(eps, n_rows, n_cols, mu2)
+        prior_mu2 = _rows(prior_mu, n_rows, n_cols, mu2)
+        prior_logvar2 = _rows(prior_logvar, n_rows, n_cols, mu2)
+        column_kl = None
+        if free_bits > 0:
+            column_kl = _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior)
+        block_b, block_n = tile_for(n_cols)
+        split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
+        kl = torch.empty((n_rows, split), dtype=acc_dtype, device=mu.device)
+        grid = (triton.cdiv(n_rows, block_b), split)
+        _forward_kernel[grid](
+            mu2, logvar2, eps2, prior_mu2, prior_logvar2,
+            column_kl if column_kl is not None else kl, z, kl,
+            n_rows, n_cols, cols_per_program, seed if seed is not None else 0, beta, free_bits,
+            *mu2.stride(), *logvar2.stride(), *eps2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
+            HAS_EPS=has_eps, HAS_PRIOR=has_prior, COMPUTE=_tl_dtype(mu.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+        )
+        ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar, column_kl)
+        return z, (kl.view(n_rows) if split == 1 else kl.sum(1))
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_kl):
+        mu, logvar, eps, prior_mu, prior_logvar, column_kl = ctx.saved_tensors
+        n_rows = mu.shape[0]
+        n_cols = math.prod(mu.shape[1:])
+        grad_of_eps = ctx.has_eps and ctx.needs_input_grad[2]
+        new = lambda: torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)  # noqa: E731
+        grad_mu, grad_logvar = new(), new()
+        grad_eps = new() if grad_of_eps else None
+        grad_prior_mu, grad_prior_logvar = (new(), new()) if ctx.has_prior else (None, None)
+        if n_rows * n_cols == 0:
+            return tuple(g if g is None else g.zero_() for g in
+                         (grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar)) + (None,) * 3
+
+        mu2, logvar2 = _rows(mu, n_rows, n_cols, None), _rows(logvar, n_rows, n_cols, None)
+        eps2 = _rows(eps, n_rows, n_cols, mu2)
+        prior_mu2 = _rows(prior_mu, n_rows, n_cols, mu2)
+        prior_logvar2 = _rows(prior_logvar, n_rows, n_cols, mu2)
+        grad_z2 = grad_z.reshape(n_rows, n_cols)
+        block_b, block_n = tile_for(n_cols)
+        grid = (triton.cdiv(n_rows, block_b), triton.cdiv(n_cols, block_n))
+        _backward_kernel[grid](
+            mu2, logvar2, eps2, prior_mu2, prior_logvar2,
+            column_kl if column_kl is not None else grad_kl, grad_z2, grad_kl,
+            grad_mu, grad_logvar,
+            grad_eps if grad_of_eps else grad_mu,
+            grad_prior_mu if ctx.has_prior else grad_mu,
+            grad_prior_logvar if ctx.has_prior else grad_mu,
+            n_rows, n_cols, ctx.seed if ctx.seed is not None else 0, ctx.beta, ctx.free_bits,
+            *mu2.stride(), *logvar2.stride(), *eps2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
+            *grad_z2.stride(), grad_kl.stride(0),
+            HAS_EPS=ctx.has_eps, GRAD_OF_EPS=grad_of_eps, HAS_PRIOR=ctx.has_prior,
+            COMPUTE=_tl_dtype(mu.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+        )
+        return grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar, None, None, None
+
+
+def _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior: bool) -> torch.Tensor:
+    """[N] batch sums of the elementwise KL (the free-bits rule needs each dim's batch mean)."""
+    n_rows, n_cols = mu2.shape
+    column_kl = torch.empty(n_cols, dtype=compute_dtype(mu2.dtype), device=mu2.device)
+    block_b, block_n = tile_for(n_cols)
+    _column_kernel[(triton.cdiv(n_cols, block_n),)](
+        mu2, logvar2, prior_mu2, prior_logvar2, column_kl, n_rows, n_cols,
+        *mu2.stride(), *logvar2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
+        HAS_PRIOR=has_prior, COMPUTE=_tl_dtype(mu2.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+    )
+    return column_kl
+
+
+def reparameterize_kl(mu, logvar, eps=None, *, seed=None, prior_mu=None, prior_logvar=None, beta=1.0,
+                      free_bits=0.0, reduction="none"):
+    """Sample ``z = mu + exp(logvar / 2) * eps`` and return it with ``beta * KL(q || prior)`` per sample.
+
+    Args:
+        mu, logvar: the posterior's mean and log-variance, shape [B, ...] (any float dtype, any strides).
+        eps: standard-normal noise of mu's shape. When None it is drawn inside the kernel (Philox) from
+            ``seed``, or from a seed taken from torch's default generator (so ``torch.manual_seed`` makes runs
+            repeatable); the backward regenerates it instead of storing it.
+        seed: Philox seed in [0, 2**31), only without ``eps``.
+        prior_mu, prior_logvar: a diagonal Gaussian prior, each broadcastable to mu's shape (a missing one is
+            0); default N(0, I). Both receive gradients.
+        beta: weight of the KL (>= 0).
+        free_bits: IAF free bits (Kingma et al. 2016). With m_j the batch mean of latent dim j's KL, a dim
+            with m_j < free_bits counts as exactly free_bits for every sample and passes no gradient:
+            ``kl_b = beta * sum_j (free_bits if m_j < free_bits else kl_bj)``, whose batch mean is IAF's
+            objective ``beta * sum_j max(free_bits, m_j)``. Each non-batch element is one latent dim.
+        reduction: "none" (shape [B]), "sum" or "mean" over the batch.
+
+    Returns:
+        ``(z, kl)``: z has mu's shape and dtype; kl is float32 (float64 for float64 inputs), so sums over
+        many latent dims do not overflow half precision.
+    """
+    check_float_tensor("mu", mu)
+    if mu.dim() == 0:
+        raise ValueError("mu must have a batch dimension: shape [B, ...], got a 0-d tensor")
+    check_like("logvar", logvar, "mu", mu)
+    if eps is not None:
+        check_like("eps", eps, "mu", mu)
+    if prior_mu is not None:
+        check_like("prior_mu", prior_mu, "mu", mu, broadcast=True)
+    if prior_logvar is not None:
+        check_like("prior_logvar", prior_logvar, "mu", mu, broadcast=True)
+    beta = check_nonnegative("beta", beta)
+    free_bits = check_nonnegative("free_bits", free_bits)
+    check_choice("reduction", reduction, REDUCTIONS)
+    seed = check_seed("seed", seed)
+    if eps is not None and seed is not None:
+        raise ValueError("seed: pass either eps or seed, not both (seed only seeds the in-kernel noise)")
+
+    if backend_for(mu) == "reference":
+        z, kl = reference.reparameterize_kl(mu, logvar, eps, seed=seed, prior_mu=prior_mu,
+                                            prior_logvar=prior_logvar, beta=beta, free_bits=free_bits)
+        return z, reduce_batch(kl.to(compute_dtype(mu.dtype)), reduction)
+
+    if eps is None and seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
+    if prior_mu is not None or prior_logvar is not None:
+        zero = mu.new_zeros(())
+        prior_mu = (zero if prior_mu is None else prior_mu).expand(mu.shape)
+        prior_logvar = (zero if prior_logvar is None else prior_logvar).expand(mu.shape)
+    z, kl = ReparameterizeKL.apply(mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits)
+    return z, reduce_batch(kl, reduction)
+
+
+def kernel_launches():
+    """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check."""
+    from fastgen.compile_check import KernelLaunch
+
+    tiles = sorted({tile_for(n) for n in LATENT_BLOCKS})
+    flags = {
+        kernels.reparameterize_kl_forward_kernel: [
+            dict(HAS_EPS=e, HAS_PRIOR=p) for e in (False, True) for p in (False, True)],
+        kernels.reparameterize_kl_backward_kernel: [
+            dict(HAS_EPS=e, GRAD_OF_EPS=g, HAS_PRIOR=p)
+            for e, g in ((False, False), (True, False), (True, True)) for p in (False, True)],
+        kernels.reparameterize_kl_column_kernel: [dict(HAS_PRIOR=p) for p in (False, True)],
+    }
+    for kernel, flag_sets in flags.items():
+        for dtype in DTYPES:
+            acc = compute_dtype(dtype)
+            pointers = {"COLUMN_KL": acc, "KL": acc, "GRAD_KL": acc}
+            for (block_b, block_n), config, flag_set in (
+                    (t, c, f) for t in tiles for c in configs_for(kernel) for f in flag_sets):
+                yield KernelLaunch.build(
+                    kernel, dtype, pointers, float_args=("beta", "free_bits"),
+                    constexprs=dict(flag_set, COMPUTE=_tl_dtype(dtype), BLOCK_B=block_b, BLOCK_N=block_n),
+                    num_warps=config.num_warps,
+                )

@@ -1,0 +1,10 @@
+"""Plain-PyTorch implementations of every fastgen op.
+
+Each is written the way popular codebases write the formula (pytorch/examples, pythae, NVAE, ...), so it is
+at once the test oracle, the CPU fallback (see :mod:`fastgen.dispatch`) and the "eager PyTorch" baseline of
+the benchmarks. They take the same arguments as the public ops but do not validate them.
+"""
+
+from fastgen.reference.reparameterize_kl import reparameterize_kl
+
+__all__ = ["reparameterize_kl"]
