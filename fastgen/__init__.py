@@ -6,7 +6,7 @@ otherwise CPU tensors use the plain-PyTorch reference and CUDA tensors the compi
 """
 
 from fastgen.dispatch import backend_for, interpreting, use_backend
-from fastgen.ops import ReparameterizeKL, reparameterize_kl
+from fastgen.ops.reparameterize_kl import ReparameterizeKL, reparameterize_kl
 
 __version__ = "0.1.0"
 

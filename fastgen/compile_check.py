@@ -144,12 +144,13 @@ def _compile_index(args):
     return compile_launch(registered_launches()[index], arch)
 
 
-def run_check(archs=(90, 80), workers=None, progress=True) -> list[dict]:
-    """Compiles every registered launch for every arch in worker processes (Triton's interpreter off)."""
+def run_check(archs=(90, 80), workers=None, progress=True, only: str = "") -> list[dict]:
+    """Compiles every registered launch (whose label contains ``only``) for every arch, in worker processes
+    (Triton's interpreter off)."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("the compile check needs TRITON_INTERPRET unset (run it in a fresh process)")
     launches = registered_launches()
-    jobs = [(i, arch) for arch in archs for i in range(len(launches))]
+    jobs = [(i, arch) for arch in archs for i in range(len(launches)) if only in launches[i].label()]
     workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
     reports = []
     context = multiprocessing.get_context("spawn")
@@ -192,13 +193,15 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (default: 90 and 80)")
     parser.add_argument("--workers", type=int, default=None, help="compile processes (default: one per core)")
     parser.add_argument("--json", metavar="PATH", help="write every variant's report to PATH")
+    parser.add_argument("--only", default="", metavar="TEXT", help="only the launches whose label contains TEXT")
     parser.add_argument("--list", action="store_true", help="only list the registered launch configurations")
     args = parser.parse_args(argv)
     if args.list:
         for launch in registered_launches():
-            print(launch.label())
+            if args.only in launch.label():
+                print(launch.label())
         return 0
-    reports = run_check(tuple(args.arch or (90, 80)), workers=args.workers)
+    reports = run_check(tuple(args.arch or (90, 80)), workers=args.workers, only=args.only)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(reports, f, indent=1)

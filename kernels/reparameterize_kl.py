@@ -5,12 +5,33 @@ non-batch dims flattened). Inputs are read through their (batch, latent) strides
 outputs are contiguous [B, N]. Arithmetic runs in COMPUTE (float32 for 16/32-bit inputs, float64 for
 float64 inputs); results are stored in the output pointer's dtype.
 
-The standard-normal noise is Philox `tl.randn(seed, b * N + n)`: the backward regenerates it from the
-same (seed, offset) instead of storing it.
+The standard-normal noise is drawn from Philox at offset b * N + n (`_standard_normal`): the backward
+regenerates it from the same (seed, offset) instead of storing it.
 """
 
 import triton
 import triton.language as tl
+from triton.language.random import uint_to_uniform_float
+
+
+@triton.jit
+def _standard_normal(seed, offsets):
+    """N(0, 1) float32 noise, one value per offset: Box-Muller on two Philox uniforms.
+
+    ``tl.randn`` does the same with libdevice's cosf, whose slow path for huge arguments (Payne-Hanek
+    reduction, never taken here) keeps a local array and spills registers on sm_80/sm_90. The angle is
+    2*pi*u with u in [0, 1), so a polynomial on a reduced range is exact to float32 rounding instead.
+    """
+    r0, r1, _, _ = tl.randint4x(seed, offsets)
+    u1 = tl.maximum(uint_to_uniform_float(r0), 1.0e-7)  # log(0) guard, as tl.randn
+    u2 = uint_to_uniform_float(r1)
+    radius = tl.sqrt(-2.0 * tl.log(u1))
+    # cos(2*pi*u2) = -sin(x) with x = 2*pi*|u2 - round(u2)| - pi/2 in [-pi/2, pi/2]
+    x = 6.283185307179586 * tl.abs(u2 - tl.floor(u2 + 0.5)) - 1.5707963267948966
+    x2 = x * x
+    sin_x = x * (1.0 + x2 * (-1.6666667e-1 + x2 * (8.3333333e-3 + x2 * (-1.9841270e-4 + x2 * (
+        2.7557319e-6 + x2 * -2.5052108e-8)))))
+    return -radius * sin_x
 
 
 @triton.jit
@@ -75,7 +96,7 @@ def reparameterize_kl_forward_kernel(
         if HAS_EPS:
             eps = _load_tile(EPS, rows, cols, stride_eps_b, stride_eps_n, mask, COMPUTE)
         else:
-            eps = tl.randn(seed, out_offsets).to(COMPUTE)
+            eps = _standard_normal(seed, out_offsets).to(COMPUTE)
         z = mu + tl.exp(0.5 * logvar) * eps
         tl.store(Z + out_offsets, z.to(Z.dtype.element_ty), mask=mask)
 
@@ -177,6 +198,7 @@ def reparameterize_kl_backward_kernel(
 
     mu = _load_tile(MU, rows, cols, stride_mu_b, stride_mu_n, mask, COMPUTE)
     logvar = _load_tile(LOGVAR, rows, cols, stride_lv_b, stride_lv_n, mask, COMPUTE)
+    std = tl.exp(0.5 * logvar)  # before the other loads: fewer live registers across float64 exp's calls
     grad_z = _load_tile(GRAD_Z, rows, cols, stride_gz_b, stride_gz_n, mask, COMPUTE)
     grad_kl = tl.load(GRAD_KL + rows * stride_gkl, mask=row_mask, other=0.0).to(COMPUTE) * beta
     kl_scale = tl.broadcast_to(grad_kl[:, None], [BLOCK_B, BLOCK_N])
@@ -186,8 +208,7 @@ def reparameterize_kl_backward_kernel(
     if HAS_EPS:
         eps = _load_tile(EPS, rows, cols, stride_eps_b, stride_eps_n, mask, COMPUTE)
     else:
-        eps = tl.randn(seed, out_offsets).to(COMPUTE)
-    std = tl.exp(0.5 * logvar)
+        eps = _standard_normal(seed, out_offsets).to(COMPUTE)
     # z = mu + std * eps
     grad_mu = grad_z
     grad_logvar = 0.5 * grad_z * std * eps

@@ -19,12 +19,13 @@ from fastgen.validation import (check_choice, check_float_tensor, check_like, ch
 REDUCTIONS = ("none", "sum", "mean")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-# Launch space. Each program works on [BLOCK_B, BLOCK_N] tiles of TILE elements; BLOCK_N is the smallest
-# of LATENT_BLOCKS that holds a sample's latent dims (so at least a quarter of each tile is live), BLOCK_B
+# Launch space. Each program works on [BLOCK_B, BLOCK_N] tiles of tile_elements(dtype) elements: 512 (4 per
+# thread at 4 warps: one 16-byte load per fp32 tensor), or 256 for float64, whose exp calls a slow-path
+# subroutine that made ptxas spill with 4 elements per thread. BLOCK_N is the smallest of LATENT_BLOCKS
+# that holds a sample's latent dims (so at least a quarter of each tile is live), capped by the tile; BLOCK_B
 # fills the rest of the tile with samples. When a batch gives fewer than MIN_PROGRAMS programs (about four
 # per SM of an H100/H200), long rows are split over several programs whose partial sums are added after.
-TILE = 1024
-LATENT_BLOCKS = (16, 64, 256, 1024)
+LATENT_BLOCKS = (16, 64, 256, 512)
 MIN_PROGRAMS = 512
 
 _forward_kernel = autotuned(kernels.reparameterize_kl_forward_kernel,
@@ -34,10 +35,15 @@ _backward_kernel = autotuned(kernels.reparameterize_kl_backward_kernel,
 _column_kernel = autotuned(kernels.reparameterize_kl_column_kernel, key=["n_rows", "n_cols", "HAS_PRIOR"])
 
 
-def tile_for(n_cols: int) -> tuple[int, int]:
-    """(BLOCK_B, BLOCK_N) for rows of ``n_cols`` latent dims."""
-    block_n = next((b for b in LATENT_BLOCKS if b >= n_cols), LATENT_BLOCKS[-1])
-    return TILE // block_n, block_n
+def tile_elements(dtype: torch.dtype) -> int:
+    return 256 if dtype == torch.float64 else 512
+
+
+def tile_for(n_cols: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(BLOCK_B, BLOCK_N) for rows of ``n_cols`` latent dims of ``dtype``."""
+    tile = tile_elements(dtype)
+    block_n = min(tile, next((b for b in LATENT_BLOCKS if b >= n_cols), LATENT_BLOCKS[-1]))
+    return tile // block_n, block_n
 
 
 def row_split(n_rows: int, n_cols: int, block_b: int, block_n: int) -> tuple[int, int]:
@@ -91,7 +97,7 @@ class ReparameterizeKL(torch.autograd.Function):
         column_kl = None
         if free_bits > 0:
             column_kl = _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior)
-        block_b, block_n = tile_for(n_cols)
+        block_b, block_n = tile_for(n_cols, mu.dtype)
         split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
         kl = torch.empty((n_rows, split), dtype=acc_dtype, device=mu.device)
         grid = (triton.cdiv(n_rows, block_b), split)
@@ -124,7 +130,7 @@ class ReparameterizeKL(torch.autograd.Function):
         prior_mu2 = _rows(prior_mu, n_rows, n_cols, mu2)
         prior_logvar2 = _rows(prior_logvar, n_rows, n_cols, mu2)
         grad_z2 = grad_z.reshape(n_rows, n_cols)
-        block_b, block_n = tile_for(n_cols)
+        block_b, block_n = tile_for(n_cols, mu.dtype)
         grid = (triton.cdiv(n_rows, block_b), triton.cdiv(n_cols, block_n))
         _backward_kernel[grid](
             mu2, logvar2, eps2, prior_mu2, prior_logvar2,
@@ -146,7 +152,7 @@ def _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior: bool) -> torch
     """[N] batch sums of the elementwise KL (the free-bits rule needs each dim's batch mean)."""
     n_rows, n_cols = mu2.shape
     column_kl = torch.empty(n_cols, dtype=compute_dtype(mu2.dtype), device=mu2.device)
-    block_b, block_n = tile_for(n_cols)
+    block_b, block_n = tile_for(n_cols, mu2.dtype)
     _column_kernel[(triton.cdiv(n_cols, block_n),)](
         mu2, logvar2, prior_mu2, prior_logvar2, column_kl, n_rows, n_cols,
         *mu2.stride(), *logvar2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
@@ -214,7 +220,6 @@ def kernel_launches():
     """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check."""
     from fastgen.compile_check import KernelLaunch
 
-    tiles = sorted({tile_for(n) for n in LATENT_BLOCKS})
     flags = {
         kernels.reparameterize_kl_forward_kernel: [
             dict(HAS_EPS=e, HAS_PRIOR=p) for e in (False, True) for p in (False, True)],
@@ -227,6 +232,7 @@ def kernel_launches():
         for dtype in DTYPES:
             acc = compute_dtype(dtype)
             pointers = {"COLUMN_KL": acc, "KL": acc, "GRAD_KL": acc}
+            tiles = sorted({tile_for(n, dtype) for n in LATENT_BLOCKS})
             for (block_b, block_n), config, flag_set in (
                     (t, c, f) for t in tiles for c in configs_for(kernel) for f in flag_sets):
                 yield KernelLaunch.build(

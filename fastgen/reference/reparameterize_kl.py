@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -41,7 +43,7 @@ def reparameterize_kl(mu, logvar, eps=None, *, seed=None, prior_mu=None, prior_l
             generator = torch.Generator(device=mu.device).manual_seed(seed)
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     z = mu + eps * std
-    kl = gaussian_kl(mu, logvar, prior_mu, prior_logvar).reshape(mu.shape[0], -1)
+    kl = gaussian_kl(mu, logvar, prior_mu, prior_logvar).reshape(mu.shape[0], math.prod(mu.shape[1:]))
     if free_bits > 0:
         # IAF free bits: a dim whose KL, averaged over the batch, is under free_bits counts as free_bits
         kl = torch.where(kl.mean(0) < free_bits, free_bits, kl)
