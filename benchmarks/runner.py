@@ -1,0 +1,151 @@
+"""`fastgen bench`: run the benchmark cases on whatever device exists, write CSV + markdown + PNG.
+
+On CUDA every provider is timed. On a CPU-only machine the eager reference is timed (torch.compile too with
+--full), and the fastgen kernels run under Triton's interpreter: a correctness pass against the float64
+reference and a count of launches, never a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import importlib
+import os
+import platform
+
+import torch
+import triton
+
+from fastgen.benchmarks import harness
+
+CASE_MODULES = [
+    "fastgen.benchmarks.bench_reparameterize_kl",
+]
+INTERPRETER_BATCH = 2  # batch of the interpreted correctness/launch-count runs
+
+
+def all_cases():
+    return [case for name in CASE_MODULES for case in importlib.import_module(name).CASES]
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def run(device: str, quick: bool = True, full: bool = False, only: str = "", out_dir: str = "bench-out",
+        progress: bool = True) -> list[dict]:
+    from tqdm import tqdm
+
+    cases = [c for c in all_cases() if (c.quick or not quick) and only in c.label]
+    providers = [p for p in harness.PROVIDERS if device == "cuda" or full or p != "torch.compile"]
+    jobs = [(c, p, m) for c in cases for p in providers for m in harness.MODES]
+    stamp = dict(device=device_name(device), torch=torch.__version__, triton=triton.__version__,
+                 date=datetime.datetime.now().isoformat(timespec="seconds"))
+    rows = []
+    for case, provider, mode in tqdm(jobs, desc="fastgen bench", unit="case", disable=not progress):
+        interpreted = device == "cpu" and provider == "fastgen"
+        row = harness.measure(case, provider, mode, device, timed=not interpreted,
+                              batch=INTERPRETER_BATCH if interpreted else None)
+        if provider == "fastgen" and mode == "forward+backward":
+            row["max_abs_err_vs_fp64"] = harness.max_error(case, device,
+                                                           batch=INTERPRETER_BATCH if interpreted else None)
+        row["status"] = "interpreted (correctness + counts, not timed)" if interpreted else "timed"
+        rows.append({**row, **stamp})
+    os.makedirs(out_dir, exist_ok=True)
+    write_csv(rows, os.path.join(out_dir, "results.csv"))
+    table = markdown(rows, device)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(table + "\n")
+    plot(rows, device, os.path.join(out_dir, "results.png"))
+    return rows
+
+
+COLUMNS = ["op", "case", "provider", "mode", "status", "p20_ms", "p50_ms", "p80_ms", "gbps", "launches",
+           "bytes_moved", "saved_kb_per_sample", "count_batch", "peak_mb", "max_abs_err_vs_fp64", "device",
+           "torch", "triton", "date"]
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    """Appends ``rows`` to the CSV at ``path`` (header written once)."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _fmt(value, spec=""):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(rows: list[dict], device: str) -> str:
+    """One line per (case, mode): fastgen beside eager (and torch.compile), with ratios."""
+    lines = [f"Device: {rows[0]['device']} · torch {rows[0]['torch']} · triton {rows[0]['triton']} · "
+             f"{rows[0]['date']}", ""]
+    if device == "cpu":
+        lines.append("CPU only: the eager reference is timed; fastgen's kernels ran under Triton's interpreter "
+                     "(checked against float64, launches counted), so GPU timings need a GPU.")
+        lines.append("")
+    lines.append("| case | mode | launches fastgen / eager | MB moved fastgen / eager | saved KB/sample "
+                 "fastgen / eager | eager ms | compile ms | fastgen ms | speed-up vs eager | fastgen GB/s "
+                 "| max err vs fp64 |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    by_key = {(r["op"], r["case"], r["mode"], r["provider"]): r for r in rows}
+    for (op, case, mode, provider), fg in by_key.items():
+        if provider != "fastgen":
+            continue
+        eager = by_key.get((op, case, mode, "eager"), {})
+        comp = by_key.get((op, case, mode, "torch.compile"), {})
+        speedup = (eager["p50_ms"] / fg["p50_ms"]) if fg.get("p50_ms") and eager.get("p50_ms") else None
+        err = by_key.get((op, case, "forward+backward", "fastgen"), {}).get("max_abs_err_vs_fp64")
+        lines.append(
+            f"| {op} {case} | {mode} | {fg['launches']} / {_fmt(eager.get('launches'))} | "
+            f"{fg['bytes_moved'] / 2**20:.2f} / {_fmt(eager.get('bytes_moved') and eager['bytes_moved'] / 2**20, '.2f')} | "
+            f"{fg['saved_kb_per_sample']:.2f} / {_fmt(eager.get('saved_kb_per_sample'), '.2f')} | "
+            f"{_fmt(eager.get('p50_ms'), '.3f')} | {_fmt(comp.get('p50_ms'), '.3f')} | {_fmt(fg['p50_ms'], '.3f')} | "
+            f"{_fmt(speedup, '.2f')} | {_fmt(fg['gbps'], '.0f')} | {_fmt(err, '.1e')} |")
+    if device == "cuda":
+        lines += ["", f"GB/s counts the bytes the fused op must move; the H200 copies at about "
+                      f"{harness.H200_COPY_GBPS:.0f} GB/s."]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], device: str, path: str) -> None:
+    """GPU: speed-up of fastgen and torch.compile over eager. CPU: launches and bytes, fastgen vs eager."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fastgen_rows = [r for r in rows if r["provider"] == "fastgen"]
+    index = {(r["case"], r["mode"], r["provider"]): r for r in rows}
+    labels = [f"{r['case']}\n{r['mode']}" for r in fastgen_rows]
+    eager = [index[(r["case"], r["mode"], "eager")] for r in fastgen_rows]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.55 * len(labels) + 2.5))
+    y = range(len(labels))
+    if device == "cuda":
+        for ax, provider in zip(axes, ("fastgen", "torch.compile")):
+            ratios = [e["p50_ms"] / index[(r["case"], r["mode"], provider)]["p50_ms"]
+                      if (r["case"], r["mode"], provider) in index else 0 for r, e in zip(fastgen_rows, eager)]
+            ax.barh(list(y), ratios)
+            ax.axvline(1.0, color="k", lw=0.8)
+            ax.set_title(f"{provider}: speed-up over eager (p50)")
+    else:
+        for ax, key, title in ((axes[0], "launches", "kernel launches per call"),
+                               (axes[1], "bytes_moved", "bytes moved per call (MB)")):
+            scale = 2**20 if key == "bytes_moved" else 1
+            ax.barh([i + 0.2 for i in y], [e[key] / scale for e in eager], height=0.4, label="eager PyTorch")
+            ax.barh([i - 0.2 for i in y], [r[key] / scale for r in fastgen_rows], height=0.4, label="fastgen")
+            ax.set_title(title)
+            ax.legend()
+    for ax in axes:
+        ax.set_yticks(list(y))
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.invert_yaxis()
+    fig.suptitle(f"fastgen benchmarks on {rows[0]['device']} ({rows[0]['date'][:10]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
