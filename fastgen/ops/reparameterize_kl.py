@@ -208,10 +208,9 @@ def reparameterize_kl(mu, logvar, eps=None, *, seed=None, prior_mu=None, prior_l
 
     if eps is None and seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
-    if prior_mu is not None or prior_logvar is not None:
-        zero = mu.new_zeros(())
-        prior_mu = (zero if prior_mu is None else prior_mu).expand(mu.shape)
-        prior_logvar = (zero if prior_logvar is None else prior_logvar).expand(mu.shape)
+    if prior_mu is not None or prior_logvar is not None:  # a missing one is 0: a zero-stride view
+        prior_mu = (mu.new_zeros(()) if prior_mu is None else prior_mu).expand(mu.shape)
+        prior_logvar = (mu.new_zeros(()) if prior_logvar is None else prior_logvar).expand(mu.shape)
     z, kl = ReparameterizeKL.apply(mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits)
     return z, reduce_batch(kl, reduction)
 
