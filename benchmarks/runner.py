@@ -139,7 +139,8 @@ def plot(rows: list[dict], device: str, path: str) -> None:
             scale = 2**20 if key == "bytes_moved" else 1
             ax.barh([i + 0.2 for i in y], [e[key] / scale for e in eager], height=0.4, label="eager PyTorch")
             ax.barh([i - 0.2 for i in y], [r[key] / scale for r in fastgen_rows], height=0.4, label="fastgen")
-            ax.set_title(title)
+            ax.set_xscale("log")
+            ax.set_title(title + " (log scale)")
             ax.legend()
     for ax in axes:
         ax.set_yticks(list(y))
