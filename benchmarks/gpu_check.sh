@@ -18,7 +18,7 @@ cp -r kernels "$site/fastgen/kernels"
 cp -r benchmarks "$site/fastgen/benchmarks"
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" \
+python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" \
   | tee "$out/versions.txt"
 # tests on the compiled kernels (the sm_90/80 compile check runs in CI already)
 timeout 240 python3 -m pytest tests -q -x -p no:cacheprovider -m "not compile_check" 2>&1 | tee "$out/tests.log"
