@@ -4,7 +4,8 @@ What is measured, per (case, provider, mode):
 * time: ``triton.testing.do_bench`` quantiles (p20, p50, p80) on CUDA; a wall-clock median of repeated
   runs on CPU. Interpreted Triton kernels are never timed: their time says nothing about a GPU.
 * launches per call: kernels a call starts, counted while it runs (every Triton launch, and every ATen op
-  that would start a kernel on a GPU: views and allocations do not).
+  that would start a kernel on a GPU: views and allocations do not). Not counted for torch.compile, whose
+  generated kernels are neither (left empty rather than guessed).
 * bytes: for fastgen the bytes the op must move, counted from the shapes (each input read once, each output
   written once); for the eager reference the sum over its ATen ops of the bytes each one reads and writes.
 * saved KB per sample: activations kept for the backward (``saved_tensors_hooks``); peak MB on CUDA.
@@ -89,7 +90,7 @@ def step(fn: Callable[..., tuple], inputs: dict, mode: str) -> Callable[[], None
 
 # ATen ops that start no kernel on a GPU: allocations, views and metadata.
 _FREE_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "lift_fresh",
-             "alias", "_to_copy_meta", "set_", "resize_"}
+             "alias", "set_", "resize_"}
 
 
 class _KernelCounter(TorchDispatchMode):
@@ -203,7 +204,8 @@ def measure(case: Case, provider: str, mode: str, device: str, *, timed: bool, b
     fn = provider_function(case, provider)
     run = step(fn, inputs, mode)
     run()  # compile / autotune outside of every count
-    launches, eager_bytes = count_launches(run)
+    # torch.compile's generated kernels are neither ATen ops nor @triton.jit launches: not counted (None)
+    launches, eager_bytes = count_launches(run) if provider != "torch.compile" else (None, None)
     full = inputs if batch is None else case.make_inputs("meta")  # bytes of the real shapes
     fused_bytes = case.bytes_forward(full) + (case.bytes_backward(full) if mode != "forward" else 0)
     count_batch = next(iter(tensors_in(inputs))).shape[0]

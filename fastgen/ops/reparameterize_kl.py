@@ -64,9 +64,13 @@ def _tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _rows(t: torch.Tensor | None, n_rows: int, n_cols: int, fallback: torch.Tensor) -> torch.Tensor:
-    """``t`` as a [B, N] view (a copy only when its strides cannot be flattened); ``fallback`` when absent."""
-    return fallback if t is None else t.reshape(n_rows, n_cols)
+def _row_views(mu, logvar, eps, prior_mu, prior_logvar):
+    """The inputs as [B, N] views (a copy only when a tensor's strides cannot be flattened); an absent
+    tensor is replaced by mu's view, a pointer of the right dtype that the kernel never reads."""
+    n_rows = mu.shape[0]
+    n_cols = math.prod(mu.shape[1:])
+    mu2 = mu.reshape(n_rows, n_cols)
+    return [mu2] + [mu2 if t is None else t.reshape(n_rows, n_cols) for t in (logvar, eps, prior_mu, prior_logvar)]
 
 
 class ReparameterizeKL(torch.autograd.Function):
@@ -90,10 +94,7 @@ class ReparameterizeKL(torch.autograd.Function):
             ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar, None)
             return z, torch.zeros(n_rows, dtype=acc_dtype, device=mu.device)
 
-        mu2, logvar2 = _rows(mu, n_rows, n_cols, None), _rows(logvar, n_rows, n_cols, None)
-        eps2 = _rows(eps, n_rows, n_cols, mu2)
-        prior_mu2 = _rows(prior_mu, n_rows, n_cols, mu2)
-        prior_logvar2 = _rows(prior_logvar, n_rows, n_cols, mu2)
+        mu2, logvar2, eps2, prior_mu2, prior_logvar2 = _row_views(mu, logvar, eps, prior_mu, prior_logvar)
         column_kl = None
         if free_bits > 0:
             column_kl = _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior)
@@ -125,10 +126,7 @@ class ReparameterizeKL(torch.autograd.Function):
             return tuple(g if g is None else g.zero_() for g in
                          (grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar)) + (None,) * 3
 
-        mu2, logvar2 = _rows(mu, n_rows, n_cols, None), _rows(logvar, n_rows, n_cols, None)
-        eps2 = _rows(eps, n_rows, n_cols, mu2)
-        prior_mu2 = _rows(prior_mu, n_rows, n_cols, mu2)
-        prior_logvar2 = _rows(prior_logvar, n_rows, n_cols, mu2)
+        mu2, logvar2, eps2, prior_mu2, prior_logvar2 = _row_views(mu, logvar, eps, prior_mu, prior_logvar)
         grad_z2 = grad_z.reshape(n_rows, n_cols)
         block_b, block_n = tile_for(n_cols, mu.dtype)
         grid = (triton.cdiv(n_rows, block_b), triton.cdiv(n_cols, block_n))
@@ -217,6 +215,7 @@ def reparameterize_kl(mu, logvar, eps=None, *, seed=None, prior_mu=None, prior_l
 
 def kernel_launches():
     """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check."""
+    # imported here: `python -m fastgen.compile_check` must not find that module imported by fastgen
     from fastgen.compile_check import KernelLaunch
 
     flags = {
