@@ -1,0 +1,313 @@
+"""PixelCNN convolutions over causal tap sets: launchers, the autograd Function and the public ops.
+
+``tap_conv2d(x, weight, bias, taps)`` equals ``F.conv2d`` of the causally padded input with
+``weight * taps.mask(...)``, but the kernels visit the live taps only (see :mod:`fastgen.kernels.tap_conv`).
+``masked_conv2d`` is its PixelCNN mask 'A'/'B' form.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastgen.autotune import autotuned, configs_for
+from fastgen.dispatch import backend_for, interpreting
+from fastgen.kernels import tap_conv as kernels
+from fastgen.reference import tap_conv as reference
+from fastgen.reference.tap_conv import DATA_CHANNELS, MASK_TYPES, TapSet
+from fastgen.validation import check_choice, check_float_tensor, check_like
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Launch space. A GEMM program computes a [BLOCK_M pixels, BLOCK_N channels] tile and steps over the reduced
+# channels BLOCK_K at a time, for every live tap. Channel tiles are 16 (the smallest tl.dot tile: the RGB
+# input layer, small outputs) or 64; reduction steps 16 or 32. 64x64x32 over 3x3 taps compiled clean with
+# HGMMA in a first sketch where 128x128x64 with all 25 taps of a 7x7 mask unrolled spilled, and the tap loop
+# here is a loop, not unrolled. The weight gradient tiles [BLOCK_C, BLOCK_O] and reduces over pixels,
+# split over programs until there are about MIN_PROGRAMS of them (four per SM of an H100/H200).
+CHANNEL_BLOCKS = (16, 64)
+REDUCE_BLOCKS = (16, 32)
+BLOCK_M = 64
+WEIGHT_GRAD_BLOCK_M = 32
+MIN_PROGRAMS = 528
+MIN_STEPS_PER_SPLIT = 8  # pixel blocks each weight-gradient program reduces at least
+PACK_BLOCK = 32  # [32, 32] tiles of the weight pack/unpack kernels
+
+_forward_kernel = autotuned(kernels.tap_conv_forward_kernel, key=["c_in", "c_out", "BLOCK_N", "BLOCK_K"])
+_input_grad_kernel = autotuned(kernels.tap_conv_input_grad_kernel, key=["c_in", "c_out", "BLOCK_N", "BLOCK_K"])
+_weight_grad_kernel = autotuned(kernels.tap_conv_weight_grad_kernel, key=["c_in", "c_out", "BLOCK_C", "BLOCK_O"])
+_pack_kernel = autotuned(kernels.tap_conv_pack_weight_kernel, key=[])
+_unpack_kernel = autotuned(kernels.tap_conv_unpack_grad_kernel, key=[])
+
+
+def channel_block(n: int) -> int:
+    return next((b for b in CHANNEL_BLOCKS if b >= n), CHANNEL_BLOCKS[-1])
+
+
+def reduce_block(n: int) -> int:
+    return next((b for b in REDUCE_BLOCKS if b >= n), REDUCE_BLOCKS[-1])
+
+
+def weight_grad_split(n_pixels: int, n_tiles: int) -> tuple[int, int]:
+    """(splits, pixels per split) of the weight gradient's reduction over ``n_pixels`` pixels."""
+    pixel_blocks = triton.cdiv(n_pixels, WEIGHT_GRAD_BLOCK_M)
+    wanted = max(1, min(triton.cdiv(MIN_PROGRAMS, n_tiles), pixel_blocks // MIN_STEPS_PER_SPLIT))
+    per_split = triton.cdiv(pixel_blocks, wanted) * WEIGHT_GRAD_BLOCK_M
+    return triton.cdiv(n_pixels, per_split), per_split
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    """Under the interpreter bf16 tl.dot multiplies bit patterns: multiply the bf16 operands in fp32 there."""
+    return interpreting() and dtype == torch.bfloat16
+
+
+def _like_input(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """An empty [B, channels, H, W] tensor in x's memory format (channels-last stays channels-last)."""
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.empty((x.shape[0], channels, *x.shape[2:]), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _tap_args(taps: TapSet) -> tuple[int, int, int, int]:
+    return taps.n_taps, taps.kernel_size[1], taps.padding[0], taps.padding[1]
+
+
+def _group_args(taps: TapSet) -> tuple[int, int, int]:
+    centre = taps.centre
+    return (-1 if centre is None else centre), taps.groups, int(taps.strict)
+
+
+def pack_weight(weight: torch.Tensor, taps: TapSet) -> torch.Tensor:
+    """The live taps of ``weight`` as [n_taps, C_in, C_out] (the centre tap's channel groups masked)."""
+    c_out, c_in = weight.shape[:2]
+    packed = torch.empty((taps.n_taps, c_in, c_out), dtype=weight.dtype, device=weight.device)
+    grid = (triton.cdiv(c_out, PACK_BLOCK), triton.cdiv(c_in, PACK_BLOCK), taps.n_taps)
+    _pack_kernel[grid](weight, packed, c_in, c_out, taps.kernel_size[1], *_group_args(taps), *weight.stride(),
+                       BLOCK_C=PACK_BLOCK, BLOCK_O=PACK_BLOCK)
+    return packed
+
+
+def forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, taps: TapSet) -> torch.Tensor:
+    batch, c_in, height, width = x.shape
+    c_out = packed.shape[2]
+    y = _like_input(x, c_out)
+    block_n, block_k = channel_block(c_out), reduce_block(c_in)
+    n_pixels = batch * height * width
+    grid = (triton.cdiv(n_pixels, BLOCK_M), triton.cdiv(c_out, block_n))
+    _forward_kernel[grid](
+        x, packed, bias if bias is not None else packed, y,
+        n_pixels, height, width, c_in, c_out, *_tap_args(taps), *x.stride(), *y.stride(),
+        HAS_BIAS=bias is not None, UPCAST=_upcast(x.dtype), ACC=_acc(x.dtype),
+        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k,
+    )
+    return y
+
+
+def input_grad(grad_y: torch.Tensor, packed: torch.Tensor, taps: TapSet, like: torch.Tensor) -> torch.Tensor:
+    batch, c_out, height, width = grad_y.shape
+    c_in = packed.shape[1]
+    grad_x = _like_input(like, c_in)
+    block_n, block_k = channel_block(c_in), reduce_block(c_out)
+    n_pixels = batch * height * width
+    grid = (triton.cdiv(n_pixels, BLOCK_M), triton.cdiv(c_in, block_n))
+    _input_grad_kernel[grid](
+        grad_y, packed, grad_x,
+        n_pixels, height, width, c_in, c_out, *_tap_args(taps), *grad_y.stride(), *grad_x.stride(),
+        UPCAST=_upcast(grad_y.dtype), ACC=_acc(grad_y.dtype), BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k,
+    )
+    return grad_x
+
+
+def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, weight: torch.Tensor,
+                has_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(grad of the dense weight, zero at dead taps and masked channel pairs; grad of the bias or None)."""
+    batch, c_in, height, width = x.shape
+    c_out = grad_y.shape[1]
+    n_pixels = batch * height * width
+    acc_dtype = _acc_dtype(x.dtype)
+    block_c, block_o = channel_block(c_in), channel_block(c_out)
+    n_tiles = taps.n_taps * triton.cdiv(c_in, block_c) * triton.cdiv(c_out, block_o)
+    split, per_split = weight_grad_split(n_pixels, n_tiles)
+    partial = torch.empty((split, taps.n_taps, c_in, c_out), dtype=acc_dtype, device=x.device)
+    bias_partial = torch.empty((split, c_out) if has_bias else (0,), dtype=acc_dtype, device=x.device)
+    grid = (triton.cdiv(c_out, block_o), taps.n_taps * triton.cdiv(c_in, block_c), split)
+    _weight_grad_kernel[grid](
+        x, grad_y, partial, bias_partial,
+        n_pixels, height, width, c_in, c_out, *_tap_args(taps), per_split, *x.stride(), *grad_y.stride(),
+        HAS_BIAS=has_bias, UPCAST=_upcast(x.dtype), ACC=_acc(x.dtype),
+        BLOCK_C=block_c, BLOCK_O=block_o, BLOCK_M=WEIGHT_GRAD_BLOCK_M,
+    )
+    grad_weight = torch.empty_like(weight)
+    grad_bias = torch.empty(c_out, dtype=x.dtype, device=x.device) if has_bias else None
+    kh, kw = taps.kernel_size
+    grid = (triton.cdiv(c_out, PACK_BLOCK), triton.cdiv(c_in, PACK_BLOCK), kh * kw)
+    _unpack_kernel[grid](
+        partial, bias_partial, grad_weight, grad_bias if has_bias else grad_weight,
+        split, taps.n_taps, c_in, c_out, kw, *_group_args(taps), *grad_weight.stride(),
+        HAS_BIAS=has_bias, ACC=_acc(x.dtype), BLOCK_C=PACK_BLOCK, BLOCK_O=PACK_BLOCK,
+    )
+    return grad_weight, grad_bias
+
+
+class TapConv(torch.autograd.Function):
+    """(x, weight, bias, taps) -> the causal convolution of x with the live taps of weight.
+
+    Forward: one kernel packs the live taps of the weight (masking the centre tap's channel groups), one
+    computes the output (bias included). Backward: one kernel for the input gradient, one for the partial
+    weight (and bias) gradients, one that adds the partials into the dense weight gradient. Without work to
+    do (an empty tensor, no live tap as in a 1x1 mask A) the output is the bias and no kernel runs.
+    Prefer :func:`fastgen.tap_conv2d`, which validates arguments and picks the backend.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, taps):
+        ctx.taps, ctx.has_bias = taps, bias is not None
+        ctx.no_work = x.numel() == 0 or weight.numel() == 0 or taps.n_taps == 0
+        if ctx.no_work:
+            ctx.save_for_backward(x, None, weight)
+            y = _like_input(x, weight.shape[0])
+            return y.zero_() if bias is None else y.copy_(bias.view(1, -1, 1, 1).expand(y.shape))
+        packed = pack_weight(weight, taps)
+        ctx.save_for_backward(x, packed, weight)
+        return forward(x, packed, bias, taps)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, packed, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.no_work:
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.zeros_like(x)
+            if ctx.needs_input_grad[1]:
+                grad_weight = torch.zeros_like(weight)
+            if ctx.needs_input_grad[2]:
+                grad_bias = grad_y.sum((0, 2, 3))
+            return grad_x, grad_weight, grad_bias, None
+        if ctx.needs_input_grad[0]:
+            grad_x = input_grad(grad_y, packed, ctx.taps, x)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_weight, grad_bias = weight_grad(x, grad_y, ctx.taps, weight, ctx.has_bias)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def _check_arguments(x, weight, bias, taps: TapSet) -> None:
+    check_float_tensor("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-d tensor [B, C_in, H, W], got shape {tuple(x.shape)}")
+    check_float_tensor("weight", weight)
+    if weight.device != x.device:
+        raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight has dtype {weight.dtype} but x has dtype {x.dtype}")
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != tuple(taps.kernel_size) or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight must have shape [C_out, {x.shape[1]}, {taps.kernel_size[0]}, "
+                         f"{taps.kernel_size[1]}] for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
+    if bias is not None:
+        check_like("bias", bias, "weight[:, 0, 0, 0]", weight[:, 0, 0, 0])
+    if taps.groups > 1:
+        for name, channels in (("in_channels", weight.shape[1]), ("out_channels", weight.shape[0])):
+            if channels % taps.groups:
+                raise ValueError(f"{name} ({channels}) must be divisible by data_channels ({taps.groups}): "
+                                 "the centre tap splits channels into data_channels equal groups")
+
+
+def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: TapSet) -> torch.Tensor:
+    """Causal convolution of ``x`` [B, C_in, H, W] with the live taps of ``weight`` [C_out, C_in, kh, kw].
+
+    Equals ``F.conv2d(F.pad(x, taps.pads()), weight * taps.mask(C_out, C_in), bias)``: stride 1, output of
+    x's height and width; entries of ``weight`` outside the tap set are ignored and get zero gradient. Build
+    ``taps`` with :mod:`fastgen.nn.masks` (masked, shifted and stack convolutions).
+    """
+    if not isinstance(taps, TapSet):
+        raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
+    _check_arguments(x, weight, bias, taps)
+    if backend_for(x) == "reference":
+        return reference.tap_conv2d(x, weight, bias, taps)
+    return TapConv.apply(x, weight, bias, taps)
+
+
+def check_mask_args(kernel_size, mask_type, data_channels) -> int:
+    """Validates a masked convolution's arguments; returns the (odd, square) kernel size."""
+    check_choice("mask_type", mask_type, MASK_TYPES)
+    check_choice("data_channels", data_channels, DATA_CHANNELS)
+    if isinstance(kernel_size, (tuple, list)):
+        if len(kernel_size) != 2 or kernel_size[0] != kernel_size[1]:
+            raise ValueError(f"kernel_size must be square for a masked convolution, got {tuple(kernel_size)}")
+        kernel_size = kernel_size[0]
+    if not isinstance(kernel_size, int) or kernel_size not in (1, 3, 5, 7):
+        raise ValueError(f"kernel_size must be an odd size from 1 to 7 for a masked convolution, got "
+                         f"{kernel_size!r} (even sizes have no centre pixel; use the shifted convolutions)")
+    return kernel_size
+
+
+def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, mask_type: str = "B",
+                  data_channels: int = 1, padding=None) -> torch.Tensor:
+    """PixelCNN masked convolution: ``F.conv2d(x, weight * mask, bias, padding=k // 2)``.
+
+    Args:
+        x: [B, C_in, H, W], any float dtype and strides (channels-last stays channels-last).
+        weight: the dense [C_out, C_in, k, k] weight, k odd from 1 to 7; masked entries are ignored and get
+            zero gradient.
+        bias: [C_out] or None.
+        mask_type: "A" (first layer: the centre pixel is not seen) or "B" (later layers).
+        data_channels: 1, or 3 for RGB with the PixelRNN channel groups at the centre tap (channel c of C is
+            in group c*3//C; output group g sees input groups < g under A, <= g under B).
+        padding: None, "same" or k // 2 (the output keeps x's size; nothing else is supported).
+    """
+    check_float_tensor("weight", weight)
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be a 4-d tensor [C_out, C_in, k, k], got shape {tuple(weight.shape)}")
+    k = check_mask_args(tuple(weight.shape[2:]), mask_type, data_channels)
+    if padding not in (None, "same", k // 2, (k // 2, k // 2)):
+        raise ValueError(f"padding must be None, 'same' or {k // 2} (same-size causal output), got {padding!r}")
+    return tap_conv2d(x, weight, bias, reference.masked(k, mask_type, data_channels))
+
+
+def kernel_launches():
+    """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check."""
+    from fastgen.compile_check import KernelLaunch
+
+    for dtype in DTYPES:
+        acc = _acc_dtype(dtype)
+        common = dict(UPCAST=False, ACC=_acc(dtype))
+        for n in CHANNEL_BLOCKS:
+            for k in REDUCE_BLOCKS:
+                for kernel, flags in ((kernels.tap_conv_forward_kernel, (False, True)),
+                                      (kernels.tap_conv_input_grad_kernel, (None,))):
+                    for has_bias in flags:
+                        bias = {} if has_bias is None else dict(HAS_BIAS=has_bias)
+                        for config in configs_for(kernel):
+                            yield KernelLaunch.build(
+                                kernel, dtype, constexprs=dict(bias, **common, BLOCK_M=BLOCK_M, BLOCK_N=n,
+                                                               BLOCK_K=k),
+                                num_warps=config.num_warps, num_stages=config.num_stages,
+                                tensor_cores=dtype in (torch.float16, torch.bfloat16))
+        for block_c in CHANNEL_BLOCKS:
+            for block_o in CHANNEL_BLOCKS:
+                for has_bias in (False, True):
+                    for config in configs_for(kernels.tap_conv_weight_grad_kernel):
+                        yield KernelLaunch.build(
+                            kernels.tap_conv_weight_grad_kernel, dtype, {"PARTIAL": acc, "BIAS_PARTIAL": acc},
+                            constexprs=dict(HAS_BIAS=has_bias, **common, BLOCK_C=block_c, BLOCK_O=block_o,
+                                            BLOCK_M=WEIGHT_GRAD_BLOCK_M),
+                            num_warps=config.num_warps, num_stages=config.num_stages,
+                                tensor_cores=dtype in (torch.float16, torch.bfloat16))
+        for config in configs_for(kernels.tap_conv_pack_weight_kernel):
+            yield KernelLaunch.build(kernels.tap_conv_pack_weight_kernel, dtype,
+                                     constexprs=dict(BLOCK_C=PACK_BLOCK, BLOCK_O=PACK_BLOCK),
+                                     num_warps=config.num_warps)
+        for has_bias in (False, True):
+            for config in configs_for(kernels.tap_conv_unpack_grad_kernel):
+                yield KernelLaunch.build(kernels.tap_conv_unpack_grad_kernel, dtype,
+                                         {"PARTIAL": acc, "BIAS_PARTIAL": acc},
+                                         constexprs=dict(HAS_BIAS=has_bias, ACC=_acc(dtype), BLOCK_C=PACK_BLOCK,
+                                                         BLOCK_O=PACK_BLOCK), num_warps=config.num_warps)

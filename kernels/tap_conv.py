@@ -1,0 +1,266 @@
+"""Implicit-GEMM 2-D convolution over a causal tap set (PixelCNN masked, shifted and stack convolutions).
+
+Shapes: input X [B, C_in, H, W] and output Y [B, C_out, H, W], any strides (NCHW, channels-last, views); the
+output pixel m = (b, y, x) reads input pixel (y + i - pad_top, x + j - pad_left) through tap (i, j) of a
+window ``kernel_w`` wide. The live taps are the first ``n_taps`` taps of the window in raster order, so each
+kernel loops over exactly those: a dead tap is never loaded, multiplied or differentiated.
+
+The weight reaches the GEMM kernels *packed*: P [n_taps, C_in, C_out] contiguous, written by
+``tap_conv_pack_weight_kernel`` from the dense [C_out, C_in, kh, kw] parameter with the centre tap's channel
+groups already masked (RGB PixelCNN), so the forward and input-gradient loops carry no mask logic at all.
+The weight gradient is reduced over pixels in ``split`` partial sums, which ``tap_conv_unpack_grad_kernel``
+adds, masks and scatters back into the dense layout (zeros at dead taps).
+
+GEMM view (M = B*H*W pixels):
+* forward      Y[m, o]  = sum_t sum_c X[m + shift_t, c] * P[t, c, o]
+* input grad   dX[m, c] = sum_t sum_o dY[m - shift_t, o] * P[t, c, o]
+* weight grad  dP[t, c, o] = sum_m X[m + shift_t, c] * dY[m, o]
+Each GEMM loop runs over (tap, channel block) pairs flattened into one loop, so the software pipeliner sees a
+single loop however many taps are live. Accumulation is in ACC (float32, or float64 for float64 inputs).
+Pixel indices are int32 (fewer than 2**31 pixels); the batch offset b * stride_b is int64, so a tensor may
+hold more than 2**31 elements.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _pixel_coordinates(offs_m, height, width):
+    """Flat pixel indices -> (batch, row, column)."""
+    hw = height * width
+    b = offs_m // hw
+    rem = offs_m - b * hw
+    y = rem // width
+    return b, y, rem - y * width
+
+
+@triton.jit
+def _mma(a, b, acc, UPCAST: tl.constexpr):
+    """acc += a @ b. UPCAST (bfloat16 under Triton's interpreter, whose bf16 tl.dot is wrong) multiplies in
+    float32: bf16 x bf16 products are exact in float32, as in the tensor-core MMA, which accumulates in fp32."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)
+
+
+@triton.jit
+def _centre_live(offs_c, offs_o, c_in, c_out, groups, strict):
+    """[BLOCK_C, BLOCK_O] mask of the centre tap: input group < (strict) or <= output group."""
+    in_group = offs_c * groups // c_in
+    out_group = offs_o * groups // c_out
+    return in_group[:, None] < out_group[None, :] + 1 - strict
+
+
+@triton.jit
+def tap_conv_forward_kernel(
+    X,  # input [B, C_in, H, W]
+    P,  # packed weight [n_taps, C_in, C_out], contiguous
+    BIAS,  # bias [C_out] (read only when HAS_BIAS)
+    Y,  # output [B, C_out, H, W]
+    n_pixels, height, width, c_in, c_out,  # n_pixels = B * H * W
+    n_taps, kernel_w, pad_top, pad_left,  # the tap set
+    stride_xb, stride_xc, stride_xh, stride_xw,
+    stride_yb, stride_yc, stride_yh, stride_yw,
+    HAS_BIAS: tl.constexpr,
+    UPCAST: tl.constexpr,  # multiply in float32 (bfloat16 under the interpreter)
+    ACC: tl.constexpr,  # accumulator dtype
+    BLOCK_M: tl.constexpr,  # output pixels per program
+    BLOCK_N: tl.constexpr,  # output channels per program
+    BLOCK_K: tl.constexpr,  # input channels per step
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    b, y, x = _pixel_coordinates(offs_m, height, width)
+    m_ok = offs_m < n_pixels
+    n_ok = offs_n < c_out
+    x_batch = X + b.to(tl.int64) * stride_xb
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    k_blocks = tl.cdiv(c_in, BLOCK_K)
+    for step in range(0, n_taps * k_blocks):
+        tap = step // k_blocks
+        ks = (step - tap * k_blocks) * BLOCK_K + offs_k
+        iy = y + (tap // kernel_w - pad_top)
+        ix = x + (tap % kernel_w - pad_left)
+        pixel_ok = m_ok & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+        k_ok = ks < c_in
+        a = tl.load(x_batch[:, None] + (iy * stride_xh + ix * stride_xw)[:, None] + ks[None, :] * stride_xc,
+                    mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(P + (tap * c_in + ks)[:, None].to(tl.int64) * c_out + offs_n[None, :],
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = _mma(a, w, acc, UPCAST)
+
+    if HAS_BIAS:
+        acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
+    y_ptrs = Y + (b.to(tl.int64) * stride_yb + y * stride_yh + x * stride_yw)[:, None] + offs_n[None, :] * stride_yc
+    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def tap_conv_input_grad_kernel(
+    GRAD_Y,  # output gradient [B, C_out, H, W]
+    P,  # packed weight [n_taps, C_in, C_out], contiguous
+    GRAD_X,  # input gradient [B, C_in, H, W] (written)
+    n_pixels, height, width, c_in, c_out,
+    n_taps, kernel_w, pad_top, pad_left,
+    stride_gb, stride_gc, stride_gh, stride_gw,
+    stride_xb, stride_xc, stride_xh, stride_xw,
+    UPCAST: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # input pixels per program
+    BLOCK_N: tl.constexpr,  # input channels per program
+    BLOCK_K: tl.constexpr,  # output channels per step
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    b, y, x = _pixel_coordinates(offs_m, height, width)
+    m_ok = offs_m < n_pixels
+    n_ok = offs_n < c_in
+    g_batch = GRAD_Y + b.to(tl.int64) * stride_gb
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    k_blocks = tl.cdiv(c_out, BLOCK_K)
+    for step in range(0, n_taps * k_blocks):
+        tap = step // k_blocks
+        ks = (step - tap * k_blocks) * BLOCK_K + offs_k
+        oy = y - (tap // kernel_w - pad_top)  # the output pixel that read (y, x) through this tap
+        ox = x - (tap % kernel_w - pad_left)
+        pixel_ok = m_ok & (oy >= 0) & (oy < height) & (ox >= 0) & (ox < width)
+        k_ok = ks < c_out
+        a = tl.load(g_batch[:, None] + (oy * stride_gh + ox * stride_gw)[:, None] + ks[None, :] * stride_gc,
+                    mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(P + (tap * c_in + offs_n)[None, :].to(tl.int64) * c_out + ks[:, None],
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = _mma(a, w, acc, UPCAST)
+
+    x_ptrs = (GRAD_X + (b.to(tl.int64) * stride_xb + y * stride_xh + x * stride_xw)[:, None]
+              + offs_n[None, :] * stride_xc)
+    tl.store(x_ptrs, acc.to(GRAD_X.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def tap_conv_weight_grad_kernel(
+    X,  # input [B, C_in, H, W]
+    GRAD_Y,  # output gradient [B, C_out, H, W]
+    PARTIAL,  # partial weight gradients [split, n_taps, C_in, C_out] in ACC (written)
+    BIAS_PARTIAL,  # partial bias gradients [split, C_out] in ACC (written when HAS_BIAS)
+    n_pixels, height, width, c_in, c_out,
+    n_taps, kernel_w, pad_top, pad_left,
+    pixels_per_split,  # a multiple of BLOCK_M
+    stride_xb, stride_xc, stride_xh, stride_xw,
+    stride_gb, stride_gc, stride_gh, stride_gw,
+    HAS_BIAS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # input channels per program
+    BLOCK_O: tl.constexpr,  # output channels per program
+    BLOCK_M: tl.constexpr,  # pixels per step
+):
+    pid_o = tl.program_id(0)
+    pid_tc = tl.program_id(1)  # tap * c_blocks + channel block
+    pid_s = tl.program_id(2)  # pixel split
+    c_blocks = tl.cdiv(c_in, BLOCK_C)
+    tap = pid_tc // c_blocks
+    offs_c = (pid_tc - tap * c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    c_ok = offs_c < c_in
+    o_ok = offs_o < c_out
+    dy = tap // kernel_w - pad_top
+    dx = tap % kernel_w - pad_left
+    bias_program = pid_tc == 0  # with HAS_BIAS, the programs of tap 0, channel block 0 also sum the bias grad
+
+    acc = tl.zeros((BLOCK_C, BLOCK_O), dtype=ACC)
+    bias_acc = tl.zeros((BLOCK_O,), dtype=ACC)
+    start = pid_s * pixels_per_split
+    end = tl.minimum(start + pixels_per_split, n_pixels)
+    for m0 in range(start, end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        b, y, x = _pixel_coordinates(offs_m, height, width)
+        m_ok = offs_m < end
+        iy = y + dy
+        ix = x + dx
+        pixel_ok = m_ok & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+        xt = tl.load(X + (b.to(tl.int64) * stride_xb + iy * stride_xh + ix * stride_xw)[None, :]
+                     + offs_c[:, None] * stride_xc, mask=c_ok[:, None] & pixel_ok[None, :], other=0.0)
+        g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
+                    + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
+        acc = _mma(xt, g, acc, UPCAST)
+        if HAS_BIAS:
+            if bias_program:
+                bias_acc += tl.sum(g.to(ACC), axis=0)
+
+    tile = ((pid_s * n_taps + tap) * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :]
+    tl.store(PARTIAL + tile, acc, mask=c_ok[:, None] & o_ok[None, :])
+    if HAS_BIAS:
+        if bias_program:
+            tl.store(BIAS_PARTIAL + pid_s * c_out + offs_o, bias_acc, mask=o_ok)
+
+
+@triton.jit
+def tap_conv_pack_weight_kernel(
+    WEIGHT,  # dense weight [C_out, C_in, kh, kw]
+    P,  # packed weight [n_taps, C_in, C_out] (written)
+    c_in, c_out, kernel_w,
+    centre, groups, strict,  # the channel-group masked tap (-1: none) and its rule
+    stride_wo, stride_wc, stride_wh, stride_ww,
+    BLOCK_C: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+):
+    pid_o = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    tap = tl.program_id(2)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    ok = (offs_c < c_in)[:, None] & (offs_o < c_out)[None, :]
+    w = tl.load(WEIGHT + offs_o[None, :].to(tl.int64) * stride_wo + offs_c[:, None] * stride_wc
+                + (tap // kernel_w) * stride_wh + (tap % kernel_w) * stride_ww, mask=ok, other=0.0)
+    if tap == centre:
+        w = tl.where(_centre_live(offs_c, offs_o, c_in, c_out, groups, strict), w, 0.0)
+    tl.store(P + (tap * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :], w, mask=ok)
+
+
+@triton.jit
+def tap_conv_unpack_grad_kernel(
+    PARTIAL,  # partial weight gradients [split, n_taps, C_in, C_out] in ACC
+    BIAS_PARTIAL,  # partial bias gradients [split, C_out] in ACC
+    GRAD_WEIGHT,  # dense weight gradient [C_out, C_in, kh, kw] (written, zero at dead taps)
+    GRAD_BIAS,  # bias gradient [C_out] (written when HAS_BIAS)
+    split, n_taps, c_in, c_out, kernel_w,
+    centre, groups, strict,
+    stride_wo, stride_wc, stride_wh, stride_ww,
+    HAS_BIAS: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+):
+    pid_o = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    tap = tl.program_id(2)  # every tap of the window: the dead ones get zeros
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    ok = (offs_c < c_in)[:, None] & (offs_o < c_out)[None, :]
+    total = tl.zeros((BLOCK_C, BLOCK_O), dtype=ACC)
+    if tap < n_taps:
+        tile = (tap * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :]
+        for s in range(0, split):
+            total += tl.load(PARTIAL + s * n_taps * c_in * c_out + tile, mask=ok, other=0.0)
+        if tap == centre:
+            total = tl.where(_centre_live(offs_c, offs_o, c_in, c_out, groups, strict), total, 0.0)
+    tl.store(GRAD_WEIGHT + offs_o[None, :].to(tl.int64) * stride_wo + offs_c[:, None] * stride_wc
+             + (tap // kernel_w) * stride_wh + (tap % kernel_w) * stride_ww,
+             total.to(GRAD_WEIGHT.dtype.element_ty), mask=ok)
+    if HAS_BIAS:
+        if (tap == 0) & (pid_c == 0):
+            o_ok = offs_o < c_out
+            bias = tl.zeros((BLOCK_O,), dtype=ACC)
+            for s in range(0, split):
+                bias += tl.load(BIAS_PARTIAL + s * c_out + offs_o, mask=o_ok, other=0.0)
+            tl.store(GRAD_BIAS + offs_o, bias.to(GRAD_BIAS.dtype.element_ty), mask=o_ok)
