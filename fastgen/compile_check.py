@@ -36,7 +36,7 @@ _TORCH_TO_TRITON = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32
 
 @dataclasses.dataclass(frozen=True)
 class KernelLaunch:
-    """One compiled variant of a kernel: its signature, constexprs and launch options."""
+    """One compiled variant of a kernel: its signature, constexprs, specialization hints and launch options."""
 
     module: str
     kernel: str
@@ -45,15 +45,23 @@ class KernelLaunch:
     num_warps: int
     num_stages: int = 3
     tensor_cores: bool = False  # a matmul-shaped kernel: its 16-bit variants must use HGMMA/HMMA
+    divisible: tuple[str, ...] = ()  # arguments Triton sees as multiples of 16 (aligned pointers, sizes)
+    variant: str = ""  # a name for the specialization (e.g. the memory layout), shown in the label
 
     @classmethod
     def build(cls, kernel, dtype, pointer_dtypes=None, *, float_args=(), constexprs, num_warps, num_stages=3,
-              tensor_cores=False):
+              tensor_cores=False, ones=(), divisible=(), variant=""):
         """Signature from the kernel's argument names: UPPERCASE arguments are pointers (to ``dtype`` unless
-        ``pointer_dtypes`` says otherwise), ``float_args`` are fp32 scalars, the other scalars int32."""
+        ``pointer_dtypes`` says otherwise), ``float_args`` are fp32 scalars, the other scalars int32.
+
+        As at a real launch, Triton specializes the integer arguments equal to 1 (``ones``: e.g. the stride of
+        the contiguous dimension) into constants, and compiles pointers (16-byte aligned, as every torch
+        allocation is) and the integers listed in ``divisible`` as multiples of 16.
+        """
         fn = getattr(kernel, "fn", kernel)
         names = list(fn.__code__.co_varnames[:fn.__code__.co_argcount])
         pointer_dtypes = pointer_dtypes or {}
+        constexprs = dict(constexprs, **{name: 1 for name in ones})
         signature = []
         for name in names:
             if name in constexprs:
@@ -65,13 +73,15 @@ class KernelLaunch:
             else:
                 kind = "i32"
             signature.append((name, kind))
+        divisible = tuple(n for n in names if n not in constexprs and (n.isupper() or n in divisible))
         return cls(fn.__module__, fn.__name__, tuple(signature), tuple(constexprs.items()), num_warps, num_stages,
-                   tensor_cores)
+                   tensor_cores, divisible, variant)
 
     def label(self) -> str:
         pointer = next((k for _, k in self.signature if k.startswith("*")), "")
-        flags = ",".join(f"{k}={_short(v)}" for k, v in self.constexprs)
-        return f"{self.kernel}[{pointer[1:]} {flags} warps={self.num_warps}]"
+        flags = ",".join(f"{k}={_short(v)}" for k, v in self.constexprs if not (v == 1 and "stride" in k))
+        variant = f" {self.variant}" if self.variant else ""
+        return f"{self.kernel}[{pointer[1:]}{variant} {flags} warps={self.num_warps}]"
 
 
 def _short(value) -> str:
@@ -102,7 +112,9 @@ def compile_launch(launch: KernelLaunch, arch: int) -> dict:
     report = {"label": launch.label(), "arch": arch, "ok": False}
     start = time.perf_counter()
     try:
-        source = ASTSource(fn=fn, signature=dict(launch.signature), constexprs=dict(launch.constexprs))
+        names = [name for name, _ in launch.signature]
+        attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in launch.divisible}
+        source = ASTSource(fn=fn, signature=dict(launch.signature), constexprs=dict(launch.constexprs), attrs=attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": launch.num_warps, "num_stages": launch.num_stages})
         with tempfile.TemporaryDirectory() as tmp:

@@ -24,6 +24,10 @@ hold more than 2**31 elements.
 import triton
 import triton.language as tl
 
+# The tap set and split arguments are not specialized (Triton would compile a variant whenever one equals 1),
+# so one compiled kernel per dtype, layout and tile serves every tap set.
+_TAP_SET_ARGS = ["n_taps", "kernel_w", "pad_top", "pad_left"]
+
 
 @triton.jit
 def _pixel_coordinates(offs_m, height, width):
@@ -53,7 +57,7 @@ def _centre_live(offs_c, offs_o, c_in, c_out, groups, strict):
     return in_group[:, None] < out_group[None, :] + 1 - strict
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TAP_SET_ARGS)
 def tap_conv_forward_kernel(
     X,  # input [B, C_in, H, W]
     P,  # packed weight [n_taps, C_in, C_out], contiguous
@@ -101,7 +105,7 @@ def tap_conv_forward_kernel(
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TAP_SET_ARGS)
 def tap_conv_input_grad_kernel(
     GRAD_Y,  # output gradient [B, C_out, H, W]
     P,  # packed weight [n_taps, C_in, C_out], contiguous
@@ -146,7 +150,7 @@ def tap_conv_input_grad_kernel(
     tl.store(x_ptrs, acc.to(GRAD_X.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TAP_SET_ARGS + ["pixels_per_split"])
 def tap_conv_weight_grad_kernel(
     X,  # input [B, C_in, H, W]
     GRAD_Y,  # output gradient [B, C_out, H, W]
@@ -164,47 +168,51 @@ def tap_conv_weight_grad_kernel(
     BLOCK_O: tl.constexpr,  # output channels per program
     BLOCK_M: tl.constexpr,  # pixels per step
 ):
+    """Grid (output channel blocks, n_taps * input channel blocks (+1 with HAS_BIAS), split)."""
     pid_o = tl.program_id(0)
-    pid_tc = tl.program_id(1)  # tap * c_blocks + channel block
+    pid_tc = tl.program_id(1)  # tap * c_blocks + input channel block; the last one sums the bias gradient
     pid_s = tl.program_id(2)  # pixel split
     c_blocks = tl.cdiv(c_in, BLOCK_C)
-    tap = pid_tc // c_blocks
-    offs_c = (pid_tc - tap * c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
-    c_ok = offs_c < c_in
     o_ok = offs_o < c_out
-    dy = tap // kernel_w - pad_top
-    dx = tap % kernel_w - pad_left
-    bias_program = pid_tc == 0  # with HAS_BIAS, the programs of tap 0, channel block 0 also sum the bias grad
-
-    acc = tl.zeros((BLOCK_C, BLOCK_O), dtype=ACC)
-    bias_acc = tl.zeros((BLOCK_O,), dtype=ACC)
     start = pid_s * pixels_per_split
     end = tl.minimum(start + pixels_per_split, n_pixels)
-    for m0 in range(start, end, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        b, y, x = _pixel_coordinates(offs_m, height, width)
-        m_ok = offs_m < end
-        iy = y + dy
-        ix = x + dx
-        pixel_ok = m_ok & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
-        xt = tl.load(X + (b.to(tl.int64) * stride_xb + iy * stride_xh + ix * stride_xw)[None, :]
-                     + offs_c[:, None] * stride_xc, mask=c_ok[:, None] & pixel_ok[None, :], other=0.0)
-        g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
-                    + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
-        acc = _mma(xt, g, acc, UPCAST)
-        if HAS_BIAS:
-            if bias_program:
-                bias_acc += tl.sum(g.to(ACC), axis=0)
 
-    tile = ((pid_s * n_taps + tap) * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :]
-    tl.store(PARTIAL + tile, acc, mask=c_ok[:, None] & o_ok[None, :])
-    if HAS_BIAS:
-        if bias_program:
-            tl.store(BIAS_PARTIAL + pid_s * c_out + offs_o, bias_acc, mask=o_ok)
+    if pid_tc < n_taps * c_blocks:
+        tap = pid_tc // c_blocks
+        offs_c = (pid_tc - tap * c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        c_ok = offs_c < c_in
+        dy = tap // kernel_w - pad_top
+        dx = tap % kernel_w - pad_left
+        acc = tl.zeros((BLOCK_C, BLOCK_O), dtype=ACC)
+        for m0 in range(start, end, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            b, y, x = _pixel_coordinates(offs_m, height, width)
+            m_ok = offs_m < end
+            iy = y + dy
+            ix = x + dx
+            pixel_ok = m_ok & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+            xt = tl.load(X + (b.to(tl.int64) * stride_xb + iy * stride_xh + ix * stride_xw)[None, :]
+                         + offs_c[:, None] * stride_xc, mask=c_ok[:, None] & pixel_ok[None, :], other=0.0)
+            g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
+                        + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
+            acc = _mma(xt, g, acc, UPCAST)
+        tile = ((pid_s * n_taps + tap) * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :]
+        tl.store(PARTIAL + tile, acc, mask=c_ok[:, None] & o_ok[None, :])
+    elif HAS_BIAS:
+        # programs of their own: summing dY inside the GEMM loop pulled its tile into registers (+90 regs)
+        bias = tl.zeros((BLOCK_O,), dtype=ACC)
+        for m0 in range(start, end, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            b, y, x = _pixel_coordinates(offs_m, height, width)
+            m_ok = offs_m < end
+            g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
+                        + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
+            bias += tl.sum(g.to(ACC), axis=0)
+        tl.store(BIAS_PARTIAL + pid_s * c_out + offs_o, bias, mask=o_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["kernel_w", "centre", "groups", "strict"])
 def tap_conv_pack_weight_kernel(
     WEIGHT,  # dense weight [C_out, C_in, kh, kw]
     P,  # packed weight [n_taps, C_in, C_out] (written)
@@ -227,7 +235,7 @@ def tap_conv_pack_weight_kernel(
     tl.store(P + (tap * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :], w, mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["split", "n_taps", "kernel_w", "centre", "groups", "strict"])
 def tap_conv_unpack_grad_kernel(
     PARTIAL,  # partial weight gradients [split, n_taps, C_in, C_out] in ACC
     BIAS_PARTIAL,  # partial bias gradients [split, C_out] in ACC

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
@@ -21,15 +23,16 @@ from fastgen.validation import check_choice, check_float_tensor, check_like
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Launch space. A GEMM program computes a [BLOCK_M pixels, BLOCK_N channels] tile and steps over the reduced
-# channels BLOCK_K at a time, for every live tap. Channel tiles are 16 (the smallest tl.dot tile: the RGB
-# input layer, small outputs) or 64; reduction steps 16 or 32. 64x64x32 over 3x3 taps compiled clean with
-# HGMMA in a first sketch where 128x128x64 with all 25 taps of a 7x7 mask unrolled spilled, and the tap loop
-# here is a loop, not unrolled. The weight gradient tiles [BLOCK_C, BLOCK_O] and reduces over pixels,
-# split over programs until there are about MIN_PROGRAMS of them (four per SM of an H100/H200).
-CHANNEL_BLOCKS = (16, 64)
-REDUCE_BLOCKS = (16, 32)
+# channels BLOCK_K at a time, for every live tap; the weight gradient tiles [BLOCK_C, BLOCK_O] and reduces
+# over pixels, split over programs until there are about MIN_PROGRAMS of them (four per SM of an H100/H200).
+# Channel tiles are 16 (the smallest tl.dot tile: the RGB input layer, small outputs) or the largest tile of
+# the dtype. The compile check's register report chose them: 16-bit tiles up to 64x64x32 use HGMMA and stay
+# under 160 registers; float32/float64 multiply on FMA units, where 64x64 weight-gradient tiles reached 255
+# registers and spilled, so their tiles stop at 32 (float64 steps of 32 channels spilled too).
+CHANNEL_BLOCKS = {16: (16, 64), 32: (16, 32), 64: (16, 32)}  # by dtype bits
+REDUCE_BLOCKS = {16: (16, 32), 32: (16,), 64: (16,)}
 BLOCK_M = 64
-WEIGHT_GRAD_BLOCK_M = 32
+WEIGHT_GRAD_BLOCK_M = {16: 32, 32: 32, 64: 16}  # pixels per step of the weight gradient (float64 spilled at 32)
 MIN_PROGRAMS = 528
 MIN_STEPS_PER_SPLIT = 8  # pixel blocks each weight-gradient program reduces at least
 PACK_BLOCK = 32  # [32, 32] tiles of the weight pack/unpack kernels
@@ -41,19 +44,23 @@ _pack_kernel = autotuned(kernels.tap_conv_pack_weight_kernel, key=[])
 _unpack_kernel = autotuned(kernels.tap_conv_unpack_grad_kernel, key=[])
 
 
-def channel_block(n: int) -> int:
-    return next((b for b in CHANNEL_BLOCKS if b >= n), CHANNEL_BLOCKS[-1])
+def channel_block(n: int, dtype: torch.dtype) -> int:
+    """Tile of ``n`` output-side channels: the smallest block that holds them, capped by the dtype's largest."""
+    blocks = CHANNEL_BLOCKS[dtype.itemsize * 8]
+    return next((b for b in blocks if b >= n), blocks[-1])
 
 
-def reduce_block(n: int) -> int:
-    return next((b for b in REDUCE_BLOCKS if b >= n), REDUCE_BLOCKS[-1])
+def reduce_block(n: int, dtype: torch.dtype) -> int:
+    """Step over ``n`` reduced channels."""
+    blocks = REDUCE_BLOCKS[dtype.itemsize * 8]
+    return next((b for b in blocks if b >= n), blocks[-1])
 
 
-def weight_grad_split(n_pixels: int, n_tiles: int) -> tuple[int, int]:
+def weight_grad_split(n_pixels: int, n_tiles: int, block_m: int) -> tuple[int, int]:
     """(splits, pixels per split) of the weight gradient's reduction over ``n_pixels`` pixels."""
-    pixel_blocks = triton.cdiv(n_pixels, WEIGHT_GRAD_BLOCK_M)
+    pixel_blocks = triton.cdiv(n_pixels, block_m)
     wanted = max(1, min(triton.cdiv(MIN_PROGRAMS, n_tiles), pixel_blocks // MIN_STEPS_PER_SPLIT))
-    per_split = triton.cdiv(pixel_blocks, wanted) * WEIGHT_GRAD_BLOCK_M
+    per_split = triton.cdiv(pixel_blocks, wanted) * block_m
     return triton.cdiv(n_pixels, per_split), per_split
 
 
@@ -100,7 +107,7 @@ def forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, ta
     batch, c_in, height, width = x.shape
     c_out = packed.shape[2]
     y = _like_input(x, c_out)
-    block_n, block_k = channel_block(c_out), reduce_block(c_in)
+    block_n, block_k = channel_block(c_out, x.dtype), reduce_block(c_in, x.dtype)
     n_pixels = batch * height * width
     grid = (triton.cdiv(n_pixels, BLOCK_M), triton.cdiv(c_out, block_n))
     _forward_kernel[grid](
@@ -116,7 +123,7 @@ def input_grad(grad_y: torch.Tensor, packed: torch.Tensor, taps: TapSet, like: t
     batch, c_out, height, width = grad_y.shape
     c_in = packed.shape[1]
     grad_x = _like_input(like, c_in)
-    block_n, block_k = channel_block(c_in), reduce_block(c_out)
+    block_n, block_k = channel_block(c_in, grad_y.dtype), reduce_block(c_out, grad_y.dtype)
     n_pixels = batch * height * width
     grid = (triton.cdiv(n_pixels, BLOCK_M), triton.cdiv(c_in, block_n))
     _input_grad_kernel[grid](
@@ -134,17 +141,18 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, weight: tor
     c_out = grad_y.shape[1]
     n_pixels = batch * height * width
     acc_dtype = _acc_dtype(x.dtype)
-    block_c, block_o = channel_block(c_in), channel_block(c_out)
+    block_c, block_o = channel_block(c_in, x.dtype), channel_block(c_out, x.dtype)
     n_tiles = taps.n_taps * triton.cdiv(c_in, block_c) * triton.cdiv(c_out, block_o)
-    split, per_split = weight_grad_split(n_pixels, n_tiles)
+    block_m = WEIGHT_GRAD_BLOCK_M[x.dtype.itemsize * 8]
+    split, per_split = weight_grad_split(n_pixels, n_tiles, block_m)
     partial = torch.empty((split, taps.n_taps, c_in, c_out), dtype=acc_dtype, device=x.device)
     bias_partial = torch.empty((split, c_out) if has_bias else (0,), dtype=acc_dtype, device=x.device)
-    grid = (triton.cdiv(c_out, block_o), taps.n_taps * triton.cdiv(c_in, block_c), split)
+    grid = (triton.cdiv(c_out, block_o), taps.n_taps * triton.cdiv(c_in, block_c) + has_bias, split)
     _weight_grad_kernel[grid](
         x, grad_y, partial, bias_partial,
         n_pixels, height, width, c_in, c_out, *_tap_args(taps), per_split, *x.stride(), *grad_y.stride(),
         HAS_BIAS=has_bias, UPCAST=_upcast(x.dtype), ACC=_acc(x.dtype),
-        BLOCK_C=block_c, BLOCK_O=block_o, BLOCK_M=WEIGHT_GRAD_BLOCK_M,
+        BLOCK_C=block_c, BLOCK_O=block_o, BLOCK_M=block_m,
     )
     grad_weight = torch.empty_like(weight)
     grad_bias = torch.empty(c_out, dtype=x.dtype, device=x.device) if has_bias else None
@@ -272,6 +280,22 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return tap_conv2d(x, weight, bias, reference.masked(k, mask_type, data_channels))
 
 
+# The layouts the compile check builds each GEMM kernel for: which stride Triton sees as the constant 1 (it
+# specializes integer arguments equal to 1) and which see as multiples of 16 (channel counts of 16k).
+# Channels-last puts the reduced channels contiguous, which is the layout the fast path is built for;
+# float32/float64 are compiled for the default NCHW layout only.
+LAYOUTS = {"nchw": ("w", ("b", "c")), "nhwc": ("c", ("b", "h", "w"))}
+
+
+def _layout_hints(kernel, layout: str) -> dict:
+    fn = getattr(kernel, "fn", kernel)
+    names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+    unit, divisible = LAYOUTS[layout]
+    strides = [n for n in names if n.startswith("stride_")]
+    return dict(ones=tuple(n for n in strides if n[-1] == unit),
+                divisible=tuple(n for n in strides if n[-1] in divisible) + ("c_in", "c_out"), variant=layout)
+
+
 def kernel_launches():
     """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check."""
     from fastgen.compile_check import KernelLaunch
@@ -279,35 +303,37 @@ def kernel_launches():
     for dtype in DTYPES:
         acc = _acc_dtype(dtype)
         common = dict(UPCAST=False, ACC=_acc(dtype))
-        for n in CHANNEL_BLOCKS:
-            for k in REDUCE_BLOCKS:
-                for kernel, flags in ((kernels.tap_conv_forward_kernel, (False, True)),
-                                      (kernels.tap_conv_input_grad_kernel, (None,))):
-                    for has_bias in flags:
-                        bias = {} if has_bias is None else dict(HAS_BIAS=has_bias)
-                        for config in configs_for(kernel):
-                            yield KernelLaunch.build(
-                                kernel, dtype, constexprs=dict(bias, **common, BLOCK_M=BLOCK_M, BLOCK_N=n,
-                                                               BLOCK_K=k),
-                                num_warps=config.num_warps, num_stages=config.num_stages,
-                                tensor_cores=dtype in (torch.float16, torch.bfloat16))
-        for block_c in CHANNEL_BLOCKS:
-            for block_o in CHANNEL_BLOCKS:
-                for has_bias in (False, True):
-                    for config in configs_for(kernels.tap_conv_weight_grad_kernel):
-                        yield KernelLaunch.build(
-                            kernels.tap_conv_weight_grad_kernel, dtype, {"PARTIAL": acc, "BIAS_PARTIAL": acc},
-                            constexprs=dict(HAS_BIAS=has_bias, **common, BLOCK_C=block_c, BLOCK_O=block_o,
-                                            BLOCK_M=WEIGHT_GRAD_BLOCK_M),
-                            num_warps=config.num_warps, num_stages=config.num_stages,
-                                tensor_cores=dtype in (torch.float16, torch.bfloat16))
+        tensor_cores = dtype.itemsize == 2  # 16-bit tiles must run on HGMMA/HMMA
+        layouts = ("nchw", "nhwc") if tensor_cores else ("nchw",)
+        channel_blocks, reduce_blocks = CHANNEL_BLOCKS[dtype.itemsize * 8], REDUCE_BLOCKS[dtype.itemsize * 8]
+        gemm = [(kernels.tap_conv_forward_kernel, dict(HAS_BIAS=False)),
+                (kernels.tap_conv_forward_kernel, dict(HAS_BIAS=True)),
+                (kernels.tap_conv_input_grad_kernel, {})]
+        for (kernel, flags), n, k, layout in itertools.product(gemm, channel_blocks, reduce_blocks, layouts):
+            for config in configs_for(kernel):
+                yield KernelLaunch.build(kernel, dtype, constexprs=dict(flags, **common, BLOCK_M=BLOCK_M, BLOCK_N=n,
+                                                                        BLOCK_K=k),
+                                         num_warps=config.num_warps, num_stages=config.num_stages,
+                                         tensor_cores=tensor_cores, **_layout_hints(kernel, layout))
+        kernel = kernels.tap_conv_weight_grad_kernel
+        for block_c, block_o, has_bias, layout in itertools.product(channel_blocks, channel_blocks, (False, True),
+                                                                     layouts):
+            for config in configs_for(kernel):
+                yield KernelLaunch.build(kernel, dtype, {"PARTIAL": acc, "BIAS_PARTIAL": acc},
+                                         constexprs=dict(HAS_BIAS=has_bias, **common, BLOCK_C=block_c,
+                                                         BLOCK_O=block_o,
+                                                         BLOCK_M=WEIGHT_GRAD_BLOCK_M[dtype.itemsize * 8]),
+                                         num_warps=config.num_warps, num_stages=config.num_stages,
+                                         tensor_cores=tensor_cores, **_layout_hints(kernel, layout))
+        # the dense weight and its gradient are contiguous [C_out, C_in, kh, kw] parameters
         for config in configs_for(kernels.tap_conv_pack_weight_kernel):
             yield KernelLaunch.build(kernels.tap_conv_pack_weight_kernel, dtype,
                                      constexprs=dict(BLOCK_C=PACK_BLOCK, BLOCK_O=PACK_BLOCK),
-                                     num_warps=config.num_warps)
+                                     num_warps=config.num_warps, ones=("stride_ww",))
         for has_bias in (False, True):
             for config in configs_for(kernels.tap_conv_unpack_grad_kernel):
                 yield KernelLaunch.build(kernels.tap_conv_unpack_grad_kernel, dtype,
                                          {"PARTIAL": acc, "BIAS_PARTIAL": acc},
                                          constexprs=dict(HAS_BIAS=has_bias, ACC=_acc(dtype), BLOCK_C=PACK_BLOCK,
-                                                         BLOCK_O=PACK_BLOCK), num_warps=config.num_warps)
+                                                         BLOCK_O=PACK_BLOCK),
+                                         num_warps=config.num_warps, ones=("stride_ww",))
