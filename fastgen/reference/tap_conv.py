@@ -81,6 +81,19 @@ class TapSet:
         centre = self.channel_mask(out_channels, in_channels).float().mean().item() if self.centre is not None else 0
         return (full + centre) / (kh * kw)
 
+    def diagram(self) -> str:
+        """The window as text: ``x`` live, ``c`` the channel-group masked centre, ``.`` dead; ``o`` marks the
+        input pixel at the output's own position."""
+        (kh, kw), (top, left) = self.kernel_size, self.padding
+        rows = []
+        for i in range(kh):
+            row = ""
+            for j in range(kw):
+                t = i * kw + j
+                row += "c" if t == self.centre else "x" if t < self.n_taps else "o" if (i, j) == (top, left) else "."
+            rows.append(row)
+        return "\n".join(rows)
+
     def pads(self) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) zero padding of the input, in F.pad's order."""
         (kh, kw), (top, left) = self.kernel_size, self.padding

@@ -1,0 +1,8 @@
+"""Modules on fastgen's kernels, subclassing their torch twins (parameters and state_dict are torch's)."""
+
+from fastgen.nn import masks
+from fastgen.nn.tap_conv import (DownRightShiftedConv2d, DownShiftedConv2d, HorizontalStackConv2d, MaskedConv2d,
+                                 TapConv2d, VerticalStackConv2d)
+
+__all__ = ["DownRightShiftedConv2d", "DownShiftedConv2d", "HorizontalStackConv2d", "MaskedConv2d", "TapConv2d",
+           "VerticalStackConv2d", "masks"]

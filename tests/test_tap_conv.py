@@ -1,0 +1,355 @@
+"""fastgen.masked_conv2d / tap_conv2d and the fastgen.nn convolutions against ``F.conv2d(x, weight * mask)``."""
+
+import itertools
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastgen
+import fastgen.ops.tap_conv as op
+from fastgen import reference
+from fastgen.nn import masks
+from fastgen.reference import tap_conv as ref
+from tolerances import assert_close
+
+KERNEL_SIZES = (1, 3, 5, 7)
+# (batch, H, W): odd sizes, H != W, H or W smaller than the kernel, batch 1
+SHAPES = [(2, 5, 7), (1, 3, 2), (1, 6, 4), (2, 2, 5)]
+
+
+def make(shape, dtype, device, seed_text, scale=1.0):
+    g = torch.Generator().manual_seed(zlib.crc32(seed_text.encode()))
+    return (scale * torch.randn(shape, generator=g, dtype=torch.float64)).to(device, dtype)
+
+
+def conv_inputs(taps, batch, height, width, c_in, c_out, dtype, device, bias=True):
+    """x, weight (scaled by 1/sqrt(fan-in), so outputs are O(1) as in a network) and bias."""
+    kh, kw = taps.kernel_size
+    text = f"{taps} {batch} {height} {width} {c_in} {c_out} {dtype}"
+    x = make((batch, c_in, height, width), dtype, device, "x" + text)
+    w = make((c_out, c_in, kh, kw), dtype, device, "w" + text, scale=(c_in * kh * kw) ** -0.5)
+    b = make((c_out,), dtype, device, "b" + text) if bias else None
+    return x, w, b
+
+
+def check_against_reference(x, w, b, taps, dtype):
+    """Output and the gradients of x, weight and bias (grad_output random) against the float64 reference."""
+    leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
+    y = fastgen.tap_conv2d(x, w, b, taps)
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    x64, w64 = leaves64[:2]
+    b64 = leaves64[2] if b is not None else None
+    y_ref = ref.tap_conv2d(x64, w64, b64, taps)
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    assert_close(y, y_ref, dtype, "output")
+    grad_y = make(y.shape, torch.float64, y.device, "grad_y")
+    grads = torch.autograd.grad(y, leaves, grad_y.to(dtype))
+    grads_ref = torch.autograd.grad(y_ref, leaves64, grad_y)
+    for name, grad, grad_ref in zip(("x", "weight", "bias"), grads, grads_ref):
+        assert grad.dtype == dtype and grad.shape == grad_ref.shape
+        assert_close(grad, grad_ref, dtype, f"grad of {name}")
+    # the gradient of a masked weight entry is exactly zero
+    dead = taps.mask(w.shape[0], w.shape[1], device=w.device) == 0
+    assert (grads[1][dead] == 0).all()
+    return y, grads
+
+
+MASKED_CASES = list(itertools.product(KERNEL_SIZES, "AB", (1, 3)))
+
+
+@pytest.mark.parametrize("k,mask_type,data_channels", MASKED_CASES, ids=lambda v: str(v))
+def test_masked_conv_float32(device, k, mask_type, data_channels):
+    """Every kernel size x mask x data_channels, with an odd shape each, forward and all three gradients."""
+    batch, height, width = SHAPES[(k + (mask_type == "A") + data_channels) % len(SHAPES)]
+    taps = masks.masked(k, mask_type, data_channels)
+    x, w, b = conv_inputs(taps, batch, height, width, 6, 9, torch.float32, device)
+    y, _ = check_against_reference(x, w, b, taps, torch.float32)
+    # the public op, with the dense weight: F.conv2d(x, weight * mask, bias, padding=k // 2)
+    expected = F.conv2d(x.detach(), w.detach() * taps.mask(9, 6, device=device), b.detach(), padding=k // 2)
+    assert_close(fastgen.masked_conv2d(x, w, b, mask_type, data_channels).detach(), expected.double(),
+                 torch.float32, "masked_conv2d")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k,mask_type,data_channels", [(7, "B", 3), (3, "A", 1), (5, "A", 3)], ids=str)
+def test_masked_conv_dtypes(device, dtype, k, mask_type, data_channels):
+    # channel counts above one tile (64 for 16-bit, 32 for float64) so that channel blocks are masked too
+    taps = masks.masked(k, mask_type, data_channels)
+    x, w, b = conv_inputs(taps, 1, 5, 6, 66 if k == 3 else 6, 36 if k == 3 else 9, dtype, device)
+    check_against_reference(x, w, b, taps, dtype)
+
+
+STACK_TAP_SETS = {
+    "down_shifted 2x3": masks.down_shifted((2, 3)),
+    "down_right_shifted 2x2": masks.down_right_shifted((2, 2)),
+    "vertical k=5 A": masks.vertical_stack(5, "A"),
+    "vertical k=3 B": masks.vertical_stack(3, "B"),
+    "horizontal k=5 A rgb": masks.horizontal_stack(5, "A", 3),
+    "horizontal k=7 B": masks.horizontal_stack(7, "B"),
+}
+
+
+@pytest.mark.parametrize("name", STACK_TAP_SETS)
+def test_shifted_and_stack_convs(device, name):
+    taps = STACK_TAP_SETS[name]
+    x, w, b = conv_inputs(taps, 2, 4, 5, 6, 3, torch.float32, device)
+    check_against_reference(x, w, b, taps, torch.float32)
+
+
+@pytest.mark.parametrize("taps", [masks.masked(3, "A", 3), masks.masked(5, "B", 1), masks.down_shifted(),
+                                  masks.vertical_stack(3, "A"), masks.horizontal_stack(3, "B", 3)],
+                         ids=lambda t: t.diagram().replace("\n", "/"))
+def test_gradcheck_float64(device, taps):
+    x, w, b = conv_inputs(taps, 2, 3, 4, 3, 6, torch.float64, device)
+    inputs = tuple(t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps), inputs, fast_mode=True)
+
+
+def test_reference_formulations(device):
+    """The tap sets against the way PixelCNN++ and Gated PixelCNN code writes these convolutions."""
+    x = make((2, 3, 5, 6), torch.float64, device, "formulations")
+    w23, w22 = make((4, 3, 2, 3), torch.float64, device, "w23"), make((4, 3, 2, 2), torch.float64, device, "w22")
+    # PixelCNN++ (openai/pixel-cnn nn.py): pad, then a 'valid' convolution
+    torch.testing.assert_close(ref.tap_conv2d(x, w23, None, masks.down_shifted()),
+                               F.conv2d(F.pad(x, (1, 1, 1, 0)), w23))
+    torch.testing.assert_close(ref.tap_conv2d(x, w22, None, masks.down_right_shifted()),
+                               F.conv2d(F.pad(x, (1, 0, 1, 0)), w22))
+    # Gated PixelCNN (as in pytorch-vqvae): pad k//2 all round, crop; mask A zeroes the last row / column
+    k = 5
+    wv = make((4, 3, k // 2 + 1, k), torch.float64, device, "wv")
+    vertical = F.conv2d(x, wv * torch.tensor([1.0, 1.0, 0.0]).view(1, 1, 3, 1), padding=(k // 2, k // 2))
+    torch.testing.assert_close(ref.tap_conv2d(x, wv, None, masks.vertical_stack(k, "A")), vertical[:, :, :5])
+    wh = make((4, 3, 1, k // 2 + 1), torch.float64, device, "wh")
+    horizontal = F.conv2d(x, wh * torch.tensor([1.0, 1.0, 0.0]).view(1, 1, 1, 3), padding=(0, k // 2))
+    torch.testing.assert_close(ref.tap_conv2d(x, wh, None, masks.horizontal_stack(k, "A")), horizontal[..., :6])
+
+
+def test_tap_sets():
+    """Live taps: rows above the centre, then the centre row up to (A: before) the centre."""
+    assert masks.masked(3, "A").taps == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    assert masks.masked(3, "B").taps == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    assert masks.masked(7, "B").n_taps == 25 and masks.masked(7, "A").n_taps == 24
+    assert masks.masked(1, "A").n_taps == 0
+    rgb_a, rgb_b = masks.masked(3, "A", 3), masks.masked(3, "B", 3)
+    assert rgb_a.centre == rgb_b.centre == 4
+    # PixelRNN channel groups at the centre: R sees nothing (A) / R (B), G sees R (A) / R,G (B), ...
+    a, b = rgb_a.channel_mask(3, 3), rgb_b.channel_mask(3, 3)
+    assert a.tolist() == [[False, False, False], [True, False, False], [True, True, False]]
+    assert b.tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    # with C=6, channels 0-1 are R, 2-3 G, 4-5 B
+    assert rgb_b.channel_mask(6, 6)[2].tolist() == [True, True, True, True, False, False]
+    mask = masks.masked(5, "A").mask(1, 1)[0, 0]
+    assert mask.sum() == 12 and mask[2, 2] == 0 and mask[2, 1] == 1 and mask[3:].sum() == 0
+    assert masks.masked(7, "B").live_fraction(64, 64) == pytest.approx(25 / 49)
+
+
+def _pixelcnn_stack(x, weights, data_channels, backend):
+    """A 7x7 mask-A layer, then two 3x3 mask-B layers, on fastgen's kernels or on the reference."""
+    conv = fastgen.masked_conv2d if backend == "fastgen" else reference.tap_conv.masked_conv2d
+    h = conv(x, weights[0], None, "A", data_channels)
+    for w in weights[1:]:
+        h = conv(torch.tanh(h), w, None, "B", data_channels)
+    return h
+
+
+@pytest.mark.parametrize("data_channels", [1, 3])
+def test_receptive_field_is_causal(device, data_channels):
+    """Perturbing input pixel p (one channel group) changes outputs only after p in raster order and, at p
+    itself, only the output channel groups above the perturbed one."""
+    c, height, width = 3, 5, 4
+    weights = [make((6, c, 7, 7), torch.float64, device, "w0")] + [
+        make((6, 6, 3, 3), torch.float64, device, f"w{i}") for i in (1, 2)]
+    if data_channels == 1:
+        weights[0] = weights[0][:, :1]
+        c = 1
+    x = make((1, c, height, width), torch.float64, device, "x")
+    y = _pixelcnn_stack(x, weights, data_channels, "fastgen")
+    torch.testing.assert_close(y, _pixelcnn_stack(x, weights, data_channels, "reference"))
+    out_group = torch.arange(6) * data_channels // 6
+    for py, px, channel in [(2, 1, 0), (1, 3, c - 1), (0, 0, c // 2)]:
+        bumped = x.clone()
+        bumped[0, channel, py, px] += 1.0
+        changed = (_pixelcnn_stack(bumped, weights, data_channels, "fastgen") - y).abs()[0] > 1e-12  # [6, H, W]
+        position = torch.arange(height * width).view(height, width)
+        before = position < py * width + px
+        assert not changed[:, before].any(), "an output before the perturbed pixel changed"
+        at_p = changed[:, py, px].cpu()
+        may_change = out_group > channel * data_channels // c
+        assert not at_p[~may_change].any(), "an output group at the perturbed pixel saw its own or a later group"
+        assert changed[:, ~before].any(), "nothing changed: the test would pass vacuously"
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_hw"])
+def test_strided_inputs(device, layout):
+    taps = masks.masked(3, "B", 3)
+    x, w, b = conv_inputs(taps, 2, 5, 6, 6, 9, torch.float32, device)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "sliced":  # every other column of a wider tensor, and a weight view
+        x = torch.cat([x, x], dim=3)[..., ::2]
+        w = torch.cat([w, w], dim=0)[::2]
+    else:
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    y, grads = check_against_reference(x, w, b, taps, torch.float32)
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_non_contiguous_grad_output(device):
+    taps = masks.masked(5, "A", 1)
+    x, w, b = conv_inputs(taps, 1, 4, 5, 6, 3, torch.float32, device)
+    x.requires_grad_()
+    y = fastgen.tap_conv2d(x, w, b, taps)
+    grad_y = make((1, 3, 5, 4), torch.float32, device, "g").transpose(2, 3)  # non-contiguous
+    (grad_x,) = torch.autograd.grad(y, x, grad_y)
+    x64 = x.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad(ref.tap_conv2d(x64, w.double(), b.double(), taps), x64, grad_y.double())
+    assert_close(grad_x, expected, torch.float32)
+
+
+def test_input_without_grad(device):
+    """The first layer's input (the data) needs no gradient: only weight and bias get one."""
+    taps = masks.masked(7, "A", 3)
+    x, w, b = conv_inputs(taps, 1, 3, 3, 3, 6, torch.float32, device)
+    w.requires_grad_()
+    y = fastgen.tap_conv2d(x, w, None, taps)
+    (grad_w,) = torch.autograd.grad(y.sum(), w)
+    w64 = w.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad(ref.tap_conv2d(x.double(), w64, None, taps).sum(), w64)
+    assert_close(grad_w, expected, torch.float32)
+
+
+@pytest.mark.parametrize("shape", [(0, 6, 4, 5), (2, 6, 0, 5), (2, 0, 4, 5)], ids=str)
+def test_empty(device, shape):
+    taps = masks.masked(3, "B", 3)
+    x = torch.zeros(shape, device=device, requires_grad=True)
+    w = make((9, shape[1], 3, 3), torch.float32, device, "w").requires_grad_()
+    b = make((9,), torch.float32, device, "b").requires_grad_()
+    if shape[1] == 0:
+        taps = masks.masked(3, "B", 1)  # no channels to group
+    y = fastgen.tap_conv2d(x, w, b, taps)
+    assert y.shape == (shape[0], 9, *shape[2:])
+    if shape[0] and shape[2]:  # no input channels: the output is the bias, as F.conv2d gives
+        torch.testing.assert_close(y, F.conv2d(x, w * taps.mask(9, 0), b, padding=1))
+    grads = torch.autograd.grad(y.sum(), (x, w, b))
+    assert grads[0].shape == x.shape and (grads[1] == 0).all()
+    torch.testing.assert_close(grads[2], torch.full((9,), float(y[:, 0].numel()), device=device))
+
+
+def test_1x1_mask_a_is_the_bias(device):
+    """A 1x1 mask-A convolution on a grayscale image has no live tap: output = bias, as F.conv2d gives."""
+    taps = masks.masked(1, "A", 1)
+    x, w, b = conv_inputs(taps, 2, 3, 4, 1, 5, torch.float32, device)
+    check_against_reference(x, w, b, taps, torch.float32)
+
+
+def test_errors(device):
+    x = torch.randn(1, 6, 4, 4, device=device)
+    w = torch.randn(6, 6, 3, 3, device=device)
+    cases = [
+        (lambda: fastgen.masked_conv2d(x, w, mask_type="C"), ValueError, "mask_type"),
+        (lambda: fastgen.masked_conv2d(x, w, data_channels=2), ValueError, "data_channels"),
+        (lambda: fastgen.masked_conv2d(x, torch.randn(6, 6, 4, 4)), ValueError, "kernel_size"),
+        (lambda: fastgen.masked_conv2d(x, torch.randn(6, 6, 9, 9)), ValueError, "kernel_size"),
+        (lambda: fastgen.masked_conv2d(x, torch.randn(6, 6, 3, 5)), ValueError, "square"),
+        (lambda: fastgen.masked_conv2d(x, w, padding=0), ValueError, "padding"),
+        (lambda: fastgen.masked_conv2d(x[0], w), ValueError, "x must be a 4-d"),
+        (lambda: fastgen.masked_conv2d(x.long(), w), TypeError, "x must be a floating"),
+        (lambda: fastgen.masked_conv2d(x, w.double()), TypeError, "weight has dtype"),
+        (lambda: fastgen.masked_conv2d(x, w.to("meta")), ValueError, "weight is on meta"),
+        (lambda: fastgen.masked_conv2d(x, torch.randn(6, 5, 3, 3)), ValueError, "weight must have shape"),
+        (lambda: fastgen.masked_conv2d(x, w, torch.randn(5)), ValueError, "bias has shape"),
+        (lambda: fastgen.masked_conv2d(x[:, :4], w[:, :4], data_channels=3), ValueError, "in_channels (4)"),
+        (lambda: fastgen.tap_conv2d(x, w, None, "B"), TypeError, "taps must be"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 6, 3, stride=2), ValueError, "stride"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 6, 3, groups=2), ValueError, "groups"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 6, 4), ValueError, "kernel_size"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 5, 3, data_channels=3), ValueError, "out_channels (5)"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 6, 3, mask_type="a"), ValueError, "mask_type"),
+    ]
+    for call, error, text in cases:
+        with pytest.raises(error, match=__import__("re").escape(text)):
+            call()
+
+
+class CommonMaskedConv2d(torch.nn.Conv2d):
+    """The usual PixelCNN implementation (e.g. jzbontar/pixelcnn-pytorch): nn.Conv2d + a mask buffer."""
+
+    def __init__(self, mask_type, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("mask", self.weight.data.clone())
+        _, _, kh, kw = self.weight.size()
+        self.mask.fill_(1)
+        self.mask[:, :, kh // 2, kw // 2 + (mask_type == "B"):] = 0
+        self.mask[:, :, kh // 2 + 1:] = 0
+
+    def forward(self, x):
+        self.weight.data *= self.mask
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+def test_masked_conv2d_module_state_dict(device, mask_type):
+    theirs = CommonMaskedConv2d(mask_type, 4, 8, 5, padding=2).to(device)
+    ours = fastgen.nn.MaskedConv2d(4, 8, 5, mask_type).to(device)
+    assert isinstance(ours, torch.nn.Conv2d)
+    ours.load_state_dict(theirs.state_dict())  # theirs -> ours (strict)
+    x = make((2, 4, 6, 5), torch.float32, device, "x")
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    ours.weight.data.normal_()
+    theirs.load_state_dict(ours.state_dict())  # ours -> theirs
+    torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+    plain = torch.nn.Conv2d(4, 8, 5, padding=2).to(device)
+    ours.load_state_dict(plain.state_dict())  # a checkpoint without mask
+    other = CommonMaskedConv2d("B" if mask_type == "A" else "A", 4, 8, 5, padding=2).to(device)
+    with pytest.raises(RuntimeError, match="mask"):
+        ours.load_state_dict(other.state_dict())
+
+
+def test_modules_match_reference(device):
+    modules = [
+        (fastgen.nn.MaskedConv2d(3, 6, 3, "A", data_channels=3), masks.masked(3, "A", 3)),
+        (fastgen.nn.DownShiftedConv2d(3, 6), masks.down_shifted()),
+        (fastgen.nn.DownRightShiftedConv2d(3, 6), masks.down_right_shifted()),
+        (fastgen.nn.VerticalStackConv2d(3, 6, 3, "A"), masks.vertical_stack(3, "A")),
+        (fastgen.nn.HorizontalStackConv2d(3, 6, 3, "B", data_channels=3), masks.horizontal_stack(3, "B", 3)),
+    ]
+    x = make((1, 3, 4, 5), torch.float32, device, "x")
+    for module, taps in modules:
+        module = module.to(device)
+        # masked entries are zero from construction: the plain nn.Conv2d weight is the masked one
+        assert (module.weight[taps.mask(6, 3, device=device) == 0] == 0).all()
+        expected = ref.tap_conv2d(x.double(), module.weight.double(), module.bias.double(), taps)
+        assert_close(module(x), expected, torch.float32, type(module).__name__)
+
+
+def test_bf16_interpreter_upcast():
+    """How the bf16 path is verified without a GPU: the interpreter's bf16 tl.dot is wrong, so interpreted
+    bf16 multiplies its (exactly representable) operands in float32; float16 runs the native-dtype tl.dot in
+    the interpreter, the compile check proves the native bf16 kernels build with HGMMA, and the GPU script runs
+    these tests on compiled bf16 kernels."""
+    assert op._upcast(torch.bfloat16) == fastgen.interpreting()
+    assert not op._upcast(torch.float16) and not op._upcast(torch.float32)
+
+
+def test_launch_space_covers_the_heuristics():
+    """Every tile the launchers pick is a tile the compile check builds."""
+    launched = {(l.kernel, l.signature[0][1], dict(l.constexprs).get("BLOCK_N"), dict(l.constexprs).get("BLOCK_K"))
+                for l in op.kernel_launches()}
+    names = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
+    for dtype, c_in, c_out in itertools.product(op.DTYPES, (1, 3, 16, 17, 64, 100, 256), (3, 32, 128, 768)):
+        tile = (op.channel_block(c_out, dtype), op.reduce_block(c_in, dtype))
+        assert ("tap_conv_forward_kernel", names[dtype], *tile) in launched
+        tile = (op.channel_block(c_in, dtype), op.reduce_block(c_out, dtype))
+        assert ("tap_conv_input_grad_kernel", names[dtype], *tile) in launched
+
+
+def test_weight_grad_split():
+    """Small batches of few tiles split the pixel reduction; each split reduces several pixel blocks."""
+    split, per_split = op.weight_grad_split(64 * 28 * 28, n_tiles=5, block_m=32)
+    assert split > 1 and per_split % 32 == 0 and split * per_split >= 64 * 28 * 28
+    assert (split - 1) * per_split < 64 * 28 * 28
+    assert op.weight_grad_split(100, n_tiles=1000, block_m=32) == (1, 128)
