@@ -17,14 +17,19 @@ def check_float_tensor(name: str, value) -> torch.Tensor:
     return value
 
 
-def check_like(name: str, value, ref_name: str, ref: torch.Tensor, *, broadcast: bool = False) -> torch.Tensor:
-    """``value`` is a floating tensor on ``ref``'s device with its dtype and shape (or broadcastable to it)."""
+def check_like(name: str, value, ref_name: str, ref: torch.Tensor, *, broadcast: bool = False,
+               shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``value`` is a floating tensor on ``ref``'s device with its dtype and shape (or broadcastable to it, or
+    of the given ``shape``)."""
     check_float_tensor(name, value)
     if value.device != ref.device:
         raise ValueError(f"{name} is on {value.device} but {ref_name} is on {ref.device}")
     if value.dtype != ref.dtype:
         raise TypeError(f"{name} has dtype {value.dtype} but {ref_name} has dtype {ref.dtype}")
-    if broadcast:
+    if shape is not None:
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(f"{name} has shape {tuple(value.shape)} but must have shape {tuple(shape)}")
+    elif broadcast:
         try:
             shape = torch.broadcast_shapes(value.shape, ref.shape)
         except RuntimeError:

@@ -220,7 +220,7 @@ def _check_arguments(x, weight, bias, taps: TapSet) -> None:
         raise ValueError(f"weight must have shape [C_out, {x.shape[1]}, {taps.kernel_size[0]}, "
                          f"{taps.kernel_size[1]}] for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
     if bias is not None:
-        check_like("bias", bias, "weight[:, 0, 0, 0]", weight[:, 0, 0, 0])
+        check_like("bias", bias, "x", x, shape=(weight.shape[0],))
     if taps.groups > 1:
         for name, channels in (("in_channels", weight.shape[1]), ("out_channels", weight.shape[0])):
             if channels % taps.groups:
