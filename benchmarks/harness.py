@@ -9,6 +9,8 @@ What is measured, per (case, provider, mode):
 * bytes: for fastgen the bytes the op must move, counted from the shapes (each input read once, each output
   written once); for the eager reference the sum over its ATen ops of the bytes each one reads and writes.
 * saved KB per sample: activations kept for the backward (``saved_tensors_hooks``); peak MB on CUDA.
+* GFLOP and TFLOP/s (matmul-shaped ops): the multiply-adds the fastgen kernels do ("live", e.g. unmasked
+  taps only) and those of the dense eager computation, with TFLOP/s of each provider's time counted both ways.
 * Interpreted runs (CPU) count launches and saved memory on a shrunken batch (``count_batch``); the bytes
   of the fused op are still those of the full shapes.
 """
@@ -27,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 PROVIDERS = ("fastgen", "eager", "torch.compile")
 MODES = ("forward", "forward+backward")
 H200_COPY_GBPS = 4300.0  # measured ceiling of a device-to-device copy on the H200 (project notes)
+H200_BF16_TFLOPS = 790.0  # measured ceiling of a bf16 matmul on the H200 (project notes)
 
 
 @dataclasses.dataclass
@@ -43,6 +46,9 @@ class Case:
     bytes_forward: Callable[[dict], int]  # bytes the fused forward must move, from the inputs' shapes
     bytes_backward: Callable[[dict], int]  # the same for the fused backward
     quick: bool = True  # part of `fastgen bench --quick` (the default)
+    # (inputs, mode) -> (FLOPs the fastgen kernels do, FLOPs of the dense eager computation), for matmul-shaped
+    # ops; TFLOP/s is then shown counted both ways
+    flops: Callable[[dict, str], tuple[int, int]] | None = None
 
     @property
     def label(self) -> str:
@@ -183,19 +189,22 @@ def peak_memory_mb(run: Callable[[], None], device: str) -> float | None:
 
 
 def max_error(case: Case, device: str, batch: int | None = None) -> float:
-    """Largest |fastgen - reference| over every output and input gradient, both on the same inputs/noise."""
+    """Largest error of fastgen against the float64 reference, relative to the size of the value: over every
+    output and input gradient, max |fastgen - reference| / max |reference|. Both sides get the same inputs,
+    noise and output gradients (rounded to fastgen's dtypes, then used in float64 by the reference)."""
     inputs = case.make_inputs(device, batch=batch, check=True)
     as64 = {k: v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) and
             v.is_floating_point() else v for k, v in inputs.items()}
-    results = []
-    for fn, inputs in ((case.fastgen, inputs), (case.reference, as64)):  # the reference in float64
-        leaves = [t for t in inputs.values() if isinstance(t, torch.Tensor) and t.requires_grad]
-        outs = [t for t in tensors_in(fn(**inputs)) if t.requires_grad]
-        gen = torch.Generator(device=device).manual_seed(0)
-        grads = [torch.randn(t.shape, generator=gen, device=device).to(t.dtype) for t in outs]
-        results.append([o.detach().double() for o in outs]
-                       + [g.double() for g in torch.autograd.grad(outs, leaves, grads)])
-    return max(((a - b).abs().max().item() for a, b in zip(*results) if a.numel()), default=0.0)
+    leaves = [t for t in inputs.values() if isinstance(t, torch.Tensor) and t.requires_grad]
+    outs = [t for t in tensors_in(case.fastgen(**inputs)) if t.requires_grad]
+    gen = torch.Generator(device=device).manual_seed(0)
+    grads = [torch.randn(t.shape, generator=gen, device=device).to(t.dtype) for t in outs]
+    results = [o.detach().double() for o in outs] + [g.double() for g in torch.autograd.grad(outs, leaves, grads)]
+    leaves64 = [t for t in as64.values() if isinstance(t, torch.Tensor) and t.requires_grad]
+    outs64 = [t for t in tensors_in(case.reference(**as64)) if t.requires_grad]
+    expected = outs64 + list(torch.autograd.grad(outs64, leaves64, [g.double() for g in grads]))
+    return max(((a - b.detach()).abs().max().item() / max(b.detach().abs().max().item(), 1e-30)
+                for a, b in zip(results, expected) if a.numel()), default=0.0)
 
 
 def measure(case: Case, provider: str, mode: str, device: str, *, timed: bool, batch: int | None = None) -> dict:
@@ -203,7 +212,8 @@ def measure(case: Case, provider: str, mode: str, device: str, *, timed: bool, b
     inputs = case.make_inputs(device, batch=batch)
     fn = provider_function(case, provider)
     run = step(fn, inputs, mode)
-    run()  # compile / autotune outside of every count
+    if batch is None:
+        run()  # compile / autotune outside of every count (nothing to warm up under the interpreter)
     # torch.compile's generated kernels are neither ATen ops nor @triton.jit launches: not counted (None)
     launches, eager_bytes = count_launches(run) if provider != "torch.compile" else (None, None)
     full = inputs if batch is None else case.make_inputs("meta")  # bytes of the real shapes
@@ -213,10 +223,17 @@ def measure(case: Case, provider: str, mode: str, device: str, *, timed: bool, b
                bytes_moved=fused_bytes if provider == "fastgen" else eager_bytes,
                saved_kb_per_sample=round(saved_bytes(fn, inputs) / 1024 / max(count_batch, 1), 3),
                count_batch=count_batch, p20_ms=None, p50_ms=None, p80_ms=None, gbps=None, peak_mb=None)
+    live = dense = None
+    if case.flops is not None:
+        live, dense = case.flops(full, mode)
+        row.update(gflop_live=round(live / 1e9, 3), gflop_dense=round(dense / 1e9, 3))
     if timed:
         p20, p50, p80 = time_ms(run, device)
         peak = peak_memory_mb(run, device)
         row.update(p20_ms=round(p20, 4), p50_ms=round(p50, 4), p80_ms=round(p80, 4),
                    gbps=round(fused_bytes / (p50 * 1e-3) / 1e9, 1),
                    peak_mb=None if peak is None else round(peak, 2))
+        if live is not None:
+            row.update(tflops_live=round(live / (p50 * 1e-3) / 1e12, 3),
+                       tflops_dense=round(dense / (p50 * 1e-3) / 1e12, 3))
     return row

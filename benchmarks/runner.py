@@ -20,6 +20,7 @@ from fastgen.benchmarks import harness
 
 CASE_MODULES = [
     "fastgen.benchmarks.bench_reparameterize_kl",
+    "fastgen.benchmarks.bench_tap_conv",
 ]
 INTERPRETER_BATCH = 2  # batch of the interpreted correctness/launch-count runs
 
@@ -49,7 +50,7 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", out
         row = harness.measure(case, provider, mode, device, timed=not interpreted,
                               batch=INTERPRETER_BATCH if interpreted else None)
         if provider == "fastgen" and mode == "forward+backward":
-            row["max_abs_err_vs_fp64"] = harness.max_error(case, device,
+            row["max_rel_err_vs_fp64"] = harness.max_error(case, device,
                                                            batch=INTERPRETER_BATCH if interpreted else None)
         row["status"] = "interpreted (correctness + counts, not timed)" if interpreted else "timed"
         rows.append({**row, **stamp})
@@ -62,8 +63,9 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", out
     return rows
 
 
-COLUMNS = ["op", "case", "provider", "mode", "status", "p20_ms", "p50_ms", "p80_ms", "gbps", "launches",
-           "bytes_moved", "saved_kb_per_sample", "count_batch", "peak_mb", "max_abs_err_vs_fp64", "device",
+COLUMNS = ["op", "case", "provider", "mode", "status", "p20_ms", "p50_ms", "p80_ms", "gbps", "gflop_live",
+           "gflop_dense", "tflops_live", "tflops_dense", "launches", "bytes_moved", "saved_kb_per_sample",
+           "count_batch", "peak_mb", "max_rel_err_vs_fp64", "device",
            "torch", "triton", "date"]
 
 
@@ -81,6 +83,11 @@ def _fmt(value, spec=""):
     return "-" if value is None else format(value, spec)
 
 
+def _pair(row: dict, key: str) -> str:
+    live, dense = row.get(f"{key}_live"), row.get(f"{key}_dense")
+    return "-" if live is None else f"{live:.3g} / {dense:.3g}"
+
+
 def markdown(rows: list[dict], device: str) -> str:
     """One line per (case, mode): fastgen beside eager (and torch.compile), with ratios."""
     lines = [f"Device: {rows[0]['device']} · torch {rows[0]['torch']} · triton {rows[0]['triton']} · "
@@ -91,8 +98,9 @@ def markdown(rows: list[dict], device: str) -> str:
         lines.append("")
     lines.append("| case | mode | launches fastgen / eager | MB moved fastgen / eager | saved KB/sample "
                  "fastgen / eager | eager ms | compile ms | fastgen ms | speed-up vs eager | fastgen GB/s "
-                 "| max err vs fp64 |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                 "| GFLOP live / dense | TFLOP/s fastgen (live / dense) | TFLOP/s eager (live / dense) "
+                 "| max rel. err vs fp64 |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     by_key = {(r["op"], r["case"], r["mode"], r["provider"]): r for r in rows}
     for (op, case, mode, provider), fg in by_key.items():
         if provider != "fastgen":
@@ -100,16 +108,22 @@ def markdown(rows: list[dict], device: str) -> str:
         eager = by_key.get((op, case, mode, "eager"), {})
         comp = by_key.get((op, case, mode, "torch.compile"), {})
         speedup = (eager["p50_ms"] / fg["p50_ms"]) if fg.get("p50_ms") and eager.get("p50_ms") else None
-        err = by_key.get((op, case, "forward+backward", "fastgen"), {}).get("max_abs_err_vs_fp64")
+        err = by_key.get((op, case, "forward+backward", "fastgen"), {}).get("max_rel_err_vs_fp64")
         lines.append(
             f"| {op} {case} | {mode} | {fg['launches']} / {_fmt(eager.get('launches'))} | "
             f"{fg['bytes_moved'] / 2**20:.2f} / {_fmt(eager.get('bytes_moved') and eager['bytes_moved'] / 2**20, '.2f')} | "
             f"{fg['saved_kb_per_sample']:.2f} / {_fmt(eager.get('saved_kb_per_sample'), '.2f')} | "
             f"{_fmt(eager.get('p50_ms'), '.3f')} | {_fmt(comp.get('p50_ms'), '.3f')} | {_fmt(fg['p50_ms'], '.3f')} | "
-            f"{_fmt(speedup, '.2f')} | {_fmt(fg['gbps'], '.0f')} | {_fmt(err, '.1e')} |")
+            f"{_fmt(speedup, '.2f')} | {_fmt(fg['gbps'], '.0f')} | {_pair(fg, 'gflop')} | {_pair(fg, 'tflops')} | "
+            f"{_pair(eager, 'tflops')} | {_fmt(err, '.1e')} |")
     if device == "cuda":
         lines += ["", f"GB/s counts the bytes the fused op must move; the H200 copies at about "
-                      f"{harness.H200_COPY_GBPS:.0f} GB/s."]
+                      f"{harness.H200_COPY_GBPS:.0f} GB/s. TFLOP/s 'live' counts only the multiply-adds of unmasked "
+                      f"taps, 'dense' those of the dense convolution; a bf16 matmul peaks at about "
+                      f"{harness.H200_BF16_TFLOPS:.0f} TFLOP/s."]
+    elif any(r.get("gflop_live") for r in rows):
+        lines += ["", "GFLOP live / dense: the multiply-adds of the unmasked taps (what fastgen's kernels do) and of "
+                      "the dense convolution (what F.conv2d(x, weight * mask) does)."]
     return "\n".join(lines)
 
 

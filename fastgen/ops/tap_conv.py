@@ -79,9 +79,8 @@ def _upcast(dtype: torch.dtype) -> bool:
 
 def _like_input(x: torch.Tensor, channels: int) -> torch.Tensor:
     """An empty [B, channels, H, W] tensor in x's memory format (channels-last stays channels-last)."""
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     return torch.empty((x.shape[0], channels, *x.shape[2:]), dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                       memory_format=_memory_format(x))
 
 
 def _tap_args(taps: TapSet) -> tuple[int, int, int, int]:
@@ -134,9 +133,10 @@ def input_grad(grad_y: torch.Tensor, packed: torch.Tensor, taps: TapSet, like: t
     return grad_x
 
 
-def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, weight: torch.Tensor,
+def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight: torch.Tensor,
                 has_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(grad of the dense weight, zero at dead taps and masked channel pairs; grad of the bias or None)."""
+    """Writes the dense weight's gradient into ``grad_weight`` (zero at dead taps and masked channel pairs);
+    returns it with the bias gradient (or None)."""
     batch, c_in, height, width = x.shape
     c_out = grad_y.shape[1]
     n_pixels = batch * height * width
@@ -154,7 +154,6 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, weight: tor
         HAS_BIAS=has_bias, UPCAST=_upcast(x.dtype), ACC=_acc(x.dtype),
         BLOCK_C=block_c, BLOCK_O=block_o, BLOCK_M=block_m,
     )
-    grad_weight = torch.empty_like(weight)
     grad_bias = torch.empty(c_out, dtype=x.dtype, device=x.device) if has_bias else None
     kh, kw = taps.kernel_size
     grid = (triton.cdiv(c_out, PACK_BLOCK), triton.cdiv(c_in, PACK_BLOCK), kh * kw)
@@ -179,32 +178,42 @@ class TapConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, taps):
         ctx.taps, ctx.has_bias = taps, bias is not None
+        # the backward needs the packed live taps, not the dense weight: keep only how to allocate its gradient
+        ctx.weight_like = (weight.shape, dict(dtype=weight.dtype, device=weight.device,
+                                              memory_format=_memory_format(weight)))
         ctx.no_work = x.numel() == 0 or weight.numel() == 0 or taps.n_taps == 0
         if ctx.no_work:
-            ctx.save_for_backward(x, None, weight)
+            ctx.save_for_backward(x)
             y = _like_input(x, weight.shape[0])
             return y.zero_() if bias is None else y.copy_(bias.view(1, -1, 1, 1).expand(y.shape))
         packed = pack_weight(weight, taps)
-        ctx.save_for_backward(x, packed, weight)
+        ctx.save_for_backward(x, packed)
         return forward(x, packed, bias, taps)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, packed, weight = ctx.saved_tensors
+        x, *packed = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if ctx.no_work:
             if ctx.needs_input_grad[0]:
                 grad_x = torch.zeros_like(x)
             if ctx.needs_input_grad[1]:
-                grad_weight = torch.zeros_like(weight)
+                grad_weight = torch.empty(ctx.weight_like[0], **ctx.weight_like[1]).zero_()
             if ctx.needs_input_grad[2]:
                 grad_bias = grad_y.sum((0, 2, 3))
             return grad_x, grad_weight, grad_bias, None
         if ctx.needs_input_grad[0]:
-            grad_x = input_grad(grad_y, packed, ctx.taps, x)
+            grad_x = input_grad(grad_y, packed[0], ctx.taps, x)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_weight, grad_bias = weight_grad(x, grad_y, ctx.taps, weight, ctx.has_bias)
+            grad_weight, grad_bias = weight_grad(x, grad_y, ctx.taps, torch.empty(ctx.weight_like[0], **ctx.weight_like[1]),
+                                                 ctx.has_bias)
         return grad_x, grad_weight, grad_bias, None
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _check_arguments(x, weight, bias, taps: TapSet) -> None:

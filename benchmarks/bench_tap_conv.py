@@ -1,0 +1,99 @@
+"""Benchmark cases of fastgen.masked_conv2d against F.conv2d(x, weight * mask) (cuDNN on a GPU).
+
+PixelCNN shapes: the 7x7 mask-A input layer and the mask-B hidden layers, 28x28 (MNIST) and 32x32 (CIFAR),
+channels-last bf16 activations (the layout both cuDNN and fastgen's kernels are fastest in). FLOPs are
+counted on the live taps (what fastgen's kernels multiply) and on the dense window (what the reference
+multiplies). Under pytest-benchmark: `pytest benchmarks/ --benchmark-only`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import fastgen
+from fastgen.benchmarks.harness import MODES, PROVIDERS, Case, nbytes, provider_function, step
+from fastgen.nn import masks
+from fastgen.reference import tap_conv as reference
+
+
+def _inputs(spec, device, batch=None, check=False):
+    """x (channels-last), weight, bias and the reference's mask buffer; the noise-free op needs no ``check``."""
+    full_batch, c_in, c_out, size, k, mask_type, data_channels, dtype, input_grad = spec
+    shapes = dict(x=(batch or full_batch, c_in, size, size), weight=(c_out, c_in, k, k), bias=(c_out,))
+    if device == "meta":  # shapes only
+        return {name: torch.empty(shape, dtype=dtype, device="meta") for name, shape in shapes.items()}
+    gen = torch.Generator().manual_seed(0)
+    scale = dict(x=1.0, weight=(c_in * k * k) ** -0.5, bias=1.0)
+    inputs = {name: (scale[name] * torch.randn(shape, generator=gen)).to(device, dtype)
+              for name, shape in shapes.items()}
+    inputs["x"] = inputs["x"].to(memory_format=torch.channels_last)
+    for name in ("weight", "bias") + (("x",) if input_grad else ()):
+        inputs[name].requires_grad_()
+    # the mask buffer of the usual nn.Conv2d + mask implementation, built once
+    inputs["mask"] = masks.masked(k, mask_type, data_channels).mask(c_out, c_in, dtype, device)
+    return inputs
+
+
+def _output_bytes(inputs):
+    x, w = inputs["x"], inputs["weight"]
+    return x.numel() // x.shape[1] * w.shape[0] * x.element_size()
+
+
+def _case(name, batch, c_in, c_out, size, k, mask_type, data_channels=1, dtype=torch.bfloat16, input_grad=True,
+          quick=False):
+    spec = (batch, c_in, c_out, size, k, mask_type, data_channels, dtype, input_grad)
+    taps = masks.masked(k, mask_type, data_channels)
+
+    def bytes_forward(inputs):  # read x, weight, bias once; write y
+        return nbytes(inputs["x"], inputs["weight"], inputs["bias"]) + _output_bytes(inputs)
+
+    def bytes_backward(inputs):  # read grad_y twice (input and weight gradients), x, weight; write the grads
+        grad_x = nbytes(inputs["x"]) if input_grad else 0
+        return 2 * _output_bytes(inputs) + 2 * nbytes(inputs["weight"], inputs["bias"]) + nbytes(inputs["x"]) \
+            + grad_x
+
+    def flops(inputs, mode):
+        x, w = inputs["x"], inputs["weight"]
+        dense = 2 * x.shape[0] * x.shape[2] * x.shape[3] * w.numel()
+        live = round(dense * taps.live_fraction(w.shape[0], w.shape[1]))
+        passes = 1 if mode == "forward" else 2 + input_grad  # backward: weight grad (+ input grad)
+        return live * passes, dense * passes
+
+    def run_fastgen(x, weight, bias, mask):
+        return fastgen.masked_conv2d(x, weight, bias, mask_type, data_channels)
+
+    def run_reference(x, weight, bias, mask):
+        return reference.masked_conv2d(x, weight, bias, mask_type, data_channels, mask=mask)
+
+    return Case(op="masked_conv2d", name=name, make_inputs=functools.partial(_inputs, spec),
+                fastgen=run_fastgen, reference=run_reference, bytes_forward=bytes_forward,
+                bytes_backward=bytes_backward, quick=quick, flops=flops)
+
+
+CASES = [
+    _case("B=16 C=64 28x28 3x3 B bf16", 16, 64, 64, 28, 3, "B", quick=True),
+    _case("input B=16 1->64 28x28 7x7 A bf16", 16, 1, 64, 28, 7, "A", input_grad=False),
+    _case("B=64 C=128 28x28 7x7 B bf16", 64, 128, 128, 28, 7, "B"),
+    _case("B=128 C=64 28x28 5x5 A bf16", 128, 64, 64, 28, 5, "A"),
+    _case("rgb B=32 C=192 32x32 3x3 B bf16", 32, 192, 192, 32, 3, "B", data_channels=3),
+    _case("rgb B=16 C=256 32x32 7x7 B bf16", 16, 256, 256, 32, 7, "B", data_channels=3),
+    _case("rgb input B=32 3->192 32x32 7x7 A bf16", 32, 3, 192, 32, 7, "A", data_channels=3, input_grad=False),
+    _case("B=64 C=128 28x28 7x7 B fp32", 64, 128, 128, 28, 7, "B", dtype=torch.float32),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", [c for c in CASES if c.quick], ids=lambda c: c.name)
+def test_masked_conv2d(benchmark, case, provider, mode, device):
+    if device == "cpu" and provider == "fastgen":
+        pytest.skip("fastgen's kernels run interpreted on CPU: not a speed figure (fastgen bench counts them)")
+    if device == "cpu" and provider == "torch.compile":
+        pytest.skip("torch.compile is timed on GPU runs, or with `fastgen bench --full` (CPU builds are slow)")
+    run = step(provider_function(case, provider), case.make_inputs(device), mode)
+    run()
+    benchmark.group = f"{case.label} {mode}"
+    benchmark(run)
