@@ -31,11 +31,24 @@ def test_every_launch_compiles_for_sm90_and_sm80_without_spills(tmp_path):
 
 
 def test_registry_covers_every_kernel_of_every_op():
-    launched = {launch.kernel for launch in compile_check.registered_launches()}
-    from fastgen.kernels import reparameterize_kl
+    import pkgutil
+    import importlib
 
-    kernels = {name for name in dir(reparameterize_kl) if name.endswith("_kernel")}
-    assert kernels <= launched
+    import fastgen.kernels
+
+    launched = {launch.kernel for launch in compile_check.registered_launches()}
+    for module in pkgutil.iter_modules(fastgen.kernels.__path__):
+        kernels = importlib.import_module(f"fastgen.kernels.{module.name}")
+        assert {name for name in dir(kernels) if name.endswith("_kernel")} <= launched, module.name
+
+
+def test_matmul_shaped_kernels_must_use_tensor_cores_in_16_bit():
+    """The check requires HGMMA/HMMA in every 16-bit variant of the convolution GEMMs (forward and backward)."""
+    gemms = ("tap_conv_forward_kernel", "tap_conv_input_grad_kernel", "tap_conv_weight_grad_kernel")
+    for launch in compile_check.registered_launches():
+        if launch.kernel in gemms:
+            sixteen_bit = launch.signature[0][1] in ("*fp16", "*bf16")
+            assert launch.tensor_cores == sixteen_bit, launch.label()
 
 
 def test_problems_flags_spills_errors_and_missing_tensor_cores():
