@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fastgen
-from fastgen.benchmarks.harness import MODES, PROVIDERS, Case, nbytes, provider_function, step
+from fastgen.benchmarks.harness import MODES, PROVIDERS, Case, nbytes, run_pytest_benchmark
 from fastgen.nn import masks
 from fastgen.reference import tap_conv as reference
 
@@ -89,11 +89,4 @@ CASES = [
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("case", [c for c in CASES if c.quick], ids=lambda c: c.name)
 def test_masked_conv2d(benchmark, case, provider, mode, device):
-    if device == "cpu" and provider == "fastgen":
-        pytest.skip("fastgen's kernels run interpreted on CPU: not a speed figure (fastgen bench counts them)")
-    if device == "cpu" and provider == "torch.compile":
-        pytest.skip("torch.compile is timed on GPU runs, or with `fastgen bench --full` (CPU builds are slow)")
-    run = step(provider_function(case, provider), case.make_inputs(device), mode)
-    run()
-    benchmark.group = f"{case.label} {mode}"
-    benchmark(run)
+    run_pytest_benchmark(benchmark, case, provider, mode, device)

@@ -237,3 +237,17 @@ def measure(case: Case, provider: str, mode: str, device: str, *, timed: bool, b
             row.update(tflops_live=round(live / (p50 * 1e-3) / 1e12, 3),
                        tflops_dense=round(dense / (p50 * 1e-3) / 1e12, 3))
     return row
+
+
+def run_pytest_benchmark(benchmark, case: Case, provider: str, mode: str, device: str) -> None:
+    """One case under pytest-benchmark (``pytest benchmarks/ --benchmark-only``); on CPU only eager is timed."""
+    import pytest
+
+    if device == "cpu" and provider == "fastgen":
+        pytest.skip("fastgen's kernels run interpreted on CPU: not a speed figure (fastgen bench counts them)")
+    if device == "cpu" and provider == "torch.compile":
+        pytest.skip("torch.compile is timed on GPU runs, or with `fastgen bench --full` (CPU builds are slow)")
+    run = step(provider_function(case, provider), case.make_inputs(device), mode)
+    run()
+    benchmark.group = f"{case.label} {mode}"
+    benchmark(run)

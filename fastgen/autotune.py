@@ -20,8 +20,7 @@ KERNEL_CONFIGS: dict[str, list[triton.Config]] = {
     "reparameterize_kl_column_kernel": [triton.Config({}, num_warps=4)],
     # Implicit-GEMM convolutions: tiles come from the channel counts (fastgen.ops.tap_conv); 4 warps are one
     # Hopper warpgroup (one HGMMA per [64, N] tile), 3 stages let the loads of the next taps run ahead.
-    "tap_conv_forward_kernel": [triton.Config({}, num_warps=4, num_stages=3)],
-    "tap_conv_input_grad_kernel": [triton.Config({}, num_warps=4, num_stages=3)],
+    "tap_conv_gemm_kernel": [triton.Config({}, num_warps=4, num_stages=3)],
     "tap_conv_weight_grad_kernel": [triton.Config({}, num_warps=4, num_stages=3)],
     "tap_conv_pack_weight_kernel": [triton.Config({}, num_warps=4)],
     "tap_conv_unpack_grad_kernel": [triton.Config({}, num_warps=4)],

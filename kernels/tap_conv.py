@@ -12,9 +12,9 @@ The weight gradient is reduced over pixels in ``split`` partial sums, which ``ta
 adds, masks and scatters back into the dense layout (zeros at dead taps).
 
 GEMM view (M = B*H*W pixels):
-* forward      Y[m, o]  = sum_t sum_c X[m + shift_t, c] * P[t, c, o]
-* input grad   dX[m, c] = sum_t sum_o dY[m - shift_t, o] * P[t, c, o]
-* weight grad  dP[t, c, o] = sum_m X[m + shift_t, c] * dY[m, o]
+* forward      Y[m, o]  = sum_t sum_c X[m + shift_t, c] * P[t, c, o]       (tap_conv_gemm_kernel)
+* input grad   dX[m, c] = sum_t sum_o dY[m - shift_t, o] * P[t, c, o]      (tap_conv_gemm_kernel, BACKWARD)
+* weight grad  dP[t, c, o] = sum_m X[m + shift_t, c] * dY[m, o]            (tap_conv_weight_grad_kernel)
 Each GEMM loop runs over (tap, channel block) pairs flattened into one loop, so the software pipeliner sees a
 single loop however many taps are live. Accumulation is in ACC (float32, or float64 for float64 inputs).
 Pixel indices are int32 (fewer than 2**31 pixels); the batch offset b * stride_b is int64, so a tensor may
@@ -58,22 +58,26 @@ def _centre_live(offs_c, offs_o, c_in, c_out, groups, strict):
 
 
 @triton.jit(do_not_specialize=_TAP_SET_ARGS)
-def tap_conv_forward_kernel(
-    X,  # input [B, C_in, H, W]
+def tap_conv_gemm_kernel(
+    A,  # activations read: the input x [B, C_in, H, W] (forward) or the output gradient [B, C_out, H, W]
     P,  # packed weight [n_taps, C_in, C_out], contiguous
     BIAS,  # bias [C_out] (read only when HAS_BIAS)
-    Y,  # output [B, C_out, H, W]
-    n_pixels, height, width, c_in, c_out,  # n_pixels = B * H * W
+    OUT,  # written: the output y [B, C_out, H, W] (forward) or the input gradient [B, C_in, H, W]
+    n_pixels, height, width, n_red, n_out,  # n_pixels = B * H * W; channels reduced (of A) and produced (of OUT)
     n_taps, kernel_w, pad_top, pad_left,  # the tap set
-    stride_xb, stride_xc, stride_xh, stride_xw,
-    stride_yb, stride_yc, stride_yh, stride_yw,
+    stride_ab, stride_ac, stride_ah, stride_aw,
+    stride_ob, stride_oc, stride_oh, stride_ow,
+    stride_pk, stride_pn,  # P's strides over the reduced and the produced channels: (C_out, 1) or (1, C_out)
+    BACKWARD: tl.constexpr,  # the input gradient: pixel m gathers A at m - shift instead of m + shift
     HAS_BIAS: tl.constexpr,
     UPCAST: tl.constexpr,  # multiply in float32 (bfloat16 under the interpreter)
     ACC: tl.constexpr,  # accumulator dtype
-    BLOCK_M: tl.constexpr,  # output pixels per program
-    BLOCK_N: tl.constexpr,  # output channels per program
-    BLOCK_K: tl.constexpr,  # input channels per step
+    BLOCK_M: tl.constexpr,  # pixels per program
+    BLOCK_N: tl.constexpr,  # produced channels per program
+    BLOCK_K: tl.constexpr,  # reduced channels per step
 ):
+    """The forward (OUT[m, o] = sum_t sum_c A[m + shift_t, c] P[t, c, o]) and, with BACKWARD, the input
+    gradient (OUT[m, c] = sum_t sum_o A[m - shift_t, o] P[t, c, o]): the same GEMM over the live taps."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -81,73 +85,33 @@ def tap_conv_forward_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     b, y, x = _pixel_coordinates(offs_m, height, width)
     m_ok = offs_m < n_pixels
-    n_ok = offs_n < c_out
-    x_batch = X + b.to(tl.int64) * stride_xb
+    n_ok = offs_n < n_out
+    a_batch = A + b.to(tl.int64) * stride_ab
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    k_blocks = tl.cdiv(c_in, BLOCK_K)
+    k_blocks = tl.cdiv(n_red, BLOCK_K)
     for step in range(0, n_taps * k_blocks):
         tap = step // k_blocks
         ks = (step - tap * k_blocks) * BLOCK_K + offs_k
-        iy = y + (tap // kernel_w - pad_top)
-        ix = x + (tap % kernel_w - pad_left)
-        pixel_ok = m_ok & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
-        k_ok = ks < c_in
-        a = tl.load(x_batch[:, None] + (iy * stride_xh + ix * stride_xw)[:, None] + ks[None, :] * stride_xc,
+        dy = tap // kernel_w - pad_top
+        dx = tap % kernel_w - pad_left
+        if BACKWARD:  # the output pixel that read (y, x) through this tap
+            dy = -dy
+            dx = -dx
+        ay = y + dy
+        ax = x + dx
+        pixel_ok = m_ok & (ay >= 0) & (ay < height) & (ax >= 0) & (ax < width)
+        k_ok = ks < n_red
+        a = tl.load(a_batch[:, None] + (ay * stride_ah + ax * stride_aw)[:, None] + ks[None, :] * stride_ac,
                     mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(P + (tap * c_in + ks)[:, None].to(tl.int64) * c_out + offs_n[None, :],
+        w = tl.load(P + tap.to(tl.int64) * n_red * n_out + ks[:, None] * stride_pk + offs_n[None, :] * stride_pn,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(a, w, acc, UPCAST)
 
     if HAS_BIAS:
         acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
-    y_ptrs = Y + (b.to(tl.int64) * stride_yb + y * stride_yh + x * stride_yw)[:, None] + offs_n[None, :] * stride_yc
-    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-
-
-@triton.jit(do_not_specialize=_TAP_SET_ARGS)
-def tap_conv_input_grad_kernel(
-    GRAD_Y,  # output gradient [B, C_out, H, W]
-    P,  # packed weight [n_taps, C_in, C_out], contiguous
-    GRAD_X,  # input gradient [B, C_in, H, W] (written)
-    n_pixels, height, width, c_in, c_out,
-    n_taps, kernel_w, pad_top, pad_left,
-    stride_gb, stride_gc, stride_gh, stride_gw,
-    stride_xb, stride_xc, stride_xh, stride_xw,
-    UPCAST: tl.constexpr,
-    ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr,  # input pixels per program
-    BLOCK_N: tl.constexpr,  # input channels per program
-    BLOCK_K: tl.constexpr,  # output channels per step
-):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    b, y, x = _pixel_coordinates(offs_m, height, width)
-    m_ok = offs_m < n_pixels
-    n_ok = offs_n < c_in
-    g_batch = GRAD_Y + b.to(tl.int64) * stride_gb
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    k_blocks = tl.cdiv(c_out, BLOCK_K)
-    for step in range(0, n_taps * k_blocks):
-        tap = step // k_blocks
-        ks = (step - tap * k_blocks) * BLOCK_K + offs_k
-        oy = y - (tap // kernel_w - pad_top)  # the output pixel that read (y, x) through this tap
-        ox = x - (tap % kernel_w - pad_left)
-        pixel_ok = m_ok & (oy >= 0) & (oy < height) & (ox >= 0) & (ox < width)
-        k_ok = ks < c_out
-        a = tl.load(g_batch[:, None] + (oy * stride_gh + ox * stride_gw)[:, None] + ks[None, :] * stride_gc,
-                    mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(P + (tap * c_in + offs_n)[None, :].to(tl.int64) * c_out + ks[:, None],
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _mma(a, w, acc, UPCAST)
-
-    x_ptrs = (GRAD_X + (b.to(tl.int64) * stride_xb + y * stride_xh + x * stride_xw)[:, None]
-              + offs_n[None, :] * stride_xc)
-    tl.store(x_ptrs, acc.to(GRAD_X.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    out = OUT + (b.to(tl.int64) * stride_ob + y * stride_oh + x * stride_ow)[:, None] + offs_n[None, :] * stride_oc
+    tl.store(out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit(do_not_specialize=_TAP_SET_ARGS + ["pixels_per_split"])

@@ -44,7 +44,7 @@ def test_registry_covers_every_kernel_of_every_op():
 
 def test_matmul_shaped_kernels_must_use_tensor_cores_in_16_bit():
     """The check requires HGMMA/HMMA in every 16-bit variant of the convolution GEMMs (forward and backward)."""
-    gemms = ("tap_conv_forward_kernel", "tap_conv_input_grad_kernel", "tap_conv_weight_grad_kernel")
+    gemms = ("tap_conv_gemm_kernel", "tap_conv_weight_grad_kernel")
     for launch in compile_check.registered_launches():
         if launch.kernel in gemms:
             sixteen_bit = launch.signature[0][1] in ("*fp16", "*bf16")

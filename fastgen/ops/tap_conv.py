@@ -37,8 +37,7 @@ MIN_PROGRAMS = 528
 MIN_STEPS_PER_SPLIT = 8  # pixel blocks each weight-gradient program reduces at least
 PACK_BLOCK = 32  # [32, 32] tiles of the weight pack/unpack kernels
 
-_forward_kernel = autotuned(kernels.tap_conv_forward_kernel, key=["c_in", "c_out", "BLOCK_N", "BLOCK_K"])
-_input_grad_kernel = autotuned(kernels.tap_conv_input_grad_kernel, key=["c_in", "c_out", "BLOCK_N", "BLOCK_K"])
+_gemm_kernel = autotuned(kernels.tap_conv_gemm_kernel, key=["n_red", "n_out", "BACKWARD", "BLOCK_N", "BLOCK_K"])
 _weight_grad_kernel = autotuned(kernels.tap_conv_weight_grad_kernel, key=["c_in", "c_out", "BLOCK_C", "BLOCK_O"])
 _pack_kernel = autotuned(kernels.tap_conv_pack_weight_kernel, key=[])
 _unpack_kernel = autotuned(kernels.tap_conv_unpack_grad_kernel, key=[])
@@ -102,35 +101,32 @@ def pack_weight(weight: torch.Tensor, taps: TapSet) -> torch.Tensor:
     return packed
 
 
-def forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, taps: TapSet) -> torch.Tensor:
-    batch, c_in, height, width = x.shape
-    c_out = packed.shape[2]
-    y = _like_input(x, c_out)
-    block_n, block_k = channel_block(c_out, x.dtype), reduce_block(c_in, x.dtype)
+def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
+          backward: bool, like: torch.Tensor) -> torch.Tensor:
+    """The forward (``source`` = x) or, with ``backward``, the input gradient (``source`` = grad of y)."""
+    batch, n_red, height, width = source.shape
+    c_in, c_out = packed.shape[1:]
+    n_out = c_in if backward else c_out
+    out = _like_input(like, n_out)
+    block_n, block_k = channel_block(n_out, source.dtype), reduce_block(n_red, source.dtype)
     n_pixels = batch * height * width
-    grid = (triton.cdiv(n_pixels, BLOCK_M), triton.cdiv(c_out, block_n))
-    _forward_kernel[grid](
-        x, packed, bias if bias is not None else packed, y,
-        n_pixels, height, width, c_in, c_out, *_tap_args(taps), *x.stride(), *y.stride(),
-        HAS_BIAS=bias is not None, UPCAST=_upcast(x.dtype), ACC=_acc(x.dtype),
+    grid = (triton.cdiv(n_pixels, BLOCK_M), triton.cdiv(n_out, block_n))
+    _gemm_kernel[grid](
+        source, packed, bias if bias is not None else packed, out,
+        n_pixels, height, width, n_red, n_out, *_tap_args(taps), *source.stride(), *out.stride(),
+        *((1, c_out) if backward else (c_out, 1)),
+        BACKWARD=backward, HAS_BIAS=bias is not None, UPCAST=_upcast(source.dtype), ACC=_acc(source.dtype),
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k,
     )
-    return y
+    return out
+
+
+def forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, taps: TapSet) -> torch.Tensor:
+    return _gemm(x, packed, bias, taps, backward=False, like=x)
 
 
 def input_grad(grad_y: torch.Tensor, packed: torch.Tensor, taps: TapSet, like: torch.Tensor) -> torch.Tensor:
-    batch, c_out, height, width = grad_y.shape
-    c_in = packed.shape[1]
-    grad_x = _like_input(like, c_in)
-    block_n, block_k = channel_block(c_in, grad_y.dtype), reduce_block(c_out, grad_y.dtype)
-    n_pixels = batch * height * width
-    grid = (triton.cdiv(n_pixels, BLOCK_M), triton.cdiv(c_in, block_n))
-    _input_grad_kernel[grid](
-        grad_y, packed, grad_x,
-        n_pixels, height, width, c_in, c_out, *_tap_args(taps), *grad_y.stride(), *grad_x.stride(),
-        UPCAST=_upcast(grad_y.dtype), ACC=_acc(grad_y.dtype), BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k,
-    )
-    return grad_x
+    return _gemm(grad_y, packed, None, taps, backward=True, like=like)
 
 
 def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight: torch.Tensor,
@@ -300,9 +296,10 @@ def _layout_hints(kernel, layout: str) -> dict:
     fn = getattr(kernel, "fn", kernel)
     names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
     unit, divisible = LAYOUTS[layout]
-    strides = [n for n in names if n.startswith("stride_")]
+    strides = [n for n in names if n.startswith("stride_") and n[-2] != "p"]  # activation strides
+    channels = tuple(n for n in ("c_in", "c_out", "n_red", "n_out") if n in names)
     return dict(ones=tuple(n for n in strides if n[-1] == unit),
-                divisible=tuple(n for n in strides if n[-1] in divisible) + ("c_in", "c_out"), variant=layout)
+                divisible=tuple(n for n in strides if n[-1] in divisible) + channels, variant=layout)
 
 
 def kernel_launches():
@@ -315,15 +312,20 @@ def kernel_launches():
         tensor_cores = dtype.itemsize == 2  # 16-bit tiles must run on HGMMA/HMMA
         layouts = ("nchw", "nhwc") if tensor_cores else ("nchw",)
         channel_blocks, reduce_blocks = CHANNEL_BLOCKS[dtype.itemsize * 8], REDUCE_BLOCKS[dtype.itemsize * 8]
-        gemm = [(kernels.tap_conv_forward_kernel, dict(HAS_BIAS=False)),
-                (kernels.tap_conv_forward_kernel, dict(HAS_BIAS=True)),
-                (kernels.tap_conv_input_grad_kernel, {})]
-        for (kernel, flags), n, k, layout in itertools.product(gemm, channel_blocks, reduce_blocks, layouts):
+        kernel = kernels.tap_conv_gemm_kernel
+        passes = [dict(BACKWARD=False, HAS_BIAS=False), dict(BACKWARD=False, HAS_BIAS=True),
+                  dict(BACKWARD=True, HAS_BIAS=False)]
+        for flags, n, k, layout in itertools.product(passes, channel_blocks, reduce_blocks, layouts):
+            hints = _layout_hints(kernel, layout)
+            # P is contiguous: its other stride is C_out
+            unit, other = ("stride_pk", "stride_pn") if flags["BACKWARD"] else ("stride_pn", "stride_pk")
+            hints["ones"] += (unit,)
+            hints["divisible"] += (other,)
             for config in configs_for(kernel):
                 yield KernelLaunch.build(kernel, dtype, constexprs=dict(flags, **common, BLOCK_M=BLOCK_M, BLOCK_N=n,
                                                                         BLOCK_K=k),
                                          num_warps=config.num_warps, num_stages=config.num_stages,
-                                         tensor_cores=tensor_cores, **_layout_hints(kernel, layout))
+                                         tensor_cores=tensor_cores, **hints)
         kernel = kernels.tap_conv_weight_grad_kernel
         for block_c, block_o, has_bias, layout in itertools.product(channel_blocks, channel_blocks, (False, True),
                                                                      layouts):
