@@ -327,6 +327,21 @@ def test_modules_match_reference(device):
         assert_close(module(x), expected, torch.float32, type(module).__name__)
 
 
+def test_autocast(device):
+    """Under autocast the convolution runs in the autocast dtype, like F.conv2d, and float32 weights get
+    float32 gradients."""
+    taps = masks.masked(3, "B")
+    x, w, b = conv_inputs(taps, 1, 4, 5, 6, 9, torch.float32, device)
+    w.requires_grad_()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y = fastgen.tap_conv2d(x, w, b, taps)
+        expected = F.conv2d(x, w * taps.mask(9, 6, device=device), b, padding=1)
+    assert y.dtype == expected.dtype == torch.bfloat16
+    assert_close(y, expected.double(), torch.bfloat16)
+    (grad_w,) = torch.autograd.grad(y.float().sum(), w)
+    assert grad_w.dtype == torch.float32
+
+
 def test_bf16_interpreter_upcast():
     """How the bf16 path is verified without a GPU: the interpreter's bf16 tl.dot is wrong, so interpreted
     bf16 multiplies its (exactly representable) operands in float32; float16 runs the native-dtype tl.dot in

@@ -238,10 +238,16 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
     Equals ``F.conv2d(F.pad(x, taps.pads()), weight * taps.mask(C_out, C_in), bias)``: stride 1, output of
     x's height and width; entries of ``weight`` outside the tap set are ignored and get zero gradient. Build
-    ``taps`` with :mod:`fastgen.nn.masks` (masked, shifted and stack convolutions).
+    ``taps`` with :mod:`fastgen.nn.masks` (masked, shifted and stack convolutions). Under ``torch.autocast``
+    it runs in the autocast dtype, as ``F.conv2d`` does.
     """
     if not isinstance(taps, TapSet):
         raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        # like F.conv2d under autocast: convolve in the autocast dtype (bf16/fp16 tensor-core kernels)
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
     _check_arguments(x, weight, bias, taps)
     if backend_for(x) == "reference":
         return reference.tap_conv2d(x, weight, bias, taps)
