@@ -181,19 +181,20 @@ def test_receptive_field_is_causal(device, data_channels):
         assert changed[:, ~before].any(), "nothing changed: the test would pass vacuously"
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_hw"])
+@pytest.mark.parametrize("layout", ["channels_last", "channels_last_fp16", "sliced", "transposed_hw"])
 def test_strided_inputs(device, layout):
     taps = masks.masked(3, "B", 3)
-    x, w, b = conv_inputs(taps, 2, 5, 6, 6, 9, torch.float32, device)
-    if layout == "channels_last":
+    dtype = torch.float16 if layout.endswith("fp16") else torch.float32  # 16-bit channels-last: other tiles
+    x, w, b = conv_inputs(taps, 2, 5, 6, 6, 9, dtype, device)
+    if layout.startswith("channels_last"):
         x = x.to(memory_format=torch.channels_last)
     elif layout == "sliced":  # every other column of a wider tensor, and a weight view
         x = torch.cat([x, x], dim=3)[..., ::2]
         w = torch.cat([w, w], dim=0)[::2]
     else:
         x = x.transpose(2, 3).contiguous().transpose(2, 3)
-    y, grads = check_against_reference(x, w, b, taps, torch.float32)
-    if layout == "channels_last":
+    y, grads = check_against_reference(x, w, b, taps, dtype)
+    if layout.startswith("channels_last"):
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert grads[0].is_contiguous(memory_format=torch.channels_last)
 

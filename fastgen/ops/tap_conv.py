@@ -32,7 +32,10 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CHANNEL_BLOCKS = {16: (16, 64), 32: (16, 32), 64: (16, 32)}  # by dtype bits
 REDUCE_BLOCKS = {16: (16, 32), 32: (16,), 64: (16,)}
 BLOCK_M = 64
-WEIGHT_GRAD_BLOCK_M = {16: 32, 32: 32, 64: 16}  # pixels per step of the weight gradient (float64 spilled at 32)
+# Pixels per step of the weight gradient, by dtype bits and (16-bit) layout. Steps of 32 spilled in float64;
+# 16-bit NCHW 64x64 tiles took 254 registers at 32 (119 at 16), channels-last ones 68 (pipelined, 3 stages).
+WEIGHT_GRAD_BLOCK_M = {(16, True): 32, (16, False): 16, (32, True): 32, (32, False): 32, (64, True): 16,
+                       (64, False): 16}
 MIN_PROGRAMS = 528
 MIN_STEPS_PER_SPLIT = 8  # pixel blocks each weight-gradient program reduces at least
 PACK_BLOCK = 32  # [32, 32] tiles of the weight pack/unpack kernels
@@ -139,7 +142,7 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     acc_dtype = _acc_dtype(x.dtype)
     block_c, block_o = channel_block(c_in, x.dtype), channel_block(c_out, x.dtype)
     n_tiles = taps.n_taps * triton.cdiv(c_in, block_c) * triton.cdiv(c_out, block_o)
-    block_m = WEIGHT_GRAD_BLOCK_M[x.dtype.itemsize * 8]
+    block_m = WEIGHT_GRAD_BLOCK_M[x.dtype.itemsize * 8, x.stride(1) == 1]  # channels-last: channels contiguous
     split, per_split = weight_grad_split(n_pixels, n_tiles, block_m)
     partial = torch.empty((split, taps.n_taps, c_in, c_out), dtype=acc_dtype, device=x.device)
     bias_partial = torch.empty((split, c_out) if has_bias else (0,), dtype=acc_dtype, device=x.device)
@@ -339,7 +342,8 @@ def kernel_launches():
                 yield KernelLaunch.build(kernel, dtype, {"PARTIAL": acc, "BIAS_PARTIAL": acc},
                                          constexprs=dict(HAS_BIAS=has_bias, **common, BLOCK_C=block_c,
                                                          BLOCK_O=block_o,
-                                                         BLOCK_M=WEIGHT_GRAD_BLOCK_M[dtype.itemsize * 8]),
+                                                         BLOCK_M=WEIGHT_GRAD_BLOCK_M[dtype.itemsize * 8,
+                                                                                     layout == "nhwc"]),
                                          num_warps=config.num_warps, num_stages=config.num_stages,
                                          tensor_cores=tensor_cores, **_layout_hints(kernel, layout))
         # the dense weight and its gradient are contiguous [C_out, C_in, kh, kw] parameters
