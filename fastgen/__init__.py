@@ -8,9 +8,9 @@ otherwise CPU tensors use the plain-PyTorch reference and CUDA tensors the compi
 from fastgen.dispatch import backend_for, interpreting, use_backend
 from fastgen.ops.reparameterize_kl import ReparameterizeKL, reparameterize_kl
 from fastgen.ops.tap_conv import TapConv, masked_conv2d, tap_conv2d
-from fastgen import nn  # noqa: E402  (after the ops it builds on)
+from fastgen import estimators, nn  # noqa: E402  (after the ops they build on)
 
 __version__ = "0.1.0"
 
-__all__ = ["ReparameterizeKL", "TapConv", "backend_for", "interpreting", "masked_conv2d", "nn", "reparameterize_kl",
+__all__ = ["ReparameterizeKL", "TapConv", "backend_for", "estimators", "interpreting", "masked_conv2d", "nn", "reparameterize_kl",
            "tap_conv2d", "use_backend", "__version__"]
