@@ -12,5 +12,5 @@ from fastgen import estimators, nn  # noqa: E402  (after the ops they build on)
 
 __version__ = "0.1.0"
 
-__all__ = ["ReparameterizeKL", "TapConv", "backend_for", "estimators", "interpreting", "masked_conv2d", "nn", "reparameterize_kl",
-           "tap_conv2d", "use_backend", "__version__"]
+__all__ = ["ReparameterizeKL", "TapConv", "backend_for", "estimators", "interpreting", "masked_conv2d", "nn",
+           "reparameterize_kl", "tap_conv2d", "use_backend", "__version__"]
