@@ -16,8 +16,10 @@ from tolerances import assert_close
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 REDUCTIONS = ["mean", "sum", "none"]
-# (real shape, fake shape): one logit per sample, PatchGAN maps with different batch sizes, mixed shapes
-LOGIT_SHAPES = [((5,), (5,)), ((3, 1, 4, 5), (4, 1, 4, 5)), ((6, 1), (2, 1, 3, 3))]
+# "sum" only weighs the sums differently from "mean": checked in float32 and float64 (the interpreter is slow)
+DTYPE_REDUCTIONS = [(d, r) for d in DTYPES for r in REDUCTIONS if r != "sum" or d in (torch.float32, torch.float64)]
+# (real shape, fake shape): PatchGAN maps with different batch sizes; one logit per sample against a map
+LOGIT_SHAPES = [((3, 1, 4, 5), (4, 1, 4, 5)), ((6, 1), (2, 1, 3, 3))]
 
 
 def make(shape, dtype, device, key="", scale=3.0):
@@ -59,8 +61,7 @@ def check_against_reference(fn, ref_fn, inputs, dtype, reduction):
 
 
 # ---------------------------------------------------------------------------------------------- losses on logits
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype, reduction", DTYPE_REDUCTIONS, ids=str)
 @pytest.mark.parametrize("kind", D_KINDS)
 @pytest.mark.parametrize("shapes", LOGIT_SHAPES, ids=str)
 def test_d_loss_matches_reference(shapes, kind, dtype, reduction, device):
@@ -69,8 +70,7 @@ def test_d_loss_matches_reference(shapes, kind, dtype, reduction, device):
                             lambda r, f: reference.gan_d_loss(r, f, kind, reduction), [real, fake], dtype, reduction)
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype, reduction", DTYPE_REDUCTIONS, ids=str)
 @pytest.mark.parametrize("kind", G_KINDS)
 def test_g_loss_matches_reference(kind, dtype, reduction, device):
     fake = make((3, 1, 4, 5), dtype, device, "fake")
@@ -99,7 +99,7 @@ def test_label_smoothing_is_bce_against_the_label(device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("sizes", [(5000, 300), (300, 5000), (4097, 4097)], ids=str)
+@pytest.mark.parametrize("sizes", [(5000, 300), (300, 5000)], ids=str)
 def test_large_inputs_add_partial_sums(sizes, dtype, device):
     """Inputs of more than SINGLE_PROGRAM_BLOCKS steps: several programs, partial sums added by torch."""
     assert op.logit_grid(max(sizes), dtype)[0] > 1
@@ -228,7 +228,7 @@ def _gradcheck(fn, inputs, fast_mode=False):
 
 @pytest.mark.parametrize("kind", D_KINDS)
 def test_gradcheck_d_loss(kind, device):
-    real, fake = make((3, 1, 2, 2), torch.float64, device, "r"), make((5,), torch.float64, device, "f")
+    real, fake = make((2, 1, 1, 2), torch.float64, device, "r"), make((3,), torch.float64, device, "f")
     label = 0.9 if kind in ("minimax", "ls") else 1.0
     for reduction in REDUCTIONS:
         _gradcheck(lambda r, f: fastgen.gan_d_loss(r, f, kind, reduction, real_label=label), [real, fake])
@@ -236,17 +236,16 @@ def test_gradcheck_d_loss(kind, device):
 
 @pytest.mark.parametrize("kind", G_KINDS)
 def test_gradcheck_g_loss(kind, device):
-    fake = make((2, 1, 2, 3), torch.float64, device)
+    fake = make((2, 1, 1, 2), torch.float64, device)
     for reduction in REDUCTIONS:
         _gradcheck(lambda f: fastgen.gan_g_loss(f, kind, reduction), [fake])
 
 
 # ---------------------------------------------------------------------------------------------- gradient penalty
-PENALTY_SHAPES = [(4, 3, 5, 5), (3,), (2, 7), (1, 3000), (40, 2)]
+PENALTY_SHAPES = [(4, 3, 5, 5), (3,), (1, 3000)]
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype, reduction", DTYPE_REDUCTIONS, ids=str)
 @pytest.mark.parametrize("kind", PENALTY_KINDS)
 @pytest.mark.parametrize("shape", PENALTY_SHAPES, ids=str)
 def test_penalty_matches_reference(shape, kind, dtype, reduction, device):
@@ -303,7 +302,7 @@ def test_wgan_gp_at_zero_gradient_is_finite(device):
 
 @pytest.mark.parametrize("kind", PENALTY_KINDS)
 def test_gradcheck_and_gradgradcheck_penalty(kind, device):
-    grads = make((3, 2, 2), torch.float64, device, scale=0.5)
+    grads = make((2, 2, 2), torch.float64, device, scale=0.5)
     for reduction in REDUCTIONS:
         fn = lambda g: fastgen.gradient_penalty(g, kind, 1.5, reduction)  # noqa: E731
         _gradcheck(fn, [grads])

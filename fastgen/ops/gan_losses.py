@@ -139,19 +139,16 @@ def _logit_loss_forward(first, second, rules, reduction, needs_grad):
 
     programs, elements_per_program = logit_grid(n_max, first.dtype)
     partial = torch.empty(programs, dtype=acc, device=first.device)
-    flats = [_flat(x) for x in segments]
-    # a missing second segment is empty: its pointers are any of the right dtype, never read or written
-    flat_b = flats[1] if second is not None else flats[0][:0]
-    rule_b = rules[1] if second is not None else rules[0]
-    saved_a, saved_b = (saved + [None])[:2]
-    terms_a, terms_b = (terms + [partial, partial])[:2] if terms else (partial, partial)
+    # the kernel takes two segments: the generator loss's missing one is empty, its pointers never touched
+    missing = 2 - len(segments)
+    flats = [_flat(x) for x in segments] + [_flat(first)[:0]] * missing
+    rules = tuple(rules) + (rules[0],) * missing
+    saved_or_any = [flats[0] if s is None else s for s in saved] + [flats[0]] * missing
     _logit_forward_kernel[(programs,)](
-        flats[0], flat_b, flats[0] if saved_a is None else saved_a, flats[0] if saved_b is None else saved_b,
-        terms_a, terms_b, partial,
-        flats[0].numel(), flat_b.numel(), elements_per_program, flats[0].stride(0), flat_b.stride(0),
-        rules[0].family, rule_b.family, rules[0].sign, rule_b.sign,
-        int(saved_a is not None), int(saved_b is not None), int(bool(terms)),
-        float(rules[0].target), float(rule_b.target), weights[0], weights[1] if second is not None else 0.0,
+        *flats, *saved_or_any, *(terms + [partial] * (2 - len(terms))), partial,
+        flats[0].numel(), flats[1].numel(), elements_per_program, flats[0].stride(0), flats[1].stride(0),
+        *(r.family for r in rules), *(r.sign for r in rules), *(int(s is not None) for s in saved),
+        *[0] * missing, int(bool(terms)), *(float(r.target) for r in rules), *weights, *[0.0] * missing,
         COMPUTE=_tl_dtype(first.dtype), BLOCK=logit_block(first.dtype),
     )
     loss = None
@@ -161,35 +158,35 @@ def _logit_loss_forward(first, second, rules, reduction, needs_grad):
 
 
 def _logit_loss_backward(saved, grad_outputs, weights):
-    """``saved * grad_output * weight`` for each segment with a saved gradient, in one launch."""
-    present = [i for i, s in enumerate(saved) if s is not None]
-    grads = [torch.empty_like(s) if s is not None else None for s in saved]
-    if not present or max(saved[i].numel() for i in present) == 0:
+    """``saved * grad_output * weight`` for each segment with a saved gradient (None: no gradient wanted), in
+    one launch; ``grad_outputs`` are 0-d (a reduced loss) or shaped like the segments (reduction "none")."""
+    grads = [None if s is None else torch.empty_like(s) for s in saved]
+    wanted = [i for i, s in enumerate(saved) if s is not None and s.numel() > 0]
+    if not wanted:
         return grads
-    reference_tensor = saved[present[0]]
-    acc = compute_dtype(reference_tensor.dtype)
-    flats, outs, grad_outs, strides, counts, segment_weights = [], [], [], [], [], []
+    dtype = saved[wanted[0]].dtype
+    any_flat = saved[wanted[0]].view(-1)[:0]  # the pointer of a segment the kernel skips (0 elements)
+    flats, outs, grad_outs, counts, strides, segment_weights = [], [], [], [], [], []
     for i in (0, 1):
-        if i < len(saved) and saved[i] is not None:
-            grad_out = grad_outputs[i].to(acc)
+        if i in wanted:
+            grad_out = grad_outputs[i].to(compute_dtype(dtype))
             grad_out = grad_out if grad_out.dim() == 0 else _flat(grad_out)
             flats.append(saved[i].view(-1))
             outs.append(grads[i].view(-1))
             grad_outs.append(grad_out)
-            strides.append(0 if grad_out.dim() == 0 else grad_out.stride(0))
             counts.append(saved[i].numel())
+            strides.append(0 if grad_out.dim() == 0 else grad_out.stride(0))
             segment_weights.append(weights[i])
-        else:  # no gradient wanted: zero elements, any pointer of the right dtype
-            flats.append(reference_tensor.view(-1)[:0])
-            outs.append(reference_tensor.view(-1)[:0])
-            grad_outs.append(reference_tensor.new_empty(0, dtype=acc))
-            strides.append(0)
+        else:
+            flats.append(any_flat)
+            outs.append(any_flat)
+            grad_outs.append(any_flat.new_empty(0, dtype=compute_dtype(dtype)))
             counts.append(0)
+            strides.append(0)
             segment_weights.append(1.0)
-    block = logit_block(reference_tensor.dtype)
+    block = logit_block(dtype)
     _logit_backward_kernel[(triton.cdiv(max(counts), block),)](
-        *flats, *grad_outs, *outs, *counts, *strides, *segment_weights,
-        COMPUTE=_tl_dtype(reference_tensor.dtype), BLOCK=block,
+        *flats, *grad_outs, *outs, *counts, *strides, *segment_weights, COMPUTE=_tl_dtype(dtype), BLOCK=block,
     )
     return grads
 
@@ -447,35 +444,42 @@ def gradient_penalty(grads, kind="r1", gamma=10.0, reduction="mean"):
 
 # ---------------------------------------------------------------------------------------------- compile check
 def kernel_launches():
-    """Every kernel configuration the ops can launch, for the sm_90/sm_80 compile check: per dtype, with any
-    strides and with the unit strides of contiguous inputs (which Triton specializes)."""
+    """Every kernel configuration the ops can launch, for the sm_90/sm_80 compile check: per dtype (and tile), with
+    any strides and sizes, and as Triton specializes a contiguous launch whose sizes are multiples of 16 (unit
+    strides, divisible sizes: the vectorized build)."""
     # imported here: `python -m fastgen.compile_check` must not find that module imported by fastgen
     from fastgen.compile_check import KernelLaunch
 
-    def build(kernel, dtype, pointers, constexprs, ones=()):
+    def build(kernel, dtype, pointers, constexprs, contiguous=None):
+        """``contiguous``: (unit strides, integers divisible by 16) of the contiguous variant; None: any strides."""
+        ones, divisible = contiguous or ((), ())
         # the "fp64"-annotated float arguments: KernelLaunch.build types float arguments fp32
         fp64 = {n for n, a in getattr(kernel, "fn", kernel).__annotations__.items() if a == "fp64"}
         for config in configs_for(kernel):
-            launch = KernelLaunch.build(kernel, dtype, pointers, ones=ones, num_warps=config.num_warps,
-                                        constexprs=dict(constexprs, COMPUTE=_tl_dtype(dtype)),
-                                        variant="unit-stride" if ones else "")
+            launch = KernelLaunch.build(kernel, dtype, pointers, ones=ones, divisible=divisible,
+                                        num_warps=config.num_warps, variant="contiguous" if contiguous else "",
+                                        constexprs=dict(constexprs, COMPUTE=_tl_dtype(dtype)))
             yield dataclasses.replace(launch, signature=tuple((name, "fp64" if name in fp64 else kind)
                                                                for name, kind in launch.signature))
 
+    logit_forward = (("stride_real", "stride_fake"), ("n_real", "n_fake", "elements_per_program"))
+    logit_backward = (("stride_grad_out_real", "stride_grad_out_fake"), ("n_real", "n_fake"))
+    penalty = (("stride_g_n",), ("n_cols", "cols_per_program", "stride_g_b"))
     for dtype in DTYPES:
         acc = compute_dtype(dtype)
         block = logit_block(dtype)
-        for ones in ((), ("stride_real", "stride_fake")):
+        for contiguous in (None, logit_forward):
             yield from build(kernels.gan_logit_loss_forward_kernel, dtype,
-                             {"TERMS_REAL": acc, "TERMS_FAKE": acc, "PARTIAL": acc}, dict(BLOCK=block), ones)
-        for ones in ((), ("stride_grad_out_real", "stride_grad_out_fake")):  # reduced loss (0), "none" (1)
+                             {"TERMS_REAL": acc, "TERMS_FAKE": acc, "PARTIAL": acc}, dict(BLOCK=block), contiguous)
+        for contiguous in (None, logit_backward):  # the gradient of a reduced loss has stride 0, of "none" 1
             yield from build(kernels.gan_logit_loss_backward_kernel, dtype,
-                             {"GRAD_OUT_REAL": acc, "GRAD_OUT_FAKE": acc}, dict(BLOCK=block), ones)
+                             {"GRAD_OUT_REAL": acc, "GRAD_OUT_FAKE": acc}, dict(BLOCK=block), contiguous)
         yield from build(kernels.gan_gradient_penalty_finish_kernel, dtype,
                          {"PARTIAL": acc, "PENALTY": acc, "COEF": acc, "LOSS": acc}, dict(BLOCK_B=FINISH_BLOCK))
         for block_b, block_n in sorted({tile_for(n, dtype) for n in COLUMN_BLOCKS}):
             tile = dict(BLOCK_B=block_b, BLOCK_N=block_n)
-            for ones in ((), ("stride_g_n",)):
-                yield from build(kernels.gan_gradient_penalty_sum_squares_kernel, dtype, {"PARTIAL": acc}, tile, ones)
+            for contiguous in (None, penalty):
+                yield from build(kernels.gan_gradient_penalty_sum_squares_kernel, dtype, {"PARTIAL": acc}, tile,
+                                 contiguous)
                 yield from build(kernels.gan_gradient_penalty_backward_kernel, dtype,
-                                 {"COEF": acc, "GRAD_OUT": acc}, tile, ones)
+                                 {"COEF": acc, "GRAD_OUT": acc}, tile, contiguous)
