@@ -12,8 +12,10 @@ Logit losses: every loss of ``fastgen.gan_d_loss`` / ``fastgen.gan_g_loss`` is, 
 
 Two segments (real and fake logits of the discriminator loss; the generator loss passes an empty second one)
 are handled by one launch: program p covers elements [p * E, (p + 1) * E) of each segment (E =
-``elements_per_program``), writes d(loss)/dx for them (the forward computes the gradient; the backward only
-scales it) and the weighted sum of its terms to PARTIAL[p]. Logits are flat [N] views read through one stride.
+``elements_per_program``), writes ``sign * d term / dx`` for them (the forward computes the gradient; the backward
+multiplies it by grad_output times the reduction's weight 1/N, so that a saved float16 gradient stays a normal
+number, not a subnormal 1/N-scaled one) and the weighted sum of its terms to PARTIAL[p]. Logits are flat [N]
+views read through one stride.
 
 Gradient penalties: ``gan_gradient_penalty_sum_squares_kernel`` sums g^2 over a share of each row of the [B, N]
 gradient view (rows split over several programs when the batch is small), ``gan_gradient_penalty_finish_kernel``
