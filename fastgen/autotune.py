@@ -24,6 +24,13 @@ KERNEL_CONFIGS: dict[str, list[triton.Config]] = {
     "tap_conv_weight_grad_kernel": [triton.Config({}, num_warps=4, num_stages=3)],
     "tap_conv_pack_weight_kernel": [triton.Config({}, num_warps=4)],
     "tap_conv_unpack_grad_kernel": [triton.Config({}, num_warps=4)],
+    # GAN losses on logits (launch-bound at usual sizes; 512-element steps, 256 for float64) and gradient
+    # penalties (memory-bound row sums of squares in 1024-element tiles): 4 warps, at most 72 registers.
+    "gan_logit_loss_forward_kernel": [triton.Config({}, num_warps=4)],
+    "gan_logit_loss_backward_kernel": [triton.Config({}, num_warps=4)],
+    "gan_gradient_penalty_sum_squares_kernel": [triton.Config({}, num_warps=4)],
+    "gan_gradient_penalty_finish_kernel": [triton.Config({}, num_warps=4)],
+    "gan_gradient_penalty_backward_kernel": [triton.Config({}, num_warps=4)],
 }
 
 

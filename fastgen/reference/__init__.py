@@ -5,6 +5,7 @@ at once the test oracle, the CPU fallback (see :mod:`fastgen.dispatch`) and the 
 the benchmarks. They take the same arguments as the public ops but do not validate them.
 """
 
+from fastgen.reference.gan_losses import gan_d_loss, gan_g_loss, gradient_penalty
 from fastgen.reference.reparameterize_kl import gaussian_kl, reparameterize_kl
 
-__all__ = ["gaussian_kl", "reparameterize_kl"]
+__all__ = ["gan_d_loss", "gan_g_loss", "gaussian_kl", "gradient_penalty", "reparameterize_kl"]
