@@ -52,8 +52,9 @@ class KernelLaunch:
     @classmethod
     def build(cls, kernel, dtype, pointer_dtypes=None, *, float_args=(), constexprs, num_warps, num_stages=3,
               tensor_cores=False, ones=(), divisible=(), variant=""):
-        """Signature from the kernel's argument names: UPPERCASE arguments are pointers (to ``dtype`` unless
-        ``pointer_dtypes`` says otherwise), ``float_args`` are fp32 scalars, the other scalars int32.
+        """Signature from the kernel's argument names: an argument annotated with a type string (``beta:
+        "fp64"``) has that type, UPPERCASE arguments are pointers (to ``dtype`` unless ``pointer_dtypes`` says
+        otherwise), ``float_args`` are fp32 scalars, the other scalars int32.
 
         As at a real launch, Triton specializes the integer arguments equal to 1 (``ones``: e.g. the stride of
         the contiguous dimension) into constants, and compiles pointers (16-byte aligned, as every torch
@@ -61,12 +62,15 @@ class KernelLaunch:
         """
         fn = getattr(kernel, "fn", kernel)
         names = list(fn.__code__.co_varnames[:fn.__code__.co_argcount])
+        annotations = {k: v for k, v in fn.__annotations__.items() if isinstance(v, str)}  # e.g. beta: "fp64"
         pointer_dtypes = pointer_dtypes or {}
         constexprs = dict(constexprs, **{name: 1 for name in ones})
         signature = []
         for name in names:
             if name in constexprs:
                 kind = "constexpr"
+            elif name in annotations:
+                kind = annotations[name]
             elif name.isupper():
                 kind = "*" + _TORCH_TO_TRITON[pointer_dtypes.get(name, dtype)]
             elif name in float_args:

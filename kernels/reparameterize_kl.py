@@ -65,8 +65,8 @@ def reparameterize_kl_forward_kernel(
     n_cols,  # latent dims per sample
     cols_per_program,  # latent dims each program along axis 1 covers (a multiple of BLOCK_N)
     seed,  # Philox seed (used only without HAS_EPS)
-    beta,  # KL weight
-    free_bits,  # free-bits threshold on each dim's batch-mean KL; 0 turns the rule off
+    beta: "fp64",  # KL weight (a double: exact in float64 kernels, rounded once to COMPUTE)
+    free_bits: "fp64",  # free-bits threshold on each dim's batch-mean KL; 0 turns the rule off
     stride_mu_b, stride_mu_n,  # strides of MU
     stride_lv_b, stride_lv_n,  # strides of LOGVAR
     stride_eps_b, stride_eps_n,  # strides of EPS
@@ -109,10 +109,12 @@ def reparameterize_kl_forward_kernel(
         kl = _gaussian_kl(mu, logvar, prior_mu, prior_logvar, HAS_PRIOR)
         if free_bits > 0:  # a uniform runtime branch: free in a memory-bound loop, and one compiled variant less
             column_mean = tl.load(COLUMN_KL + cols, mask=col_mask, other=0.0).to(COMPUTE) / n_rows
-            kl = tl.where((column_mean < free_bits)[None, :], free_bits, kl)
+            threshold = tl.full([], free_bits, COMPUTE)
+            kl = tl.where((column_mean < threshold)[None, :], threshold, kl)
         acc += tl.sum(tl.where(mask, kl, 0.0), axis=1)
     n_split = tl.num_programs(1)
-    tl.store(KL + rows * n_split + pid_split, (beta * acc).to(KL.dtype.element_ty), mask=row_mask)
+    tl.store(KL + rows * n_split + pid_split, (tl.full([], beta, COMPUTE) * acc).to(KL.dtype.element_ty),
+             mask=row_mask)
 
 
 @triton.jit
@@ -172,8 +174,8 @@ def reparameterize_kl_backward_kernel(
     n_rows,  # batch size
     n_cols,  # latent dims per sample
     seed,  # Philox seed of the forward (used only without HAS_EPS)
-    beta,  # KL weight
-    free_bits,  # free-bits threshold; 0 turns the rule off
+    beta: "fp64",  # KL weight (a double: exact in float64 kernels, rounded once to COMPUTE)
+    free_bits: "fp64",  # free-bits threshold; 0 turns the rule off
     stride_mu_b, stride_mu_n,  # strides of MU
     stride_lv_b, stride_lv_n,  # strides of LOGVAR
     stride_eps_b, stride_eps_n,  # strides of EPS
@@ -200,11 +202,12 @@ def reparameterize_kl_backward_kernel(
     logvar = _load_tile(LOGVAR, rows, cols, stride_lv_b, stride_lv_n, mask, COMPUTE)
     std = tl.exp(0.5 * logvar)  # before the other loads: fewer live registers across float64 exp's calls
     grad_z = _load_tile(GRAD_Z, rows, cols, stride_gz_b, stride_gz_n, mask, COMPUTE)
-    grad_kl = tl.load(GRAD_KL + rows * stride_gkl, mask=row_mask, other=0.0).to(COMPUTE) * beta
+    grad_kl = tl.load(GRAD_KL + rows * stride_gkl, mask=row_mask, other=0.0).to(COMPUTE)
+    grad_kl *= tl.full([], beta, COMPUTE)
     kl_scale = tl.broadcast_to(grad_kl[:, None], [BLOCK_B, BLOCK_N])
     if free_bits > 0:  # dims whose batch-mean KL is under free_bits get no KL gradient
         column_mean = tl.load(COLUMN_KL + cols, mask=col_mask, other=0.0).to(COMPUTE) / n_rows
-        kl_scale = tl.where((column_mean < free_bits)[None, :], 0.0, kl_scale)
+        kl_scale = tl.where((column_mean < tl.full([], free_bits, COMPUTE))[None, :], 0.0, kl_scale)
     if HAS_EPS:
         eps = _load_tile(EPS, rows, cols, stride_eps_b, stride_eps_n, mask, COMPUTE)
     else:

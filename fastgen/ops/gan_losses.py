@@ -453,14 +453,10 @@ def kernel_launches():
     def build(kernel, dtype, pointers, constexprs, contiguous=None):
         """``contiguous``: (unit strides, integers divisible by 16) of the contiguous variant; None: any strides."""
         ones, divisible = contiguous or ((), ())
-        # the "fp64"-annotated float arguments: KernelLaunch.build types float arguments fp32
-        fp64 = {n for n, a in getattr(kernel, "fn", kernel).__annotations__.items() if a == "fp64"}
         for config in configs_for(kernel):
-            launch = KernelLaunch.build(kernel, dtype, pointers, ones=ones, divisible=divisible,
-                                        num_warps=config.num_warps, variant="contiguous" if contiguous else "",
-                                        constexprs=dict(constexprs, COMPUTE=_tl_dtype(dtype)))
-            yield dataclasses.replace(launch, signature=tuple((name, "fp64" if name in fp64 else kind)
-                                                               for name, kind in launch.signature))
+            yield KernelLaunch.build(kernel, dtype, pointers, ones=ones, divisible=divisible,
+                                     num_warps=config.num_warps, variant="contiguous" if contiguous else "",
+                                     constexprs=dict(constexprs, COMPUTE=_tl_dtype(dtype)))
 
     logit_forward = (("stride_real", "stride_fake"), ("n_real", "n_fake", "elements_per_program"))
     logit_backward = (("stride_grad_out_real", "stride_grad_out_fake"), ("n_real", "n_fake"))

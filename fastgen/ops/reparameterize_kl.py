@@ -234,7 +234,7 @@ def kernel_launches():
             for (block_b, block_n), config, flag_set in (
                     (t, c, f) for t in tiles for c in configs_for(kernel) for f in flag_sets):
                 yield KernelLaunch.build(
-                    kernel, dtype, pointers, float_args=("beta", "free_bits"),
+                    kernel, dtype, pointers,
                     constexprs=dict(flag_set, COMPUTE=_tl_dtype(dtype), BLOCK_B=block_b, BLOCK_N=block_n),
                     num_warps=config.num_warps,
                 )
