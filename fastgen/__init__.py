@@ -6,11 +6,12 @@ otherwise CPU tensors use the plain-PyTorch reference and CUDA tensors the compi
 """
 
 from fastgen.dispatch import backend_for, interpreting, use_backend
+from fastgen.ops.gumbel_softmax import GumbelSoftmax, gumbel_softmax
 from fastgen.ops.reparameterize_kl import ReparameterizeKL, reparameterize_kl
 from fastgen.ops.tap_conv import TapConv, masked_conv2d, tap_conv2d
 from fastgen import nn  # noqa: E402  (after the ops it builds on)
 
 __version__ = "0.1.0"
 
-__all__ = ["ReparameterizeKL", "TapConv", "backend_for", "interpreting", "masked_conv2d", "nn", "reparameterize_kl",
-           "tap_conv2d", "use_backend", "__version__"]
+__all__ = ["GumbelSoftmax", "ReparameterizeKL", "TapConv", "backend_for", "gumbel_softmax", "interpreting",
+           "masked_conv2d", "nn", "reparameterize_kl", "tap_conv2d", "use_backend", "__version__"]

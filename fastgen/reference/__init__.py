@@ -5,6 +5,7 @@ at once the test oracle, the CPU fallback (see :mod:`fastgen.dispatch`) and the 
 the benchmarks. They take the same arguments as the public ops but do not validate them.
 """
 
+from fastgen.reference.gumbel_softmax import gumbel_softmax, sample_gumbel
 from fastgen.reference.reparameterize_kl import gaussian_kl, reparameterize_kl
 
-__all__ = ["gaussian_kl", "reparameterize_kl"]
+__all__ = ["gaussian_kl", "gumbel_softmax", "reparameterize_kl", "sample_gumbel"]
