@@ -24,8 +24,8 @@ KERNEL_CONFIGS: dict[str, list[triton.Config]] = {
     "tap_conv_weight_grad_kernel": [triton.Config({}, num_warps=4, num_stages=3)],
     "tap_conv_pack_weight_kernel": [triton.Config({}, num_warps=4)],
     "tap_conv_unpack_grad_kernel": [triton.Config({}, num_warps=4)],
-    # Gumbel-softmax rows: 1024-element tiles (512 in float64), 8 elements per thread; Philox and two logs per
-    # element, then a row softmax. Add configs once a GPU measurement shows they pay.
+    # Gumbel-softmax rows: 512-element tiles (256 in float64; one row of up to 1024), 4 elements per thread;
+    # Philox and two logs per element, then a row softmax. Add configs once a GPU measurement shows they pay.
     "gumbel_softmax_forward_kernel": [triton.Config({}, num_warps=4)],
     "gumbel_softmax_backward_kernel": [triton.Config({}, num_warps=4)],
     "gumbel_noise_kernel": [triton.Config({}, num_warps=4)],
