@@ -22,6 +22,7 @@ CASE_MODULES = [
     "fastgen.benchmarks.bench_reparameterize_kl",
     "fastgen.benchmarks.bench_tap_conv",
     "fastgen.benchmarks.bench_gan_losses",
+    "fastgen.benchmarks.bench_gumbel_softmax",
 ]
 INTERPRETER_BATCH = 2  # batch of the interpreted correctness/launch-count runs
 

@@ -31,6 +31,11 @@ KERNEL_CONFIGS: dict[str, list[triton.Config]] = {
     "gan_gradient_penalty_sum_squares_kernel": [triton.Config({}, num_warps=4)],
     "gan_gradient_penalty_finish_kernel": [triton.Config({}, num_warps=4)],
     "gan_gradient_penalty_backward_kernel": [triton.Config({}, num_warps=4)],
+    # Gumbel-softmax rows: 512-element tiles (256 in float64; one row of up to 1024), 4 elements per thread;
+    # Philox and two logs per element, then a row softmax. Add configs once a GPU measurement shows they pay.
+    "gumbel_softmax_forward_kernel": [triton.Config({}, num_warps=4)],
+    "gumbel_softmax_backward_kernel": [triton.Config({}, num_warps=4)],
+    "gumbel_noise_kernel": [triton.Config({}, num_warps=4)],
 }
 
 

@@ -30,6 +30,7 @@ OP_MODULES = [
     "fastgen.ops.reparameterize_kl",
     "fastgen.ops.tap_conv",
     "fastgen.ops.gan_losses",
+    "fastgen.ops.gumbel_softmax",
 ]
 
 _TORCH_TO_TRITON = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}

@@ -6,6 +6,8 @@ the benchmarks. They take the same arguments as the public ops but do not valida
 """
 
 from fastgen.reference.gan_losses import gan_d_loss, gan_g_loss, gradient_penalty
+from fastgen.reference.gumbel_softmax import gumbel_softmax, sample_gumbel
 from fastgen.reference.reparameterize_kl import gaussian_kl, reparameterize_kl
 
-__all__ = ["gan_d_loss", "gan_g_loss", "gaussian_kl", "gradient_penalty", "reparameterize_kl"]
+__all__ = ["gan_d_loss", "gan_g_loss", "gaussian_kl", "gradient_penalty", "gumbel_softmax", "reparameterize_kl",
+           "sample_gumbel"]

@@ -1,0 +1,288 @@
+"""Gumbel-softmax with in-kernel Philox noise: launchers, the autograd Function and the public op."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from fastgen.autotune import autotuned, configs_for
+from fastgen.dispatch import backend_for
+from fastgen.kernels import gumbel_softmax as kernels
+from fastgen import reference
+from fastgen.validation import check_float_tensor, check_like, check_seed
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Launch space. A program works on [BLOCK_R, BLOCK_N] tiles: BLOCK_N is the smallest of COLUMN_BLOCKS that holds
+# a row (capped at MAX_BLOCK_N), BLOCK_R fills a tile of tile_elements(dtype) with rows: 512 elements (4 per
+# thread at 4 warps), 256 for float64, a single row when BLOCK_N is larger. A row of at most BLOCK_N classes is
+# one pass from registers; a longer one takes two passes over BLOCK_N steps (online max/sum, then the
+# normalized write), its noise regenerated from the same Philox offsets. The compile check's register report
+# chose the tiles: with contiguous rows (stride 1 along the classes) 1024-element tiles of many short rows took
+# up to 140 registers and spilled, 512-element tiles stay under 70; Philox and two logs per element make the
+# masked lanes of a half-empty block cost compute, hence the factor-2 step 256 -> 512 -> 1024.
+COLUMN_BLOCKS = (16, 64, 256, 512, 1024)
+MAX_ROWS = 2**31 - 1024  # the kernels number rows (not elements) in int32, one tile past the last row included
+NOISE_BLOCK = 1024  # elements per program of gumbel_noise_kernel
+
+_forward_kernel = autotuned(kernels.gumbel_softmax_forward_kernel, key=["n_cols", "BLOCK_N", "HARD"])
+_backward_kernel = autotuned(kernels.gumbel_softmax_backward_kernel, key=["n_cols", "BLOCK_N"])
+_noise_kernel = autotuned(kernels.gumbel_noise_kernel, key=[])
+
+
+def tile_elements(dtype: torch.dtype) -> int:
+    return 256 if dtype == torch.float64 else 512
+
+
+def max_block_n(dtype: torch.dtype) -> int:
+    return 512 if dtype == torch.float64 else 1024
+
+
+def tile_for(n_cols: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_N) for rows of ``n_cols`` classes of ``dtype``."""
+    blocks = [b for b in COLUMN_BLOCKS if b <= max_block_n(dtype)]
+    block_n = next((b for b in blocks if b >= n_cols), blocks[-1])
+    return max(1, tile_elements(dtype) // block_n), block_n
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic (and noise) dtype: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _split_tau(tau: float) -> tuple[float, float]:
+    """tau as tau_hi + tau_lo, two float32 kernel arguments (Triton passes a Python float as float32): their
+    sum carries 48 bits of a float64 tau, so float64 inputs are not limited by a float32 temperature."""
+    tau_hi = float(np.float32(tau))
+    return tau_hi, tau - tau_hi
+
+
+def row_layout(tensors: list[torch.Tensor], dim: int, block_r: int = 1):
+    """The tensors (of one shape) as [R, N] rows along ``dim``: (n_rows, n_cols, n_inner, strides), with
+    ``strides[i] = (outer, inner, n)`` of tensor i and row r = (r // n_inner, r % n_inner), or None when the
+    dims other than ``dim`` do not merge into two row groups in every tensor, or the inner group of two has
+    fewer than ``block_r`` rows (a program's rows must cross at most one group boundary): then the caller copies.
+
+    Adjacent dims merge when every tensor steps over them as over one dim (stride[a] == stride[b] * size[b]),
+    so a contiguous tensor always fits (the dims before ``dim``, the dims after it) and so do most transposed,
+    channels-last, sliced and expanded (stride 0) views; rows are numbered in the dims' order either way.
+    """
+    shape = tensors[0].shape
+    groups: list[list[int]] = []
+    for d in (d for d in range(len(shape)) if d != dim and shape[d] != 1):
+        if groups and all(t.stride(groups[-1][-1]) == t.stride(d) * shape[d] for t in tensors):
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    if len(groups) > 2:
+        return None
+    groups = [[]] * (2 - len(groups)) + groups  # an empty group: one row, stride 0
+    n_inner = math.prod(shape[d] for d in groups[1])
+    if groups[0] and n_inner < block_r:
+        return None
+    n_rows = math.prod(shape[d] for d in groups[0]) * n_inner
+    strides = [tuple(t.stride(g[-1]) if g else 0 for g in groups) + (t.stride(dim),) for t in tensors]
+    return n_rows, shape[dim], n_inner, strides
+
+
+def _rows_contiguous(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """A copy of ``t`` (same shape) whose rows along ``dim`` are contiguous in memory: one row group."""
+    return t.movedim(dim, -1).contiguous().movedim(-1, dim)
+
+
+class GumbelSoftmax(torch.autograd.Function):
+    """(logits, noise, seed, tau, hard, dim, keep_soft) -> y, the Gumbel-softmax sample along ``dim``.
+
+    ``noise`` (Gumbel noise of logits' shape) may be None: it is then drawn in the kernel from ``seed``.
+    ``dim`` must be in [0, logits.dim()) and logits not 0-d nor empty. With ``hard``, the soft sample is kept
+    for the backward only if ``keep_soft``. Prefer :func:`fastgen.gumbel_softmax`, which validates arguments,
+    picks the backend and handles 0-d and empty tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, noise, seed, tau, hard, dim, keep_soft=True):
+        x, g = logits, noise
+        block_r, block_n = tile_for(x.shape[dim], x.dtype)
+        y = torch.empty_like(x)
+        layout = row_layout([x, y] + ([g] if g is not None else []), dim, block_r)
+        if layout is None:  # copies with contiguous rows: one row group
+            x = _rows_contiguous(x, dim)
+            g = g if g is None else _rows_contiguous(g, dim)
+            y = torch.empty_like(x)
+            layout = row_layout([x, y] + ([g] if g is not None else []), dim, block_r)
+        n_rows, n_cols, n_inner, strides = layout
+        write_soft = hard and keep_soft
+        y_soft = torch.empty_like(y) if write_soft else y  # Y's strides
+        tau_hi, tau_lo = _split_tau(tau)
+        _forward_kernel[(triton.cdiv(n_rows, block_r),)](
+            x, x if g is None else g, y, y_soft,
+            n_rows, n_cols, n_inner, seed if seed is not None else 0, tau_hi, tau_lo, int(write_soft), int(g is not None),
+            *strides[0], *(strides[0] if g is None else strides[2]), *strides[1],
+            HARD=hard, COMPUTE=_tl_dtype(x.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
+        )
+        ctx.tau, ctx.dim, ctx.hard = tau, dim, hard
+        # The backward of a softmax needs only its output y: saving y (the op's own output when soft) is
+        # cheaper than keeping the logits and regenerating the noise, which would mean re-reading the logits,
+        # Philox and two logs per element and, for long rows, the two-pass max/sum again. For hard samples the
+        # soft y is an extra write of one tensor in the forward (skipped when no gradient is needed).
+        ctx.save_for_backward(y_soft if write_soft or not hard else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (y_soft,) = ctx.saved_tensors
+        if y_soft is None:
+            raise RuntimeError("GumbelSoftmax: a hard sample taken with keep_soft=False has no gradient")
+        block_r, block_n = tile_for(y_soft.shape[ctx.dim], y_soft.dtype)
+        grad_logits = torch.empty_like(y_soft)
+        layout = row_layout([y_soft, grad_y, grad_logits], ctx.dim, block_r)
+        if layout is None:
+            y_soft, grad_y = _rows_contiguous(y_soft, ctx.dim), _rows_contiguous(grad_y, ctx.dim)
+            grad_logits = torch.empty_like(y_soft)
+            layout = row_layout([y_soft, grad_y, grad_logits], ctx.dim, block_r)
+        n_rows, n_cols, n_inner, strides = layout
+        _backward_kernel[(triton.cdiv(n_rows, block_r),)](
+            y_soft, grad_y, grad_logits, n_rows, n_cols, n_inner, *_split_tau(ctx.tau),
+            *strides[0], *strides[1], *strides[2],
+            COMPUTE=_tl_dtype(y_soft.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
+        )
+        # y depends on logits + noise: both get the same gradient
+        grad_noise = None
+        if ctx.needs_input_grad[1]:
+            grad_noise = grad_logits.clone() if ctx.needs_input_grad[0] else grad_logits
+        return grad_logits, grad_noise, None, None, None, None, None
+
+
+def _check_tau(tau) -> float:
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+        raise TypeError(f"tau must be a real number, got {type(tau).__name__}")
+    tau = float(tau)
+    if not (math.isfinite(tau) and tau > 0.0):
+        raise ValueError(f"tau must be a finite number > 0, got {tau}")
+    return tau
+
+
+def _check_dim(dim, ndim: int) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    size = max(ndim, 1)  # a 0-d tensor takes dim 0 or -1, as torch.softmax
+    if not -size <= dim < size:
+        raise ValueError(f"dim must be in [{-size}, {size - 1}] for a {ndim}-d tensor, got {dim}")
+    return int(dim) % size
+
+
+def _draw_seed() -> int:
+    return int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
+
+
+def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None):
+    """A Gumbel-softmax sample ``y = softmax((logits + g) / tau)`` over ``dim``, as ``F.gumbel_softmax``.
+
+    Args:
+        logits: unnormalized log-probabilities, any shape and strides, float16/bfloat16/float32/float64.
+        tau: temperature, a finite number > 0.
+        hard: return the one-hot of each row's argmax (exactly 0 and 1) with the gradient of the soft sample
+            (straight through), as ``F.gumbel_softmax(hard=True)``.
+        dim: the dimension of the classes (keyword-only: torch's fourth positional argument is ``eps``).
+        seed: Philox seed in [0, 2**31) of the noise drawn in the kernel; when None one is taken from torch's
+            default generator, so ``torch.manual_seed`` makes runs repeatable. The same seed gives the same
+            sample (for a given shape and ``dim``); see :func:`gumbel_noise` for the noise itself.
+        noise: Gumbel(0, 1) noise of logits' shape and dtype to use instead (as ``eps`` of
+            :func:`fastgen.reparameterize_kl`); it receives the same gradient as logits.
+
+    The noise is -log(-log(u)) with u an odd multiple of 2**-24 in (0, 1), so it is finite, in [-2.82, 16.7]:
+    unlike torch's (pytorch issues #22442, #127749), no draw makes the result inf or NaN.
+
+    Returns:
+        y of logits' shape and dtype (logits' strides when dense). Math runs in float32 (float64 for float64).
+    """
+    check_float_tensor("logits", logits)
+    tau = _check_tau(tau)
+    if not isinstance(hard, bool):
+        raise TypeError(f"hard must be a bool, got {type(hard).__name__}")
+    dim = _check_dim(dim, logits.dim())
+    if noise is not None:
+        check_like("noise", noise, "logits", logits)
+    seed = check_seed("seed", seed)
+    if noise is not None and seed is not None:
+        raise ValueError("seed: pass either noise or seed, not both (seed only seeds the in-kernel noise)")
+
+    if backend_for(logits) == "reference" or logits.numel() == 0:  # empty: torch's result (and errors)
+        return reference.gumbel_softmax(logits, tau, hard, dim=dim, seed=seed, noise=noise)
+    if logits.dim() == 0:  # one class: a row of one
+        return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, seed=seed,
+                              noise=None if noise is None else noise.reshape(1)).reshape(())
+
+    n_rows = logits.numel() // logits.shape[dim]
+    if n_rows > MAX_ROWS:
+        raise ValueError(f"logits: at most {MAX_ROWS} rows (elements / logits.shape[dim]) are supported, "
+                         f"got {n_rows}")
+    if noise is None and seed is None:
+        seed = _draw_seed()
+    keep_soft = hard and torch.is_grad_enabled() and (
+        logits.requires_grad or (noise is not None and noise.requires_grad))
+    return GumbelSoftmax.apply(logits, noise, seed, tau, hard, dim, keep_soft)
+
+
+def gumbel_noise(logits: torch.Tensor, *, dim: int = -1, seed: int | None = None) -> torch.Tensor:
+    """The Gumbel noise g that ``gumbel_softmax(logits, dim=dim, seed=seed)`` adds to logits, bit for bit.
+
+    Of logits' shape, in float32 (float64 for float64 logits), contiguous in the dim-last order. On the
+    reference backend it is the noise the reference draws for ``seed`` (torch's stream, logits' dtype).
+    """
+    check_float_tensor("logits", logits)
+    dim = _check_dim(dim, logits.dim())
+    seed = check_seed("seed", seed)
+    if backend_for(logits) == "reference":
+        return reference.sample_gumbel(logits, seed)
+    if seed is None:
+        seed = _draw_seed()
+    shape = logits.reshape(1).shape if logits.dim() == 0 else logits.shape
+    moved = [n for d, n in enumerate(shape) if d != dim] + [shape[dim]]
+    noise = torch.empty(moved, dtype=compute_dtype(logits.dtype), device=logits.device)
+    if noise.numel():
+        _noise_kernel[(triton.cdiv(noise.numel(), NOISE_BLOCK),)](
+            noise, noise.numel(), seed, COMPUTE=_tl_dtype(logits.dtype), BLOCK=NOISE_BLOCK)
+    return noise.movedim(-1, dim).reshape(logits.shape)
+
+
+def kernel_launches():
+    """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check."""
+    # imported here: `python -m fastgen.compile_check` must not find that module imported by fastgen
+    from fastgen.compile_check import KernelLaunch
+
+    # Two layouts of each tile: "rows", contiguous along the classes (the usual dim=-1 case), where Triton
+    # specializes the class strides equal to 1 (vectorized, and a different register count); "strided", none
+    # of them 1 (e.g. the channel dim of an NCHW tensor).
+    forward_ones = ("stride_x_n", "stride_g_n", "stride_y_n")
+    backward_ones = ("stride_y_n", "stride_gy_n", "stride_gx_n")
+    float_args = ("tau_hi", "tau_lo")
+    for dtype in DTYPES:
+        tiles = sorted({tile_for(n, dtype) for n in COLUMN_BLOCKS})
+        for (block_r, block_n), layout in itertools.product(tiles, ("rows", "strided")):
+            constexprs = dict(COMPUTE=_tl_dtype(dtype), BLOCK_R=block_r, BLOCK_N=block_n)
+            kernel = kernels.gumbel_softmax_forward_kernel
+            for config, hard in itertools.product(configs_for(kernel), (False, True)):
+                yield KernelLaunch.build(kernel, dtype, float_args=float_args, constexprs=dict(constexprs, HARD=hard),
+                                         num_warps=config.num_warps, variant=layout,
+                                         ones=forward_ones if layout == "rows" else ())
+            kernel = kernels.gumbel_softmax_backward_kernel
+            for config in configs_for(kernel):
+                yield KernelLaunch.build(kernel, dtype, float_args=float_args, constexprs=constexprs,
+                                         num_warps=config.num_warps, variant=layout,
+                                         ones=backward_ones if layout == "rows" else ())
+    for acc in (torch.float32, torch.float64):  # the noise is written in the compute dtype
+        for config in configs_for(kernels.gumbel_noise_kernel):
+            yield KernelLaunch.build(kernels.gumbel_noise_kernel, acc,
+                                     constexprs=dict(COMPUTE=_tl_dtype(acc), BLOCK=NOISE_BLOCK),
+                                     num_warps=config.num_warps)
