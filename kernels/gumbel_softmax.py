@@ -100,8 +100,7 @@ def gumbel_softmax_forward_kernel(
     n_cols,  # N: classes per row (the softmax dim)
     n_inner,  # rows of the inner row group: row r = (r // n_inner, r % n_inner); >= BLOCK_R or R
     seed,  # Philox seed (used only without has_noise)
-    tau_hi,  # temperature, split as tau_hi + tau_lo (two float32 arguments carry a float64 tau)
-    tau_lo,
+    tau: "fp64",  # temperature (a double: exact in float64 kernels)
     write_soft,  # HARD: also store the soft sample to Y_SOFT (0 when no gradient is needed)
     has_noise,  # 1: the noise is given in NOISE; 0: drawn in the kernel from seed
     stride_x_outer, stride_x_inner, stride_x_n,  # strides of LOGITS
@@ -120,7 +119,7 @@ def gumbel_softmax_forward_kernel(
     g_rows = _row_offsets(first_row, n_inner, stride_g_outer, stride_g_inner, BLOCK_R)
     y_rows = _row_offsets(first_row, n_inner, stride_y_outer, stride_y_inner, BLOCK_R)
     noise_rows = rows.to(tl.int64) * n_cols  # Philox offsets: the element's index in the dim-last [R, N] order
-    inv_tau = 1.0 / (tl.cast(tau_hi, COMPUTE) + tl.cast(tau_lo, COMPUTE))
+    inv_tau = 1.0 / tl.full([], tau, COMPUTE)
     if n_cols <= BLOCK_N:  # the whole row in registers: one pass, logits read once
         cols = tl.arange(0, BLOCK_N)
         z = _perturbed_logits(LOGITS, NOISE, x_rows, g_rows, noise_rows, row_mask, cols, n_cols, seed, inv_tau,
@@ -171,8 +170,7 @@ def gumbel_softmax_backward_kernel(
     n_rows,  # R
     n_cols,  # N
     n_inner,  # rows of the inner row group
-    tau_hi,  # temperature as tau_hi + tau_lo
-    tau_lo,
+    tau: "fp64",  # temperature
     stride_y_outer, stride_y_inner, stride_y_n,  # strides of Y_SOFT
     stride_gy_outer, stride_gy_inner, stride_gy_n,  # strides of GRAD_Y
     stride_gx_outer, stride_gx_inner, stride_gx_n,  # strides of GRAD_LOGITS
@@ -189,7 +187,7 @@ def gumbel_softmax_backward_kernel(
     y_rows = _row_offsets(first_row, n_inner, stride_y_outer, stride_y_inner, BLOCK_R)
     gy_rows = _row_offsets(first_row, n_inner, stride_gy_outer, stride_gy_inner, BLOCK_R)
     gx_rows = _row_offsets(first_row, n_inner, stride_gx_outer, stride_gx_inner, BLOCK_R)
-    inv_tau = 1.0 / (tl.cast(tau_hi, COMPUTE) + tl.cast(tau_lo, COMPUTE))
+    inv_tau = 1.0 / tl.full([], tau, COMPUTE)
     if n_cols <= BLOCK_N:
         cols = tl.arange(0, BLOCK_N).to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]

@@ -6,7 +6,6 @@ import itertools
 import math
 import numbers
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -58,13 +57,6 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _split_tau(tau: float) -> tuple[float, float]:
-    """tau as tau_hi + tau_lo, two float32 kernel arguments (Triton passes a Python float as float32): their
-    sum carries 48 bits of a float64 tau, so float64 inputs are not limited by a float32 temperature."""
-    tau_hi = float(np.float32(tau))
-    return tau_hi, tau - tau_hi
 
 
 def row_layout(tensors: list[torch.Tensor], dim: int, block_r: int = 1):
@@ -123,10 +115,9 @@ class GumbelSoftmax(torch.autograd.Function):
         n_rows, n_cols, n_inner, strides = layout
         write_soft = hard and keep_soft
         y_soft = torch.empty_like(y) if write_soft else y  # Y's strides
-        tau_hi, tau_lo = _split_tau(tau)
         _forward_kernel[(triton.cdiv(n_rows, block_r),)](
             x, x if g is None else g, y, y_soft,
-            n_rows, n_cols, n_inner, seed if seed is not None else 0, tau_hi, tau_lo, int(write_soft), int(g is not None),
+            n_rows, n_cols, n_inner, seed if seed is not None else 0, tau, int(write_soft), int(g is not None),
             *strides[0], *(strides[0] if g is None else strides[2]), *strides[1],
             HARD=hard, COMPUTE=_tl_dtype(x.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
         )
@@ -152,7 +143,7 @@ class GumbelSoftmax(torch.autograd.Function):
             layout = row_layout([y_soft, grad_y, grad_logits], ctx.dim, block_r)
         n_rows, n_cols, n_inner, strides = layout
         _backward_kernel[(triton.cdiv(n_rows, block_r),)](
-            y_soft, grad_y, grad_logits, n_rows, n_cols, n_inner, *_split_tau(ctx.tau),
+            y_soft, grad_y, grad_logits, n_rows, n_cols, n_inner, ctx.tau,
             *strides[0], *strides[1], *strides[2],
             COMPUTE=_tl_dtype(y_soft.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
         )
@@ -266,19 +257,18 @@ def kernel_launches():
     # of them 1 (e.g. the channel dim of an NCHW tensor).
     forward_ones = ("stride_x_n", "stride_g_n", "stride_y_n")
     backward_ones = ("stride_y_n", "stride_gy_n", "stride_gx_n")
-    float_args = ("tau_hi", "tau_lo")
     for dtype in DTYPES:
         tiles = sorted({tile_for(n, dtype) for n in COLUMN_BLOCKS})
         for (block_r, block_n), layout in itertools.product(tiles, ("rows", "strided")):
             constexprs = dict(COMPUTE=_tl_dtype(dtype), BLOCK_R=block_r, BLOCK_N=block_n)
             kernel = kernels.gumbel_softmax_forward_kernel
             for config, hard in itertools.product(configs_for(kernel), (False, True)):
-                yield KernelLaunch.build(kernel, dtype, float_args=float_args, constexprs=dict(constexprs, HARD=hard),
+                yield KernelLaunch.build(kernel, dtype, constexprs=dict(constexprs, HARD=hard),
                                          num_warps=config.num_warps, variant=layout,
                                          ones=forward_ones if layout == "rows" else ())
             kernel = kernels.gumbel_softmax_backward_kernel
             for config in configs_for(kernel):
-                yield KernelLaunch.build(kernel, dtype, float_args=float_args, constexprs=constexprs,
+                yield KernelLaunch.build(kernel, dtype, constexprs=constexprs,
                                          num_warps=config.num_warps, variant=layout,
                                          ones=backward_ones if layout == "rows" else ())
     for acc in (torch.float32, torch.float64):  # the noise is written in the compute dtype
