@@ -12,9 +12,11 @@ from fastgen.ops.gumbel_softmax import GumbelSoftmax, gumbel_softmax
 from fastgen.ops.reparameterize_kl import ReparameterizeKL, reparameterize_kl
 from fastgen.ops.tap_conv import TapConv, masked_conv2d, tap_conv2d
 from fastgen import estimators, nn  # noqa: E402  (after the ops they build on)
+from fastgen import models  # noqa: E402  (after fastgen.nn)
 
 __version__ = "0.1.0"
 
 __all__ = ["GANDiscriminatorLoss", "GANGeneratorLoss", "GradientPenalty", "GumbelSoftmax", "ReparameterizeKL",
            "TapConv", "backend_for", "estimators", "gan_d_loss", "gan_g_loss", "gradient_penalty", "gumbel_softmax",
-           "interpreting", "masked_conv2d", "nn", "reparameterize_kl", "tap_conv2d", "use_backend", "__version__"]
+           "interpreting", "masked_conv2d", "models", "nn", "reparameterize_kl", "tap_conv2d", "use_backend",
+           "__version__"]

@@ -1,0 +1,18 @@
+"""The PixelCNN family on fastgen's convolutions: PixelCNN, Gated PixelCNN and PixelCNN++-lite.
+
+>>> model = fastgen.models.PixelCNN(data_channels=1, levels=17, hidden_channels=32, n_layers=4)
+>>> logits = model(pixels)                      # pixels [B, 1, H, W] ints 0..16 -> logits [B, 17, 1, H, W]
+>>> loss = F.cross_entropy(logits, pixels)
+>>> model.use_reference(True)                   # the same parameters on the plain-PyTorch reference layers
+
+Inputs: integer pixels 0..levels-1 or floats in [-1, 1] (see :mod:`fastgen.models.base`); labels y [B] for
+models built with ``n_classes``. ``type(model)(**model.config)`` rebuilds a model for a checkpoint.
+"""
+
+from fastgen.models.base import PixelModel, scale_pixels
+from fastgen.models.gated_pixelcnn import GatedLayer, GatedPixelCNN, gated_activation
+from fastgen.models.pixelcnn import PixelCNN, ResidualBlock
+from fastgen.models.pixelcnnpp import GatedResnet, PixelCNNpp, concat_elu, dmol_channels, down_shift, right_shift
+
+__all__ = ["GatedLayer", "GatedPixelCNN", "GatedResnet", "PixelCNN", "PixelCNNpp", "PixelModel", "ResidualBlock",
+           "concat_elu", "dmol_channels", "down_shift", "gated_activation", "right_shift", "scale_pixels"]

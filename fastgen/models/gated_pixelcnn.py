@@ -1,0 +1,110 @@
+"""Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders").
+
+Two stacks without a blind spot, in the formulation of pytorch-vqvae's ``GatedMaskedConv2d``: the vertical
+stack v sees the rows above the current pixel (a (k//2+1) x k window, mask A leaving out the current row in
+the first layer, so v at row y always depends on rows < y only), the horizontal stack h sees the current row
+to the left (a 1 x (k//2+1) window, mask A leaving out the current pixel in the first layer). One layer, with
+n = hidden_channels:
+
+    v_pre = vertical(v) [2n]                  v' = gate(v_pre + class embedding)
+    h_pre = horizontal(h) + 1x1(v_pre) [2n]   h' = 1x1(gate(h_pre + class embedding)) (+ h from layer 2 on)
+    gate(t) = tanh(t_a) * sigmoid(t_b)
+
+then the head: 1x1 (n -> head) -> ReLU -> 1x1 (head -> C * levels) on h -> logits [B, levels, C, H, W].
+The first layer (mask A, ``kernel_size``) reads the image in both stacks and has no residual; the other
+``n_layers - 1`` layers are mask B with ``hidden_kernel_size``.
+
+RGB (``data_channels=3``): v depends on rows above only, so it needs no channel groups; the horizontal stack
+convolutions and every 1x1 on the horizontal path split channels into 3 groups (R, G, B: channel c of C in
+group c*3//C; at the current pixel group g sees input groups < g in the first layer, <= g after), and the gate
+pairs the tanh and sigmoid halves *within* each group (``gated_activation(t, groups=3)``), so the logits of
+channel c at pixel p depend on the pixels before p and on channels < c of p only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgen.models.base import PixelModel, check_divisible, check_positive_int, conv1x1
+from fastgen.nn import HorizontalStackConv2d, VerticalStackConv2d
+
+
+def gated_activation(t: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """tanh(a) * sigmoid(b) for t [B, 2n, H, W] -> [B, n, H, W].
+
+    t's channels form ``groups`` equal groups; a is the first half of each group, b the second half (with one
+    group: ``a, b = t.chunk(2, 1)``), so output channel group g is computed from input group g alone.
+    """
+    a, b = t.unflatten(1, (groups, 2, -1)).unbind(2)
+    return (torch.tanh(a) * torch.sigmoid(b)).flatten(1, 2)
+
+
+class GatedLayer(nn.Module):
+    """One gated layer: (v, h) -> (v', h') with v, h [B, in_channels, H, W] and v', h' [B, n, H, W]."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int, mask_type: str, residual: bool,
+                 data_channels: int, n_classes: int | None):
+        super().__init__()
+        n = hidden_channels
+        self.residual, self.data_channels = residual, data_channels
+        self.vertical = VerticalStackConv2d(in_channels, 2 * n, kernel_size, mask_type)
+        self.horizontal = HorizontalStackConv2d(in_channels, 2 * n, kernel_size, mask_type, data_channels)
+        self.vertical_to_horizontal = conv1x1(2 * n, 2 * n)  # v depends on rows above: no groups needed
+        self.horizontal_out = conv1x1(n, n, data_channels)
+        self.class_embedding = nn.Embedding(n_classes, 2 * n) if n_classes is not None else None
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None):
+        v_pre = self.vertical(v)
+        h_pre = self.horizontal(h) + self.vertical_to_horizontal(v_pre)
+        if self.class_embedding is not None:
+            c = self.class_embedding(y)[:, :, None, None]
+            v_pre, h_pre = v_pre + c, h_pre + c
+        v_out = gated_activation(v_pre, self.data_channels)
+        h_out = self.horizontal_out(gated_activation(h_pre, self.data_channels))
+        return v_out, (h_out + h if self.residual else h_out)
+
+
+class GatedPixelCNN(PixelModel):
+    """Gated PixelCNN with a ``levels``-way softmax per sub-pixel, optionally class-conditional.
+
+    Args:
+        data_channels: 1 (grey) or 3 (RGB, channel groups on the horizontal stack).
+        levels: number of pixel values.
+        hidden_channels: n, the channels of each stack (divisible by 3 for RGB).
+        n_layers: gated layers (the first is the mask-A input layer).
+        kernel_size: the first layer's k (7 in pytorch-vqvae); hidden_kernel_size: the others' (3).
+        head_channels: width of the hidden 1x1 output layer (default 2n; divisible by 3 for RGB).
+        n_classes: class-conditional: every layer adds a learnt embedding of the label to both stacks before
+            the gate (the paper's V^T h with a one-hot h).
+
+    ``forward(x, y=None)``: x [B, C, H, W] (integer pixels or floats in [-1, 1]), y [B] -> logits
+    [B, levels, C, H, W], as :class:`fastgen.models.PixelCNN`.
+    """
+
+    def __init__(self, data_channels: int = 1, levels: int = 256, hidden_channels: int = 64, n_layers: int = 15,
+                 kernel_size: int = 7, hidden_kernel_size: int = 3, head_channels: int | None = None,
+                 n_classes: int | None = None):
+        super().__init__(data_channels, levels, n_classes)
+        n = check_positive_int("hidden_channels", hidden_channels)
+        head = 2 * n if head_channels is None else check_positive_int("head_channels", head_channels)
+        check_divisible("hidden_channels", n, data_channels)
+        check_divisible("head_channels", head, data_channels)
+        n_layers = check_positive_int("n_layers", n_layers)
+        self.config = dict(data_channels=data_channels, levels=self.levels, hidden_channels=n, n_layers=n_layers,
+                           kernel_size=kernel_size, hidden_kernel_size=hidden_kernel_size, head_channels=head,
+                           n_classes=self.n_classes)
+        self.layers = nn.ModuleList(
+            GatedLayer(data_channels if i == 0 else n, n, kernel_size if i == 0 else hidden_kernel_size,
+                       "A" if i == 0 else "B", i > 0, data_channels, self.n_classes)
+            for i in range(n_layers))
+        self.head = conv1x1(n, head, data_channels)
+        self.output_conv = conv1x1(head, data_channels * self.levels, data_channels)
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        v = h = x
+        for layer in self.layers:
+            v, h = layer(v, h, y)
+        out = self.output_conv(F.relu(self.head(h)))
+        return out.unflatten(1, (self.data_channels, self.levels)).transpose(1, 2)

@@ -1,0 +1,89 @@
+"""PixelCNN (van den Oord et al. 2016, "Pixel Recurrent Neural Networks", section 3.4 and figure 5).
+
+    x [B, C, H, W] -> k x k mask A (C -> 2h) -> n_layers residual blocks (2h) -> ReLU -> 1x1 (2h -> head)
+    -> ReLU -> 1x1 (head -> C * levels) -> logits [B, levels, C, H, W]
+
+Residual block (the paper's figure 5): ReLU -> 1x1 (2h -> h) -> ReLU -> k' x k' mask B (h -> h) [+ class
+embedding] -> ReLU -> 1x1 (h -> 2h), added to the block's input.
+
+Every convolution is a :class:`fastgen.nn.MaskedConv2d` (the 1x1s are 1x1 mask B), so with
+``data_channels=3`` every layer splits its channels into 3 groups (R, G, B: channel c of C is in group c*3//C)
+and output group g sees input groups < g (mask A, the input layer) or <= g (mask B) at the current pixel:
+the logits of channel c at pixel p depend on the pixels before p and on channels < c of p only. Like the
+paper's PixelCNN it has a blind spot (a k x k masked stack misses pixels up and to the right); the Gated
+PixelCNN does not.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgen.models.base import PixelModel, check_divisible, check_positive_int, conv1x1
+from fastgen.nn import MaskedConv2d
+
+
+class ResidualBlock(nn.Module):
+    """ReLU, 1x1 (2h -> h), ReLU, k x k mask B (h -> h) plus the class embedding, ReLU, 1x1 (h -> 2h), + x."""
+
+    def __init__(self, hidden_channels: int, kernel_size: int, data_channels: int, n_classes: int | None):
+        super().__init__()
+        h = hidden_channels
+        self.reduce = conv1x1(2 * h, h, data_channels)
+        self.conv = MaskedConv2d(h, h, kernel_size, "B", data_channels)
+        self.expand = conv1x1(h, 2 * h, data_channels)
+        self.class_embedding = nn.Embedding(n_classes, h) if n_classes is not None else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, 2h, H, W], y [B] or None -> [B, 2h, H, W]."""
+        t = self.conv(F.relu(self.reduce(F.relu(x))))
+        if self.class_embedding is not None:
+            t = t + self.class_embedding(y)[:, :, None, None]
+        return x + self.expand(F.relu(t))
+
+
+class PixelCNN(PixelModel):
+    """PixelCNN with a ``levels``-way softmax per sub-pixel.
+
+    Args:
+        data_channels: 1 (grey) or 3 (RGB, with the PixelRNN channel groups in every layer).
+        levels: number of pixel values (256 for 8-bit images).
+        hidden_channels: the paper's h: residual blocks carry 2h channels and work on h inside.
+            With ``data_channels=3`` it must be divisible by 3.
+        n_layers: number of residual blocks.
+        kernel_size: the input layer's mask-A kernel (7 in the paper).
+        hidden_kernel_size: the residual blocks' mask-B kernel (3 in the paper).
+        head_channels: width of the hidden 1x1 output layer (default 2h; divisible by 3 for RGB).
+        n_classes: build a class-conditional model: each block adds a learnt embedding of the label.
+
+    ``forward(x, y=None)``: x [B, C, H, W] (integer pixels 0..levels-1 or floats in [-1, 1]), y [B] labels ->
+    logits [B, levels, C, H, W] (a view of the [B, C * levels, H, W] output: channel c's logits are its
+    output channels c*levels..(c+1)*levels-1), the layout of ``F.cross_entropy(logits, pixels)`` with
+    integer targets ``pixels`` [B, C, H, W].
+    """
+
+    def __init__(self, data_channels: int = 1, levels: int = 256, hidden_channels: int = 64, n_layers: int = 7,
+                 kernel_size: int = 7, hidden_kernel_size: int = 3, head_channels: int | None = None,
+                 n_classes: int | None = None):
+        super().__init__(data_channels, levels, n_classes)
+        h = check_positive_int("hidden_channels", hidden_channels)
+        head = 2 * h if head_channels is None else check_positive_int("head_channels", head_channels)
+        check_divisible("hidden_channels", h, data_channels)
+        check_divisible("head_channels", head, data_channels)
+        n_layers = check_positive_int("n_layers", n_layers, 0)
+        self.config = dict(data_channels=data_channels, levels=self.levels, hidden_channels=h, n_layers=n_layers,
+                           kernel_size=kernel_size, hidden_kernel_size=hidden_kernel_size, head_channels=head,
+                           n_classes=self.n_classes)
+        self.input_conv = MaskedConv2d(data_channels, 2 * h, kernel_size, "A", data_channels)
+        self.blocks = nn.ModuleList(ResidualBlock(h, hidden_kernel_size, data_channels, self.n_classes)
+                                    for _ in range(n_layers))
+        self.head = conv1x1(2 * h, head, data_channels)
+        self.output_conv = conv1x1(head, data_channels * self.levels, data_channels)
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        t = self.input_conv(x)
+        for block in self.blocks:
+            t = block(t, y)
+        out = self.output_conv(F.relu(self.head(F.relu(t))))
+        return out.unflatten(1, (self.data_channels, self.levels)).transpose(1, 2)

@@ -1,0 +1,129 @@
+"""PixelCNN++-lite (Salimans et al. 2017): openai/pixel-cnn's two shifted streams at one resolution, DMOL output.
+
+    x_pad = concat(x, ones)                                     [B, C + 1, H, W] (ones tell image from padding)
+    u  = down_shift(down_shifted 2x3 (x_pad))                   [B, F, H, W]  u(y, x): rows < y
+    ul = down_shift(down_shifted 1x3 (x_pad)) + right_shift(down_right_shifted 2x1 (x_pad))
+                                                                ul(y, x): rows < y, and row y left of x
+    n_layers times:  u  = gated_resnet(u, conv=down_shifted 2x3)
+                     ul = gated_resnet(ul, a=u, conv=down_right_shifted 2x2)
+    out = 1x1(elu(ul))                                          [B, n_params, H, W]
+
+    gated_resnet(x, a): c = conv(concat_elu(x)) [+ 1x1(concat_elu(a))]; c = conv'(dropout(concat_elu(c)))
+                        [+ class embedding]; a, b = c.chunk(2); return x + a * sigmoid(b)
+
+The output at pixel p depends on the pixels before p only (every channel of p is left out: the DMOL couples
+the channels of p through its coefficients). Its channels are the DMOL parameters in openai/pixel-cnn's
+order, with K = n_mixtures:
+
+* RGB (10K): [K mixture logits | for c in R, G, B: K means, K log-scales, K coefficients] (the coefficients
+  of channel c: c=0 -> (G on R), c=1 -> (B on R), c=2 -> (B on G), used through tanh);
+* grey (3K): [K mixture logits | K means | K log-scales].
+
+Left out of the paper's model: the two down-sampling and up-sampling stages and the up/down-pass skip
+connections (``n_layers`` blocks at full resolution instead), weight normalization with data-dependent init
+(plain init; the second convolution of each block starts at 0.1 scale, as openai's ``init_scale=0.1``), and
+Polyak averaging. Dropout is there (``dropout``, default 0, openai's 0.5).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgen.models.base import PixelModel, check_positive_int, conv1x1
+from fastgen.nn import DownRightShiftedConv2d, DownShiftedConv2d
+
+
+def concat_elu(x: torch.Tensor) -> torch.Tensor:
+    """elu(concat(x, -x)) over the channels: [B, C, H, W] -> [B, 2C, H, W]."""
+    return F.elu(torch.cat([x, -x], 1))
+
+
+def down_shift(x: torch.Tensor) -> torch.Tensor:
+    """Moves x [B, C, H, W] one row down (row 0 becomes zeros, the last row is dropped)."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+def right_shift(x: torch.Tensor) -> torch.Tensor:
+    """Moves x [B, C, H, W] one column right (column 0 becomes zeros, the last column is dropped)."""
+    return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
+
+
+def dmol_channels(n_mixtures: int, data_channels: int) -> int:
+    """Channels of the DMOL parameters: 10K for RGB, 3K for grey."""
+    return n_mixtures * (10 if data_channels == 3 else 3)
+
+
+class GatedResnet(nn.Module):
+    """openai/pixel-cnn's ``gated_resnet`` with the concat_elu nonlinearity: x [B, F, H, W], a (the skip input,
+    [B, skip_channels, H, W]) -> [B, F, H, W]. ``conv`` is the stream's shifted convolution class."""
+
+    def __init__(self, channels: int, conv: type, skip_channels: int = 0, dropout: float = 0.0,
+                 n_classes: int | None = None):
+        super().__init__()
+        self.conv_input = conv(2 * channels, channels)
+        self.skip = conv1x1(2 * skip_channels, channels) if skip_channels else None
+        self.dropout = nn.Dropout(dropout)
+        self.conv_out = conv(2 * channels, 2 * channels)
+        with torch.no_grad():
+            self.conv_out.weight.mul_(0.1)
+        self.class_embedding = nn.Embedding(n_classes, 2 * channels) if n_classes is not None else None
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor | None = None, y: torch.Tensor | None = None):
+        c = self.conv_input(concat_elu(x))
+        if self.skip is not None:
+            c = c + self.skip(concat_elu(a))
+        c = self.conv_out(self.dropout(concat_elu(c)))
+        if self.class_embedding is not None:
+            c = c + self.class_embedding(y)[:, :, None, None]
+        value, gate = c.chunk(2, 1)
+        return x + value * torch.sigmoid(gate)
+
+
+class PixelCNNpp(PixelModel):
+    """PixelCNN++-lite with a discretized logistic mixture output.
+
+    Args:
+        data_channels: 1 or 3.
+        levels: number of pixel values (the DMOL's bins; integer inputs are scaled with it).
+        hidden_channels: F, the channels of both streams (openai's nr_filters, 160).
+        n_layers: gated resnet blocks per stream (openai's nr_resnet per resolution, 5).
+        n_mixtures: K, logistic mixture components (openai's nr_logistic_mix, 10).
+        dropout: dropout inside the blocks (openai: 0.5).
+        n_classes: class-conditional: every block adds a learnt embedding of the label before its gate.
+
+    ``forward(x, y=None)``: x [B, C, H, W] (integer pixels or floats in [-1, 1]), y [B] -> DMOL parameters
+    [B, 10K, H, W] (RGB) or [B, 3K, H, W] (grey) in openai/pixel-cnn's channel order (see the module doc).
+    """
+
+    output_kind = "dmol"
+
+    def __init__(self, data_channels: int = 3, levels: int = 256, hidden_channels: int = 160, n_layers: int = 5,
+                 n_mixtures: int = 10, dropout: float = 0.0, n_classes: int | None = None):
+        super().__init__(data_channels, levels, n_classes)
+        f = check_positive_int("hidden_channels", hidden_channels)
+        n_layers = check_positive_int("n_layers", n_layers, 0)
+        self.n_mixtures = check_positive_int("n_mixtures", n_mixtures)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.config = dict(data_channels=data_channels, levels=self.levels, hidden_channels=f, n_layers=n_layers,
+                           n_mixtures=self.n_mixtures, dropout=dropout, n_classes=self.n_classes)
+        c_in = data_channels + 1
+        self.u_input = DownShiftedConv2d(c_in, f, (2, 3))
+        self.ul_input_up = DownShiftedConv2d(c_in, f, (1, 3))
+        self.ul_input_left = DownRightShiftedConv2d(c_in, f, (2, 1))
+        self.u_blocks = nn.ModuleList(GatedResnet(f, DownShiftedConv2d, 0, dropout, self.n_classes)
+                                      for _ in range(n_layers))
+        self.ul_blocks = nn.ModuleList(GatedResnet(f, DownRightShiftedConv2d, f, dropout, self.n_classes)
+                                       for _ in range(n_layers))
+        self.output_conv = conv1x1(f, dmol_channels(self.n_mixtures, data_channels))
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        x_pad = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+        u = down_shift(self.u_input(x_pad))
+        ul = down_shift(self.ul_input_up(x_pad)) + right_shift(self.ul_input_left(x_pad))
+        for u_block, ul_block in zip(self.u_blocks, self.ul_blocks):
+            u = u_block(u, y=y)
+            ul = ul_block(ul, u, y)
+        return self.output_conv(F.elu(ul))
