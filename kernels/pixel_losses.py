@@ -4,7 +4,7 @@ Cross-entropy. Logits are read as [B, L, C, H, W] through five strides (L = leve
 logits are that view of C groups of L channels), targets as [B, C, H, W] through four. A sub-pixel is
 n = ((b * C + c) * H + h) * W + w, split by integer division, so no layout needs a copy. A program takes
 BLOCK_N sub-pixels (one per thread: the level reductions stay in registers) and steps over the levels
-BLOCK_L at a time with an online max/sum. The forward writes the loss ``lse - logit[target]`` and the
+BLOCK_L at a time with an online max/sum. The forward writes the loss ``(max - logit[target]) + log(sum)`` and the
 logsumexp (for the backward); the backward reads the logits again and writes
 ``(softmax - onehot) * grad_output * weight``. That moves 3 logits-sized tensors in a training step (read,
 read, write) where writing the gradient in the forward and scaling it in the backward would move 4.
@@ -175,9 +175,11 @@ def pixel_cross_entropy_forward_kernel(
         m = m_new
         target_logit += tl.sum(tl.where(levels[:, None] == targets[None, :], x, 0.0), axis=0)
     m = tl.where(m == float("-inf"), 0.0, m)
-    lse = m + tl.log(s)
+    log_s = tl.log(s)
     valid = (targets >= 0) & (targets < n_levels)
-    loss = tl.where(valid, lse - target_logit, float("nan"))
+    # (max - target) + log(sum): no rounding of a large max + log(sum) before the difference (as log_softmax)
+    loss = tl.where(valid, (m - target_logit) + log_s, float("nan"))
+    lse = m + log_s
     if write_lse != 0:
         tl.store(LSE + n, lse, mask=n_mask)
     if write_terms != 0:

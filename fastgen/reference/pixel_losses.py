@@ -63,7 +63,7 @@ def split_mixture_params(params: torch.Tensor, n_mixtures: int, channels: int):
     batch, _, height, width = params.shape
     k = n_mixtures
     logits = params[:, :k]
-    per_channel = params[:, k:].reshape(batch, channels, -1, k, height, width)  # [B, C, 2 or 3, K, H, W]
+    per_channel = params[:, k:].reshape(batch, channels, 3 if channels == 3 else 2, k, height, width)
     coefficients = per_channel[:, :, 2] if channels == 3 else None
     return logits, per_channel[:, :, 0], per_channel[:, :, 1], coefficients
 
