@@ -230,28 +230,28 @@ def pixel_cross_entropy_backward_kernel(
 def _component(PARAMS, offsets, block, x0, x1, x2, half, log_width, edge, CHANNELS: tl.constexpr,
                COMPUTE: tl.constexpr, mask):
     """Component k of BLOCK_P pixels (``offsets``: its logit's offsets; ``block``: the step between parameter
-    blocks): its logit, sum_c lp_ck, and per channel d lp_ck / d centred, d lp_ck / d log-scale, and (RGB)
-    the coefficients' tanh and 1 - tanh^2 (unused values are dropped by the compiler)."""
+    blocks): its logit, sum_c lp_ck, and per channel d lp_ck / d centred and d lp_ck / d log-scale (unused
+    values are dropped by the compiler)."""
     logit = tl.load(PARAMS + offsets, mask=mask, other=0.0).to(COMPUTE)
     mean0 = tl.load(PARAMS + offsets + block, mask=mask, other=0.0).to(COMPUTE)
     scale0 = tl.load(PARAMS + offsets + 2 * block, mask=mask, other=0.0).to(COMPUTE)
     lp0, gc0, gs0 = _bin_log_prob(x0, mean0, scale0, half, log_width, edge)
     if CHANNELS == 3:
         # channel c's block: K means at 1 + 3c, K log-scales at 2 + 3c, K coefficients at 3 + 3c (x K channels)
-        t0, dt0 = _tanh(tl.load(PARAMS + offsets + 3 * block, mask=mask, other=0.0).to(COMPUTE))
-        t1, dt1 = _tanh(tl.load(PARAMS + offsets + 6 * block, mask=mask, other=0.0).to(COMPUTE))
-        t2, dt2 = _tanh(tl.load(PARAMS + offsets + 9 * block, mask=mask, other=0.0).to(COMPUTE))
+        t0, _ = _tanh(tl.load(PARAMS + offsets + 3 * block, mask=mask, other=0.0).to(COMPUTE))
         mean1 = tl.load(PARAMS + offsets + 4 * block, mask=mask, other=0.0).to(COMPUTE) + t0 * x0
         scale1 = tl.load(PARAMS + offsets + 5 * block, mask=mask, other=0.0).to(COMPUTE)
         lp1, gc1, gs1 = _bin_log_prob(x1, mean1, scale1, half, log_width, edge)
+        t1, _ = _tanh(tl.load(PARAMS + offsets + 6 * block, mask=mask, other=0.0).to(COMPUTE))
+        t2, _ = _tanh(tl.load(PARAMS + offsets + 9 * block, mask=mask, other=0.0).to(COMPUTE))
         mean2 = tl.load(PARAMS + offsets + 7 * block, mask=mask, other=0.0).to(COMPUTE) + t1 * x0 + t2 * x1
         scale2 = tl.load(PARAMS + offsets + 8 * block, mask=mask, other=0.0).to(COMPUTE)
         lp2, gc2, gs2 = _bin_log_prob(x2, mean2, scale2, half, log_width, edge)
         lp = lp0 + lp1 + lp2
     else:
         lp = lp0
-        gc1, gs1, gc2, gs2, t0, dt0, t1, dt1, t2, dt2 = gc0, gs0, gc0, gs0, gc0, gs0, gc0, gs0, gc0, gs0  # unused
-    return logit, lp, gc0, gs0, gc1, gs1, gc2, gs2, t0, dt0, t1, dt1, t2, dt2
+        gc1, gs1, gc2, gs2 = gc0, gs0, gc0, gs0  # unused
+    return logit, lp, gc0, gs0, gc1, gs1, gc2, gs2
 
 
 @triton.jit
@@ -312,8 +312,8 @@ def dmol_nll_forward_kernel(
     s_q = tl.zeros([BLOCK_P], COMPUTE)
     offsets = p_offsets  # component k's logit; int64, stepped by the channel stride
     for k in range(0, n_mixtures):
-        logit, lp, _, _, _, _, _, _, _, _, _, _, _, _ = _component(PARAMS, offsets, block, x0, x1, x2, half,
-                                                                   log_width, edge_c, CHANNELS, COMPUTE, mask)
+        logit, lp, _, _, _, _, _, _ = _component(PARAMS, offsets, block, x0, x1, x2, half, log_width, edge_c,
+                                                 CHANNELS, COMPUTE, mask)
         m_logit, s_logit = _online_logsumexp(m_logit, s_logit, logit)
         m_q, s_q = _online_logsumexp(m_q, s_q, logit + lp)
         offsets += stride_p_j
@@ -331,7 +331,7 @@ def dmol_nll_forward_kernel(
         grad_x2 = tl.zeros([BLOCK_P], COMPUTE)
         offsets = p_offsets
         for k in range(0, n_mixtures):
-            logit, lp, gc0, gs0, gc1, gs1, gc2, gs2, t0, dt0, t1, dt1, t2, dt2 = _component(
+            logit, lp, gc0, gs0, gc1, gs1, gc2, gs2 = _component(
                 PARAMS, offsets, block, x0, x1, x2, half, log_width, edge_c, CHANNELS, COMPUTE, mask)
             posterior = tl.exp(logit + lp - lse_q)  # w_k = p(k | x); d nll / d lp_ck = -w_k
             wc0 = posterior * gc0  # d nll / d mean_0 (the mean is subtracted)
@@ -342,6 +342,10 @@ def dmol_nll_forward_kernel(
             if CHANNELS == 3:
                 wc1 = posterior * gc1
                 wc2 = posterior * gc2
+                # the coefficients' tanh again (short live ranges: the loads hit the cache)
+                t0, dt0 = _tanh(tl.load(PARAMS + offsets + 3 * block, mask=mask, other=0.0).to(COMPUTE))
+                t1, dt1 = _tanh(tl.load(PARAMS + offsets + 6 * block, mask=mask, other=0.0).to(COMPUTE))
+                t2, dt2 = _tanh(tl.load(PARAMS + offsets + 9 * block, mask=mask, other=0.0).to(COMPUTE))
                 if write_grad != 0:
                     tl.store(GRAD_PARAMS + offsets + 3 * block, (wc1 * x0 * dt0).to(out_ty), mask=mask)
                     tl.store(GRAD_PARAMS + offsets + 4 * block, wc1.to(out_ty), mask=mask)

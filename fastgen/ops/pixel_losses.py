@@ -108,15 +108,15 @@ class PixelCrossEntropy(torch.autograd.Function):
         ctx.levels, ctx.reduction, ctx.weight = levels, reduction, weight
         needs_grad = ctx.needs_input_grad[0]
         terms = torch.empty(targets.shape, dtype=acc, device=logits.device) if reduction == "none" else None
-        lse = torch.empty(n_subpixels if needs_grad else 0, dtype=acc, device=logits.device)
-        ctx.save_for_backward(logits if needs_grad else None, targets if needs_grad else None, lse)
+        lse = torch.empty(n_subpixels, dtype=acc, device=logits.device) if needs_grad else None
+        ctx.save_for_backward(*((logits, targets, lse) if needs_grad else (None, None, None)))
         if n_subpixels == 0:
             return terms if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=logits.device)
         view = logits_as_5d(logits, channels, levels)
         programs = triton.cdiv(n_subpixels, CE_BLOCK_N)
         partial = torch.empty(programs, dtype=acc, device=logits.device)
         _ce_forward_kernel[(programs,)](
-            view, targets, partial if terms is None else terms, lse, partial,
+            view, targets, partial if terms is None else terms, partial if lse is None else lse, partial,
             n_subpixels, levels, channels, height, width, *view.stride(), *targets.stride(),
             int(terms is not None), int(needs_grad), weight,
             COMPUTE=_tl_dtype(logits.dtype), BLOCK_L=ce_block_l(logits.dtype), BLOCK_N=CE_BLOCK_N,
@@ -238,24 +238,25 @@ class DiscretizedLogisticMixtureNLL(torch.autograd.Function):
         weight = (1.0 / x.numel() if x.numel() else math.nan) if reduction == "mean" else 1.0
         ctx.weight = weight
         write_grad, write_grad_x = ctx.needs_input_grad[:2]
-        params, grad = _like(params)
-        x, grad_x = _like(x)
+        # the kernel writes the gradients through the inputs' strides: dense inputs keep theirs, others are copied
+        params, grad = _like(params) if write_grad else (params, None)
+        x, grad_x = _like(x) if write_grad_x else (x, None)
         nll = torch.empty((batch, height, width), dtype=acc, device=params.device) if reduction == "none" else None
         if n_pixels == 0:
-            ctx.save_for_backward(grad.zero_() if write_grad else None, grad_x.zero_() if write_grad_x else None)
+            ctx.save_for_backward(*(None if g is None else g.zero_() for g in (grad, grad_x)))
             return nll if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=params.device)
-        block_p = DMOL_BLOCK_P
-        programs = triton.cdiv(n_pixels, block_p)
+        programs = triton.cdiv(n_pixels, DMOL_BLOCK_P)
         partial = torch.empty(programs, dtype=acc, device=params.device)
         half_bin = bin_half_width(bits)
         _dmol_forward_kernel[(programs,)](
-            params, x, grad, grad_x, partial if nll is None else nll, partial,
+            params, x, params if grad is None else grad, x if grad_x is None else grad_x,
+            partial if nll is None else nll, partial,
             n_pixels, n_mixtures, height, width, *params.stride(), *x.stride(),
             int(write_grad), int(write_grad_x), int(nll is not None),
             half_bin, math.log(2.0 * half_bin), edge_threshold(bits), weight,
-            CHANNELS=channels, COMPUTE=_tl_dtype(params.dtype), BLOCK_P=block_p,
+            CHANNELS=channels, COMPUTE=_tl_dtype(params.dtype), BLOCK_P=DMOL_BLOCK_P,
         )
-        ctx.save_for_backward(grad if write_grad else None, grad_x if write_grad_x else None)
+        ctx.save_for_backward(grad, grad_x)
         if nll is not None:
             return nll
         return partial.view(()) if programs == 1 else partial.sum()
@@ -403,13 +404,12 @@ def dmol_sample(params, n_mixtures, seed=None, temperature=1.0, *, uniforms=None
         return out
     if uniforms is None and seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
-    block_p = DMOL_BLOCK_P
     u = params if uniforms is None else uniforms.detach()  # a pointer of params' dtype, never read without draws
-    _sample_kernel[(triton.cdiv(n_pixels, block_p),)](
+    _sample_kernel[(triton.cdiv(n_pixels, DMOL_BLOCK_P),)](
         params, u, out, n_pixels, n_mixtures, height, width, *params.stride(),
         *(u.stride() if uniforms is not None else (0, 0, 0, 0)), *out.stride(),
         seed if seed is not None else 0, int(uniforms is not None), temperature,
-        CHANNELS=channels, COMPUTE=_tl_dtype(params.dtype), BLOCK_P=block_p,
+        CHANNELS=channels, COMPUTE=_tl_dtype(params.dtype), BLOCK_P=DMOL_BLOCK_P,
     )
     return out
 
