@@ -27,15 +27,15 @@ MAX_INDEX = 2**31 - 1024  # sub-pixels, pixels and Philox offsets are int32 in t
 
 # Cross-entropy: a program takes CE_BLOCK_N sub-pixels, one per thread at 4 warps, so the max/sum over the levels
 # stays in each thread's registers; it steps over the levels CE_BLOCK_L at a time: 16 independent loads per
-# thread in flight, at most 210 registers (224 float64 at 8 levels). At 8 levels ptxas took 96 registers and
-# spilled 4-8 bytes on sm_90 in some layouts.
+# thread in flight, at most 210 registers (224 float64 at 8 levels). At 8 levels ptxas capped itself at 96
+# registers and spilled 4-8 bytes on sm_90 in some layouts.
 CE_BLOCK_N = 128
 CE_BLOCK_L = 16
 CE_BLOCK_L_FP64 = 8
 
 # DMOL: a program takes DMOL_BLOCK_P pixels, one per thread at 4 warps, and loops over the components twice
-# (see the kernel), so any K runs with no padding of K to a power of 2 and no spills: at most 138 registers
-# (RGB, float32 math; 224 for float64). [K, pixels] tiles that keep every component's derivatives until the
+# (see the kernel), so any K runs with no padding of K to a power of 2 and no spills: at most 142 registers
+# (RGB, float32 math; 212 for float64). [K, pixels] tiles that keep every component's derivatives until the
 # posterior is known spilled 2 KB on sm_90 even at 8 elements per thread; 2 pixels per thread took 201.
 DMOL_BLOCK_P = 128
 SCALE_BLOCK_J = 8  # the backward's channels per step; SCALE_BLOCK_P pixels per program
