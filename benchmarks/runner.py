@@ -23,6 +23,7 @@ CASE_MODULES = [
     "fastgen.benchmarks.bench_tap_conv",
     "fastgen.benchmarks.bench_gan_losses",
     "fastgen.benchmarks.bench_gumbel_softmax",
+    "fastgen.benchmarks.bench_pixel_losses",
 ]
 INTERPRETER_BATCH = 2  # batch of the interpreted correctness/launch-count runs
 

@@ -9,6 +9,8 @@ from fastgen.dispatch import backend_for, interpreting, use_backend
 from fastgen.ops.gan_losses import (GANDiscriminatorLoss, GANGeneratorLoss, GradientPenalty, gan_d_loss,
                                     gan_g_loss, gradient_penalty)
 from fastgen.ops.gumbel_softmax import GumbelSoftmax, gumbel_softmax
+from fastgen.ops.pixel_losses import (DiscretizedLogisticMixtureNLL, PixelCrossEntropy, bits_per_dim, dmol_nll,
+                                      dmol_sample, pixel_cross_entropy)
 from fastgen.ops.reparameterize_kl import ReparameterizeKL, reparameterize_kl
 from fastgen.ops.tap_conv import TapConv, masked_conv2d, tap_conv2d
 from fastgen import estimators, nn  # noqa: E402  (after the ops they build on)
@@ -16,7 +18,8 @@ from fastgen import models  # noqa: E402  (after fastgen.nn)
 
 __version__ = "0.1.0"
 
-__all__ = ["GANDiscriminatorLoss", "GANGeneratorLoss", "GradientPenalty", "GumbelSoftmax", "ReparameterizeKL",
-           "TapConv", "backend_for", "estimators", "gan_d_loss", "gan_g_loss", "gradient_penalty", "gumbel_softmax",
-           "interpreting", "masked_conv2d", "models", "nn", "reparameterize_kl", "tap_conv2d", "use_backend",
-           "__version__"]
+__all__ = ["DiscretizedLogisticMixtureNLL", "GANDiscriminatorLoss", "GANGeneratorLoss", "GradientPenalty",
+           "GumbelSoftmax", "PixelCrossEntropy", "ReparameterizeKL", "TapConv", "backend_for", "bits_per_dim",
+           "dmol_nll", "dmol_sample", "estimators", "gan_d_loss", "gan_g_loss", "gradient_penalty", "gumbel_softmax",
+           "interpreting", "masked_conv2d", "models", "nn", "pixel_cross_entropy", "reparameterize_kl", "tap_conv2d",
+           "use_backend", "__version__"]

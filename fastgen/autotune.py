@@ -36,6 +36,13 @@ KERNEL_CONFIGS: dict[str, list[triton.Config]] = {
     "gumbel_softmax_forward_kernel": [triton.Config({}, num_warps=4)],
     "gumbel_softmax_backward_kernel": [triton.Config({}, num_warps=4)],
     "gumbel_noise_kernel": [triton.Config({}, num_warps=4)],
+    # PixelCNN losses: one sub-pixel (cross-entropy) or pixel (DMOL: [16 components, 64 pixels] tiles) per
+    # thread at 4 warps, so that reductions over the levels/components stay in registers or within a warp.
+    "pixel_cross_entropy_forward_kernel": [triton.Config({}, num_warps=4)],
+    "pixel_cross_entropy_backward_kernel": [triton.Config({}, num_warps=4)],
+    "dmol_nll_forward_kernel": [triton.Config({}, num_warps=4)],
+    "pixel_losses_scale_kernel": [triton.Config({}, num_warps=4)],
+    "dmol_sample_kernel": [triton.Config({}, num_warps=4)],
 }
 
 

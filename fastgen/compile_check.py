@@ -31,6 +31,7 @@ OP_MODULES = [
     "fastgen.ops.tap_conv",
     "fastgen.ops.gan_losses",
     "fastgen.ops.gumbel_softmax",
+    "fastgen.ops.pixel_losses",
 ]
 
 _TORCH_TO_TRITON = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}

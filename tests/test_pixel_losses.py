@@ -1,0 +1,625 @@
+"""fastgen.pixel_cross_entropy, dmol_nll and dmol_sample against the plain-PyTorch reference (float64 oracle).
+
+The DMOL values at the pixel edges, the mid-bin fallback and the log-scale clamp are also checked against
+closed forms written here from the paper's formulas, independently of the reference. Samples are compared
+with the reference on the same uniforms (``uniforms=``); statistics tests check the in-kernel Philox draws.
+"""
+
+import math
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastgen
+from fastgen import reference
+from fastgen.reference.pixel_losses import split_mixture_params
+import fastgen.ops.pixel_losses as op
+from tolerances import assert_close
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+REDUCTIONS = ["mean", "sum", "none"]
+# "sum" only weighs the terms differently from "mean": checked in float32 and float64 (the interpreter is slow)
+DTYPE_REDUCTIONS = [(d, r) for d in DTYPES for r in REDUCTIONS if r != "sum" or d in (torch.float32, torch.float64)]
+
+
+def generator(*key):
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
+
+def random_grad_like(out):
+    """An upstream gradient != 1 (2.5 for a 0-d loss), rounded to the output's dtype."""
+    if out.dim() == 0:
+        return torch.full_like(out, 2.5)
+    return torch.randn(out.shape, dtype=torch.float64, generator=generator(tuple(out.shape))).to(out.device,
+                                                                                                  out.dtype)
+
+
+# The DMOL NLL is ill-conditioned where a component is narrow (1/scale up to e^7 multiplies x - mean): its float32
+# results are compared at 5e-5 (on the same data the eager float32 formula is off by up to 4e-4, see
+# test_dmol_float32_is_more_precise_than_eager); the float64 oracle itself loses up to ~1e-16 / cdf_delta in
+# log(sigmoid(a) - sigmoid(b)), 1e-9 relative in some gradients, where the kernel's cancellation-free form
+# matches an exact (mpmath) value to 1e-12 (test_dmol_float64_matches_exact_arithmetic): float64 at 1e-7.
+DMOL_TOLERANCES = {torch.float64: dict(rtol=1e-7, atol=1e-7), torch.float32: dict(rtol=5e-5, atol=5e-5)}
+
+
+def close(actual, expected, dtype, msg, tolerances=None):
+    if tolerances and dtype in tolerances:
+        torch.testing.assert_close(actual.double(), expected.double(), **tolerances[dtype], equal_nan=True,
+                                   msg=lambda m: f"{msg}: {m}")
+    else:
+        assert_close(actual, expected, dtype, msg)
+
+
+def check_against_reference(fn, ref_fn, inputs, dtype, tolerances=None):
+    """Loss (float32, float64 for float64 inputs) and input gradients of ``fn`` against ``ref_fn`` in float64 on
+    the same values, with an upstream gradient != 1."""
+    out = fn(*inputs)
+    acc = op.compute_dtype(dtype)
+    inputs64 = [t.detach().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t for t in inputs]
+    expected = ref_fn(*inputs64)
+    assert out.dtype == acc and out.shape == expected.shape
+    close(out, expected, acc, "loss", tolerances)
+    grad_out = random_grad_like(out)
+    leaves = [t for t in inputs if t.requires_grad]
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    expected_grads = torch.autograd.grad(expected, [t for t in inputs64 if t.requires_grad], grad_out.double())
+    for grad, exp, x in zip(grads, expected_grads, leaves):
+        assert grad.dtype == x.dtype and grad.shape == x.shape
+        close(grad, exp, x.dtype, "gradient", tolerances)
+
+
+# ---------------------------------------------------------------------------------------------- cross-entropy
+def make_logits(shape, dtype, device, key=""):
+    return (2 * torch.randn(shape, dtype=torch.float64, generator=generator(shape, key))).to(device, dtype)
+
+
+def make_targets(shape, levels, device, dtype=torch.int64):
+    return torch.randint(0, levels, shape, generator=generator(shape, levels)).to(device, dtype)
+
+
+# (logits shape, targets shape): RGB 4-D (C groups of 20 levels: two level steps), 5-D, grayscale 4-D
+CE_LAYOUTS = [((2, 60, 3, 4), (2, 3, 3, 4)), ((2, 20, 3, 3, 4), (2, 3, 3, 4)), ((3, 20, 4, 5), (3, 1, 4, 5))]
+
+
+@pytest.mark.parametrize("dtype, reduction", DTYPE_REDUCTIONS, ids=str)
+@pytest.mark.parametrize("shapes", CE_LAYOUTS, ids=str)
+def test_cross_entropy_matches_reference(shapes, dtype, reduction, device):
+    logits = make_logits(shapes[0], dtype, device).requires_grad_()
+    targets = make_targets(shapes[1], 20, device)
+    check_against_reference(lambda x, t: fastgen.pixel_cross_entropy(x, t, reduction=reduction),
+                            lambda x, t: reference.pixel_cross_entropy(x, t, reduction=reduction),
+                            [logits, targets], dtype)
+
+
+def test_cross_entropy_256_levels_is_f_cross_entropy(device):
+    """van den Oord's 256-way softmax on grayscale: the same as F.cross_entropy on [B, 256, H, W]."""
+    logits = make_logits((2, 256, 3, 3), torch.float32, device).requires_grad_()
+    targets = make_targets((2, 1, 3, 3), 256, device, torch.uint8)
+    loss = fastgen.pixel_cross_entropy(logits, targets)
+    expected = F.cross_entropy(logits.double(), targets[:, 0].long())
+    assert_close(loss, expected, torch.float32)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    assert_close(grad, expected_grad, torch.float32)
+
+
+def test_cross_entropy_layout_is_channel_groups(device):
+    """4-D logits [B, C * L, H, W] are C groups of L levels: the loss of channel c reads channels c*L:(c+1)*L."""
+    logits = make_logits((2, 3 * 5, 2, 2), torch.float64, device)
+    targets = make_targets((2, 3, 2, 2), 5, device)
+    terms = fastgen.pixel_cross_entropy(logits, targets, reduction="none")
+    for c in range(3):
+        expected = F.cross_entropy(logits[:, 5 * c:5 * (c + 1)], targets[:, c], reduction="none")
+        torch.testing.assert_close(terms[:, c], expected)
+
+
+def test_cross_entropy_non_contiguous(device):
+    base = make_logits((2, 3 * 17, 5, 6), torch.float32, device)
+    channels_last = base.contiguous(memory_format=torch.channels_last).requires_grad_()
+    sliced = base[:, :, 1:, ::2].detach().requires_grad_()  # no single stride over (H, W)
+    five_d = base.view(2, 3, 17, 5, 6).transpose(1, 2).detach().requires_grad_()  # [B, L, C, H, W] view
+    targets = make_targets((2, 3, 6, 5), 17, device).transpose(2, 3)  # transposed targets [2, 3, 5, 6]
+    for logits in (channels_last, five_d):
+        check_against_reference(lambda x, t: fastgen.pixel_cross_entropy(x, t, reduction="none"),
+                                lambda x, t: reference.pixel_cross_entropy(x, t, reduction="none"),
+                                [logits, targets], torch.float32)
+    check_against_reference(lambda x, t: fastgen.pixel_cross_entropy(x, t),
+                            lambda x, t: reference.pixel_cross_entropy(x, t),
+                            [sliced, targets[:, :, 1:, ::2]], torch.float32)
+    (grad,) = torch.autograd.grad(fastgen.pixel_cross_entropy(channels_last, targets), channels_last)
+    assert grad.is_contiguous(memory_format=torch.channels_last)  # the gradient keeps the logits' layout
+    with torch.no_grad():
+        assert_close(fastgen.pixel_cross_entropy(five_d, targets), reference.pixel_cross_entropy(five_d.double(),
+                                                                                               targets), torch.float32)
+
+
+def test_cross_entropy_bits_per_dim(device):
+    logits = make_logits((2, 3 * 8, 3, 3), torch.float64, device)
+    targets = make_targets((2, 3, 3, 3), 8, device)
+    mean = fastgen.pixel_cross_entropy(logits, targets)
+    total = fastgen.pixel_cross_entropy(logits, targets, reduction="sum")
+    torch.testing.assert_close(fastgen.bits_per_dim(mean), mean / math.log(2))
+    torch.testing.assert_close(fastgen.bits_per_dim(total, targets), mean / math.log(2))
+    torch.testing.assert_close(fastgen.bits_per_dim(total, targets.shape), mean / math.log(2))
+    uniform = torch.zeros_like(logits)  # uniform over 8 levels: 3 bits/dim
+    torch.testing.assert_close(fastgen.bits_per_dim(fastgen.pixel_cross_entropy(uniform, targets)).item(), 3.0)
+    with pytest.raises(ValueError, match="dims"):
+        fastgen.bits_per_dim(total, 0)
+    with pytest.raises(TypeError, match="dims"):
+        fastgen.bits_per_dim(total, 2.5)
+
+
+@pytest.mark.parametrize("value", [1e4, -1e4])
+def test_cross_entropy_extreme_logits(value, device):
+    logits = make_logits((1, 2 * 6, 2, 2), torch.float32, device)
+    logits[:, ::3] = value
+    logits.requires_grad_()
+    targets = make_targets((1, 2, 2, 2), 6, device)
+    out = fastgen.pixel_cross_entropy(logits, targets, reduction="none")
+    expected = reference.pixel_cross_entropy(logits.double(), targets, reduction="none")
+    assert torch.isfinite(out).all()
+    assert_close(out, expected, torch.float32)
+    (grad,) = torch.autograd.grad(out.sum(), logits)
+    assert torch.isfinite(grad).all()
+
+
+def test_cross_entropy_targets_are_checked(device):
+    logits = make_logits((2, 3 * 4, 2, 2), torch.float32, device)
+    targets = make_targets((2, 3, 2, 2), 4, device)
+    for bad in (4, -1):
+        wrong = targets.clone()
+        wrong[1, 2, 0, 1] = bad
+        with pytest.raises(ValueError, match=r"targets must be in \[0, levels\)"):
+            fastgen.pixel_cross_entropy(logits, wrong)
+        # unchecked (no device sync): a nan loss where the target is out of range, the others intact
+        terms = fastgen.pixel_cross_entropy(logits, wrong, reduction="none", check_targets=False)
+        assert torch.isnan(terms[1, 2, 0, 1]) and torch.isnan(terms).sum() == 1
+    with pytest.raises(TypeError, match="targets"):
+        fastgen.pixel_cross_entropy(logits, targets.float())
+    with pytest.raises(TypeError, match="targets"):
+        fastgen.pixel_cross_entropy(logits, targets.bool())
+    with pytest.raises(ValueError, match="targets"):
+        fastgen.pixel_cross_entropy(logits, targets[0])
+    with pytest.raises(ValueError, match="logits"):
+        fastgen.pixel_cross_entropy(logits[:, :11], targets)  # 11 is not 3 * levels
+    with pytest.raises(ValueError, match="logits"):
+        fastgen.pixel_cross_entropy(logits, targets, levels=5)
+    with pytest.raises(ValueError, match="logits"):
+        fastgen.pixel_cross_entropy(logits[0], targets)
+    with pytest.raises(ValueError, match="logits"):
+        fastgen.pixel_cross_entropy(logits[:, :, :1], targets)
+    with pytest.raises(TypeError, match="logits"):
+        fastgen.pixel_cross_entropy(targets, targets)
+    with pytest.raises(TypeError, match="levels"):
+        fastgen.pixel_cross_entropy(logits, targets, levels=4.0)
+    with pytest.raises(ValueError, match="reduction"):
+        fastgen.pixel_cross_entropy(logits, targets, reduction="avg")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_empty_batch(reduction, device):
+    logits = make_logits((0, 3 * 4, 2, 2), torch.float32, device).requires_grad_()
+    targets = make_targets((0, 3, 2, 2), 4, device)
+    out = fastgen.pixel_cross_entropy(logits, targets, reduction=reduction)
+    expected = reference.pixel_cross_entropy(logits.double(), targets, reduction=reduction)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out.double(), expected, equal_nan=True)
+    (grad,) = torch.autograd.grad(out, logits, torch.ones_like(out))
+    assert grad.shape == logits.shape and not grad.any()
+
+
+def test_cross_entropy_gradcheck(device):
+    logits = make_logits((2, 2 * 3, 1, 2), torch.float64, device).requires_grad_()
+    targets = make_targets((2, 2, 1, 2), 3, device)
+    for reduction in REDUCTIONS:
+        assert torch.autograd.gradcheck(lambda x: fastgen.pixel_cross_entropy(x, targets, reduction=reduction),
+                                        [logits], eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=reduction != "none")
+
+
+# ---------------------------------------------------------------------------------------------- DMOL
+def make_params(batch, n_mixtures, channels, height, width, dtype, device, log_scales=(-4.5, 0.0), key=""):
+    """Mixture params as a network emits them: logits ~ N(0, 1), means in [-1.1, 1.1], log-scales uniform in
+    ``log_scales`` (some below the -7 clamp if it reaches there), coefficients ~ N(0, 1)."""
+    g = generator(batch, n_mixtures, channels, height, width, str(dtype), key)
+    k = n_mixtures
+    shape = (batch, k, height, width)
+    blocks = [torch.randn(shape, generator=g, dtype=torch.float64)]
+    for _ in range(channels):
+        blocks.append(2.2 * torch.rand(shape, generator=g, dtype=torch.float64) - 1.1)
+        low, high = log_scales
+        blocks.append(low + (high - low) * torch.rand(shape, generator=g, dtype=torch.float64))
+        if channels == 3:
+            blocks.append(torch.randn(shape, generator=g, dtype=torch.float64))
+    return torch.cat(blocks, dim=1).to(device, dtype)
+
+
+def make_images(batch, channels, height, width, device, dtype=torch.float32, bits=8, key=""):
+    """Images in [-1, 1] on the grid of 2**bits values, with both edge values present."""
+    top = 2**bits - 1
+    values = torch.randint(0, top + 1, (batch, channels, height, width), generator=generator(batch, key))
+    values.view(-1)[0], values.view(-1)[-1] = 0, top
+    return (values.double() * (2.0 / top) - 1.0).to(device, dtype)
+
+
+def dmol_case(fn_kwargs=None):
+    kwargs = fn_kwargs or {}
+    return (lambda p, x, k: fastgen.dmol_nll(p, x, k, **kwargs)), (lambda p, x, k: reference.dmol_nll(p, x, k,
+                                                                                                       **kwargs))
+
+
+# (K, C, H, W): RGB with 3 components, grayscale with 2
+DMOL_SHAPES = [(3, 3, 3, 4), (2, 1, 4, 5)]
+
+
+@pytest.mark.parametrize("dtype, reduction", DTYPE_REDUCTIONS, ids=str)
+@pytest.mark.parametrize("k, channels, height, width", DMOL_SHAPES, ids=str)
+def test_dmol_matches_reference(k, channels, height, width, dtype, reduction, device):
+    params = make_params(2, k, channels, height, width, dtype, device).requires_grad_()
+    x = make_images(2, channels, height, width, device).requires_grad_()
+    fn, ref_fn = dmol_case(dict(reduction=reduction))
+    # 16-bit params: math in float32 on float32 x, so x's gradient (float32) has float32's tolerance
+    check_against_reference(lambda p, x: fn(p, x, k), lambda p, x: ref_fn(p, x, k), [params, x], dtype,
+                            DMOL_TOLERANCES)
+
+
+def test_dmol_float32_is_more_precise_than_eager(device):
+    """float32 values and gradients: the kernel's error against float64 is a fraction of the eager float32
+    formula's (openai's, on the same float32 inputs)."""
+    params = make_params(2, 3, 3, 3, 4, torch.float32, device).requires_grad_()
+    x = make_images(2, 3, 3, 4, device)
+    grad_out = random_grad_like(torch.empty(2, 3, 4))
+    results = []
+    for fn, p, xx in ((fastgen.dmol_nll, params, x), (reference.dmol_nll, params, x),
+                      (reference.dmol_nll, params.detach().double().requires_grad_(), x.double())):
+        out = fn(p, xx, 3, reduction="none")
+        results.append((out.double(), torch.autograd.grad(out, p, grad_out.to(out.dtype))[0].double()))
+    (nll, grad), (eager_nll, eager_grad), (exact_nll, exact_grad) = results
+    for ours, eager, exact in ((nll, eager_nll, exact_nll), (grad, eager_grad, exact_grad)):
+        error = ((ours - exact).abs() / (exact.abs() + 1)).max()
+        eager_error = ((eager - exact).abs() / (exact.abs() + 1)).max()
+        assert error < 0.2 * eager_error and error < 5e-5, (error, eager_error)
+
+
+def test_dmol_float64_matches_exact_arithmetic(device):
+    """50-digit mpmath evaluation of openai's formula for a few pixels (values and one gradient per parameter
+    block, by mpmath's numerical differentiation): the float64 kernel agrees to 1e-11."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    k = 2
+    params = make_params(1, k, 3, 1, 3, torch.float64, device, log_scales=(-6.0, 0.0), key="exact")
+    x = make_images(1, 3, 1, 3, device, torch.float64, key="exact")
+    params.requires_grad_()
+    nll = fastgen.dmol_nll(params, x, k, reduction="none")
+    (grad,) = torch.autograd.grad(nll.sum(), params)
+
+    def exact_nll(p, xs):
+        def log_bin(value, mean, log_scale):
+            inv = mpmath.exp(-max(log_scale, -7))
+            plus, minus = inv * (value - mean + mpmath.mpf(1) / 255), inv * (value - mean - mpmath.mpf(1) / 255)
+            if value < -0.999:
+                return -mpmath.log1p(mpmath.exp(-plus))
+            if value > 0.999:
+                return -mpmath.log1p(mpmath.exp(minus))
+            delta = 1 / (1 + mpmath.exp(-plus)) - 1 / (1 + mpmath.exp(-minus))
+            if delta > 1e-5:
+                return mpmath.log(delta)
+            mid = inv * (value - mean)
+            return mid - max(log_scale, -7) - 2 * mpmath.log1p(mpmath.exp(mid)) - mpmath.log(127.5)
+
+        terms = []
+        for j in range(k):
+            means = [p[k + 3 * k * c + j] for c in range(3)]
+            log_scales = [p[2 * k + 3 * k * c + j] for c in range(3)]
+            coef = [mpmath.tanh(p[3 * k + 3 * k * c + j]) for c in range(3)]
+            means[1] += coef[0] * xs[0]
+            means[2] += coef[1] * xs[0] + coef[2] * xs[1]
+            log_mix = p[j] - mpmath.log(sum(mpmath.exp(v) for v in p[:k]))
+            terms.append(log_mix + sum(log_bin(xs[c], means[c], log_scales[c]) for c in range(3)))
+        return -mpmath.log(sum(mpmath.exp(t) for t in terms))
+
+    for w in range(3):
+        p = [mpmath.mpf(v) for v in params.detach()[0, :, 0, w].tolist()]
+        xs = [mpmath.mpf(v) for v in x[0, :, 0, w].tolist()]
+        assert abs(float(exact_nll(p, xs)) - nll[0, 0, w].item()) < 1e-11
+        for j in range(0, 10 * k, k + 1):  # a logit, means, log-scales and coefficients of both components
+            exact = mpmath.diff(lambda t: exact_nll(p[:j] + [t] + p[j + 1:], xs), p[j])
+            assert abs(float(exact) - grad[0, j, 0, w].item()) < 1e-11 * (1 + abs(float(exact))), (w, j)
+
+
+def test_dmol_ten_components_with_clamped_scales(device):
+    """PixelCNN++'s K = 10 on RGB, with log-scales down to -9 (clamped at -7: no gradient there)."""
+    params = make_params(1, 10, 3, 2, 3, torch.float64, device, log_scales=(-9.0, 0.0)).requires_grad_()
+    x = make_images(1, 3, 2, 3, device, torch.float64)
+    check_against_reference(lambda p: fastgen.dmol_nll(p, x, 10), lambda p: reference.dmol_nll(p, x, 10), [params],
+                            torch.float64, DMOL_TOLERANCES)
+    (grad,) = torch.autograd.grad(fastgen.dmol_nll(params, x, 10), params)
+    _, _, log_scales, _ = split_mixture_params(params.detach(), 10, 3)
+    _, _, grad_log_scales, _ = split_mixture_params(grad, 10, 3)
+    assert (log_scales < -7).any() and not grad_log_scales[log_scales < -7].any()
+
+
+@pytest.mark.parametrize("bits", [1, 5, 12])
+def test_dmol_bit_depths(bits, device):
+    params = make_params(2, 2, 3, 2, 3, torch.float64, device, log_scales=(-6.0, 0.0)).requires_grad_()
+    x = make_images(2, 3, 2, 3, device, torch.float64, bits=bits, key=bits)
+    fn, ref_fn = dmol_case(dict(bits=bits, reduction="none"))
+    check_against_reference(lambda p: fn(p, x, 2), lambda p: ref_fn(p, x, 2), [params], torch.float64,
+                            DMOL_TOLERANCES)
+
+
+def scalar(value):
+    return torch.tensor(value, dtype=torch.float64)
+
+
+def logistic_log_cdf(z):
+    return -F.softplus(-z)
+
+
+def single_component(mean, log_scale, device, dtype=torch.float64):
+    """Grayscale, one component: params [1, 3, 1, 1] = (logit, mean, log-scale)."""
+    return torch.tensor([0.0, mean, log_scale], dtype=dtype, device=device).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("mean, log_scale", [(-0.9, -3.0), (0.3, -1.0), (-1.0, -7.0), (0.8, 2.0)])
+def test_dmol_pixel_edges_against_the_closed_form(mean, log_scale, device):
+    """Pixel 0: log CDF at -1 + 1/255; pixel 255: log(1 - CDF) at 1 - 1/255; an inner bin: the CDF difference."""
+    params = single_component(mean, log_scale, device)
+    s = math.exp(log_scale)
+    half = 1.0 / 255
+    inner = round((mean + 1) * 127.5 + 0.5) / 127.5 - 1  # a grid value next to the mean: cdf_delta > 1e-5
+    inner = min(max(inner, -1 + 2 / 255), 1 - 2 / 255)
+    for value, expected in [
+        (-1.0, logistic_log_cdf(scalar((-1.0 + half - mean) / s))),
+        (1.0, logistic_log_cdf(-scalar((1.0 - half - mean) / s))),
+        (inner, torch.log(torch.sigmoid(scalar((inner + half - mean) / s)) - torch.sigmoid(scalar((inner - half - mean)
+                                                                                              / s)))),
+    ]:
+        x = torch.full((1, 1, 1, 1), value, dtype=torch.float64, device=device)
+        nll = fastgen.dmol_nll(params, x, 1, reduction="sum")
+        torch.testing.assert_close(nll.cpu(), -expected.double(), rtol=1e-10, atol=1e-10)
+
+
+def test_dmol_mid_bin_fallback(device):
+    """A tiny scale (log-scale -7) and a bin far from the mean: CDF differences under 1e-5 use the log density
+    at the bin centre + log(2/255), as openai's code; there the eager float32 formula gives log(1e-12)."""
+    log_scale = -7.0
+    s = math.exp(log_scale)
+    x_value = 2 * 140 / 255 - 1
+    for mean in (x_value - 0.02, x_value + 0.03, x_value - 0.015):
+        params = single_component(mean, log_scale, device).requires_grad_()
+        x = torch.full((1, 1, 1, 1), x_value, dtype=torch.float64, device=device)
+        z = (x_value - mean) / s
+        delta = torch.sigmoid(scalar(z + (1 / 255) / s)) - torch.sigmoid(scalar(z - (1 / 255) / s))
+        assert delta < 1e-5  # the fallback region
+        log_pdf = z - log_scale - 2 * F.softplus(scalar(z))
+        nll = fastgen.dmol_nll(params, x, 1, reduction="sum")
+        torch.testing.assert_close(nll.detach().cpu(), -(log_pdf - math.log(127.5)), rtol=1e-10, atol=1e-10)
+        (grad,) = torch.autograd.grad(nll, params)
+        (expected,) = torch.autograd.grad(reference.dmol_nll(params, x, 1, reduction="sum"), params)
+        torch.testing.assert_close(grad, expected)
+        # float32 and float16: the same branch, finite, to float32's precision of the float64 value
+        for dtype in (torch.float32, torch.float16):
+            nll32 = fastgen.dmol_nll(params.detach().to(dtype), x.float(), 1, reduction="sum")
+            assert torch.isfinite(nll32)
+            assert_close(nll32, reference.dmol_nll(params.detach().to(dtype).double(), x, 1, reduction="sum"),
+                         torch.float32)
+
+
+def test_dmol_log_scale_clamp(device):
+    """log-scales below -7 act as -7 and get no gradient (torch.clamp(min=-7))."""
+    x = torch.full((1, 1, 1, 1), 2 * 90 / 255 - 1, dtype=torch.float64, device=device)
+    at_clamp = fastgen.dmol_nll(single_component(2 * 90 / 255 - 1.001, -7.0, device), x, 1)
+    below = single_component(2 * 90 / 255 - 1.001, -12.0, device).requires_grad_()
+    nll = fastgen.dmol_nll(below, x, 1)
+    torch.testing.assert_close(nll.detach(), at_clamp)
+    (grad,) = torch.autograd.grad(nll, below)
+    assert grad[0, 2].item() == 0.0 and grad[0, 1].item() != 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_dmol_extreme_params_no_nan(dtype, device):
+    """Huge logits, means, log-scales and coefficients: finite (and as precise as the eager float32 formula, or
+    better) wherever the float64 reference is finite."""
+    params = make_params(2, 3, 3, 2, 3, torch.float64, device, key="extreme")
+    big = {torch.float32: 1e4, torch.float16: 6e4, torch.bfloat16: 1e30}[dtype]
+    params[:, :3] *= 50.0  # confident logits
+    params[0, 3:6] = 40.0  # means far outside [-1, 1]
+    params[1, 3:6] = -big
+    params[0, 6:9] = 60.0  # huge log-scales
+    params[1, 6:9] = -big  # clamped
+    params[:, 9:12] = big  # saturated tanh
+    params = params.to(dtype)
+    x = make_images(2, 3, 2, 3, device)
+    out = fastgen.dmol_nll(params.requires_grad_(), x, 3, reduction="none")
+    exact = reference.dmol_nll(params.detach().double(), x.double(), 3, reduction="none")
+    assert torch.isfinite(exact).all()
+    assert torch.isfinite(out).all()
+    eager = reference.dmol_nll(params.detach().float(), x, 3, reduction="none")  # what users run today
+    assert ((out.double() - exact).abs() <= (eager.double() - exact).abs() + 1e-4 * exact.abs() + 1e-4).all()
+    (grad,) = torch.autograd.grad(out.sum(), params)
+    assert torch.isfinite(grad).all()
+
+
+def test_dmol_non_contiguous(device):
+    params = make_params(2, 2, 3, 4, 6, torch.float32, device)
+    x = make_images(2, 3, 4, 6, device)
+    fn, ref_fn = dmol_case(dict(reduction="none"))
+    cases = [
+        (params.contiguous(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)),
+        (params[:, :, :, ::2], x[:, :, :, ::2]),  # not dense: copied
+        (params.transpose(2, 3).contiguous().transpose(2, 3), x),  # W-major pixels
+    ]
+    for p, xx in cases:
+        p = p.detach().requires_grad_()
+        check_against_reference(lambda a, b: fn(a, b, 2), lambda a, b: ref_fn(a, b, 2),
+                                [p, xx.detach().requires_grad_()], torch.float32, DMOL_TOLERANCES)
+    p = cases[0][0].detach().requires_grad_()
+    (grad,) = torch.autograd.grad(fastgen.dmol_nll(p, x, 2), p)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # no gradient written: strided inputs are read in place
+        for p, xx in cases:
+            close(fastgen.dmol_nll(p, xx, 2, reduction="none"), ref_fn(p.double(), xx.double(), 2), torch.float32,
+                  "no-grad loss", DMOL_TOLERANCES)
+
+
+def test_dmol_x_dtype_differs_from_params(device):
+    """bfloat16 params with float32 data: x is read in float32 (never rounded to bfloat16)."""
+    params = make_params(2, 2, 3, 2, 3, torch.bfloat16, device).requires_grad_()
+    x = make_images(2, 3, 2, 3, device, torch.float64)
+    check_against_reference(lambda p: fastgen.dmol_nll(p, x, 2), lambda p: reference.dmol_nll(p, x, 2), [params],
+                            torch.bfloat16, DMOL_TOLERANCES)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(0, 3, 2, 2), (2, 3, 0, 2)], ids=str)
+def test_dmol_empty(shape, reduction, device):
+    batch, channels, height, width = shape
+    params = make_params(batch, 2, channels, height, width, torch.float32, device).requires_grad_()
+    x = make_images(batch, channels, height, width, device) if batch * height * width else torch.zeros(shape)
+    x = x.requires_grad_()
+    out = fastgen.dmol_nll(params, x, 2, reduction=reduction)
+    expected = reference.dmol_nll(params.double(), x.double(), 2, reduction=reduction)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out.double(), expected, equal_nan=True)
+    grads = torch.autograd.grad(out, [params, x], torch.ones_like(out))
+    assert grads[0].shape == params.shape and grads[1].shape == x.shape and not grads[0].any()
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_dmol_gradcheck(channels, device):
+    """float64 gradcheck of params and x (fast mode: 60 + 6 inputs), per-pixel and mean."""
+    params = make_params(1, 2, channels, 1, 2, torch.float64, device, log_scales=(-3.0, 0.0)).requires_grad_()
+    x = make_images(1, channels, 1, 2, device, torch.float64).requires_grad_()
+    for reduction in ("none", "mean"):
+        assert torch.autograd.gradcheck(lambda p, xx: fastgen.dmol_nll(p, xx, 2, reduction=reduction),
+                                        [params, x], eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+def test_dmol_bits_per_dim_and_openai_sum(device):
+    params = make_params(2, 3, 3, 2, 2, torch.float64, device)
+    x = make_images(2, 3, 2, 2, device, torch.float64)
+    total = fastgen.dmol_nll(params, x, 3, reduction="sum")  # openai's loss
+    mean = fastgen.dmol_nll(params, x, 3)
+    per_pixel = fastgen.dmol_nll(params, x, 3, reduction="none")
+    assert per_pixel.shape == (2, 2, 2)
+    torch.testing.assert_close(total, per_pixel.sum())
+    torch.testing.assert_close(fastgen.bits_per_dim(mean), fastgen.bits_per_dim(total, x))
+
+
+def test_dmol_bad_arguments(device):
+    params = make_params(1, 2, 3, 2, 2, torch.float32, device)
+    x = make_images(1, 3, 2, 2, device)
+    with pytest.raises(ValueError, match="params"):
+        fastgen.dmol_nll(params[:, :19], x, 2)
+    with pytest.raises(ValueError, match="params"):
+        fastgen.dmol_nll(params[0], x, 2)
+    with pytest.raises(TypeError, match="params"):
+        fastgen.dmol_nll(params.long(), x, 2)
+    with pytest.raises(ValueError, match="x"):
+        fastgen.dmol_nll(params, x[:, :1], 2)
+    with pytest.raises(TypeError, match="x"):
+        fastgen.dmol_nll(params, x.long(), 2)
+    with pytest.raises(ValueError, match="n_mixtures"):
+        fastgen.dmol_nll(params, x, 0)
+    with pytest.raises(TypeError, match="n_mixtures"):
+        fastgen.dmol_nll(params, x, 2.0)
+    with pytest.raises(ValueError, match="bits"):
+        fastgen.dmol_nll(params, x, 2, bits=17)
+    with pytest.raises(ValueError, match="reduction"):
+        fastgen.dmol_nll(params, x, 2, reduction="batchmean")
+
+
+# ---------------------------------------------------------------------------------------------- DMOL sampler
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k, channels", [(3, 3), (2, 1)], ids=str)
+def test_sample_matches_reference_on_the_same_uniforms(k, channels, dtype, device):
+    params = make_params(2, k, channels, 3, 4, dtype, device, log_scales=(-5.0, -1.0))
+    uniforms = torch.rand((2, k + channels, 3, 4), generator=generator("u", k)).to(device, dtype)
+    uniforms.view(-1)[:3] = torch.tensor([0.0, 1.0, 0.5], dtype=dtype)  # the ends of [0, 1]: mapped inside
+    for temperature in (1.0, 0.5):
+        sample = fastgen.dmol_sample(params, k, temperature=temperature, uniforms=uniforms)
+        expected = reference.dmol_sample(params.double(), k, temperature=temperature, uniforms=uniforms.double())
+        assert sample.dtype == dtype and sample.shape == (2, channels, 3, 4)
+        assert_close(sample, expected, dtype, "sample")
+
+
+def test_sample_is_in_range_and_deterministic_per_seed(device):
+    params = make_params(2, 3, 3, 4, 4, torch.float32, device, log_scales=(-1.0, 1.0))
+    first = fastgen.dmol_sample(params, 3, seed=7)
+    assert torch.equal(first, fastgen.dmol_sample(params, 3, seed=7))
+    assert not torch.equal(first, fastgen.dmol_sample(params, 3, seed=8))
+    assert first.min() >= -1.0 and first.max() <= 1.0
+    assert (first.abs() == 1.0).any()  # wide scales: clamped values occur
+    torch.manual_seed(3)
+    drawn = fastgen.dmol_sample(params, 3)
+    torch.manual_seed(3)
+    assert torch.equal(drawn, fastgen.dmol_sample(params, 3))  # seed=None follows torch's generator
+    strided = params.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fastgen.dmol_sample(strided, 3, seed=7), first)  # draws do not depend on the layout
+
+
+def test_sample_distribution_of_one_logistic(device):
+    """K = 1 grayscale: the samples' mean and standard deviation are the logistic's, s * pi / sqrt(3)."""
+    mean, log_scale = 0.2, -3.0
+    params = single_component(mean, log_scale, device, torch.float32).expand(1, 3, 64, 64).contiguous()
+    samples = fastgen.dmol_sample(params, 1, seed=11).double().flatten()
+    std = math.exp(log_scale) * math.pi / math.sqrt(3)
+    assert abs(samples.mean().item() - mean) < 4 * std / math.sqrt(samples.numel())
+    assert abs(samples.std().item() / std - 1) < 0.05
+    cold = fastgen.dmol_sample(params, 1, seed=11, temperature=0.25).double().flatten()
+    assert abs(cold.std().item() / (0.25 * std) - 1) < 0.05
+
+
+def test_sample_mixture_weights_and_channel_conditioning(device):
+    """Two components with weights 0.3/0.7 at means -0.5/0.5 and tiny scales; G = mean_G + tanh(c) * R."""
+    k, n = 2, 48
+    logits = torch.tensor([math.log(0.3), math.log(0.7)])
+    blocks = [logits]
+    # coefficient blocks of channels R, G, B: G given R (0.8), B given R (-0.4), B given G (0.3)
+    for means, coefficient in ((torch.tensor([-0.5, 0.5]), 0.8), (torch.tensor([0.1, -0.2]), -0.4),
+                               (torch.tensor([0.0, 0.05]), 0.3)):
+        blocks += [means, torch.full((k,), -7.0), torch.full((k,), coefficient)]
+    params = torch.cat(blocks).view(1, 10 * k, 1, 1).expand(1, 10 * k, n, n).contiguous().to(device)
+    x = fastgen.dmol_sample(params, k, seed=5)
+    red = x[:, 0].flatten()
+    high = (red - 0.5).abs() < 0.02
+    assert ((red + 0.5).abs() < 0.02).logical_or(high).all()
+    assert abs(high.double().mean().item() - 0.7) < 4 * math.sqrt(0.21 / n**2)
+    # the chosen component's G and B means, shifted by the preceding sub-pixels
+    green, blue = x[:, 1].flatten(), x[:, 2].flatten()
+    assert ((green - (torch.where(high, -0.2, 0.1) + math.tanh(0.8) * red)).abs() < 0.02).all()
+    expected_blue = torch.where(high, 0.05, 0.0) + math.tanh(-0.4) * red + math.tanh(0.3) * green
+    assert ((blue - expected_blue).abs() < 0.02).all()
+
+
+def test_sample_bad_arguments(device):
+    params = make_params(1, 2, 3, 2, 2, torch.float32, device)
+    with pytest.raises(ValueError, match="uniforms"):
+        fastgen.dmol_sample(params, 2, uniforms=torch.rand(1, 2, 2, 2, device=device))
+    with pytest.raises(ValueError, match="seed"):
+        fastgen.dmol_sample(params, 2, seed=1, uniforms=torch.rand(1, 5, 2, 2, device=device))
+    with pytest.raises(ValueError, match="temperature"):
+        fastgen.dmol_sample(params, 2, temperature=0.0)
+    with pytest.raises(ValueError, match="params"):
+        fastgen.dmol_sample(params, 3)
+    with pytest.raises(ValueError, match="seed"):
+        fastgen.dmol_sample(params, 2, seed=-1)
+    empty = fastgen.dmol_sample(params[:0], 2, seed=1)
+    assert empty.shape == (0, 3, 2, 2)
+
+
+def test_reference_backend_runs_the_same_api(device):
+    params = make_params(1, 2, 3, 2, 2, torch.float32, device)
+    x = make_images(1, 3, 2, 2, device)
+    logits = make_logits((1, 3 * 4, 2, 2), torch.float32, device)
+    targets = make_targets((1, 3, 2, 2), 4, device)
+    with fastgen.use_backend("reference"):
+        loss = fastgen.dmol_nll(params, x, 2)
+        ce = fastgen.pixel_cross_entropy(logits, targets)
+        sample = fastgen.dmol_sample(params, 2, seed=1)
+    # the eager float32 formulas: to their own precision
+    torch.testing.assert_close(loss.double(), fastgen.dmol_nll(params.double(), x.double(), 2), rtol=1e-4, atol=1e-4)
+    assert_close(ce, fastgen.pixel_cross_entropy(logits.double(), targets), torch.float32)
+    assert sample.shape == (1, 3, 2, 2) and sample.abs().max() <= 1
