@@ -30,18 +30,12 @@ converted to COMPUTE once with ``tl.full`` (which works compiled and interpreted
 import triton
 import triton.language as tl
 
+from .numerics import log1p
+
 BCE = tl.constexpr(0)
 HINGE = tl.constexpr(1)
 LINEAR = tl.constexpr(2)
 SQUARE = tl.constexpr(3)
-
-
-@triton.jit
-def _log1p(y):
-    """log(1 + y) for y >= 0, accurate near 0 (Goldberg: log(u) * y / (u - 1) with u = 1 + y rounded)."""
-    u = 1.0 + y
-    exact = u == 1.0
-    return tl.where(exact, y, tl.log(u) * (y / tl.where(exact, 1.0, u - 1.0)))
 
 
 @triton.jit
@@ -53,7 +47,7 @@ def _logit_term(x, family, target):
         positive = x >= 0
         sig = tl.where(positive, r, e * r)  # sigmoid(x)
         sig_neg = tl.where(positive, e * r, r)  # sigmoid(-x), not 1 - sigmoid(x)
-        value = tl.where(positive, x, 0.0) - target * x + _log1p(e)
+        value = tl.where(positive, x, 0.0) - target * x + log1p(e)
         grad = (1.0 - target) * sig - target * sig_neg
     elif family == HINGE:
         y = 1.0 + target * x

@@ -34,20 +34,14 @@ Arithmetic runs in COMPUTE (float32 for 16/32-bit inputs, float64 for float64). 
 import triton
 import triton.language as tl
 
+from .numerics import log1p
+
 LOG_SCALE_MIN = tl.constexpr(-7.0)  # openai: log_scales = max(l[...], -7.)
 LOG_MIN_CDF_DELTA = tl.constexpr(-11.512925464970229)  # log(1e-5): below it the mid-bin fallback
 UNIFORM_MIN = tl.constexpr(1e-5)  # openai's sampler: u ~ U(1e-5, 1 - 1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-@triton.jit
-def _log1p(y):
-    """log(1 + y) for y >= 0, accurate near 0 (Goldberg: log(u) * y / (u - 1) with u = 1 + y rounded)."""
-    u = 1.0 + y
-    exact = u == 1.0
-    return tl.where(exact, y, tl.log(u) * (y / tl.where(exact, 1.0, u - 1.0)))
-
-
 @triton.jit
 def _one_minus_exp_neg(d):
     """(1 - e^-d, e^-d) for d >= 0, the first accurate near 0 (Kahan: (1 - u) d / -log(u), u = e^-d rounded)."""
@@ -65,7 +59,7 @@ def _sigmoids(z):
     e = tl.exp(-tl.abs(z))
     r = 1.0 / (1.0 + e)
     positive = z >= 0
-    log_sig = tl.where(positive, 0.0, z) - _log1p(e)
+    log_sig = tl.where(positive, 0.0, z) - log1p(e)
     return tl.where(positive, r, e * r), tl.where(positive, e * r, r), log_sig
 
 
