@@ -19,15 +19,6 @@ G_KINDS = ("nonsaturating", "saturating", "hinge", "wgan", "ls")
 PENALTY_KINDS = ("r1", "wgan-gp")
 
 
-def _reduce(terms: torch.Tensor, reduction: str) -> torch.Tensor:
-    """"mean" or "sum" over every element; "none" keeps the per-element terms."""
-    if reduction == "mean":
-        return terms.mean()
-    if reduction == "sum":
-        return terms.sum()
-    return terms
-
-
 def gan_d_loss(real_logits, fake_logits, kind="minimax", reduction="mean", real_label=1.0):
     """Discriminator loss: reduce(real terms) + reduce(fake terms), or the two term tensors for "none"
     (see :func:`fastgen.gan_d_loss`)."""
@@ -51,7 +42,7 @@ def gan_d_loss(real_logits, fake_logits, kind="minimax", reduction="mean", real_
         raise ValueError(f"kind must be one of {D_KINDS}, got {kind!r}")
     if reduction == "none":
         return real_terms, fake_terms
-    return _reduce(real_terms, reduction) + _reduce(fake_terms, reduction)
+    return reduce_batch(real_terms, reduction) + reduce_batch(fake_terms, reduction)
 
 
 def gan_g_loss(fake_logits, kind="nonsaturating", reduction="mean"):
@@ -66,7 +57,7 @@ def gan_g_loss(fake_logits, kind="nonsaturating", reduction="mean"):
         terms = 0.5 * (fake_logits - 1.0) ** 2
     else:
         raise ValueError(f"kind must be one of {G_KINDS}, got {kind!r}")
-    return _reduce(terms, reduction)
+    return reduce_batch(terms, reduction)
 
 
 def gradient_penalty(grads, kind="r1", gamma=10.0, reduction="mean"):
