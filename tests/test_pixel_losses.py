@@ -349,6 +349,21 @@ def test_dmol_bit_depths(bits, device):
                             DMOL_TOLERANCES)
 
 
+@pytest.mark.parametrize("levels", [17, 256])
+def test_dmol_levels_sum_to_one(levels, device):
+    """levels= (17 for the digits data, not a power of 2): the probabilities of every value sum to 1, and
+    levels=256 is bits=8."""
+    params = make_params(1, 2, 1, 1, 1, torch.float64, device, log_scales=(-3.0, 0.5)).expand(levels, -1, -1, -1)
+    x = torch.linspace(-1.0, 1.0, levels, dtype=torch.float64, device=device).view(levels, 1, 1, 1)
+    nll = fastgen.dmol_nll(params, x, 2, levels=levels, reduction="none")
+    torch.testing.assert_close(nll, reference.dmol_nll(params, x, 2, levels=levels, reduction="none"))
+    torch.testing.assert_close(torch.exp(-nll).sum().item(), 1.0, rtol=0, atol=1e-9)
+    if levels == 256:
+        torch.testing.assert_close(nll, fastgen.dmol_nll(params, x, 2, bits=8, reduction="none"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="levels"):
+        fastgen.dmol_nll(params, x, 2, levels=1)
+
+
 def scalar(value):
     return torch.tensor(value, dtype=torch.float64)
 

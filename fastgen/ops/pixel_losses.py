@@ -226,12 +226,12 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
 
 # ---------------------------------------------------------------------------------------------- DMOL
 class DiscretizedLogisticMixtureNLL(torch.autograd.Function):
-    """(params [B, P, H, W], x [B, C, H, W] in params' compute dtype, n_mixtures, bits, reduction) -> NLL:
+    """(params [B, P, H, W], x [B, C, H, W] in params' compute dtype, n_mixtures, levels, reduction) -> NLL:
     0-d, or per pixel [B, H, W] for "none" (float32; float64 for float64 params). The forward writes the
     gradients, the backward scales them. Prefer :func:`fastgen.dmol_nll`."""
 
     @staticmethod
-    def forward(ctx, params, x, n_mixtures, bits, reduction):
+    def forward(ctx, params, x, n_mixtures, levels, reduction):
         acc = compute_dtype(params.dtype)
         batch, channels, height, width = x.shape
         n_pixels = batch * height * width
@@ -247,13 +247,13 @@ class DiscretizedLogisticMixtureNLL(torch.autograd.Function):
             return nll if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=params.device)
         programs = triton.cdiv(n_pixels, DMOL_BLOCK_P)
         partial = torch.empty(programs, dtype=acc, device=params.device)
-        half_bin = bin_half_width(bits)
+        half_bin = bin_half_width(levels)
         _dmol_forward_kernel[(programs,)](
             params, x, params if grad is None else grad, x if grad_x is None else grad_x,
             partial if nll is None else nll, partial,
             n_pixels, n_mixtures, height, width, *params.stride(), *x.stride(),
             int(write_grad), int(write_grad_x), int(nll is not None),
-            half_bin, math.log(2.0 * half_bin), edge_threshold(bits), weight,
+            half_bin, math.log(2.0 * half_bin), edge_threshold(levels), weight,
             CHANNELS=channels, COMPUTE=_tl_dtype(params.dtype), BLOCK_P=DMOL_BLOCK_P,
         )
         ctx.save_for_backward(grad, grad_x)
@@ -307,7 +307,7 @@ def _check_params(params, n_mixtures) -> int:
                      f"{params.shape[1]} for n_mixtures = {n_mixtures}")
 
 
-def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean"):
+def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean", *, levels=None):
     """Negative log-likelihood (nats) of images under PixelCNN++'s discretized logistic mixture.
 
     The loss of openai/pixel-cnn's ``discretized_mix_logistic_loss`` (Salimans et al. 2017), NCHW: pixel 0
@@ -326,6 +326,8 @@ def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean"):
         n_mixtures: K, the number of logistic components (any K >= 1).
         bits: bit depth of the data, 1 to 16 (8: 256 values per sub-pixel). Above 10 bits, the edge bins are
             |x| > 1 - h instead of 0.999.
+        levels: values per sub-pixel when not a power of 2 (17 for scikit-learn's digits): overrides ``bits``;
+            2 to 65536, h = 1 / (levels - 1).
         reduction: "mean" over the B*C*H*W sub-pixels (nats/dim: ``bits_per_dim(loss)`` is bits/dim), "sum"
             (openai's loss), or "none" (per pixel, [B, H, W], summed over the channels).
 
@@ -341,15 +343,16 @@ def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean"):
         raise ValueError(f"x has shape {tuple(x.shape)} but params of shape {tuple(params.shape)} with "
                          f"n_mixtures = {n_mixtures} need x of shape {(batch, channels, height, width)}")
     bits = _check_positive_int("bits", bits, 1, 16)
+    levels = 2**bits if levels is None else _check_positive_int("levels", levels, 2, 2**16)
     check_choice("reduction", reduction, REDUCTIONS)
     acc = compute_dtype(params.dtype)
     if backend_for(params) == "reference":
-        return reference.dmol_nll(params.to(acc), x.to(acc), n_mixtures, bits, reduction)
+        return reference.dmol_nll(params.to(acc), x.to(acc), n_mixtures, reduction=reduction, levels=levels)
     _check_index_range("params", batch * height * width + DMOL_BLOCK_P, "pixels")
     if not torch.is_grad_enabled():
         params, x = params.detach(), x.detach()
     # x is read in the compute dtype: a float32 copy of float16/bfloat16 data (a view for float32 data)
-    return DiscretizedLogisticMixtureNLL.apply(params, x.to(acc), n_mixtures, bits, reduction)
+    return DiscretizedLogisticMixtureNLL.apply(params, x.to(acc), n_mixtures, levels, reduction)
 
 
 def _check_temperature(temperature) -> float:

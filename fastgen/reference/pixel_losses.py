@@ -47,15 +47,15 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean"):
     return terms
 
 
-def bin_half_width(bits: int) -> float:
-    """Half the width of a bin of x in [-1, 1] at ``bits`` bits: 1/255 at 8 bits."""
-    return 1.0 / (2**bits - 1)
+def bin_half_width(levels: int) -> float:
+    """Half the width of a bin of x in [-1, 1] with ``levels`` values: 1/255 at 256 levels (8 bits)."""
+    return 1.0 / (levels - 1)
 
 
-def edge_threshold(bits: int) -> float:
-    """|x| above it is an edge bin (pixel 0 or the top value): 0.999 up to 10 bits (openai), halfway between
-    the edge value and its neighbour beyond."""
-    return max(EDGE, 1.0 - bin_half_width(bits))
+def edge_threshold(levels: int) -> float:
+    """|x| above it is an edge bin (pixel 0 or the top value): 0.999 up to 1024 levels (openai), halfway
+    between the edge value and its neighbour beyond."""
+    return max(EDGE, 1.0 - bin_half_width(levels))
 
 
 def split_mixture_params(params: torch.Tensor, n_mixtures: int, channels: int):
@@ -73,8 +73,10 @@ def channels_of(params: torch.Tensor, n_mixtures: int) -> int:
     return 3 if params.shape[1] == 10 * n_mixtures else 1
 
 
-def dmol_log_probs(params, x, n_mixtures, bits=8):
-    """log p(x_pixel) under the mixture, per pixel: [B, H, W]."""
+def dmol_log_probs(params, x, n_mixtures, bits=8, levels=None):
+    """log p(x_pixel) under the mixture, per pixel: [B, H, W]; ``levels`` (values per sub-pixel) overrides
+    ``2**bits``."""
+    levels = 2**bits if levels is None else levels
     channels = x.shape[1]
     logits, means, log_scales, coefficients = split_mixture_params(params, n_mixtures, channels)
     log_scales = torch.clamp(log_scales, min=LOG_SCALE_MIN)
@@ -84,7 +86,7 @@ def dmol_log_probs(params, x, n_mixtures, bits=8):
         m_g = means[:, 1] + coefficients[:, 0] * x[:, 0]
         m_b = means[:, 2] + coefficients[:, 1] * x[:, 0] + coefficients[:, 2] * x[:, 1]
         means = torch.stack([means[:, 0], m_g, m_b], dim=1)
-    half_bin = bin_half_width(bits)
+    half_bin = bin_half_width(levels)
     centered_x = x - means
     inv_stdv = torch.exp(-log_scales)
     plus_in = inv_stdv * (centered_x + half_bin)
@@ -97,7 +99,7 @@ def dmol_log_probs(params, x, n_mixtures, bits=8):
     mid_in = inv_stdv * centered_x
     log_pdf_mid = mid_in - log_scales - 2.0 * F.softplus(mid_in)  # log density at the centre of the bin
     log_bin_width = math.log(2.0 * half_bin)  # -log(127.5) at 8 bits
-    edge = edge_threshold(bits)
+    edge = edge_threshold(levels)
     log_probs = torch.where(
         x < -edge, log_cdf_plus,
         torch.where(x > edge, log_one_minus_cdf_min,
@@ -107,11 +109,11 @@ def dmol_log_probs(params, x, n_mixtures, bits=8):
     return torch.logsumexp(log_probs, dim=1)
 
 
-def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean"):
+def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean", levels=None):
     """Negative log-likelihood in nats of x under the discretized logistic mixture (see
     :func:`fastgen.dmol_nll`): "none" per pixel [B, H, W], "sum" (openai's loss), or "mean" over the
     sub-pixels (nats/dim: the sum divided by x.numel())."""
-    nll = -dmol_log_probs(params, x, n_mixtures, bits)
+    nll = -dmol_log_probs(params, x, n_mixtures, bits, levels)
     if reduction == "sum":
         return nll.sum()
     if reduction == "mean":
