@@ -1,0 +1,232 @@
+"""Training, evaluating and checkpointing the PixelCNN models, and writing sample grids.
+
+>>> data = fastgen.data.load_dataset("digits")
+>>> model = fastgen.models.GatedPixelCNN(data_channels=1, levels=data.levels, hidden_channels=32, n_layers=4)
+>>> history = train(model, data.pixels, epochs=5)       # per epoch: train and test bits/dim
+>>> save_checkpoint("gated.pt", model, image_size=data.image_size, history=history)
+>>> model, meta = load_checkpoint("gated.pt")
+
+The loss is chosen by the model's ``output_kind``: PixelCNN and Gated PixelCNN ("logits") use
+:func:`fastgen.pixel_cross_entropy`, PixelCNN++ ("dmol") :func:`fastgen.dmol_nll`; both means are nats per
+sub-pixel, so :func:`fastgen.bits_per_dim` of them is bits/dim. A model switched to the reference layers
+(``model.use_reference(True)``) also computes its loss on the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from fastgen.data import train_test_indices
+from fastgen.dispatch import use_backend
+from fastgen.models import GatedPixelCNN, PixelCNN, PixelCNNpp, PixelModel, scale_pixels
+from fastgen.ops.pixel_losses import bits_per_dim, dmol_nll, pixel_cross_entropy
+
+#: checkpoint kind name -> model class
+MODELS = {"pixelcnn": PixelCNN, "gated": GatedPixelCNN, "pixelcnnpp": PixelCNNpp}
+
+
+def model_kind(model: PixelModel) -> str:
+    """The registry name of ``model``'s class ("pixelcnn", "gated" or "pixelcnnpp")."""
+    for name, cls in MODELS.items():
+        if type(model) is cls:
+            return name
+    raise TypeError(f"model must be one of {', '.join(c.__name__ for c in MODELS.values())}, got "
+                    f"{type(model).__name__}")
+
+
+def _backend(model: PixelModel):
+    return use_backend("reference") if model.reference else contextlib.nullcontext()
+
+
+def loss_of(model: PixelModel, output: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL in nats per sub-pixel of integer ``pixels`` [B, C, H, W] under the model's ``output``
+    (logits [B, levels, C, H, W] or DMOL parameters [B, P, H, W], by ``model.output_kind``)."""
+    with _backend(model):
+        if model.output_kind == "logits":
+            return pixel_cross_entropy(output, pixels)
+        if model.output_kind == "dmol":
+            x = scale_pixels(pixels, model.levels, output.dtype)
+            return dmol_nll(output, x, model.n_mixtures, levels=model.levels)
+    raise ValueError(f"model.output_kind must be 'logits' or 'dmol', got {model.output_kind!r}")
+
+
+def _check_data(model: PixelModel, pixels, labels, name: str = "pixels", labels_name: str = "labels"):
+    if not isinstance(pixels, torch.Tensor) or pixels.is_floating_point() or pixels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor [N, C, H, W], got "
+                        f"{pixels.dtype if isinstance(pixels, torch.Tensor) else type(pixels).__name__}")
+    if pixels.dim() != 4 or pixels.shape[1] != model.data_channels:
+        raise ValueError(f"{name} must have shape [N, {model.data_channels}, H, W], got {tuple(pixels.shape)}")
+    if pixels.numel() and (int(pixels.min()) < 0 or int(pixels.max()) >= model.levels):
+        raise ValueError(f"{name} must be in 0..{model.levels - 1} (model.levels={model.levels}), got values from "
+                         f"{int(pixels.min())} to {int(pixels.max())}")
+    if model.n_classes is None:
+        return None  # an unconditional model ignores labels
+    if labels is None:
+        raise ValueError(f"{labels_name} are required: the model is conditional (n_classes={model.n_classes})")
+    if tuple(labels.shape) != (len(pixels),):
+        raise ValueError(f"{labels_name} must have shape [{len(pixels)}], got {tuple(labels.shape)}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= model.n_classes):
+        raise ValueError(f"{labels_name} must be in 0..{model.n_classes - 1} (model.n_classes={model.n_classes})")
+    return labels
+
+
+@torch.no_grad()
+def evaluate(model: PixelModel, pixels: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 256,
+             device=None) -> float:
+    """Bits/dim of ``pixels`` [N, C, H, W] (labels [N] for a conditional model), in eval mode."""
+    labels = _check_data(model, pixels, labels)
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, len(pixels), batch_size):
+        x = pixels[start:start + batch_size].to(device)
+        y = None if labels is None else labels[start:start + batch_size].to(device)
+        total += float(loss_of(model, model(x, y), x)) * len(x)
+    model.train(was_training)
+    return bits_per_dim(total / max(len(pixels), 1))
+
+
+def train(model: PixelModel, pixels: torch.Tensor, labels: torch.Tensor | None = None, *, epochs: int = 10,
+          batch_size: int = 64, lr: float = 3e-3, device=None, test_pixels: torch.Tensor | None = None,
+          test_labels: torch.Tensor | None = None, test_fraction: float = 0.1, seed: int = 0,
+          progress: bool = True, on_epoch=None) -> list[dict]:
+    """Trains ``model`` with Adam on integer ``pixels`` [N, C, H, W] (0..levels-1) for ``epochs`` epochs.
+
+    Args:
+        labels: [N] class labels, used when the model is conditional (``model.n_classes``); required then.
+        device: where to train (default: the model's device); the model is moved there.
+        test_pixels, test_labels: the held-out set; by default the last ``test_fraction`` of a permutation
+            seeded with ``seed`` (:func:`fastgen.data.train_test_indices`) is held out from ``pixels``.
+        seed: also seeds the shuffling of the batches.
+        progress: show a tqdm progress bar per epoch.
+        on_epoch: called with each epoch's record as it finishes (e.g. to print it).
+
+    Returns:
+        the history: one dict per epoch with "epoch" (1..), "train_bpd" (the mean over the epoch's batches),
+        "test_bpd" (after the epoch, in eval mode; nan without a test set) and "seconds" (the epoch's time).
+    """
+    from tqdm.auto import tqdm
+
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    labels = _check_data(model, pixels, labels)
+    if test_pixels is None:
+        train_index, test_index = train_test_indices(len(pixels), test_fraction, seed)
+        test_pixels, pixels = pixels[test_index], pixels[train_index]
+        if labels is not None:
+            test_labels, labels = labels[test_index], labels[train_index]
+    else:
+        test_labels = _check_data(model, test_pixels, test_labels, "test_pixels", "test_labels")
+    if len(pixels) == 0:
+        raise ValueError("pixels: no training images left after holding out the test set")
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(pixels), generator=generator)
+        total, count = 0.0, 0
+        batches = tqdm(range(0, len(pixels), batch_size), desc=f"epoch {epoch}/{epochs}", leave=False,
+                       disable=not progress, unit="batch")
+        for first in batches:
+            index = order[first:first + batch_size]
+            x = pixels[index].to(device)
+            y = None if labels is None else labels[index].to(device)
+            loss = loss_of(model, model(x, y), x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            nats = loss.item()
+            total, count = total + nats * len(x), count + len(x)
+            batches.set_postfix(bpd=f"{bits_per_dim(nats):.3f}")
+        test_bpd = evaluate(model, test_pixels, test_labels, device=device) if len(test_pixels) else math.nan
+        record = dict(epoch=epoch, train_bpd=bits_per_dim(total / count), test_bpd=test_bpd,
+                      seconds=time.perf_counter() - start)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    model.eval()
+    return history
+
+
+def save_checkpoint(path, model: PixelModel, **meta) -> None:
+    """Writes ``model`` to ``path`` with torch.save: its kind ("pixelcnn", "gated", "pixelcnnpp"),
+    ``model.config``, the state_dict, levels, and ``meta`` (e.g. image_size=(H, W), history=[...]): plain
+    Python values (numbers, strings, lists, tuples, dicts), so :func:`load_checkpoint` can read it with
+    ``weights_only=True``."""
+    checkpoint = dict(meta, kind=model_kind(model), config=dict(model.config), levels=model.levels,
+                      state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()})
+    directory = os.path.dirname(os.fspath(path))
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    torch.save(checkpoint, path)
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[PixelModel, dict]:
+    """Rebuilds the model saved by :func:`save_checkpoint` (``MODELS[kind](**config)``, weights loaded, eval
+    mode). Returns (model, meta): meta is everything saved but the state_dict (kind, config, levels,
+    image_size, history, ...)."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ValueError(f"path {os.fspath(path)!r} is not a fastgen checkpoint: {error}") from error
+    if not isinstance(checkpoint, dict) or not {"kind", "config", "state_dict"} <= checkpoint.keys():
+        raise ValueError(f"path {os.fspath(path)!r} is not a fastgen checkpoint (no kind/config/state_dict)")
+    if checkpoint["kind"] not in MODELS:
+        raise ValueError(f"path {os.fspath(path)!r}: unknown model kind {checkpoint['kind']!r} (known: "
+                         f"{', '.join(MODELS)})")
+    model = MODELS[checkpoint["kind"]](**checkpoint["config"])
+    model.load_state_dict(checkpoint.pop("state_dict"))
+    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+    return model.eval(), checkpoint
+
+
+def image_grid(pixels: torch.Tensor, levels: int, nrow: int | None = None, scale: int | None = None,
+               padding: int = 1) -> np.ndarray:
+    """Integer images [N, C, H, W] (C = 1 or 3, 0..levels-1) -> one float image [rows, cols] or
+    [rows, cols, 3] in [0, 1]: ``nrow`` images per row (default ceil(sqrt(N))), each enlarged ``scale`` times
+    by nearest neighbour (default: to at least 32 pixels a side), ``padding`` pixels of white between them."""
+    if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
+        raise ValueError(f"pixels must be a tensor [N, C, H, W] with C = 1 or 3, got "
+                         f"{tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__}")
+    n, c, h, w = pixels.shape
+    if n == 0:
+        raise ValueError("pixels holds no images")
+    nrow = math.ceil(math.sqrt(n)) if nrow is None else nrow
+    if nrow < 1:
+        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    scale = max(1, math.ceil(32 / max(h, w, 1))) if scale is None else scale
+    images = pixels.detach().cpu().double().div(levels - 1).clamp(0, 1).numpy()
+    images = images.repeat(scale, axis=2).repeat(scale, axis=3)
+    rows = math.ceil(n / nrow)
+    cell_h, cell_w = h * scale + padding, w * scale + padding
+    grid = np.ones((c, rows * cell_h + padding, nrow * cell_w + padding))
+    for i, image in enumerate(images):
+        top, left = padding + (i // nrow) * cell_h, padding + (i % nrow) * cell_w
+        grid[:, top:top + h * scale, left:left + w * scale] = image
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def save_image_grid(pixels: torch.Tensor, levels: int, path, nrow: int | None = None) -> None:
+    """Writes integer images [N, C, H, W] (0..levels-1) as one PNG grid (see :func:`image_grid`), with
+    matplotlib: grey images in the grey colour map, 0 black and levels-1 white."""
+    import matplotlib.pyplot as plt
+
+    grid = image_grid(pixels, levels, nrow)
+    directory = os.path.dirname(os.fspath(path))
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    plt.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
