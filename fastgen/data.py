@@ -65,7 +65,7 @@ def as_nchw(array: np.ndarray, name: str = "array", layout: str | None = None) -
                          f"{tuple(array.shape)}")
     if layout is None:
         last, second = array.shape[3] in DATA_CHANNELS, array.shape[1] in DATA_CHANNELS
-        if last and second and array.shape[1] != array.shape[3]:
+        if last and second:
             raise ValueError(f"{name} of shape {tuple(array.shape)} is ambiguous: pass layout='NHWC' or 'NCHW'")
         layout = "NHWC" if last else "NCHW" if second else None
         if layout is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import time
 
 import numpy as np
@@ -181,8 +182,9 @@ def load_checkpoint(path, map_location="cpu") -> tuple[PixelModel, dict]:
     image_size, history, ...)."""
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, ValueError) as error:
-        raise ValueError(f"path {os.fspath(path)!r} is not a fastgen checkpoint: {error}") from error
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"path {os.fspath(path)!r} is not a fastgen checkpoint: {reason}") from error
     if not isinstance(checkpoint, dict) or not {"kind", "config", "state_dict"} <= checkpoint.keys():
         raise ValueError(f"path {os.fspath(path)!r} is not a fastgen checkpoint (no kind/config/state_dict)")
     if checkpoint["kind"] not in MODELS:
