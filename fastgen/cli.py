@@ -51,9 +51,13 @@ class UsageError(Exception):
     """A bad argument or input file: reported as ``fastgen <command>: error: ...`` with exit status 2."""
 
 
-def _device(name):
+def _device(name, threads=None):
     import torch
 
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -124,7 +128,7 @@ def _train(args) -> int:
     from fastgen.data import load_dataset
     from fastgen.training import save_checkpoint, train
 
-    device = _device(args.device)
+    device = _device(args.device, args.threads)
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
                              ("--samples", args.samples, 0)):
         if value < low:
@@ -167,7 +171,7 @@ def _train(args) -> int:
 def _sample(args) -> int:
     from fastgen.training import load_checkpoint
 
-    device = _device(args.device)
+    device = _device(args.device, args.threads)
     if args.n < 1:
         raise UsageError(f"-n must be >= 1, got {args.n}")
     if not args.temperature > 0:
@@ -219,6 +223,8 @@ def main(argv=None) -> int:
     train.add_argument("--samples", type=int, default=64, metavar="N", help="samples in the grid written after "
                        "training (default: 64; 0: none)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=int, metavar="N", help="CPU threads for PyTorch (default: PyTorch's; 1 is "
+                        "faster on a machine whose cores are busy with other jobs)")
     train.set_defaults(func=_train)
 
     sample = sub.add_parser("sample", help="write a PNG grid of samples from a checkpoint of `fastgen train`")
@@ -232,6 +238,8 @@ def main(argv=None) -> int:
     sample.add_argument("--naive", action="store_true", help="the uncached sampler (a full forward per sub-pixel)")
     sample.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
     sample.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sample.add_argument("--threads", type=int, metavar="N", help="CPU threads for PyTorch (default: PyTorch's; 1 is "
+                        "faster on a machine whose cores are busy with other jobs)")
     sample.set_defaults(func=_sample)
     args = parser.parse_args(argv)
     try:

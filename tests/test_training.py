@@ -7,6 +7,7 @@ themselves are tested against the kernels in test_models.py.
 """
 
 import math
+import subprocess
 import sys
 
 import numpy as np
@@ -302,7 +303,7 @@ def test_cli_train_and_sample_on_npy(tmp_path, one_thread, capsys):
     with fastgen.use_backend("reference"):
         assert cli.main(["train", "gated", "--data", str(tmp_path / "tiny.npy"), "--epochs", "2", "--layers", "1",
                          "--hidden-channels", "6", "--batch-size", "16", "--out", str(out), "--samples", "4",
-                         "--no-progress"]) == 0
+                         "--no-progress", "--threads", "1"]) == 0
         printed = capsys.readouterr().out
         assert "epoch   2  train" in printed and "test" in printed
         model, meta = load_checkpoint(out / "gated.pt")
@@ -345,3 +346,11 @@ def test_cli_errors(tmp_path, capsys):
     assert "CHECKPOINT: " in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["train", "vae"])
+
+
+def test_cli_help():
+    for command, options in (("train", ["--data", "--epochs", "--conditional", "--out"]),
+                             ("sample", ["-n", "--temperature", "--naive", "--label"])):
+        out = subprocess.run([sys.executable, "-m", "fastgen", command, "--help"], capture_output=True, text=True,
+                             check=True).stdout
+        assert all(option in out for option in options), out
