@@ -153,15 +153,15 @@ class _Job:
             raise ValueError(f"x's kept rows must hold pixel values in [0, {self.levels - 1}]")
         return int(fixed_rows)
 
-    def draw(self, out: torch.Tensor, y: int, x: int, channel: int | None) -> torch.Tensor:
-        """The drawn value(s) at (y, x) from the model's output there: logits [n, levels] of ``channel`` ->
-        [n]; or DMOL parameters [n, P] -> [n, C]."""
-        if channel is None:
+    def draw(self, out: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The drawn value(s) at one pixel from the model's output there and its draws ``u``: logits [n, levels]
+        with u [n] -> [n]; or DMOL parameters [n, P] with u [n, K + C] -> [n, C]."""
+        if u.dim() == 2:
             params = out.reshape(self.n, -1, 1, 1)
-            u = self.uniforms[:, :, y, x].reshape(self.n, -1, 1, 1)
-            values = dmol_sample(params, self.model.n_mixtures, temperature=self.temperature, uniforms=u)
+            values = dmol_sample(params, self.model.n_mixtures, temperature=self.temperature,
+                                 uniforms=u.reshape(self.n, -1, 1, 1))
             return torch.round((values.view(self.n, -1) + 1.0) * (0.5 * (self.levels - 1))).long()
-        return draw_categorical(out, self.uniforms[:, channel, y, x], self.temperature)
+        return draw_categorical(out, u, self.temperature)
 
     def progress_bar(self, progress: bool, name: str):
         from tqdm import tqdm
@@ -211,35 +211,43 @@ def sample_naive(model: PixelModel, n: int | None = None, *, size=None, y=None, 
                     for channel in [None] if dmol else range(job.channels):
                         out = model(job.pixels, job.labels)
                         if dmol:
-                            job.pixels[:, :, row, col] = job.draw(out[:, :, row, col], row, col, None)
+                            job.pixels[:, :, row, col] = job.draw(out[:, :, row, col], job.uniforms[:, :, row, col])
                         else:
-                            job.pixels[:, channel, row, col] = job.draw(out[:, :, channel, row, col], row, col,
-                                                                        channel)
+                            job.pixels[:, channel, row, col] = job.draw(out[:, :, channel, row, col],
+                                                                        job.uniforms[:, channel, row, col])
                 bar.update(width)
 
     return _run(model, (n, size, y, x, fixed_rows, temperature, uniforms, generator), body)
 
 
 # ------------------------------------------------------------------------------------------ the cached sampler
+#
+# Every cache keeps the last ROWS rows of one activation map, the current row last; ``advance`` moves them up by
+# one when a row starts. The step code then never depends on the row index: the same sequence of operations
+# samples every row (after the first), which is what lets CUDA replay a row as one graph.
 
 
 class _Cache:
-    """A zero-padded activation map [n, C, PAD + H, PAD + W + PAD] that the sampler fills pixel by pixel (or
-    row by row); image pixel (y, x) is at [PAD + y, PAD + x]. Zeros stand for the convolutions' zero padding,
-    and for pixels not computed yet, which every live tap skips."""
+    """The last ``rows`` rows of an activation map, zero-padded: data [n, C, rows, pad + W + pad], the current
+    row at index rows - 1, pixel x of a row at column pad + x. Zeros stand for the convolutions' zero padding
+    (above the image and beside it) and for pixels not computed yet, which every live tap skips."""
 
-    def __init__(self, n: int, channels: int, size: tuple[int, int], pad: int, like: torch.Tensor):
-        height, width = size
-        self.pad = pad
-        self.data = like.new_zeros((n, channels, pad + height, pad + width + pad))
+    def __init__(self, n: int, channels: int, width: int, rows: int, pad: int, like: torch.Tensor):
+        self.pad, self.width = pad, width
+        self.data = like.new_zeros((n, channels, rows, pad + width + pad))
 
-    def put(self, y: int, x: int, value: torch.Tensor) -> None:
-        """value [n, C'] into the first C' channels at pixel (y, x)."""
-        self.data[:, :value.shape[1], self.pad + y, self.pad + x] = value
+    def advance(self) -> None:
+        """Starts a new row: rows move up by one, the new current row is zeros."""
+        self.data[:, :, :-1] = self.data[:, :, 1:].clone()
+        self.data[:, :, -1] = 0
 
-    def put_row(self, y: int, value: torch.Tensor) -> None:
-        """value [n, C, W] on row y."""
-        self.data[:, :, self.pad + y, self.pad:self.pad + value.shape[-1]] = value
+    def put(self, x: int, value: torch.Tensor) -> None:
+        """value [n, C'] into the first C' channels of pixel x of the current row."""
+        self.data[:, :value.shape[1], -1, self.pad + x] = value
+
+    def put_row(self, value: torch.Tensor) -> None:
+        """value [n, C, W] as the current row."""
+        self.data[:, :, -1, self.pad:self.pad + self.width] = value
 
 
 class _Window:
@@ -249,31 +257,31 @@ class _Window:
     def __init__(self, conv: TapConv2d, pad: int):
         taps = conv.taps
         (_, kw), (top, left) = taps.kernel_size, taps.padding
-        if max(top, left, kw - 1 - left) > pad:
-            raise AssertionError("cache padding too small for this convolution")
         self.rows = -(-taps.n_taps // kw)  # the window rows with a live tap: causal sets never pass the centre row
-        self.kw, self.row0, self.col0 = kw, pad - top, pad - left
+        self.kw, self.top, self.col0 = kw, top, pad - left
         weight = conv.weight * taps.mask(conv.out_channels, conv.in_channels, conv.weight.dtype, conv.weight.device)
         self.weight = weight[:, :, :self.rows].contiguous()  # [C_out, C_in, rows, kw]
         self.matrix = self.weight.flatten(1).t().contiguous()  # [C_in * rows * kw, C_out]
         self.bias = conv.bias if conv.bias is not None else weight.new_zeros(conv.out_channels)
 
-    def at(self, cache: _Cache, y: int, x: int) -> torch.Tensor:
-        """The convolution's output at pixel (y, x): [n, C_out]."""
+    def _row_slice(self, cache: _Cache, rows_back: int) -> slice:
+        first = cache.data.shape[2] - 1 - rows_back - self.top
+        return slice(first, first + self.rows)
+
+    def at(self, cache: _Cache, x: int) -> torch.Tensor:
+        """The convolution's output at pixel x of the current row: [n, C_out]."""
         n = cache.data.shape[0]
         if self.rows == 0:
             return self.bias.expand(n, -1).clone()
-        r, c = y + self.row0, x + self.col0
-        window = cache.data[:, :, r:r + self.rows, c:c + self.kw]
+        window = cache.data[:, :, self._row_slice(cache, 0), x + self.col0:x + self.col0 + self.kw]
         return torch.addmm(self.bias, window.reshape(n, self.matrix.shape[0]), self.matrix)
 
-    def row(self, cache: _Cache, y: int, width: int) -> torch.Tensor:
-        """The convolution's output on row y: [n, C_out, W]."""
-        n = cache.data.shape[0]
+    def row(self, cache: _Cache, rows_back: int = 0) -> torch.Tensor:
+        """The convolution's output on the current row (``rows_back=1``: the row above): [n, C_out, W]."""
+        n, width = cache.data.shape[0], cache.width
         if self.rows == 0:
             return self.bias[None, :, None].expand(n, -1, width).clone()
-        r = y + self.row0
-        window = cache.data[:, :, r:r + self.rows, self.col0:self.col0 + width + self.kw - 1]
+        window = cache.data[:, :, self._row_slice(cache, rows_back), self.col0:self.col0 + width + self.kw - 1]
         return F.conv2d(window, self.weight, self.bias)[:, :, 0]
 
 
@@ -298,13 +306,17 @@ def _apply_row(linear, v: torch.Tensor) -> torch.Tensor:
     return torch.matmul(v.transpose(1, 2), matrix) + bias
 
 
-def _cache_padding(model: PixelModel) -> int:
-    pads = [0]
+def _cache_shape(model: PixelModel) -> tuple[int, int]:
+    """(rows, pad) that hold every convolution's window: the rows above the current one that a window reaches,
+    plus the current row, plus one more for PixelCNN++'s first convolutions, which read the row above's window;
+    and the columns a window reaches left or right."""
+    tops, pads = [0], [0]
     for module in model.modules():
         if isinstance(module, TapConv2d):
             (_, kw), (top, left) = module.taps.kernel_size, module.taps.padding
-            pads += [top, left, kw - 1 - left]
-    return max(pads)
+            tops.append(top)
+            pads += [left, kw - 1 - left]
+    return max(tops) + 2, max(pads)
 
 
 def _embedding(module, labels):
@@ -312,28 +324,50 @@ def _embedding(module, labels):
     return None if module.class_embedding is None else module.class_embedding(labels)
 
 
-class _PixelCNNSteps:
+class _Steps:
+    """The cached evaluation of one model. ``image`` caches the model's input; ``start_row(first)`` advances
+    every cache and computes what depends on the rows above only (``first``: row 0); ``step(x)`` evaluates the
+    model at pixel x of the current row and returns its output there ([n, C * levels] logits or [n, P] DMOL
+    parameters), or only fills the caches with ``output=False``."""
+
+    def __init__(self, model: PixelModel, job: _Job):
+        self.rows, self.pad = _cache_shape(model)
+        self.n, self.width, self.like = job.n, job.size[1], next(model.parameters())
+        self.caches: list[_Cache] = []
+        self.image = self.cache(model.data_channels)
+
+    def cache(self, channels: int) -> _Cache:
+        cache = _Cache(self.n, channels, self.width, self.rows, self.pad, self.like)
+        self.caches.append(cache)
+        return cache
+
+    def window(self, conv: TapConv2d) -> _Window:
+        return _Window(conv, self.pad)
+
+    def advance(self) -> None:
+        for cache in self.caches:
+            cache.advance()
+
+
+class _PixelCNNSteps(_Steps):
     """PixelCNN: every layer depends on raster-earlier positions (and lower channel groups) only, so each pixel
     step evaluates every layer at that pixel. Caches: the scaled image, and each block's masked-conv input."""
 
     def __init__(self, model: PixelCNN, job: _Job):
-        pad, n, size, like = _cache_padding(model), job.n, job.size, next(model.parameters())
-        self.image = _Cache(n, model.data_channels, size, pad, like)
-        self.input_conv = _Window(model.input_conv, pad)
-        self.blocks = []
-        for block in model.blocks:
-            self.blocks.append((_linear(block.reduce), _Window(block.conv, pad), _linear(block.expand),
-                                _embedding(block, job.labels), _Cache(n, block.conv.in_channels, size, pad, like)))
+        super().__init__(model, job)
+        self.input_conv = self.window(model.input_conv)
+        self.blocks = [(_linear(b.reduce), self.window(b.conv), _linear(b.expand), _embedding(b, job.labels),
+                        self.cache(b.conv.in_channels)) for b in model.blocks]
         self.head, self.output = _linear(model.head), _linear(model.output_conv)
 
-    def start_row(self, y: int) -> None:
-        pass
+    def start_row(self, first: bool) -> None:
+        self.advance()
 
-    def step(self, y: int, x: int, output: bool = True):
-        t = self.input_conv.at(self.image, y, x)
+    def step(self, x: int, output: bool = True):
+        t = self.input_conv.at(self.image, x)
         for reduce, conv, expand, embedding, cache in self.blocks:
-            cache.put(y, x, torch.relu_(_apply(reduce, torch.relu(t))))
-            s = conv.at(cache, y, x)
+            cache.put(x, torch.relu_(_apply(reduce, torch.relu(t))))
+            s = conv.at(cache, x)
             if embedding is not None:
                 s += embedding
             t = t + _apply(expand, torch.relu_(s))
@@ -342,104 +376,105 @@ class _PixelCNNSteps:
         return None
 
 
-class _GatedSteps:
+class _GatedSteps(_Steps):
     """Gated PixelCNN: the vertical stack (and its 1x1 into the horizontal stack) depends on the rows above
     only: computed for a whole row when the row starts; the horizontal stack per pixel."""
 
     def __init__(self, model: GatedPixelCNN, job: _Job):
-        pad, n, size, like = _cache_padding(model), job.n, job.size, next(model.parameters())
-        self.width, self.groups = size[1], model.data_channels
-        self.image = _Cache(n, model.data_channels, size, pad, like)
+        super().__init__(model, job)
+        self.groups = model.data_channels
         self.layers = []
         for layer in model.layers:
             hidden = layer.horizontal_out.out_channels
             self.layers.append(dict(
-                vertical=_Window(layer.vertical, pad), horizontal=_Window(layer.horizontal, pad),
-                vertical_to_horizontal=_linear(layer.vertical_to_horizontal), horizontal_out=_linear(layer.horizontal_out),
-                embedding=_embedding(layer, job.labels), residual=layer.residual,
-                v=_Cache(n, hidden, size, pad, like), h=_Cache(n, hidden, size, pad, like), v_to_h=None))
+                vertical=self.window(layer.vertical), horizontal=self.window(layer.horizontal),
+                vertical_to_horizontal=_linear(layer.vertical_to_horizontal),
+                horizontal_out=_linear(layer.horizontal_out), embedding=_embedding(layer, job.labels),
+                residual=layer.residual, v=self.cache(hidden), h=self.cache(hidden), v_to_h=None))
         self.head, self.output = _linear(model.head), _linear(model.output_conv)
 
-    def start_row(self, y: int) -> None:
+    def start_row(self, first: bool) -> None:
+        self.advance()
         v = self.image
         for layer in self.layers:
-            v_pre = layer["vertical"].row(v, y, self.width)  # [n, 2h, W]
+            v_pre = layer["vertical"].row(v)  # [n, 2h, W]
             v_to_h = _apply_row(layer["vertical_to_horizontal"], v_pre)  # [n, W, 2h]
             if layer["embedding"] is not None:
                 v_pre = v_pre + layer["embedding"][:, :, None]
                 v_to_h += layer["embedding"][:, None, :]
-            layer["v"].put_row(y, gated_activation(v_pre, self.groups))
+            layer["v"].put_row(gated_activation(v_pre, self.groups))
             layer["v_to_h"] = v_to_h
             v = layer["v"]
 
-    def step(self, y: int, x: int, output: bool = True):
+    def step(self, x: int, output: bool = True):
         h_cache, h = self.image, None
         for layer in self.layers:
-            h_pre = layer["horizontal"].at(h_cache, y, x) + layer["v_to_h"][:, x]
+            h_pre = layer["horizontal"].at(h_cache, x) + layer["v_to_h"][:, x]
             h_out = _apply(layer["horizontal_out"], gated_activation(h_pre, self.groups))
             h = h_out + h if layer["residual"] else h_out
-            layer["h"].put(y, x, h)
+            layer["h"].put(x, h)
             h_cache = layer["h"]
         if output:
             return _apply(self.output, torch.relu_(_apply(self.head, h)))
         return None
 
 
-class _PixelCNNppSteps:
+class _PixelCNNppSteps(_Steps):
     """PixelCNN++-lite: the up stream u depends on the rows above only (computed per row); the up-left stream
-    ul per pixel. Caches: the padded image (with its ones channel), each block's concat_elu inputs."""
+    ul per pixel. Caches: the image with its ones channel (x_pad), and each block's two concat_elu inputs."""
 
     def __init__(self, model: PixelCNNpp, job: _Job):
-        pad, n, size, like = _cache_padding(model), job.n, job.size, next(model.parameters())
-        self.width = size[1]
-        channels = model.data_channels
-        self.image = _Cache(n, channels + 1, size, pad, like)
-        self.image.data[:, channels, pad:pad + size[0], pad:pad + size[1]] = 1.0  # x_pad's ones channel
-        self.u_input, self.ul_input_up = _Window(model.u_input, pad), _Window(model.ul_input_up, pad)
-        self.ul_input_left = _Window(model.ul_input_left, pad)
+        super().__init__(model, job)
+        self.channels = model.data_channels
+        self.caches.clear()
+        self.image = self.cache(self.channels + 1)
+        self.u_input, self.ul_input_up = self.window(model.u_input), self.window(model.ul_input_up)
+        self.ul_input_left = self.window(model.ul_input_left)
         f = model.u_input.out_channels
 
         def block(b):
-            return dict(conv_input=_Window(b.conv_input, pad), conv_out=_Window(b.conv_out, pad),
+            return dict(conv_input=self.window(b.conv_input), conv_out=self.window(b.conv_out),
                         skip=None if b.skip is None else _linear(b.skip), embedding=_embedding(b, job.labels),
-                        a=_Cache(n, 2 * f, size, pad, like), c=_Cache(n, 2 * f, size, pad, like))
+                        a=self.cache(2 * f), c=self.cache(2 * f))
 
         self.u_blocks = [block(b) for b in model.u_blocks]
         self.ul_blocks = [block(b) for b in model.ul_blocks]
         self.output = _linear(model.output_conv)
 
-    def _gated_row(self, block, x_row: torch.Tensor, y: int) -> torch.Tensor:
-        block["a"].put_row(y, concat_elu(x_row))
-        c = block["conv_input"].row(block["a"], y, self.width)
-        block["c"].put_row(y, concat_elu(c))
-        c = block["conv_out"].row(block["c"], y, self.width)
+    def _gated_row(self, block, x_row: torch.Tensor) -> torch.Tensor:
+        block["a"].put_row(concat_elu(x_row))
+        c = block["conv_input"].row(block["a"])
+        block["c"].put_row(concat_elu(c))
+        c = block["conv_out"].row(block["c"])
         if block["embedding"] is not None:
             c = c + block["embedding"][:, :, None]
         value, gate = c.chunk(2, 1)
         return x_row + value * torch.sigmoid(gate)
 
-    def start_row(self, y: int) -> None:
-        n, f = self.image.data.shape[0], self.u_input.bias.shape[0]
-        if y == 0:  # down_shift: the first row of u and of ul's up part is zeros
-            u = self.image.data.new_zeros((n, f, self.width))
+    def start_row(self, first: bool) -> None:
+        self.advance()
+        pad = self.image.pad
+        self.image.data[:, self.channels, -1, pad:pad + self.width] = 1.0  # x_pad's ones channel
+        if first:  # down_shift: row 0 of u and of ul's up part is zeros
+            u = self.image.data.new_zeros((self.n, self.u_input.bias.shape[0], self.width))
             self.ul_up = u.transpose(1, 2)
         else:
-            u = self.u_input.row(self.image, y - 1, self.width)
-            self.ul_up = self.ul_input_up.row(self.image, y - 1, self.width).transpose(1, 2).contiguous()
+            u = self.u_input.row(self.image, rows_back=1)
+            self.ul_up = self.ul_input_up.row(self.image, rows_back=1).transpose(1, 2).contiguous()
         self.skips = []
         for block, ul_block in zip(self.u_blocks, self.ul_blocks):
-            u = self._gated_row(block, u, y)
+            u = self._gated_row(block, u)
             self.skips.append(_apply_row(ul_block["skip"], concat_elu(u)))  # [n, W, F]
 
-    def step(self, y: int, x: int, output: bool = True):
+    def step(self, x: int, output: bool = True):
         ul = self.ul_up[:, x]
         if x > 0:  # right_shift of the down-right-shifted 2x1 input convolution
-            ul = ul + self.ul_input_left.at(self.image, y, x - 1)
+            ul = ul + self.ul_input_left.at(self.image, x - 1)
         for block, skip in zip(self.ul_blocks, self.skips):
-            block["a"].put(y, x, concat_elu(ul))
-            c = block["conv_input"].at(block["a"], y, x) + skip[:, x]
-            block["c"].put(y, x, concat_elu(c))
-            c = block["conv_out"].at(block["c"], y, x)
+            block["a"].put(x, concat_elu(ul))
+            c = block["conv_input"].at(block["a"], x) + skip[:, x]
+            block["c"].put(x, concat_elu(c))
+            c = block["conv_out"].at(block["c"], x)
             if block["embedding"] is not None:
                 c += block["embedding"]
             value, gate = c.chunk(2, 1)
@@ -452,8 +487,44 @@ class _PixelCNNppSteps:
 _STEPS = {PixelCNN: _PixelCNNSteps, GatedPixelCNN: _GatedSteps, PixelCNNpp: _PixelCNNppSteps}
 
 
+class _RowSampler:
+    """Samples one row from the caches: draws from ``uniforms_row`` [n, D, W], writes ``pixels_row`` [n, C, W].
+    Both are fixed buffers and the operations never depend on the row index, so on CUDA one captured graph
+    replays every row after the first two."""
+
+    def __init__(self, steps: _Steps, job: _Job):
+        self.steps, self.job = steps, job
+        self.dmol = job.model.output_kind == "dmol"
+        width = job.size[1]
+        self.uniforms_row = job.uniforms.new_zeros(job.uniforms.shape[:2] + (width,))
+        self.pixels_row = job.pixels.new_zeros((job.n, job.channels, width))
+
+    def fixed(self, pixels_row: torch.Tensor, first: bool) -> None:
+        """A given row (completion): fills the caches at it."""
+        steps, job = self.steps, self.job
+        steps.start_row(first)
+        for col in range(job.size[1]):
+            steps.image.put(col, _scaled(job, pixels_row[:, :, col]))
+            steps.step(col, output=False)
+
+    def __call__(self, first: bool) -> None:
+        steps, job, levels = self.steps, self.job, self.job.levels
+        steps.start_row(first)
+        for col in range(job.size[1]):
+            if self.dmol:
+                self.pixels_row[:, :, col] = job.draw(steps.step(col), self.uniforms_row[:, :, col])
+            else:
+                for channel in range(job.channels):
+                    logits = steps.step(col)[:, channel * levels:(channel + 1) * levels]
+                    self.pixels_row[:, channel, col] = job.draw(logits, self.uniforms_row[:, channel, col])
+                    steps.image.put(col, _scaled(job, self.pixels_row[:, :, col]))
+                continue
+            steps.image.put(col, _scaled(job, self.pixels_row[:, :, col]))
+
+
 def sample(model: PixelModel, n: int | None = None, *, size=None, y=None, x=None, fixed_rows: int = 0,
-           temperature: float = 1.0, uniforms=None, generator=None, progress: bool = False) -> torch.Tensor:
+           temperature: float = 1.0, uniforms=None, generator=None, progress: bool = False,
+           cuda_graph: bool | None = None) -> torch.Tensor:
     """Samples images from a PixelCNN model with cached incremental evaluation (see the module doc).
 
     Args:
@@ -466,40 +537,55 @@ def sample(model: PixelModel, n: int | None = None, *, size=None, y=None, x=None
         temperature: > 0, divides the logits (DMOL: as :func:`fastgen.dmol_sample`).
         uniforms: the U[0, 1) draws to use, of shape :func:`uniforms_shape`; else drawn from ``generator``.
         progress: show a tqdm progress bar.
+        cuda_graph: on CUDA (the default there), capture one row of steps as a CUDA graph after two eager rows
+            and replay it for the others: one launch per row instead of hundreds per pixel.
 
     Returns:
         pixel values [n, C, H, W] (long, 0..levels-1) on the model's device, equal to :func:`sample_naive`'s
         for the same draws.
     """
-    steps_class = _STEPS.get(type(model))
-    if steps_class is None:
-        steps_class = next((s for cls, s in _STEPS.items() if isinstance(model, cls)), None)
+    steps_class = next((s for cls, s in _STEPS.items() if isinstance(model, cls)), None)
 
     def body(job: _Job):
         if steps_class is None:
             raise TypeError(f"sample: no cached evaluation for {type(model).__name__}; use sample_naive")
-        steps = steps_class(model, job)
-        dmol = model.output_kind == "dmol"
+        use_graph = job.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
+        if use_graph and job.device.type != "cuda":
+            raise ValueError("cuda_graph=True needs a model on a CUDA device")
         height, width = job.size
-        levels = job.levels
+        if job.n == 0:
+            return
+        steps = steps_class(model, job)
+        row_sampler = _RowSampler(steps, job)
+        graph = None
         with job.progress_bar(progress, "sample") as bar:
             for row in range(height):
-                steps.start_row(row)
-                for col in range(width):
-                    if row < job.fixed_rows:  # completion: the pixel is given; fill the caches at it
-                        steps.image.put(row, col, _scaled(job, job.pixels[:, :, row, col]))
-                        steps.step(row, col, output=False)
-                    elif dmol:
-                        job.pixels[:, :, row, col] = job.draw(steps.step(row, col), row, col, None)
-                        steps.image.put(row, col, _scaled(job, job.pixels[:, :, row, col]))
-                    else:
-                        for channel in range(job.channels):
-                            logits = steps.step(row, col)[:, channel * levels:(channel + 1) * levels]
-                            job.pixels[:, channel, row, col] = job.draw(logits, row, col, channel)
-                            steps.image.put(row, col, _scaled(job, job.pixels[:, :, row, col]))
+                if row < job.fixed_rows:
+                    row_sampler.fixed(job.pixels[:, :, row], first=row == 0)
+                    bar.update(width)
+                    continue
+                row_sampler.uniforms_row.copy_(job.uniforms[:, :, row])
+                if graph is not None:
+                    graph.replay()
+                elif use_graph and row >= max(job.fixed_rows, 1) + 1:
+                    graph = _capture(lambda: row_sampler(first=False))
+                    graph.replay()
+                else:
+                    row_sampler(first=row == 0)
+                job.pixels[:, :, row] = row_sampler.pixels_row
                 bar.update(width)
 
     return _run(model, (n, size, y, x, fixed_rows, temperature, uniforms, generator), body)
+
+
+def _capture(row_program) -> "torch.cuda.CUDAGraph":
+    """Captures ``row_program`` (without running it) as a CUDA graph; the eager rows before it were the
+    warm-up (cuBLAS/cuDNN handles, Triton compilation)."""
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        row_program()
+    return graph
 
 
 def _scaled(job: _Job, pixels: torch.Tensor) -> torch.Tensor:

@@ -180,5 +180,24 @@ def test_argument_errors():
         sample(model, 2, size=SIZE, y=y, uniforms=torch.rand(2, 3, *SIZE), generator=generator())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("name", ["pixelcnn-rgb-cond", "gated-grey-k7", "pixelcnnpp-rgb-cond"])
+def test_cuda_graph_rows_equal_eager(name):
+    model = build(name).cuda()
+    n, size = 3, (6, 5)  # rows 2.. replay the captured graph
+    kwargs = dict(size=size, y=None if model.n_classes is None else labels(model, n).cuda())
+    uniforms = sampling_uniforms(model, n, size, generator()).cuda()
+    graphed = sample(model, n, uniforms=uniforms, cuda_graph=True, **kwargs)
+    assert torch.equal(graphed, sample(model, n, uniforms=uniforms, cuda_graph=False, **kwargs))
+    assert torch.equal(graphed, sample_naive(model, n, uniforms=uniforms, **kwargs))
+
+
+def test_cuda_graph_needs_cuda():
+    model = build("pixelcnn-grey-k5")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda_graph"):
+            sample(model, 1, size=SIZE, cuda_graph=True)
+
+
 def test_public_names():
     assert fastgen.sampling.sample is sample
