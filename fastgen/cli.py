@@ -3,7 +3,8 @@ check of every kernel configuration), `fastgen train` (a PixelCNN on digits or t
 `fastgen sample` (a PNG grid of samples from a checkpoint).
 
 `train` and `sample` run fastgen's compiled kernels on CUDA and the plain-PyTorch reference layers on CPU
-(fastgen's dispatch; they never turn on the Triton interpreter, which is far too slow to train with)."""
+(``model.use_reference(True)``, even where TRITON_INTERPRET=1 is set: the interpreter is far too slow to train
+or sample with)."""
 
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def _train(args) -> int:
     except (TypeError, ValueError) as error:
         raise UsageError(f"--data: {error}") from error
     torch.manual_seed(args.seed)
-    model = _build_model(args, data)
+    model = _build_model(args, data).use_reference(device == "cpu")
     train_set, test_set = data.split(test_fraction=0.1, seed=args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.model}: {n_params:,} parameters, {data.name}: {len(train_set.pixels)} train / "
@@ -180,6 +181,7 @@ def _sample(args) -> int:
         model, meta = load_checkpoint(args.checkpoint)
     except (OSError, ValueError) as error:
         raise UsageError(f"CHECKPOINT: {error}") from error
+    model.use_reference(device == "cpu")
     _write_samples(model, meta, args.n, args.output, device=device, seed=args.seed, temperature=args.temperature,
                    naive=args.naive, label=args.label, progress=not args.no_progress)
     print(f"wrote {args.output} ({args.n} samples from {args.checkpoint})")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import fastgen
+import fastgen.training
 from fastgen import cli
 from fastgen.data import (DIGITS_LEVELS, load_dataset, load_digits, load_image_folder, load_npy, pixels_from_array,
                           train_test_indices)
@@ -293,40 +294,47 @@ def test_image_grid(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
-def test_cli_train_and_sample_on_npy(tmp_path, one_thread, capsys):
-    """`fastgen train` on a .npy file, then `fastgen sample` from its checkpoint (reference layers: the
-    kernels are interpreted in the tests)."""
+def test_cli_train_and_sample_on_npy(tmp_path, one_thread, capsys, monkeypatch):
+    """`fastgen train` on a .npy file, then `fastgen sample` from its checkpoint. On CPU the CLI runs the
+    reference layers even here, where the conftest turned on the interpreter (or these steps would take
+    minutes)."""
     array = np.random.default_rng(0).integers(0, 4, (40, 5, 5, 3)).astype(np.uint8)  # 40 RGB 5x5, 4 levels
     np.save(tmp_path / "tiny.npy", array)
     out = tmp_path / "run"
-    with fastgen.use_backend("reference"):
-        assert cli.main(["train", "gated", "--data", str(tmp_path / "tiny.npy"), "--epochs", "2", "--layers", "1",
-                         "--hidden-channels", "6", "--batch-size", "16", "--out", str(out), "--samples", "4",
-                         "--no-progress", "--threads", "1"]) == 0
-        printed = capsys.readouterr().out
-        assert "epoch   2  train" in printed and "test" in printed
-        model, meta = load_checkpoint(out / "gated.pt")
-        assert model.data_channels == 3 and model.levels == 256 and tuple(meta["image_size"]) == (5, 5)
-        assert len(meta["history"]) == 2
-        with Image.open(out / "gated-samples.png") as image:
-            assert image.mode == "RGBA" and image.size == (2 * 36 + 1, 2 * 36 + 1)  # 2x2 grid of 7x enlarged 5x5
-        assert cli.main(["sample", str(out / "gated.pt"), "-n", "3", "-o", str(tmp_path / "s.png"), "--seed", "1",
-                         "--no-progress"]) == 0
+    backends, real_train = [], fastgen.training.train
+
+    def spy(model, *args, **kwargs):
+        backends.append(model.reference)
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(fastgen.training, "train", spy)
+    assert cli.main(["train", "gated", "--data", str(tmp_path / "tiny.npy"), "--epochs", "2", "--layers", "1",
+                     "--hidden-channels", "6", "--batch-size", "16", "--out", str(out), "--samples", "4",
+                     "--no-progress", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   2  train" in printed and "test" in printed
+    assert backends == [True]  # the reference layers on CPU
+    model, meta = load_checkpoint(out / "gated.pt")
+    assert model.data_channels == 3 and model.levels == 256 and tuple(meta["image_size"]) == (5, 5)
+    assert len(meta["history"]) == 2
+    with Image.open(out / "gated-samples.png") as image:
+        assert image.mode == "RGBA" and image.size == (2 * 36 + 1, 2 * 36 + 1)  # 2x2 grid of 7x enlarged 5x5
+    assert cli.main(["sample", str(out / "gated.pt"), "-n", "3", "-o", str(tmp_path / "s.png"), "--seed", "1",
+                     "--no-progress"]) == 0
     with Image.open(tmp_path / "s.png") as image:
         assert image.size == (2 * 36 + 1, 2 * 36 + 1)
 
 
 def test_cli_conditional_digits(tmp_path, one_thread, capsys):
     out = tmp_path / "run"
-    with fastgen.use_backend("reference"):
-        assert cli.main(["train", "pixelcnnpp", "--epochs", "1", "--layers", "1", "--hidden-channels", "8",
-                         "--batch-size", "128", "--conditional", "--out", str(out), "--samples", "10",
-                         "--no-progress"]) == 0
-        model, meta = load_checkpoint(out / "pixelcnnpp.pt")
-        assert model.n_classes == 10 and meta["history"][0]["test_bpd"] < UNIFORM_DIGITS_BPD
-        assert cli.main(["sample", str(out / "pixelcnnpp.pt"), "-n", "2", "-o", str(tmp_path / "s.png"),
-                         "--label", "3", "--temperature", "0.8", "--naive", "--no-progress"]) == 0
-        assert (tmp_path / "s.png").stat().st_size > 0
+    assert cli.main(["train", "pixelcnnpp", "--epochs", "1", "--layers", "1", "--hidden-channels", "8",
+                     "--batch-size", "128", "--conditional", "--out", str(out), "--samples", "10",
+                     "--no-progress"]) == 0
+    model, meta = load_checkpoint(out / "pixelcnnpp.pt")
+    assert model.n_classes == 10 and meta["history"][0]["test_bpd"] < UNIFORM_DIGITS_BPD
+    assert cli.main(["sample", str(out / "pixelcnnpp.pt"), "-n", "2", "-o", str(tmp_path / "s.png"),
+                     "--label", "3", "--temperature", "0.8", "--naive", "--no-progress"]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
     with Image.open(out / "pixelcnnpp-samples.png") as image:
         assert image.size == (10 * 33 + 1, 33 + 1)  # one column per class
     capsys.readouterr()
