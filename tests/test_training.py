@@ -351,6 +351,9 @@ def test_cli_errors(tmp_path, capsys):
     assert "--epochs must be >= 1" in capsys.readouterr().err
     assert cli.main(["sample", str(tmp_path / "ok.npy")]) == 2
     assert "CHECKPOINT: " in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli.main(["train", "gated", "--device", "cuda"]) == 2
+        assert "--device cuda: no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["train", "vae"])
 
