@@ -106,8 +106,8 @@ class SamplingCase:
 
 
 def cases(device: str, quick: bool = True) -> list[SamplingCase]:
-    """The cases of a run. CUDA: every family x size x batch. CPU: quick = PixelCNN 8x8 grey at batch 16 (~3 s); all = 8x8
-    grey at batch 1, 16, 64 and 28x28 grey at batch 16 (the issue's >= 50x point)."""
+    """The cases of a run. CUDA: every family x size x batch. CPU: quick = PixelCNN 8x8 grey at batch 16 (~3 s);
+    all = 8x8 grey at batch 1, 16, 64 and 28x28 grey at batch 16 (the issue's >= 50x point)."""
     if device == "cuda":
         every = [SamplingCase(f, s, b, quick=(s.name == "8x8 grey" and b == 16)) for s in SHAPES.values()
                  for b in BATCHES for f in FAMILIES]
@@ -190,7 +190,8 @@ def measure(case: SamplingCase, device: str, naive_cap_s: float = NAIVE_CAP_S, s
         run(case.batch, (2, 2))  # warm-up (kernels, allocator, CUDA graphs)
         load_before = load()
         seconds, images[provider] = _wall_s(run, device)
-        rows[provider] = dict(base, provider=provider, seconds=round(seconds, 4), pixels_per_s=round(pixels / seconds, 1),
+        rows[provider] = dict(base, provider=provider, seconds=round(seconds, 4),
+                              pixels_per_s=round(pixels / seconds, 1),
                               forwards=case.forwards if provider == "naive" else None,
                               load=f"{load_before} -> {load()}")
     if "naive" in rows:
@@ -284,8 +285,14 @@ def test_sampling(benchmark, provider, device):
     model = case.model(device).use_reference(provider == "naive")
     draw = sampling.sample_naive if provider == "naive" else sampling.sample
     benchmark.group = f"sampling {case.label}"
-    benchmark.pedantic(lambda: draw(model, case.batch, size=(8, 8), generator=torch.Generator(device).manual_seed(0)),
-                       rounds=3, warmup_rounds=1)
+    previous = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(CPU_THREADS)  # as `fastgen bench` (see the module doc)
+    try:
+        benchmark.pedantic(lambda: draw(model, case.batch, size=(8, 8),
+                                        generator=torch.Generator(device).manual_seed(0)), rounds=2, warmup_rounds=1)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def main(argv=None) -> int:

@@ -60,7 +60,8 @@ class TrainingCase:
         """Random integer pixels [B, C, H, W] in 0..levels-1 (seeded)."""
         gen = torch.Generator().manual_seed(1)
         s = self.shape
-        return torch.randint(0, s.levels, (batch or self.batch, s.channels, s.height, s.width), generator=gen).to(device)
+        shape = (batch or self.batch, s.channels, s.height, s.width)
+        return torch.randint(0, s.levels, shape, generator=gen).to(device)
 
 
 def cases(quick: bool = True) -> list[TrainingCase]:
@@ -190,7 +191,8 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", pro
 
 
 COLUMNS = ["suite", "model", "size", "batch", "provider", "status", "p20_ms", "p50_ms", "p80_ms", "images_per_s",
-           "launches", "peak_mb", "max_rel_err_vs_eager", "params_m", "tiny", "threads", "load", "device", "torch", "triton", "date"]
+           "launches", "peak_mb", "max_rel_err_vs_eager", "params_m", "tiny", "threads", "load", "device", "torch",
+           "triton", "date"]
 
 
 def markdown(rows: list[dict]) -> str:
