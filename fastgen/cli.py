@@ -28,10 +28,13 @@ def _bench(args) -> int:
         print("No CUDA device: timing the eager PyTorch reference on CPU and running fastgen's Triton kernels "
               "under the interpreter (a correctness pass and launch counts). GPU timings need a GPU.",
               flush=True)
-    runner.run(device, quick=not args.all, full=args.full, only=args.only, out_dir=args.out)
+    suites = runner.SUITES if args.suite == "all" else (args.suite,)
+    runner.run_suites(device, suites, quick=not args.all, full=args.full, only=args.only, out_dir=args.out)
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read())
-    print(f"Wrote {args.out}/results.csv (appended), results.md and results.png")
+    written = {"ops": "results.csv (appended), results.png", "train": "training.csv (appended)",
+               "sample": "sampling.csv (appended), sampling.png"}
+    print(f"Wrote {args.out}/results.md, " + ", ".join(written[s] for s in suites))
     return 0
 
 
@@ -196,6 +199,9 @@ def main(argv=None) -> int:
     bench.add_argument("--all", action="store_true", help="every case, not only the quick ones")
     bench.add_argument("--full", action="store_true", help="also time torch.compile on CPU (slow to build)")
     bench.add_argument("--only", default="", metavar="TEXT", help="only cases whose name contains TEXT")
+    bench.add_argument("--suite", choices=["ops", "train", "sample", "all"], default="all",
+                       help="ops: the op cases; train: a training step per model; sample: naive vs cached sampling "
+                            "(default: all)")
     bench.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
     bench.set_defaults(func=_bench)
     verify = sub.add_parser("verify", help="compile every kernel configuration for sm_90/sm_80 and check spills")

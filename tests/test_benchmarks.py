@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 from fastgen.benchmarks import harness, runner
 
 
@@ -28,3 +30,82 @@ def test_launch_counter_ignores_views_and_allocations():
     x = torch.randn(4, 4)
     launches, moved = harness.count_launches(lambda: (x.view(16), torch.empty(3), x.t(), x + 1))
     assert launches == 1 and moved == 2 * x.numel() * 4
+
+
+# ------------------------------------------------------------------------- the training and sampling suites
+
+from fastgen.benchmarks import bench_sampling, bench_training  # noqa: E402
+
+TINY_SHAPE = bench_sampling.Shape("4x4 grey", 1, 4, 4, 17)
+
+
+def test_sampling_rows_naive_and_cached_side_by_side():
+    case = bench_sampling.SamplingCase("PixelCNNpp", TINY_SHAPE, 2, tiny=True)
+    rows = bench_sampling.measure(case, "cpu")
+    by = {r["provider"]: r for r in rows}
+    assert set(by) == {"naive", "cached"}
+    assert all(set(r) <= set(bench_sampling.COLUMNS) for r in rows)
+    assert by["naive"]["forwards"] == 16  # one forward per pixel (DMOL draws a pixel's channels together)
+    assert by["cached"]["same_pixels"] == by["naive"]["same_pixels"] == 1.0
+    assert by["cached"]["speedup_vs_naive"] == round(by["naive"]["seconds"] / by["cached"]["seconds"], 1)
+    assert by["cached"]["pixels_per_s"] == round(2 * 16 / by["cached"]["seconds"], 1)
+
+
+def test_sampling_naive_beyond_the_cap_is_absent_not_estimated(tmp_path):
+    case = bench_sampling.SamplingCase("GatedPixelCNN", TINY_SHAPE, 1, tiny=True)
+    rows = bench_sampling.measure(case, "cpu", naive_cap_s=0.0)
+    assert [r["provider"] for r in rows] == ["cached"]
+    assert "speedup_vs_naive" not in rows[0] and "same_pixels" not in rows[0]
+    assert "| GatedPixelCNN | 4x4 grey | 1 | - |" in bench_sampling.markdown(rows)
+
+
+def test_sampling_cases_cpu_quick_is_small_and_all_has_the_50x_point():
+    quick = bench_sampling.cases("cpu", quick=True)
+    assert [c.label for c in quick] == ["PixelCNN 8x8 grey B=16"]
+    assert {c.label for c in bench_sampling.cases("cpu", quick=False)} >= {
+        f"{f} 28x28 grey B=16" for f in bench_sampling.FAMILIES}
+    assert len(bench_sampling.cases("cuda", quick=False)) == 3 * 3 * 4  # families x sizes x batches
+
+
+def test_training_rows_fastgen_checked_against_eager():
+    case = bench_training.TrainingCase("PixelCNN", TINY_SHAPE, 2, tiny=True)
+    fast = bench_training.measure(case, "fastgen", "cpu", timed=False, batch=1)
+    eager = bench_training.measure(case, "eager", "cpu", timed=True)
+    assert set(fast) | set(eager) <= set(bench_training.COLUMNS)
+    assert fast["p50_ms"] is None and fast["launches"] > 0  # interpreted: counted, never timed
+    assert fast["max_rel_err_vs_eager"] < 1e-4
+    assert eager["p50_ms"] > 0 and eager["images_per_s"] > 0 and eager["max_rel_err_vs_eager"] is None
+
+
+def test_training_step_lowers_the_loss():
+    case = bench_training.TrainingCase("GatedPixelCNN", TINY_SHAPE, 4, tiny=True)
+    model = bench_sampling.build_model(case.family, case.shape, tiny=True).train()
+    step = bench_training.training_step(model, case.images("cpu"), "eager")
+    losses = [step().item() for _ in range(5)]
+    assert losses[-1] < losses[0]
+
+
+def test_run_suites_writes_sections_csvs_and_plot(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_sampling, "cases", lambda device, quick=True: [
+        bench_sampling.SamplingCase("PixelCNN", TINY_SHAPE, b, tiny=True) for b in (1, 2)])
+    monkeypatch.setattr(bench_training, "cases", lambda quick=True: [
+        bench_training.TrainingCase("PixelCNNpp", TINY_SHAPE, 2, tiny=True)])
+    results = runner.run_suites("cpu", ("train", "sample"), out_dir=str(tmp_path), progress=False)
+    assert [r["provider"] for r in results["train"]] == ["eager"]  # quick CPU: no interpreted training step
+    assert [(r["batch"], r["provider"]) for r in results["sample"]] == [(1, "naive"), (1, "cached"),
+                                                                        (2, "naive"), (2, "cached")]
+    md = (tmp_path / "results.md").read_text()
+    assert "## Training step" in md and "## Sampling" in md and "## Ops" not in md
+    with open(tmp_path / "sampling.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    with open(tmp_path / "training.csv") as f:
+        assert list(csv.DictReader(f))[0]["model"] == "PixelCNNpp"
+    assert (tmp_path / "sampling.png").stat().st_size > 10_000
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_cli_bench_suite_option():
+    from fastgen import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--suite", "nothing"])

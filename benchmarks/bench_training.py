@@ -1,0 +1,227 @@
+"""Training-step benchmark: forward + loss + backward + Adam step of each PixelCNN family.
+
+Providers, all on the same initial parameters and the same batch:
+
+* fastgen: the model on fastgen's convolutions with fastgen's fused loss (``pixel_cross_entropy``, or
+  ``dmol_nll`` for PixelCNN++);
+* eager: the same parameters on the plain-PyTorch reference layers and losses (``model.use_reference(True)``
+  inside ``fastgen.use_backend("reference")``);
+* torch.compile: ``torch.compile`` of the eager model's forward + loss (timed on CUDA, on CPU only with
+  ``--full``: CPU builds are slow).
+
+Shapes: digits-like 8x8 grey (17 levels, batch 64) and 32x32x3 (256 levels, batch 16); the models of
+:mod:`fastgen.benchmarks.bench_sampling` (PixelCNN h=64 x 7 blocks, Gated 64 x 6 layers, PixelCNN++-lite 80 x 2
+grey / 160 x 3 RGB, 10 mixtures). Per row: step time (``triton.testing.do_bench`` on CUDA; a wall-clock median
+on CPU), images/s, launches per step, peak memory on CUDA. On CPU fastgen's kernels run under Triton's
+interpreter: a correctness pass (loss and every parameter gradient against eager) and a launch count on a
+tiny model and batch (``INTERPRETER_BATCH``), never a time, and only without --quick (an interpreted
+step takes ~10 s even there); the CPU steps are timed with ``CPU_THREADS`` = 1
+intra-op thread, as the sampling benchmark (on the shared 2-core CI machine two OpenMP threads made an 8x8
+batch-64 eager PixelCNN step take 7.3 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from typing import Callable
+
+import pytest
+import torch
+
+import fastgen
+from fastgen.benchmarks import harness
+from fastgen.benchmarks import bench_sampling
+from fastgen.benchmarks.bench_sampling import CPU_THREADS, FAMILIES, SHAPES, Shape, build_model
+from fastgen.models import scale_pixels
+from fastgen.reference import pixel_losses as reference_losses
+
+PROVIDERS = ("fastgen", "eager", "torch.compile")
+INTERPRETER_BATCH = 1  # batch of the interpreted (CPU) correctness / launch-count step
+TRAIN_SHAPES = {"8x8 grey": 64, "32x32x3": 16}  # shape -> batch
+
+
+@dataclasses.dataclass
+class TrainingCase:
+    """One (model family, image shape, batch) training step."""
+
+    family: str
+    shape: Shape
+    batch: int
+    quick: bool = False
+    tiny: bool = False  # tiny model (tests, and the interpreted CPU runs)
+
+    @property
+    def label(self) -> str:
+        return f"{self.family} {self.shape.name} B={self.batch}" + (" tiny" if self.tiny else "")
+
+    def images(self, device: str, batch: int | None = None) -> torch.Tensor:
+        """Random integer pixels [B, C, H, W] in 0..levels-1 (seeded)."""
+        gen = torch.Generator().manual_seed(1)
+        s = self.shape
+        shape = (batch or self.batch, s.channels, s.height, s.width)
+        return torch.randint(0, s.levels, shape, generator=gen).to(device)
+
+
+def cases(quick: bool = True) -> list[TrainingCase]:
+    """Every family at each of ``TRAIN_SHAPES``; quick: PixelCNN 8x8 grey."""
+    every = [TrainingCase(f, SHAPES[name], batch, quick=(name == "8x8 grey" and f == "PixelCNN"))
+             for name, batch in TRAIN_SHAPES.items() for f in FAMILIES]
+    return [c for c in every if c.quick or not quick]
+
+
+def providers(device: str, quick: bool, full: bool) -> list[str]:
+    """CUDA: all. CPU: eager; fastgen (interpreted, ~10 s a step even on the tiny model) unless quick;
+    torch.compile with ``full``."""
+    if device == "cuda":
+        return list(PROVIDERS)
+    return [p for p in PROVIDERS if p == "eager" or (p == "fastgen" and not quick) or (p == "torch.compile" and full)]
+
+
+def loss_of(model, x: torch.Tensor, reference: bool) -> torch.Tensor:
+    """Mean loss (nats per sub-pixel) of integer images x [B, C, H, W] under ``model``."""
+    out = model(x)
+    if model.output_kind == "dmol":
+        target = scale_pixels(x, model.levels, out.dtype)
+        nll = reference_losses.dmol_nll if reference else fastgen.dmol_nll
+        return nll(out, target, model.n_mixtures, levels=model.levels)
+    if reference:
+        return reference_losses.pixel_cross_entropy(out, x, model.levels)
+    return fastgen.pixel_cross_entropy(out, x, model.levels)
+
+
+def training_step(model, x: torch.Tensor, provider: str) -> Callable[[], torch.Tensor]:
+    """A no-argument callable running one step (zero_grad, forward, loss, backward, Adam) of ``model`` on x."""
+    reference = provider != "fastgen"
+    model.use_reference(reference)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if provider == "torch.compile":
+        def forward_loss(x):
+            with fastgen.use_backend("reference"):
+                return loss_of(model, x, True)
+        forward_loss = torch.compile(forward_loss, dynamic=False)
+    else:
+        def forward_loss(x):
+            with fastgen.use_backend("reference") if reference else contextlib.nullcontext():
+                return loss_of(model, x, reference)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = forward_loss(x)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def max_error_vs_eager(eager_model, x: torch.Tensor, loss: torch.Tensor, model) -> float:
+    """Largest difference of the loss and of every parameter gradient of ``model`` (its ``.grad`` after one
+    step that returned ``loss``) against ``eager_model`` (a copy of its parameters before that step) on x,
+    relative to the largest eager value of that tensor."""
+    eager_model.use_reference(True)
+    with fastgen.use_backend("reference"):
+        eager_loss = loss_of(eager_model, x, True)
+    grads = torch.autograd.grad(eager_loss, list(eager_model.parameters()), allow_unused=True)
+    pairs = [(loss.detach(), eager_loss.detach())] + [
+        (p.grad if p.grad is not None else torch.zeros_like(p), g if g is not None else torch.zeros_like(p))
+        for p, g in zip(model.parameters(), grads)]
+    return max(((a - b).abs().max().item() / max(b.abs().max().item(), 1e-30) for a, b in pairs if b.numel()),
+               default=0.0)
+
+
+def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batch: int | None = None) -> dict:
+    """One row; ``batch`` shrinks the batch (interpreted runs: one step, counted and checked, untimed)."""
+    model = build_model(case.family, case.shape, case.tiny).to(device).train()
+    eager_copy = copy.deepcopy(model) if provider == "fastgen" else None
+    x = case.images(device, batch)
+    step = training_step(model, x, provider)
+    first = [None]
+
+    def first_step():
+        first[0] = step()
+
+    counted = provider != "torch.compile"  # its generated kernels are not counted (as in the op benchmarks)
+    if batch is None:  # warm-up (compile, autotune, Adam state) outside of every count, then a counted step
+        first_step()
+        error = max_error_vs_eager(eager_copy, x, first[0], model) if eager_copy is not None else None
+        launches = harness.count_launches(step)[0] if counted else None
+    else:  # interpreted: one step, counted, then its gradients checked
+        launches = harness.count_launches(first_step)[0]
+        error = max_error_vs_eager(eager_copy, x, first[0], model) if eager_copy is not None else None
+    row = dict(suite="train", model=case.family, size=case.shape.name, batch=x.shape[0], provider=provider,
+               params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 3), tiny=case.tiny,
+               launches=launches, p20_ms=None, p50_ms=None, p80_ms=None, images_per_s=None, peak_mb=None,
+               max_rel_err_vs_eager=error)
+    if timed:
+        p20, p50, p80 = harness.time_ms(step, device, budget_s=1.0)
+        peak = harness.peak_memory_mb(step, device)
+        row.update(p20_ms=round(p20, 3), p50_ms=round(p50, 3), p80_ms=round(p80, 3),
+                   images_per_s=round(x.shape[0] / (p50 * 1e-3), 1), peak_mb=None if peak is None else round(peak, 1))
+    return row
+
+
+def run(device: str, quick: bool = True, full: bool = False, only: str = "", progress: bool = True,
+        case_list: list[TrainingCase] | None = None, threads: int | None = None) -> list[dict]:
+    """Every selected case and provider. On CPU fastgen runs interpreted on a tiny copy of the case, and the
+    timed steps use ``threads`` (default ``CPU_THREADS``) intra-op threads (restored after)."""
+    from tqdm import tqdm
+
+    selected = [c for c in (case_list or cases(quick)) if only in c.label]
+    chosen = providers(device, quick, full)
+    previous = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(threads or CPU_THREADS)
+    rows = []
+    try:
+        for case, provider in tqdm([(c, p) for c in selected for p in chosen], desc="training step",
+                                   unit="case", disable=not progress):
+            interpreted = device == "cpu" and provider == "fastgen"
+            measured = dataclasses.replace(case, tiny=True) if interpreted else case
+            row = measure(measured, provider, device, timed=not interpreted,
+                          batch=INTERPRETER_BATCH if interpreted else None)
+            row["status"] = "interpreted, tiny model (correctness + counts, not timed)" if interpreted else "timed"
+            row["threads"] = torch.get_num_threads() if device == "cpu" else None
+            row["load"] = bench_sampling.load()
+            rows.append(row)
+    finally:
+        torch.set_num_threads(previous)
+    return rows
+
+
+COLUMNS = ["suite", "model", "size", "batch", "provider", "status", "p20_ms", "p50_ms", "p80_ms", "images_per_s",
+           "launches", "peak_mb", "max_rel_err_vs_eager", "params_m", "tiny", "threads", "load", "device", "torch",
+           "triton", "date"]
+
+
+def markdown(rows: list[dict]) -> str:
+    """One line per row (provider), with the speed-up over eager of the same case."""
+    def fmt(v, spec=""):
+        return "-" if v is None else format(v, spec)
+
+    eager = {(r["model"], r["size"]): r for r in rows if r["provider"] == "eager"}
+    lines = ["| model | size | batch | provider | step ms (p50) | images/s | speed-up vs eager | launches | peak MB "
+             "| max rel. err vs eager | params (M) | status |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = eager.get((r["model"], r["size"]), {})
+        speedup = base["p50_ms"] / r["p50_ms"] if r.get("p50_ms") and base.get("p50_ms") else None
+        lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r['provider']} | {fmt(r['p50_ms'], '.2f')} | "
+                     f"{fmt(r['images_per_s'], '.0f')} | {fmt(speedup, '.2f')} | {fmt(r['launches'])} | "
+                     f"{fmt(r['peak_mb'], '.1f')} | {fmt(r.get('max_rel_err_vs_eager'), '.1e')} | {r['params_m']} | "
+                     f"{r['status']} |")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_training_step(benchmark, provider, device):
+    """One small case under pytest-benchmark: PixelCNN, 8x8 grey, batch 64 (on CPU only eager is timed)."""
+    if device == "cpu" and provider == "fastgen":
+        pytest.skip("fastgen's kernels run interpreted on CPU: not a speed figure (fastgen bench counts them)")
+    if device == "cpu" and provider == "torch.compile":
+        pytest.skip("torch.compile is timed on GPU runs, or with `fastgen bench --full` (CPU builds are slow)")
+    case = cases(quick=True)[0]
+    step = training_step(build_model(case.family, case.shape).to(device).train(), case.images(device), provider)
+    step()
+    benchmark.group = f"training step {case.label}"
+    benchmark(step)
