@@ -12,8 +12,9 @@ offsets; the pixel and channel strides equal to 1 are specialized by Triton (a c
 
 ``other`` and ``bias`` are optional (runtime-uniform flags: one compiled variant for every combination).
 Arithmetic runs in COMPUTE (float32 for 16/32-bit inputs, float64 for float64); results are stored in the
-output pointer's dtype. The backward recomputes s, tanh(a) and sigmoid(b) from the inputs (nothing but the
-inputs is saved) and writes grad_s, the gradient of t and of other alike.
+output pointer's dtype. The backward recomputes tanh(a) and sigmoid(b) from s: from the inputs t (+ bias), or
+from s itself, which the forward stores (``write_sum``) when there is an ``other`` (one saved tensor instead of
+two, for the same bytes moved); it writes grad_s, the gradient of t and of other alike.
 """
 
 import triton
@@ -63,6 +64,7 @@ def gated_activation_forward_kernel(
     OTHER,  # [B, 2n, H, W] second input added to T (read only if has_other)
     BIAS,  # [B, 2n] bias broadcast over the pixels (read only if has_bias)
     OUT,  # [B, n, H, W] output
+    S,  # [B, 2n, H, W] output (write_sum only): s = T + OTHER + BIAS, kept for the backward
     n_pixels,  # P: pixels per row (H * W when H and W merge, else W)
     n_rows_h,  # rows per image (1 when H and W merge, else H)
     n_pixel_blocks,  # cdiv(P, BLOCK_P)
@@ -70,10 +72,12 @@ def gated_activation_forward_kernel(
     n_half,  # m = n / G: channels of each half of a group
     has_other,  # 1: s includes OTHER
     has_bias,  # 1: s includes BIAS
+    write_sum,  # 1: store s to S
     stride_t_b, stride_t_c, stride_t_h, stride_t_p,  # strides of T (stride_t_h unused with one row)
     stride_o_b, stride_o_c, stride_o_h, stride_o_p,  # strides of OTHER
     stride_bias_b, stride_bias_c,  # strides of BIAS
     stride_y_b, stride_y_c, stride_y_h, stride_y_p,  # strides of OUT
+    stride_s_b, stride_s_c, stride_s_h, stride_s_p,  # strides of S
     COMPUTE: tl.constexpr,  # arithmetic dtype (tl.float32 or tl.float64)
     BLOCK_C: tl.constexpr,  # output channels per program
     BLOCK_P: tl.constexpr,  # pixels per program
@@ -87,6 +91,10 @@ def gated_activation_forward_kernel(
                                  has_bias, stride_t_b, stride_t_c, stride_t_h, stride_t_p,
                                  stride_o_b, stride_o_c, stride_o_h, stride_o_p, stride_bias_b, stride_bias_c,
                                  COMPUTE)
+    if write_sum:
+        s = S + b * stride_s_b + h * stride_s_h + pixels[None, :] * stride_s_p
+        tl.store(s + a_channels[:, None] * stride_s_c, s_a.to(S.dtype.element_ty), mask=mask)
+        tl.store(s + b_channels[:, None] * stride_s_c, s_b.to(S.dtype.element_ty), mask=mask)
     tanh_a, _ = tanh_and_slope(s_a)
     sig_b, _, _ = sigmoids(s_b)
     y = OUT + b * stride_y_b + h * stride_y_h + out_channels[:, None] * stride_y_c + pixels[None, :] * stride_y_p

@@ -168,3 +168,16 @@ def test_errors(device):
         fastgen.gated_activation(t, bias=t[0, :, 0, 0])
     with pytest.raises(TypeError, match="bias has dtype"):
         fastgen.gated_activation(t, bias=t[:, :, 0, 0].half())
+
+
+def test_saves_one_tensor_for_the_backward(device):
+    """With other, the forward keeps s = t + other + bias (one [B, 2n, H, W] tensor) rather than t and other;
+    without a gradient it writes nothing more than y (same values)."""
+    t, other, bias = (x.requires_grad_() for x in inputs(2, 6, 3, 4, torch.float32, device))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
+        y = fastgen.gated_activation(t, other, bias)
+    assert len(saved) == 1 and saved[0].shape == t.shape
+    torch.testing.assert_close(saved[0], t + other + bias[:, :, None, None])
+    with torch.no_grad():
+        assert torch.equal(fastgen.gated_activation(t, other, bias), y)

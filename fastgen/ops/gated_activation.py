@@ -72,40 +72,47 @@ def _grid(batch: int, n_rows_h: int, n_pixels: int, n_out: int, block_c: int, bl
 
 
 class GatedActivation(torch.autograd.Function):
-    """(t, other, bias, groups) -> tanh(a) * sigmoid(b) of s = t + other + bias, [B, n, H, W].
+    """(t, other, bias, groups, keep_sum) -> tanh(a) * sigmoid(b) of s = t + other + bias, [B, n, H, W].
 
     t, other [B, 2n, H, W] (other may be None), bias [B, 2n] or None, 2n divisible by 2 * groups, nothing empty.
     The backward returns the same grad_s for t and other (the gradient of a sum), and grad_s summed over the
-    pixels for bias. Prefer :func:`fastgen.gated_activation`, which validates arguments, picks the backend and
-    handles empty tensors.
+    pixels for bias. The forward saves s = t + other + bias when other is given (written only if ``keep_sum``:
+    without it there is no backward), else t and bias. Prefer :func:`fastgen.gated_activation`, which validates
+    arguments, picks the backend and handles empty tensors.
     """
 
     @staticmethod
-    def forward(ctx, t, other, bias, groups):
+    def forward(ctx, t, other, bias, groups, keep_sum=True):
         batch, channels, height, width = t.shape
         n_out = channels // 2
         block_c, block_p = tile_for(n_out, t.dtype)
         out = torch.empty((batch, n_out, height, width), dtype=t.dtype, device=t.device,
                           memory_format=_memory_format(t))
-        n_rows_h, n_pixels, strides = pixel_layout([t, out] + ([other] if other is not None else []))
+        # The backward recomputes tanh(a) and sigmoid(b) from s, never stores them. With other, the forward writes
+        # s (when a gradient is needed) and the backward reads it: one tensor kept instead of t and other, the
+        # same bytes moved (a write of s here, one read less there). Without other, t (+ bias) is kept: as large
+        # as eager's saved tanh(a) and sigmoid(b), and in the Gated PixelCNN t = v_pre is kept by the next
+        # convolution anyway.
+        write_sum = other is not None and keep_sum
+        s = torch.empty_like(t) if write_sum else out  # t's strides when t is dense
+        n_rows_h, n_pixels, strides = pixel_layout([t, out, s] + ([other] if other is not None else []))
         grid, n_pixel_blocks = _grid(batch, n_rows_h, n_pixels, n_out, block_c, block_p)
         _forward_kernel[grid](
-            t, t if other is None else other, t if bias is None else bias, out,
+            t, t if other is None else other, t if bias is None else bias, out, s,
             n_pixels, n_rows_h, n_pixel_blocks, n_out, n_out // groups, int(other is not None), int(bias is not None),
-            *strides[0], *(strides[0] if other is None else strides[2]),
-            *((0, 0) if bias is None else bias.stride()), *strides[1],
+            int(write_sum), *strides[0], *(strides[0] if other is None else strides[3]),
+            *((0, 0) if bias is None else bias.stride()), *strides[1], *strides[2],
             COMPUTE=_tl_dtype(t.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
         )
         ctx.groups = groups
-        # The inputs, not tanh(a) and sigmoid(b): the backward recomputes both from s (the same bytes as eager's
-        # saved tanh(a), sigmoid(b) when other is None; in the Gated PixelCNN t = v_pre is kept by the next
-        # convolution anyway).
-        ctx.save_for_backward(t, other, bias)
+        ctx.save_for_backward(*((s, None, None) if write_sum else (t, None, bias) if other is None else (None,) * 3))
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        t, other, bias = ctx.saved_tensors
+        t, other, bias = ctx.saved_tensors  # other is None: (s, None, None) or (t, None, bias)
+        if t is None:
+            raise RuntimeError("GatedActivation: a call with other and keep_sum=False has no gradient")
         batch, channels, height, width = t.shape
         n_out = channels // 2
         block_c, block_p = tile_for(n_out, t.dtype)
@@ -123,7 +130,7 @@ class GatedActivation(torch.autograd.Function):
         )
         grad_bias = grad_s.sum((2, 3)) if ctx.needs_input_grad[2] else None
         grad_other = grad_s if ctx.needs_input_grad[1] else None
-        return grad_s if ctx.needs_input_grad[0] else None, grad_other, grad_bias, None
+        return grad_s if ctx.needs_input_grad[0] else None, grad_other, grad_bias, None, None
 
 
 def _check_groups(groups) -> int:
@@ -164,7 +171,8 @@ def gated_activation(t, other=None, bias=None, *, groups=1):
         check_like("bias", bias, "t", t, shape=(t.shape[0], channels))
     if backend_for(t) == "reference" or t.numel() == 0:  # empty: torch's result
         return reference.gated_activation(t, other, bias, groups=groups)
-    return GatedActivation.apply(t, other, bias, groups)
+    keep_sum = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (t, other, bias))
+    return GatedActivation.apply(t, other, bias, groups, keep_sum)
 
 
 def kernel_launches():
@@ -175,9 +183,9 @@ def kernel_launches():
     # Two layouts of each tile: "nchw", the pixels contiguous (Triton specializes their strides equal to 1), and
     # "channels_last", the channels contiguous. The bias (a class embedding [B, 2n]) is contiguous in both.
     layouts = {
-        "nchw": dict(forward=("stride_t_p", "stride_o_p", "stride_y_p", "stride_bias_c"),
+        "nchw": dict(forward=("stride_t_p", "stride_o_p", "stride_y_p", "stride_s_p", "stride_bias_c"),
                      backward=("stride_t_p", "stride_o_p", "stride_gy_p", "stride_gs_p", "stride_bias_c")),
-        "channels_last": dict(forward=("stride_t_c", "stride_o_c", "stride_y_c", "stride_bias_c"),
+        "channels_last": dict(forward=("stride_t_c", "stride_o_c", "stride_y_c", "stride_s_c", "stride_bias_c"),
                               backward=("stride_t_c", "stride_o_c", "stride_gy_c", "stride_gs_c", "stride_bias_c")),
     }
     for dtype in DTYPES:
