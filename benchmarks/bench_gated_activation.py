@@ -40,14 +40,15 @@ def _out_bytes(inputs):
     return nbytes(inputs["t"]) // 2  # [B, n, H, W]
 
 
-def _bytes_forward(inputs):  # read t, other and bias, write y
-    return nbytes(inputs["t"], inputs["other"], inputs.get("bias")) + _out_bytes(inputs)
+def _bytes_forward(inputs):
+    # read t, other and bias, write y and (every case's inputs require grad) s = t + other + bias for the backward
+    return nbytes(inputs["t"], inputs["other"], inputs.get("bias")) + _out_bytes(inputs) + nbytes(inputs["t"])
 
 
 def _bytes_backward(inputs):
-    # one kernel: read t, other, bias and grad_y, write grad_s (shared by t and other); then grad_bias: the sum of
-    # grad_s over the pixels (read grad_s, write [B, 2n])
-    moved = nbytes(inputs["t"], inputs["other"], inputs.get("bias")) + _out_bytes(inputs) + nbytes(inputs["t"])
+    # one kernel: read s and grad_y, write grad_s (shared by t and other); then grad_bias: the sum of grad_s over
+    # the pixels (read grad_s, write [B, 2n])
+    moved = 2 * nbytes(inputs["t"]) + _out_bytes(inputs)
     if "bias" in inputs:
         moved += nbytes(inputs["t"], inputs["bias"])
     return moved
