@@ -24,6 +24,7 @@ CASE_MODULES = [
     "fastgen.benchmarks.bench_gan_losses",
     "fastgen.benchmarks.bench_gumbel_softmax",
     "fastgen.benchmarks.bench_pixel_losses",
+    "fastgen.benchmarks.bench_gated_activation",
 ]
 INTERPRETER_BATCH = 2  # batch of the interpreted correctness/launch-count runs
 

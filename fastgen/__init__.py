@@ -8,6 +8,7 @@ otherwise CPU tensors use the plain-PyTorch reference and CUDA tensors the compi
 from fastgen.dispatch import backend_for, interpreting, use_backend
 from fastgen.ops.gan_losses import (GANDiscriminatorLoss, GANGeneratorLoss, GradientPenalty, gan_d_loss,
                                     gan_g_loss, gradient_penalty)
+from fastgen.ops.gated_activation import GatedActivation, gated_activation
 from fastgen.ops.gumbel_softmax import GumbelSoftmax, gumbel_softmax
 from fastgen.ops.pixel_losses import (DiscretizedLogisticMixtureNLL, PixelCrossEntropy, bits_per_dim, dmol_nll,
                                       dmol_sample, pixel_cross_entropy)
@@ -19,8 +20,8 @@ from fastgen import sampling  # noqa: E402  (after fastgen.models)
 
 __version__ = "0.1.0"
 
-__all__ = ["DiscretizedLogisticMixtureNLL", "GANDiscriminatorLoss", "GANGeneratorLoss", "GradientPenalty",
-           "GumbelSoftmax", "PixelCrossEntropy", "ReparameterizeKL", "TapConv", "backend_for", "bits_per_dim",
-           "dmol_nll", "dmol_sample", "estimators", "gan_d_loss", "gan_g_loss", "gradient_penalty", "gumbel_softmax",
-           "interpreting", "masked_conv2d", "models", "nn", "pixel_cross_entropy", "reparameterize_kl", "sampling",
-           "tap_conv2d", "use_backend", "__version__"]
+__all__ = ["DiscretizedLogisticMixtureNLL", "GANDiscriminatorLoss", "GANGeneratorLoss", "GatedActivation",
+           "GradientPenalty", "GumbelSoftmax", "PixelCrossEntropy", "ReparameterizeKL", "TapConv", "backend_for",
+           "bits_per_dim", "dmol_nll", "dmol_sample", "estimators", "gan_d_loss", "gan_g_loss", "gated_activation",
+           "gradient_penalty", "gumbel_softmax", "interpreting", "masked_conv2d", "models", "nn",
+           "pixel_cross_entropy", "reparameterize_kl", "sampling", "tap_conv2d", "use_backend", "__version__"]

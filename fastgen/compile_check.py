@@ -32,6 +32,7 @@ OP_MODULES = [
     "fastgen.ops.gan_losses",
     "fastgen.ops.gumbel_softmax",
     "fastgen.ops.pixel_losses",
+    "fastgen.ops.gated_activation",
 ]
 
 _TORCH_TO_TRITON = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}

@@ -34,7 +34,7 @@ Arithmetic runs in COMPUTE (float32 for 16/32-bit inputs, float64 for float64). 
 import triton
 import triton.language as tl
 
-from .numerics import log1p
+from .numerics import one_minus_exp_neg, sigmoids, tanh_and_slope
 
 LOG_SCALE_MIN = tl.constexpr(-7.0)  # openai: log_scales = max(l[...], -7.)
 LOG_MIN_CDF_DELTA = tl.constexpr(-11.512925464970229)  # log(1e-5): below it the mid-bin fallback
@@ -42,36 +42,6 @@ UNIFORM_MIN = tl.constexpr(1e-5)  # openai's sampler: u ~ U(1e-5, 1 - 1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-@triton.jit
-def _one_minus_exp_neg(d):
-    """(1 - e^-d, e^-d) for d >= 0, the first accurate near 0 (Kahan: (1 - u) d / -log(u), u = e^-d rounded)."""
-    u = tl.exp(-d)
-    near = u > 0.5  # 1 - u is exact there (Sterbenz), the ratio restores the rounding of u
-    exact = u == 1.0
-    log_u = tl.log(tl.where(exact | (u <= 0.5), 0.5, u))
-    kahan = tl.where(exact, d, (1.0 - u) * (d / -log_u))
-    return tl.where(near, kahan, 1.0 - u), u
-
-
-@triton.jit
-def _sigmoids(z):
-    """(sigmoid(z), sigmoid(-z), log sigmoid(z)) from e^-|z|: no overflow, no cancellation."""
-    e = tl.exp(-tl.abs(z))
-    r = 1.0 / (1.0 + e)
-    positive = z >= 0
-    log_sig = tl.where(positive, 0.0, z) - log1p(e)
-    return tl.where(positive, r, e * r), tl.where(positive, e * r, r), log_sig
-
-
-@triton.jit
-def _tanh(z):
-    """(tanh(z), 1 - tanh(z)^2), accurate for small |z| and near |tanh| = 1."""
-    one_minus_u, u = _one_minus_exp_neg(2.0 * tl.abs(z))  # u = e^-2|z|
-    t = one_minus_u / (1.0 + u)
-    one_plus_u = 1.0 + u
-    return tl.where(z < 0, -t, t), 4.0 * u / (one_plus_u * one_plus_u)
-
-
 @triton.jit
 def _bin_log_prob(x, mean, log_scale_raw, half_bin, log_bin_width, edge):
     """log P(x's bin) under logistic(mean, e^s), s = max(log_scale_raw, -7), and its derivatives w.r.t. the
@@ -82,14 +52,14 @@ def _bin_log_prob(x, mean, log_scale_raw, half_bin, log_bin_width, edge):
     centered = x - mean
     a = inv_scale * (centered + half_bin)  # plus_in
     b = inv_scale * (centered - half_bin)  # min_in
-    sig_a, sig_neg_a, log_sig_a = _sigmoids(a)
-    sig_neg_b, sig_b, log_sig_neg_b = _sigmoids(-b)
-    one_minus_u, u = _one_minus_exp_neg(2.0 * half_bin * inv_scale)  # 1 - e^-(a - b)
+    sig_a, sig_neg_a, log_sig_a = sigmoids(a)
+    sig_neg_b, sig_b, log_sig_neg_b = sigmoids(-b)
+    one_minus_u, u = one_minus_exp_neg(2.0 * half_bin * inv_scale)  # 1 - e^-(a - b)
     inner = log_sig_a + log_sig_neg_b + tl.log(one_minus_u)  # log(sigmoid(a) - sigmoid(b))
     ratio = u / one_minus_u  # 1 / expm1(a - b): d inner / da = sigmoid(-a) + ratio, d / db = -sigmoid(b) - ratio
     d_inner = (a - b) * ratio
     mid = inv_scale * centered
-    sig_mid, sig_neg_mid, log_sig_mid = _sigmoids(mid)
+    sig_mid, sig_neg_mid, log_sig_mid = sigmoids(mid)
     # log pdf(mid) = mid - s - 2 softplus(mid) = log sigmoid(mid) + log sigmoid(-mid) - s
     fallback = log_sig_mid + (log_sig_mid - mid) - log_scale + log_bin_width
     low = x < -edge
@@ -232,12 +202,12 @@ def _component(PARAMS, offsets, block, x0, x1, x2, half, log_width, edge, CHANNE
     lp0, gc0, gs0 = _bin_log_prob(x0, mean0, scale0, half, log_width, edge)
     if CHANNELS == 3:
         # channel c's block: K means at 1 + 3c, K log-scales at 2 + 3c, K coefficients at 3 + 3c (x K channels)
-        t0, _ = _tanh(tl.load(PARAMS + offsets + 3 * block, mask=mask, other=0.0).to(COMPUTE))
+        t0, _ = tanh_and_slope(tl.load(PARAMS + offsets + 3 * block, mask=mask, other=0.0).to(COMPUTE))
         mean1 = tl.load(PARAMS + offsets + 4 * block, mask=mask, other=0.0).to(COMPUTE) + t0 * x0
         scale1 = tl.load(PARAMS + offsets + 5 * block, mask=mask, other=0.0).to(COMPUTE)
         lp1, gc1, gs1 = _bin_log_prob(x1, mean1, scale1, half, log_width, edge)
-        t1, _ = _tanh(tl.load(PARAMS + offsets + 6 * block, mask=mask, other=0.0).to(COMPUTE))
-        t2, _ = _tanh(tl.load(PARAMS + offsets + 9 * block, mask=mask, other=0.0).to(COMPUTE))
+        t1, _ = tanh_and_slope(tl.load(PARAMS + offsets + 6 * block, mask=mask, other=0.0).to(COMPUTE))
+        t2, _ = tanh_and_slope(tl.load(PARAMS + offsets + 9 * block, mask=mask, other=0.0).to(COMPUTE))
         mean2 = tl.load(PARAMS + offsets + 7 * block, mask=mask, other=0.0).to(COMPUTE) + t1 * x0 + t2 * x1
         scale2 = tl.load(PARAMS + offsets + 8 * block, mask=mask, other=0.0).to(COMPUTE)
         lp2, gc2, gs2 = _bin_log_prob(x2, mean2, scale2, half, log_width, edge)
@@ -337,9 +307,9 @@ def dmol_nll_forward_kernel(
                 wc1 = posterior * gc1
                 wc2 = posterior * gc2
                 # the coefficients' tanh again (short live ranges: the loads hit the cache)
-                t0, dt0 = _tanh(tl.load(PARAMS + offsets + 3 * block, mask=mask, other=0.0).to(COMPUTE))
-                t1, dt1 = _tanh(tl.load(PARAMS + offsets + 6 * block, mask=mask, other=0.0).to(COMPUTE))
-                t2, dt2 = _tanh(tl.load(PARAMS + offsets + 9 * block, mask=mask, other=0.0).to(COMPUTE))
+                t0, dt0 = tanh_and_slope(tl.load(PARAMS + offsets + 3 * block, mask=mask, other=0.0).to(COMPUTE))
+                t1, dt1 = tanh_and_slope(tl.load(PARAMS + offsets + 6 * block, mask=mask, other=0.0).to(COMPUTE))
+                t2, dt2 = tanh_and_slope(tl.load(PARAMS + offsets + 9 * block, mask=mask, other=0.0).to(COMPUTE))
                 if write_grad != 0:
                     tl.store(GRAD_PARAMS + offsets + 3 * block, (wc1 * x0 * dt0).to(out_ty), mask=mask)
                     tl.store(GRAD_PARAMS + offsets + 4 * block, wc1.to(out_ty), mask=mask)
@@ -460,13 +430,13 @@ def dmol_sample_kernel(
     if CHANNELS == 3:
         x1 = _logistic_sample(UNIFORMS, draw_offsets, stride_u_j, seed, philox, n_mixtures, has_uniforms, mean1,
                               scale1, temp, u_lo, u_span, mask, 1, COMPUTE)
-        t_rg, _ = _tanh(coef_rg)
+        t_rg, _ = tanh_and_slope(coef_rg)
         x1 = tl.minimum(tl.maximum(x1 + t_rg * x0, -1.0), 1.0)
         tl.store(OUT + o_offsets + stride_o_c, x1.to(OUT.dtype.element_ty), mask=mask)
         x2 = _logistic_sample(UNIFORMS, draw_offsets, stride_u_j, seed, philox, n_mixtures, has_uniforms, mean2,
                               scale2, temp, u_lo, u_span, mask, 2, COMPUTE)
-        t_rb, _ = _tanh(coef_rb)
-        t_gb, _ = _tanh(coef_gb)
+        t_rb, _ = tanh_and_slope(coef_rb)
+        t_gb, _ = tanh_and_slope(coef_gb)
         x2 = tl.minimum(tl.maximum(x2 + t_rb * x0 + t_gb * x1, -1.0), 1.0)
         tl.store(OUT + o_offsets + 2 * stride_o_c, x2.to(OUT.dtype.element_ty), mask=mask)
 

@@ -29,16 +29,18 @@ from torch import nn
 
 from fastgen.models.base import PixelModel, check_divisible, check_positive_int, conv1x1
 from fastgen.nn import HorizontalStackConv2d, VerticalStackConv2d
+from fastgen.ops.gated_activation import gated_activation as fused_gated_activation
+from fastgen.reference.gated_activation import gated_activation as reference_gated_activation
 
 
 def gated_activation(t: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """tanh(a) * sigmoid(b) for t [B, 2n, H, W] -> [B, n, H, W].
+    """tanh(a) * sigmoid(b) for t [B, 2n, H, W] -> [B, n, H, W] (or [B, 2n] -> [B, n]), in plain PyTorch.
 
     t's channels form ``groups`` equal groups; a is the first half of each group, b the second half (with one
-    group: ``a, b = t.chunk(2, 1)``), so output channel group g is computed from input group g alone.
+    group: ``a, b = t.chunk(2, 1)``), so output channel group g is computed from input group g alone. The
+    layers use :func:`fastgen.gated_activation` (one kernel, with the stack sum and the class embedding fused).
     """
-    a, b = t.unflatten(1, (groups, 2, -1)).unbind(2)
-    return (torch.tanh(a) * torch.sigmoid(b)).flatten(1, 2)
+    return reference_gated_activation(t, groups=groups)
 
 
 class GatedLayer(nn.Module):
@@ -57,12 +59,12 @@ class GatedLayer(nn.Module):
 
     def forward(self, v: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None):
         v_pre = self.vertical(v)
-        h_pre = self.horizontal(h) + self.vertical_to_horizontal(v_pre)
-        if self.class_embedding is not None:
-            c = self.class_embedding(y)[:, :, None, None]
-            v_pre, h_pre = v_pre + c, h_pre + c
-        v_out = gated_activation(v_pre, self.data_channels)
-        h_out = self.horizontal_out(gated_activation(h_pre, self.data_channels))
+        c = self.class_embedding(y) if self.class_embedding is not None else None  # [B, 2n]
+        # gate(v_pre + c) and gate(horizontal(h) + 1x1(v_pre) + c): the sums are done inside the gate's kernel
+        v_out = fused_gated_activation(v_pre, bias=c, groups=self.data_channels)
+        h_gate = fused_gated_activation(self.horizontal(h), self.vertical_to_horizontal(v_pre), c,
+                                        groups=self.data_channels)
+        h_out = self.horizontal_out(h_gate)
         return v_out, (h_out + h if self.residual else h_out)
 
 
