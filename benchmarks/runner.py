@@ -74,13 +74,8 @@ COLUMNS = ["op", "case", "provider", "mode", "status", "p20_ms", "p50_ms", "p80_
 
 
 def write_csv(rows: list[dict], path: str) -> None:
-    """Appends ``rows`` to the CSV at ``path`` (header written once)."""
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    """Appends the op rows to the CSV at ``path`` (header written once)."""
+    _write_rows(rows, COLUMNS, path)
 
 
 def _fmt(value, spec=""):
