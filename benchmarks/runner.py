@@ -26,7 +26,7 @@ CASE_MODULES = [
     "fastgen.benchmarks.bench_pixel_losses",
     "fastgen.benchmarks.bench_gated_activation",
 ]
-INTERPRETER_BATCH = 2  # batch of the interpreted correctness/launch-count runs
+INTERPRETER_BATCH = 1  # batch of the interpreted correctness/launch-count runs (keeps the quick CPU run short)
 
 
 def all_cases():
