@@ -18,4 +18,5 @@ from fastgen.models.pixelcnnpp import GatedResnet, PixelCNNpp, concat_elu, dmol_
 from fastgen.models.vae import VAE, NegativeELBO, VAEOutput
 
 __all__ = ["DCGAN", "DLoss", "GatedLayer", "GatedPixelCNN", "GatedResnet", "NegativeELBO", "PixelCNN", "PixelCNNpp",
-           "PixelModel", "ResidualBlock", "VAE", "VAEOutput", "concat_elu", "dmol_channels", "down_shift", "gated_activation", "right_shift", "scale_pixels"]
+           "PixelModel", "ResidualBlock", "VAE", "VAEOutput", "concat_elu", "dmol_channels", "down_shift",
+           "gated_activation", "right_shift", "scale_pixels"]
