@@ -63,6 +63,7 @@ class DCGAN(nn.Module):
     def __init__(self, data_channels: int = 1, image_size: int = 16, latent_dim: int = 32, hidden_channels: int = 32,
                  loss: str = "nonsaturating", r1_gamma: float = 0.0, levels: int = 256):
         super().__init__()
+        self.n_classes = None  # unconditional (fastgen.training's data checks read it)
         c = check_positive_int("data_channels", data_channels)
         size = check_positive_int("image_size", image_size, 8)
         if size & (size - 1):

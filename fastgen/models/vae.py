@@ -96,6 +96,7 @@ class VAE(nn.Module):
                  decoder: str = "bernoulli", gaussian_logvar: float | None = None, hierarchical: bool = False,
                  levels: int = 256):
         super().__init__()
+        self.n_classes = None  # unconditional (fastgen.training's data checks read it)
         c = check_positive_int("data_channels", data_channels)
         self.image_size = check_image_size(image_size, 4)
         d = check_positive_int("latent_dim", latent_dim)
