@@ -144,7 +144,7 @@ def test_vae_errors():
 def test_dcgan_shapes(size):
     model = DCGAN(1, size, latent_dim=4, hidden_channels=4)
     images = model(model.latents(3))
-    assert images.shape == (3, 1, size, size) and float(images.abs().max()) <= 1
+    assert images.shape == (3, 1, size, size) and float(images.detach().abs().max()) <= 1
     assert model.discriminator(images).shape == (3, 1, 1, 1)
     assert model.sample(2).shape == (2, 1, size, size)
     assert DCGAN(**model.config).config == model.config
@@ -213,3 +213,70 @@ def test_dcgan_errors():
         model.g_loss(torch.randn(2, 3))
     with pytest.raises(ValueError, match="n must be"):
         model.sample(-1)
+
+
+# ------------------------------------------------------------------------------------------------ training + CLI
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_train_vae_and_gan_histories(one_thread):
+    from fastgen.training import train_gan, train_vae
+
+    torch.manual_seed(0)
+    pixels = load_digits()[0][:96]
+    vae = VAE(1, 8, latent_dim=4, hidden_channels=8, levels=DIGITS_LEVELS).use_reference(True)
+    history = train_vae(vae, pixels, epochs=2, batch_size=32, progress=False)
+    assert [r["epoch"] for r in history] == [1, 2]
+    for record in history:
+        assert record["train_nelbo"] == pytest.approx(record["train_reconstruction"] + record["train_kl"])
+        assert record["test_nelbo"] == pytest.approx(record["test_reconstruction"] + record["test_kl"])
+    assert history[1]["train_nelbo"] < history[0]["train_nelbo"]
+    gan = DCGAN(1, 8, latent_dim=4, hidden_channels=4, r1_gamma=1.0, levels=DIGITS_LEVELS).use_reference(True)
+    history = train_gan(gan, pixels, epochs=1, batch_size=32, progress=False)
+    assert len(history) == 1 and all(math.isfinite(history[0][k]) for k in ("d_loss", "g_loss", "r1"))
+    assert history[0]["r1"] > 0
+    with pytest.raises(TypeError, match="pixels must be an integer tensor"):
+        train_vae(vae, pixels.float(), epochs=1)
+    with pytest.raises(ValueError, match="epochs"):
+        train_gan(gan, pixels, epochs=0)
+
+
+def test_cli_train_and_sample_vae_dcgan(tmp_path, one_thread, capsys):
+    from PIL import Image
+
+    from fastgen import cli
+    from fastgen.training import load_checkpoint
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "vae", "--epochs", "2", "--hidden-channels", "4", "--latent-dim", "3",
+                     "--hierarchical", "--decoder", "gaussian", "--batch-size", "256", "--out", str(out),
+                     "--samples", "4", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   2  train -ELBO" in printed and "KL" in printed and "rec" in printed
+    model, meta = load_checkpoint(out / "vae.pt")
+    assert isinstance(model, VAE) and model.hierarchical and model.decoder_kind == "gaussian"
+    assert len(meta["history"]) == 2 and tuple(meta["image_size"]) == (8, 8)
+    with Image.open(out / "vae-reconstructions.png") as image:  # 8 test images over their reconstructions
+        assert image.size == (8 * 33 + 1, 8 * 33 + 1)
+    assert cli.main(["train", "dcgan", "--epochs", "1", "--hidden-channels", "4", "--latent-dim", "3",
+                     "--gan-loss", "hinge", "--batch-size", "256", "--out", str(out), "--samples", "4",
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   1  D loss" in printed and "G loss" in printed and "R1" in printed
+    model, meta = load_checkpoint(out / "dcgan.pt")
+    assert isinstance(model, DCGAN) and model.config["loss"] == "hinge" and model.config["r1_gamma"] == 1.0
+    for name in ("vae", "dcgan"):
+        assert (out / f"{name}-samples.png").stat().st_size > 0
+        assert cli.main(["sample", str(out / f"{name}.pt"), "-n", "3", "-o", str(tmp_path / "s.png")]) == 0
+        with Image.open(tmp_path / "s.png") as image:
+            assert image.size == (2 * 33 + 1, 2 * 33 + 1)
+    assert cli.main(["sample", str(out / "vae.pt"), "--naive", "-o", str(tmp_path / "s.png")]) == 2
+    assert cli.main(["train", "vae", "--conditional"]) == 2
+    assert cli.main(["train", "dcgan", "--layers", "2"]) == 2
+    assert cli.main(["train", "dcgan", "--r1-gamma", "-1", "--epochs", "1"]) == 2
+    assert "--r1-gamma" in capsys.readouterr().err
