@@ -51,7 +51,7 @@ TRAIN_DEFAULTS = {"pixelcnn": (32, 4), "gated": (32, 4), "pixelcnnpp": (32, 3)}
 PIXELCNNPP_MIXTURES = 5
 # model -> default (hidden channels, latent dim, epochs, Adam's lr); each trains in under a minute on digits on a
 # 2-core CPU (README: "VAE and DCGAN")
-LATENT_DEFAULTS = {"vae": (32, 16, 20, 3e-3), "dcgan": (32, 32, 30, 2e-4)}
+LATENT_DEFAULTS = {"vae": (32, 16, 50, 3e-3), "dcgan": (32, 32, 30, 2e-4)}
 PIXEL_EPOCHS, PIXEL_LR = 5, 3e-3
 
 
