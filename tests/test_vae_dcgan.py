@@ -194,7 +194,7 @@ def test_dcgan_training_steps():
         g_loss = model.g_loss(8)
         g_loss.backward()
         g_opt.step()
-        assert all(math.isfinite(float(t)) for t in (*d_terms, g_loss)) and float(d_terms.r1) > 0
+        assert all(math.isfinite(t.item()) for t in (*d_terms, g_loss)) and d_terms.r1.item() > 0
 
 
 def test_dcgan_errors():
