@@ -179,11 +179,10 @@ def test_dcgan_r1_by_hand():
 
 def test_dcgan_training_steps():
     torch.manual_seed(0)
-    model = DCGAN(1, 8, latent_dim=4, hidden_channels=4, r1_gamma=1.0).use_reference(True)
+    model = DCGAN(1, 8, latent_dim=4, hidden_channels=4, r1_gamma=1.0, levels=DIGITS_LEVELS).use_reference(True)
     real = torch.randint(0, DIGITS_LEVELS, (8, 1, 8, 8))
     d_opt = torch.optim.Adam(model.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     g_opt = torch.optim.Adam(model.generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    model.levels = DIGITS_LEVELS
     for _ in range(2):
         d_terms = model.d_loss(real)
         d_opt.zero_grad()

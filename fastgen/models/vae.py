@@ -127,7 +127,8 @@ class VAE(nn.Module):
             self.prior_z1 = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, 2 * d))  # p(z1|z2)
         self.decoder_input = nn.Linear(d, features)
         self.decoder = nn.Sequential(nn.ReLU(), nn.Unflatten(1, self.feature_shape),
-                                     nn.ConvTranspose2d(2 * h, h, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(h, c, 4, 2, 1))
+                                     nn.ConvTranspose2d(2 * h, h, 4, 2, 1), nn.ReLU(),
+                                     nn.ConvTranspose2d(h, c, 4, 2, 1))
         if decoder == "gaussian" and gaussian_logvar is None:
             self.decoder_logvar = nn.Parameter(torch.zeros(c))
         else:
