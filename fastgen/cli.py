@@ -1,6 +1,6 @@
 """The `fastgen` command: `fastgen bench` (the benchmark suite), `fastgen verify` (the sm_90/sm_80 compile
-check of every kernel configuration), `fastgen train` (a PixelCNN on digits or the user's images) and
-`fastgen sample` (a PNG grid of samples from a checkpoint).
+check of every kernel configuration), `fastgen train` (a PixelCNN, VAE or DCGAN on digits or the user's images)
+and `fastgen sample` (a PNG grid of samples from a checkpoint).
 
 `train` and `sample` run fastgen's compiled kernels on CUDA and the plain-PyTorch reference layers on CPU
 (``model.use_reference(True)``, even where TRITON_INTERPRET=1 is set: the interpreter is far too slow to train
@@ -49,6 +49,10 @@ def _verify(args) -> int:
 # a CPU (README: "Training on digits and sampling")
 TRAIN_DEFAULTS = {"pixelcnn": (32, 4), "gated": (32, 4), "pixelcnnpp": (32, 3)}
 PIXELCNNPP_MIXTURES = 5
+# model -> default (hidden channels, latent dim, epochs, Adam's lr); each trains in under a minute on digits on a
+# 2-core CPU (README: "VAE and DCGAN")
+LATENT_DEFAULTS = {"vae": (32, 16, 50, 3e-3), "dcgan": (32, 32, 30, 2e-4)}
+PIXEL_EPOCHS, PIXEL_LR = 5, 3e-3
 
 
 class UsageError(Exception):
@@ -69,9 +73,32 @@ def _device(name, threads=None):
     return name
 
 
+def _build_latent_model(args, data):
+    from fastgen.models import DCGAN, VAE
+
+    if args.conditional:
+        raise UsageError(f"--conditional: {args.model} is unconditional")
+    if args.layers is not None:
+        raise UsageError(f"--layers: {args.model} has a fixed depth (use --hidden-channels, --latent-dim)")
+    hidden, latent, _, _ = LATENT_DEFAULTS[args.model]
+    kwargs = dict(data_channels=data.pixels.shape[1], latent_dim=args.latent_dim or latent,
+                  hidden_channels=args.hidden_channels or hidden, levels=data.levels)
+    try:
+        if args.model == "vae":
+            return VAE(image_size=data.image_size, decoder=args.decoder, hierarchical=args.hierarchical, **kwargs)
+        height, width = data.image_size
+        if height != width:
+            raise ValueError(f"image_size must be square for the DCGAN, got {data.image_size}")
+        return DCGAN(image_size=height, loss=args.gan_loss, r1_gamma=args.r1_gamma, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--data/--hidden-channels/--latent-dim/--r1-gamma: {error}") from error
+
+
 def _build_model(args, data):
     from fastgen.training import MODELS
 
+    if args.model in LATENT_DEFAULTS:
+        return _build_latent_model(args, data)
     hidden, layers = TRAIN_DEFAULTS[args.model]
     if args.hidden_channels is None and data.pixels.shape[1] == 3 and args.model != "pixelcnnpp":
         hidden = 48  # RGB: every layer's channels split into 3 causal groups
@@ -110,8 +137,16 @@ def _write_samples(model, meta, n, path, *, device, seed, temperature=1.0, naive
     import torch
 
     from fastgen import sampling
-    from fastgen.training import save_image_grid
+    from fastgen.models import DCGAN, VAE
+    from fastgen.training import save_image_grid, to_pixels
 
+    if isinstance(model, (VAE, DCGAN)):
+        if naive or temperature != 1.0 or label is not None:
+            raise UsageError("--naive/--temperature/--label: only for the PixelCNN models")
+        generator = torch.Generator(device=device).manual_seed(seed)
+        images = model.to(device).sample(n, generator=generator)  # the DCGAN's batch norm: batch statistics
+        save_image_grid(to_pixels(images, model.levels).cpu(), model.levels, path)
+        return
     y = _sample_labels(model, n, label)
     generator = torch.Generator(device=device).manual_seed(seed)
     draw = sampling.sample_naive if naive else sampling.sample
@@ -123,6 +158,18 @@ def _write_samples(model, meta, n, path, *, device, seed, temperature=1.0, naive
     save_image_grid(pixels.cpu(), model.levels, path, nrow=nrow)
 
 
+def _write_reconstructions(model, pixels, path, *, device, n=32):
+    """A grid of up to ``n`` test images (odd rows) over their VAE reconstructions (even rows), 8 per row."""
+    import torch
+
+    from fastgen.training import save_image_grid, to_pixels
+
+    originals = pixels[:n].to(device)
+    reconstructions = to_pixels(model.reconstruct(originals), model.levels)
+    rows = [t for i in range(0, len(originals), 8) for t in (originals[i:i + 8], reconstructions[i:i + 8])]
+    save_image_grid(torch.cat(rows).cpu(), model.levels, path, nrow=min(8, len(originals)))
+
+
 def _train(args) -> int:
     import time
 
@@ -130,9 +177,14 @@ def _train(args) -> int:
     from tqdm.auto import tqdm
 
     from fastgen.data import load_dataset
-    from fastgen.training import save_checkpoint, train
+    from fastgen.training import save_checkpoint, train, train_gan, train_vae
 
     device = _device(args.device, args.threads)
+    latent_model = args.model in LATENT_DEFAULTS
+    if args.epochs is None:
+        args.epochs = LATENT_DEFAULTS[args.model][2] if latent_model else PIXEL_EPOCHS
+    if args.lr is None:
+        args.lr = LATENT_DEFAULTS[args.model][3] if latent_model else PIXEL_LR
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
                              ("--samples", args.samples, 0)):
         if value < low:
@@ -147,18 +199,39 @@ def _train(args) -> int:
     model = _build_model(args, data).use_reference(device == "cpu")
     train_set, test_set = data.split(test_fraction=0.1, seed=args.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.model}: {n_params:,} parameters, {data.name}: {len(train_set.pixels)} train / "
-          f"{len(test_set.pixels)} test images of {data.pixels.shape[1]}x{data.image_size[0]}x{data.image_size[1]}, "
-          f"{data.levels} levels (uniform: {math.log2(data.levels):.2f} bits/dim), device {device}", flush=True)
+    images = f"{data.pixels.shape[1]}x{data.image_size[0]}x{data.image_size[1]}"
+    if args.model == "dcgan":  # no held-out set: every image trains the GAN
+        print(f"dcgan: {n_params:,} parameters, {data.name}: {len(data.pixels)} images of {images}, device {device}",
+              flush=True)
+    else:
+        print(f"{args.model}: {n_params:,} parameters, {data.name}: {len(train_set.pixels)} train / "
+              f"{len(test_set.pixels)} test images of {images}, {data.levels} levels"
+              + ("" if latent_model else f" (uniform: {math.log2(data.levels):.2f} bits/dim)") + f", device {device}",
+              flush=True)
 
     def report(record):
-        tqdm.write(f"epoch {record['epoch']:3d}  train {record['train_bpd']:.3f} bits/dim  test "
-                   f"{record['test_bpd']:.3f} bits/dim  ({record['seconds']:.1f} s)")
+        if args.model == "vae":
+            tqdm.write(f"epoch {record['epoch']:3d}  train -ELBO {record['train_nelbo']:.2f} nats/image (rec "
+                       f"{record['train_reconstruction']:.2f} + KL {record['train_kl']:.2f})  test -ELBO "
+                       f"{record['test_nelbo']:.2f} (rec {record['test_reconstruction']:.2f} + KL "
+                       f"{record['test_kl']:.2f})  ({record['seconds']:.1f} s)")
+        elif args.model == "dcgan":
+            tqdm.write(f"epoch {record['epoch']:3d}  D loss {record['d_loss']:.3f} (R1 {record['r1']:.3f})  G loss "
+                       f"{record['g_loss']:.3f}  ({record['seconds']:.1f} s)")
+        else:
+            tqdm.write(f"epoch {record['epoch']:3d}  train {record['train_bpd']:.3f} bits/dim  test "
+                       f"{record['test_bpd']:.3f} bits/dim  ({record['seconds']:.1f} s)")
 
     start = time.perf_counter()
-    history = train(model, train_set.pixels, train_set.labels, epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, device=device, test_pixels=test_set.pixels, test_labels=test_set.labels,
-                    seed=args.seed, progress=not args.no_progress, on_epoch=report)
+    common = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed,
+                  progress=not args.no_progress, on_epoch=report)
+    if args.model == "vae":
+        history = train_vae(model, train_set.pixels, test_pixels=test_set.pixels, **common)
+    elif args.model == "dcgan":
+        history = train_gan(model, data.pixels, **common)
+    else:
+        history = train(model, train_set.pixels, train_set.labels, test_pixels=test_set.pixels,
+                        test_labels=test_set.labels, **common)
     seconds = time.perf_counter() - start
     path = os.path.join(args.out, f"{args.model}.pt")
     meta = dict(image_size=data.image_size, data=args.data, classes=data.classes, history=history,
@@ -169,6 +242,10 @@ def _train(args) -> int:
         grid = os.path.join(args.out, f"{args.model}-samples.png")
         _write_samples(model, meta, args.samples, grid, device=device, seed=args.seed)
         print(f"wrote {grid} ({args.samples} samples)")
+    if args.model == "vae" and len(test_set.pixels):
+        grid = os.path.join(args.out, "vae-reconstructions.png")
+        _write_reconstructions(model, test_set.pixels, grid, device=device)
+        print(f"wrote {grid} (test images over their reconstructions)")
     return 0
 
 
@@ -210,23 +287,37 @@ def main(argv=None) -> int:
     verify.add_argument("--json", metavar="PATH", help="write every variant's report to PATH")
     verify.set_defaults(func=_verify)
 
-    train = sub.add_parser("train", help="train a PixelCNN on digits or your images; save a checkpoint and samples")
-    train.add_argument("model", choices=list(TRAIN_DEFAULTS), help="PixelCNN, Gated PixelCNN or PixelCNN++-lite")
+    train = sub.add_parser("train", help="train a PixelCNN, VAE or DCGAN on digits or your images; save a "
+                           "checkpoint and samples")
+    train.add_argument("model", choices=[*TRAIN_DEFAULTS, *LATENT_DEFAULTS],
+                       help="PixelCNN, Gated PixelCNN, PixelCNN++-lite, VAE or DCGAN (digits at 8x8 as they are)")
     train.add_argument("--data", default="digits", metavar="digits|PATH.npy|FOLDER",
                        help="scikit-learn's 8x8 digits (default), a .npy array of integer images ([N, H, W], "
                             "[N, H, W, C] or [N, C, H, W]) or a folder of PNG/JPEG images (one sub-folder per class "
                             "for labels)")
-    train.add_argument("--epochs", type=int, default=5, help="default: 5")
+    train.add_argument("--epochs", type=int, help=f"default: {PIXEL_EPOCHS}; " + ", ".join(
+        f"{m} {e}" for m, (_, _, e, _) in LATENT_DEFAULTS.items()))
     train.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    train.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate (default: 3e-3)")
+    train.add_argument("--lr", type=float, help=f"Adam's learning rate (default: {PIXEL_LR}; " + ", ".join(
+        f"{m} {lr}" for m, (_, _, _, lr) in LATENT_DEFAULTS.items()) + ")")
     train.add_argument("--hidden-channels", type=int, help="default: " + ", ".join(
-        f"{m} {h}" for m, (h, _) in TRAIN_DEFAULTS.items()) + " (48 for RGB PixelCNN/Gated)")
+        f"{m} {v[0]}" for m, v in [*TRAIN_DEFAULTS.items(), *LATENT_DEFAULTS.items()]) +
+        " (48 for RGB PixelCNN/Gated)")
     train.add_argument("--layers", type=int, help="residual blocks / gated layers, default: " + ", ".join(
         f"{m} {n}" for m, (_, n) in TRAIN_DEFAULTS.items()))
     train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
     train.add_argument("--seed", type=int, default=0, help="initialisation, test split, batches, samples")
     train.add_argument("--out", default="runs", metavar="DIR", help="writes DIR/<model>.pt and "
-                       "DIR/<model>-samples.png (default: runs)")
+                       "DIR/<model>-samples.png (vae: also DIR/vae-reconstructions.png; default: runs)")
+    train.add_argument("--latent-dim", type=int, help="vae/dcgan: latent size (default: " + ", ".join(
+        f"{m} {d}" for m, (_, d, _, _) in LATENT_DEFAULTS.items()) + ")")
+    train.add_argument("--decoder", choices=["bernoulli", "gaussian"], default="bernoulli",
+                       help="vae: p(x|z) (default: bernoulli; gaussian learns a variance per channel)")
+    train.add_argument("--hierarchical", action="store_true", help="vae: two latent levels z2 -> z1 -> x")
+    train.add_argument("--gan-loss", choices=["nonsaturating", "hinge", "ls", "wgan"], default="nonsaturating",
+                       help="dcgan: the D/G loss pair (default: nonsaturating)")
+    train.add_argument("--r1-gamma", type=float, default=1.0, help="dcgan: R1 penalty weight on real images "
+                       "(default: 1.0; 0: none)")
     train.add_argument("--conditional", action="store_true", help="condition on the class labels")
     train.add_argument("--samples", type=int, default=64, metavar="N", help="samples in the grid written after "
                        "training (default: 64; 0: none)")

@@ -1,4 +1,4 @@
-"""Training, evaluating and checkpointing the PixelCNN models, and writing sample grids.
+"""Training, evaluating and checkpointing the PixelCNN models, the VAE and the DCGAN, and writing sample grids.
 
 >>> data = fastgen.data.load_dataset("digits")
 >>> model = fastgen.models.GatedPixelCNN(data_channels=1, levels=data.levels, hidden_channels=32, n_layers=4)
@@ -10,6 +10,10 @@ The loss is chosen by the model's ``output_kind``: PixelCNN and Gated PixelCNN (
 :func:`fastgen.pixel_cross_entropy`, PixelCNN++ ("dmol") :func:`fastgen.dmol_nll`; both means are nats per
 sub-pixel, so :func:`fastgen.bits_per_dim` of them is bits/dim. A model switched to the reference layers
 (``model.use_reference(True)``) also computes its loss on the reference.
+
+:func:`train_vae` trains a :class:`fastgen.models.VAE` on the negative ELBO (nats per image, with its
+reconstruction and KL parts per epoch), :func:`train_gan` a :class:`fastgen.models.DCGAN` (alternating D and G
+steps; D and G losses per epoch). Both take the same integer ``pixels`` [N, C, H, W] as :func:`train`.
 """
 
 from __future__ import annotations
@@ -25,15 +29,15 @@ import torch
 
 from fastgen.data import train_test_indices
 from fastgen.dispatch import use_backend
-from fastgen.models import GatedPixelCNN, PixelCNN, PixelCNNpp, PixelModel, scale_pixels
+from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp, PixelModel, scale_pixels
 from fastgen.ops.pixel_losses import bits_per_dim, dmol_nll, pixel_cross_entropy
 
 #: checkpoint kind name -> model class
-MODELS = {"pixelcnn": PixelCNN, "gated": GatedPixelCNN, "pixelcnnpp": PixelCNNpp}
+MODELS = {"pixelcnn": PixelCNN, "gated": GatedPixelCNN, "pixelcnnpp": PixelCNNpp, "vae": VAE, "dcgan": DCGAN}
 
 
 def model_kind(model: PixelModel) -> str:
-    """The registry name of ``model``'s class ("pixelcnn", "gated" or "pixelcnnpp")."""
+    """The registry name of ``model``'s class ("pixelcnn", "gated", "pixelcnnpp", "vae" or "dcgan")."""
     for name, cls in MODELS.items():
         if type(model) is cls:
             return name
@@ -163,8 +167,151 @@ def train(model: PixelModel, pixels: torch.Tensor, labels: torch.Tensor | None =
     return history
 
 
+def _check_loop(epochs, batch_size, lr) -> None:
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+
+
+def _split(model, pixels, test_pixels, test_fraction, seed):
+    _check_data(model, pixels, None)
+    if test_pixels is None:
+        train_index, test_index = train_test_indices(len(pixels), test_fraction, seed)
+        test_pixels, pixels = pixels[test_index], pixels[train_index]
+    else:
+        _check_data(model, test_pixels, None, "test_pixels")
+    if len(pixels) == 0:
+        raise ValueError("pixels: no training images left after holding out the test set")
+    return pixels, test_pixels
+
+
+@torch.no_grad()
+def evaluate_vae(model: VAE, pixels: torch.Tensor, batch_size: int = 256, device=None) -> dict:
+    """Mean negative ELBO and its reconstruction and KL parts, nats per image, of integer ``pixels``
+    [N, C, H, W] in eval mode (one posterior sample per image): {"nelbo", "reconstruction", "kl"}."""
+    _check_data(model, pixels, None)
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    totals = np.zeros(3)
+    for start in range(0, len(pixels), batch_size):
+        terms = model.negative_elbo(pixels[start:start + batch_size].to(device))
+        totals += [float(t.sum()) for t in terms]
+    model.train(was_training)
+    return dict(zip(("nelbo", "reconstruction", "kl"), totals / max(len(pixels), 1)))
+
+
+def train_vae(model: VAE, pixels: torch.Tensor, *, epochs: int = 20, batch_size: int = 64, lr: float = 3e-3,
+              beta: float = 1.0, device=None, test_pixels: torch.Tensor | None = None, test_fraction: float = 0.1,
+              seed: int = 0, progress: bool = True, on_epoch=None) -> list[dict]:
+    """Trains a VAE with Adam on the negative ELBO (``beta`` weighs the KL) of integer ``pixels`` [N, C, H, W].
+
+    The held-out set, ``seed``, ``progress`` and ``on_epoch`` are as in :func:`train`. Returns one dict per epoch:
+    "epoch", "train_nelbo", "train_reconstruction", "train_kl" (means over the epoch's batches, nats per image),
+    "test_nelbo", "test_reconstruction", "test_kl" (after the epoch, eval mode; nan without a test set),
+    "seconds". The negative ELBO counts the KL with weight 1 whatever ``beta``.
+    """
+    from tqdm.auto import tqdm
+
+    _check_loop(epochs, batch_size, lr)
+    pixels, test_pixels = _split(model, pixels, test_pixels, test_fraction, seed)
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(pixels), generator=generator)
+        totals = np.zeros(3)
+        batches = tqdm(range(0, len(pixels), batch_size), desc=f"epoch {epoch}/{epochs}", leave=False,
+                       disable=not progress, unit="batch")
+        for first in batches:
+            x = pixels[order[first:first + batch_size]].to(device)
+            terms = model.negative_elbo(x, beta=beta)
+            loss = terms.loss.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            reconstruction, kl = terms.reconstruction.sum().item(), terms.kl.sum().item()
+            totals += [reconstruction + kl, reconstruction, kl]
+            batches.set_postfix(nelbo=f"{(reconstruction + kl) / len(x):.2f}")
+        test = evaluate_vae(model, test_pixels, device=device) if len(test_pixels) else dict.fromkeys(
+            ("nelbo", "reconstruction", "kl"), math.nan)
+        train_means = totals / len(pixels)
+        record = dict(epoch=epoch, train_nelbo=train_means[0], train_reconstruction=train_means[1],
+                      train_kl=train_means[2], **{f"test_{k}": v for k, v in test.items()},
+                      seconds=time.perf_counter() - start)
+        history.append({k: float(v) if k != "epoch" else v for k, v in record.items()})
+        if on_epoch is not None:
+            on_epoch(history[-1])
+    model.eval()
+    return history
+
+
+def train_gan(model: DCGAN, pixels: torch.Tensor, *, epochs: int = 20, batch_size: int = 64, lr: float = 2e-4,
+              betas: tuple[float, float] = (0.5, 0.999), device=None, seed: int = 0, progress: bool = True,
+              on_epoch=None) -> list[dict]:
+    """Trains a DCGAN on integer ``pixels`` [N, C, S, S]: per batch one D step (:meth:`DCGAN.d_loss`, R1
+    included when the model has ``r1_gamma``) then one G step on a fresh batch of z, each with its own Adam
+    (``lr``, ``betas``; DCGAN's 2e-4 and (0.5, 0.999)).
+
+    Returns one dict per epoch: "epoch", "d_loss" (with R1), "r1", "g_loss" (means over the epoch's batches),
+    "seconds". The model stays in train mode (the generator's batch norm uses batch statistics).
+    """
+    from tqdm.auto import tqdm
+
+    _check_loop(epochs, batch_size, lr)
+    _check_data(model, pixels, None)
+    if len(pixels) == 0:
+        raise ValueError("pixels: no training images")
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    model.to(device)
+    d_optimizer = torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=betas)
+    g_optimizer = torch.optim.Adam(model.generator.parameters(), lr=lr, betas=betas)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(pixels), generator=generator)
+        totals = np.zeros(3)
+        n_batches = 0
+        batches = tqdm(range(0, len(pixels), batch_size), desc=f"epoch {epoch}/{epochs}", leave=False,
+                       disable=not progress, unit="batch")
+        for first in batches:
+            real = pixels[order[first:first + batch_size]].to(device)
+            d_terms = model.d_loss(real)
+            d_optimizer.zero_grad(set_to_none=True)
+            d_terms.loss.backward()
+            d_optimizer.step()
+            g_loss = model.g_loss(len(real))
+            g_optimizer.zero_grad(set_to_none=True)
+            g_loss.backward()
+            g_optimizer.step()
+            values = [d_terms.loss.item(), d_terms.r1.item(), g_loss.item()]
+            totals += values
+            n_batches += 1
+            batches.set_postfix(d=f"{values[0]:.3f}", g=f"{values[2]:.3f}")
+        means = totals / n_batches
+        record = dict(epoch=epoch, d_loss=float(means[0]), r1=float(means[1]), g_loss=float(means[2]),
+                      seconds=time.perf_counter() - start)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    return history
+
+
+def to_pixels(images: torch.Tensor, levels: int) -> torch.Tensor:
+    """Float images in [0, 1] -> integer pixels 0..levels-1 (rounded), e.g. for :func:`save_image_grid`."""
+    return images.detach().clamp(0, 1).mul(levels - 1).round().long()
+
+
 def save_checkpoint(path, model: PixelModel, **meta) -> None:
-    """Writes ``model`` to ``path`` with torch.save: its kind ("pixelcnn", "gated", "pixelcnnpp"),
+    """Writes ``model`` to ``path`` with torch.save: its kind (a :data:`MODELS` name),
     ``model.config``, the state_dict, levels, and ``meta`` (e.g. image_size=(H, W), history=[...]): plain
     Python values (numbers, strings, lists, tuples, dicts), so :func:`load_checkpoint` can read it with
     ``weights_only=True``."""

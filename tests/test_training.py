@@ -355,7 +355,7 @@ def test_cli_errors(tmp_path, capsys):
         assert cli.main(["train", "gated", "--device", "cuda"]) == 2
         assert "--device cuda: no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["train", "vae"])
+        cli.main(["train", "flow"])  # not a model
 
 
 def test_cli_help(capsys):

@@ -1,4 +1,5 @@
-"""The PixelCNN family on fastgen's convolutions: PixelCNN, Gated PixelCNN and PixelCNN++-lite.
+"""The PixelCNN family on fastgen's convolutions (PixelCNN, Gated PixelCNN, PixelCNN++-lite), a VAE on
+:func:`fastgen.reparameterize_kl` and a DCGAN on fastgen's GAN losses.
 
 >>> model = fastgen.models.PixelCNN(data_channels=1, levels=17, hidden_channels=32, n_layers=4)
 >>> logits = model(pixels)                      # pixels [B, 1, H, W] ints 0..16 -> logits [B, 17, 1, H, W]
@@ -10,9 +11,12 @@ models built with ``n_classes``. ``type(model)(**model.config)`` rebuilds a mode
 """
 
 from fastgen.models.base import PixelModel, scale_pixels
+from fastgen.models.dcgan import DCGAN, DLoss
 from fastgen.models.gated_pixelcnn import GatedLayer, GatedPixelCNN, gated_activation
 from fastgen.models.pixelcnn import PixelCNN, ResidualBlock
 from fastgen.models.pixelcnnpp import GatedResnet, PixelCNNpp, concat_elu, dmol_channels, down_shift, right_shift
+from fastgen.models.vae import VAE, NegativeELBO, VAEOutput
 
-__all__ = ["GatedLayer", "GatedPixelCNN", "GatedResnet", "PixelCNN", "PixelCNNpp", "PixelModel", "ResidualBlock",
-           "concat_elu", "dmol_channels", "down_shift", "gated_activation", "right_shift", "scale_pixels"]
+__all__ = ["DCGAN", "DLoss", "GatedLayer", "GatedPixelCNN", "GatedResnet", "NegativeELBO", "PixelCNN", "PixelCNNpp",
+           "PixelModel", "ResidualBlock", "VAE", "VAEOutput", "concat_elu", "dmol_channels", "down_shift",
+           "gated_activation", "right_shift", "scale_pixels"]
