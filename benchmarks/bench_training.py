@@ -1,4 +1,4 @@
-"""Training-step benchmark: forward + loss + backward + Adam step of each PixelCNN family.
+"""Training-step benchmark: forward + loss + backward + Adam step of each PixelCNN family, the VAE and DCGAN.
 
 Providers, all on the same initial parameters and the same batch:
 
@@ -11,7 +11,11 @@ Providers, all on the same initial parameters and the same batch:
 
 Shapes: digits-like 8x8 grey (17 levels, batch 64) and 32x32x3 (256 levels, batch 16); the models of
 :mod:`fastgen.benchmarks.bench_sampling` (PixelCNN h=64 x 7 blocks, Gated 64 x 6 layers, PixelCNN++-lite 80 x 2
-grey / 160 x 3 RGB, 10 mixtures). Per row: step time (``triton.testing.do_bench`` on CUDA; a wall-clock median
+grey / 160 x 3 RGB, 10 mixtures), a VAE (32 channels grey / 64 RGB, 16 latents; its loss is the negative ELBO
+with fixed seeded noise, so every provider computes the same function) and a DCGAN (32 / 64 channels, 32
+latents, non-saturating loss, fixed seeded z; its step back-propagates the D loss plus the G loss and takes one
+Adam step: the compute of one alternating D and G step. R1 is left out here because torch.compile does not
+compile double backward; ``fastgen.gradient_penalty`` has its own op benchmark). Per row: step time (``triton.testing.do_bench`` on CUDA; a wall-clock median
 on CPU), images/s, launches per step, peak memory on CUDA. On CPU fastgen's kernels run under Triton's
 interpreter: a correctness pass (loss and every parameter gradient against eager) and a launch count on a
 tiny model and batch (``INTERPRETER_BATCH``), never a time, and only without --quick (an interpreted
@@ -34,12 +38,35 @@ import fastgen
 from fastgen.benchmarks import harness
 from fastgen.benchmarks import bench_sampling
 from fastgen.benchmarks.bench_sampling import CPU_THREADS, FAMILIES, SHAPES, Shape, build_model
-from fastgen.models import scale_pixels
+from fastgen.models import DCGAN, VAE, scale_pixels
 from fastgen.reference import pixel_losses as reference_losses
 
 PROVIDERS = ("fastgen", "eager", "torch.compile")
 INTERPRETER_BATCH = 1  # batch of the interpreted (CPU) correctness / launch-count step
 TRAIN_SHAPES = {"8x8 grey": 64, "32x32x3": 16}  # shape -> batch
+TRAIN_FAMILIES = FAMILIES + ("VAE", "DCGAN")
+QUICK_FAMILIES = ("PixelCNN", "VAE", "DCGAN")  # at 8x8 grey: eager steps of a few ms on CPU
+
+
+def build_training_model(family: str, shape: Shape, tiny: bool = False):
+    """A float32 model of ``family`` for ``shape``, seeded (the PixelCNN families as the sampling benchmark's);
+    ``tiny``: 8 channels (tests and the interpreted runs)."""
+    if family in FAMILIES:
+        return build_model(family, shape, tiny)
+    torch.manual_seed(0)
+    hidden = 8 if tiny else (64 if shape.channels == 3 else 32)
+    if family == "VAE":
+        return VAE(shape.channels, (shape.height, shape.width), latent_dim=4 if tiny else 16, hidden_channels=hidden,
+                   levels=shape.levels)
+    if family == "DCGAN":
+        return DCGAN(shape.channels, shape.height, latent_dim=8 if tiny else 32, hidden_channels=hidden,
+                     levels=shape.levels)
+    raise ValueError(f"family must be one of {TRAIN_FAMILIES}, got {family!r}")
+
+
+def _seeded_normal(rows: int, columns: int, like: torch.Tensor) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(2)
+    return torch.randn(rows, columns, generator=generator).to(like.device)
 
 
 @dataclasses.dataclass
@@ -65,9 +92,9 @@ class TrainingCase:
 
 
 def cases(quick: bool = True) -> list[TrainingCase]:
-    """Every family at each of ``TRAIN_SHAPES``; quick: PixelCNN 8x8 grey."""
-    every = [TrainingCase(f, SHAPES[name], batch, quick=(name == "8x8 grey" and f == "PixelCNN"))
-             for name, batch in TRAIN_SHAPES.items() for f in FAMILIES]
+    """Every family at each of ``TRAIN_SHAPES``; quick: ``QUICK_FAMILIES`` at 8x8 grey."""
+    every = [TrainingCase(f, SHAPES[name], batch, quick=(name == "8x8 grey" and f in QUICK_FAMILIES))
+             for name, batch in TRAIN_SHAPES.items() for f in TRAIN_FAMILIES]
     return [c for c in every if c.quick or not quick]
 
 
@@ -80,7 +107,14 @@ def providers(device: str, quick: bool, full: bool) -> list[str]:
 
 
 def loss_of(model, x: torch.Tensor, reference: bool) -> torch.Tensor:
-    """Mean loss (nats per sub-pixel) of integer images x [B, C, H, W] under ``model``."""
+    """The training loss of integer images x [B, C, H, W] under ``model``: nats per sub-pixel for the PixelCNN
+    families, the negative ELBO (nats per image) for the VAE, D loss + G loss for the DCGAN; the noise of the
+    VAE and the DCGAN is fixed and seeded."""
+    if isinstance(model, VAE):
+        return model.loss(x, eps=_seeded_normal(len(x), model.latent_dim, x))
+    if isinstance(model, DCGAN):
+        z = _seeded_normal(len(x), model.latent_dim, x)
+        return model.d_loss(x, z).loss + model.g_loss(z)
     out = model(x)
     if model.output_kind == "dmol":
         target = scale_pixels(x, model.levels, out.dtype)
@@ -133,7 +167,7 @@ def max_error_vs_eager(eager_model, x: torch.Tensor, loss: torch.Tensor, model) 
 
 def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batch: int | None = None) -> dict:
     """One row; ``batch`` shrinks the batch (interpreted runs: one step, counted and checked, untimed)."""
-    model = build_model(case.family, case.shape, case.tiny).to(device).train()
+    model = build_training_model(case.family, case.shape, case.tiny).to(device).train()
     eager_copy = copy.deepcopy(model) if provider == "fastgen" else None
     x = case.images(device, batch)
     step = training_step(model, x, provider)
@@ -213,15 +247,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.parametrize("case", cases(quick=True), ids=lambda c: c.label)
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_training_step(benchmark, provider, device):
-    """One small case under pytest-benchmark: PixelCNN, 8x8 grey, batch 64 (on CPU only eager is timed)."""
+def test_training_step(benchmark, provider, case, device):
+    """The quick cases under pytest-benchmark: PixelCNN, VAE, DCGAN at 8x8 grey, batch 64 (on CPU only eager
+    is timed)."""
     if device == "cpu" and provider == "fastgen":
         pytest.skip("fastgen's kernels run interpreted on CPU: not a speed figure (fastgen bench counts them)")
     if device == "cpu" and provider == "torch.compile":
         pytest.skip("torch.compile is timed on GPU runs, or with `fastgen bench --full` (CPU builds are slow)")
-    case = cases(quick=True)[0]
-    step = training_step(build_model(case.family, case.shape).to(device).train(), case.images(device), provider)
+    model = build_training_model(case.family, case.shape).to(device).train()
+    step = training_step(model, case.images(device), provider)
     step()
     benchmark.group = f"training step {case.label}"
     benchmark(step)

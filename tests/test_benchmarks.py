@@ -77,6 +77,16 @@ def test_training_rows_fastgen_checked_against_eager():
     assert eager["p50_ms"] > 0 and eager["images_per_s"] > 0 and eager["max_rel_err_vs_eager"] is None
 
 
+@pytest.mark.parametrize("family", ["VAE", "DCGAN"])
+def test_training_rows_vae_and_dcgan(family):
+    case = bench_training.TrainingCase(family, bench_sampling.SHAPES["8x8 grey"], 2, tiny=True)
+    fast = bench_training.measure(case, "fastgen", "cpu", timed=False, batch=2)
+    eager = bench_training.measure(case, "eager", "cpu", timed=True)
+    assert fast["launches"] > 0 and fast["max_rel_err_vs_eager"] < 1e-4  # same seeded noise: same function
+    assert eager["p50_ms"] > 0 and eager["model"] == family
+    assert {c.family for c in bench_training.cases(quick=True)} == {"PixelCNN", "VAE", "DCGAN"}
+
+
 def test_training_step_lowers_the_loss():
     case = bench_training.TrainingCase("GatedPixelCNN", TINY_SHAPE, 4, tiny=True)
     model = bench_sampling.build_model(case.family, case.shape, tiny=True).train()
