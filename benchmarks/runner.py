@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime
 import importlib
+import json
 import os
 import platform
 
@@ -170,7 +171,8 @@ SUITES = ("ops", "train", "sample")  # `fastgen bench --suite`: the op cases, th
 
 def run_suites(device: str, suites=SUITES, quick: bool = True, full: bool = False, only: str = "",
                out_dir: str = "bench-out", progress: bool = True) -> dict[str, list[dict]]:
-    """The chosen suites; rows per suite. Files in ``out_dir``: results.md (a section per suite), the op rows
+    """The chosen suites; rows per suite. Files in ``out_dir``: results.jsonl (every row of every suite with its
+    ``suite``, appended: the one results file), results.md (a section per suite), the op rows
     in results.csv (+ results.png), the training rows in training.csv, the sampling rows in sampling.csv with
     the speed-up plot sampling.png (CSVs appended, header written once)."""
     from fastgen.benchmarks import bench_sampling, bench_training
@@ -202,6 +204,10 @@ def run_suites(device: str, suites=SUITES, quick: bool = True, full: bool = Fals
             sections.append("## Sampling, whole images: naive vs cached\n\n" + bench_sampling.markdown(rows))
             bench_sampling.plot(rows, os.path.join(out_dir, "sampling.png"),
                                 f"PixelCNN sampling, cached vs naive: {stamp['device']}, {stamp['date'][:10]}")
+    with open(os.path.join(out_dir, "results.jsonl"), "a") as f:  # every row of every suite, one file
+        for suite, rows in results.items():
+            for row in rows:
+                f.write(json.dumps({"suite": suite, **row}, default=str) + "\n")
     header = f"Device: {stamp['device']} · torch {stamp['torch']} · triton {stamp['triton']} · {stamp['date']}"
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("\n\n".join([header] + sections) + "\n")

@@ -34,7 +34,8 @@ def _bench(args) -> int:
         print(f.read())
     written = {"ops": "results.csv (appended), results.png", "train": "training.csv (appended)",
                "sample": "sampling.csv (appended), sampling.png"}
-    print(f"Wrote {args.out}/results.md, " + ", ".join(written[s] for s in suites))
+    print(f"Wrote {args.out}/results.md, results.jsonl (every row, appended), "
+          + ", ".join(written[s] for s in suites))
     return 0
 
 
@@ -273,7 +274,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="benchmark fastgen against eager PyTorch and torch.compile")
     bench.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when present, else cpu")
-    bench.add_argument("--all", action="store_true", help="every case, not only the quick ones")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the quick cases (the default)")
+    size.add_argument("--all", action="store_true", help="every case, not only the quick ones")
     bench.add_argument("--full", action="store_true", help="also time torch.compile on CPU (slow to build)")
     bench.add_argument("--only", default="", metavar="TEXT", help="only cases whose name contains TEXT")
     bench.add_argument("--suite", choices=["ops", "train", "sample", "all"], default="all",

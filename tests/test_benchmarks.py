@@ -1,6 +1,7 @@
 """The benchmark runner end to end on one small case: rows, counts, CSV, markdown and PNG."""
 
 import csv
+import json
 
 import pytest
 
@@ -112,6 +113,9 @@ def test_run_suites_writes_sections_csvs_and_plot(tmp_path, monkeypatch):
         assert list(csv.DictReader(f))[0]["model"] == "PixelCNNpp"
     assert (tmp_path / "sampling.png").stat().st_size > 10_000
     assert not (tmp_path / "results.csv").exists()
+    jsonl = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["suite"] for r in jsonl] == ["train"] + ["sample"] * 4
+    assert all(r["device"] and r["date"] and r["torch"] for r in jsonl)
 
 
 def test_cli_bench_suite_option():
