@@ -16,7 +16,8 @@ EXAMPLE = REPO / "examples" / "ddp_train.py"
 def test_ddp_example_trains_two_ranks_in_sync(tmp_path):
     out, state = tmp_path / "runs", tmp_path / "state"
     # 1 OpenMP thread per process: two ranks on a 2-core machine; torchrun's --standalone picks a free port
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # CPU and gloo, also where a GPU exists (2 ranks would need 2 GPUs with nccl)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(EXAMPLE),
                "--epochs", "1", "--max-steps", "3", "--batch-size", "8", "--hidden-channels", "8", "--layers", "2",
                "--out", str(out), "--save-rank-state", str(state)]
