@@ -18,7 +18,6 @@ steps; D and G losses per epoch). Both take the same integer ``pixels`` [N, C, H
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pickle
@@ -28,7 +27,6 @@ import numpy as np
 import torch
 
 from fastgen.data import train_test_indices
-from fastgen.dispatch import use_backend
 from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp, PixelModel, scale_pixels
 from fastgen.ops.pixel_losses import bits_per_dim, dmol_nll, pixel_cross_entropy
 
@@ -45,14 +43,10 @@ def model_kind(model: PixelModel) -> str:
                     f"{type(model).__name__}")
 
 
-def _backend(model: PixelModel):
-    return use_backend("reference") if model.reference else contextlib.nullcontext()
-
-
 def loss_of(model: PixelModel, output: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     """Mean NLL in nats per sub-pixel of integer ``pixels`` [B, C, H, W] under the model's ``output``
     (logits [B, levels, C, H, W] or DMOL parameters [B, P, H, W], by ``model.output_kind``)."""
-    with _backend(model):
+    with model._backend():
         if model.output_kind == "logits":
             return pixel_cross_entropy(output, pixels)
         if model.output_kind == "dmol":

@@ -54,7 +54,28 @@ def conv1x1(in_channels: int, out_channels: int, data_channels: int = 1) -> Mask
     return MaskedConv2d(in_channels, out_channels, 1, "B", data_channels)
 
 
-class PixelModel(nn.Module):
+class ReferenceSwitch(nn.Module):
+    """What every fastgen model shares: ``use_reference(flag)`` runs its fastgen ops on the plain-PyTorch
+    reference (``fastgen.use_backend("reference")``) with the same parameters, for side-by-side runs; subclasses
+    set ``self.config`` (their constructor arguments: ``type(model)(**model.config)`` rebuilds the model)."""
+
+    reference = False
+
+    def use_reference(self, flag: bool = True):
+        """Run the model on the plain-PyTorch reference (``flag=True``) or wherever fastgen's dispatch sends
+        its ops (``False``). Not part of the ``state_dict``. Returns the model."""
+        self.reference = bool(flag)
+        return self
+
+    def _backend(self):
+        """The context a forward runs its ops in: the reference backend when switched to it."""
+        return use_backend("reference") if self.reference else contextlib.nullcontext()
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.items()) + (", reference" if self.reference else "")
+
+
+class PixelModel(ReferenceSwitch):
     """Base class: validates and scales the input, checks labels, runs ``_forward`` on the chosen backend.
 
     Subclasses set ``self.config`` (their constructor arguments, enough to rebuild the model from a
@@ -71,15 +92,6 @@ class PixelModel(nn.Module):
         self.levels = check_positive_int("levels", levels, 2)
         self.n_classes = None if n_classes is None else check_positive_int("n_classes", n_classes)
         self.reference = False
-
-    def use_reference(self, flag: bool = True) -> "PixelModel":
-        """Run the forward (and so its backward) on the plain-PyTorch reference layers (``flag=True``) or
-        wherever fastgen's dispatch sends the convolutions (``False``). Returns the model."""
-        self.reference = bool(flag)
-        return self
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config.items()) + (", reference" if self.reference else "")
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Checks ``x`` [B, C, H, W] and maps integer pixels to [-1, 1] in the parameters' dtype."""
@@ -112,7 +124,7 @@ class PixelModel(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         x = self.prepare_input(x)
         y = self.check_labels(y, x)
-        with use_backend("reference") if self.reference else contextlib.nullcontext():
+        with self._backend():
             return self._forward(x, y)
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

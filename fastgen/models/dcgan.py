@@ -18,7 +18,6 @@ reference with the same parameters.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from typing import NamedTuple
@@ -26,8 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fastgen.dispatch import use_backend
-from fastgen.models.base import check_positive_int, scale_pixels
+from fastgen.models.base import ReferenceSwitch, check_positive_int, scale_pixels
 from fastgen.ops.gan_losses import gan_d_loss, gan_g_loss, gradient_penalty
 
 #: ``loss`` -> (gan_d_loss kind, gan_g_loss kind)
@@ -43,7 +41,7 @@ class DLoss(NamedTuple):
     r1: torch.Tensor
 
 
-class DCGAN(nn.Module):
+class DCGAN(ReferenceSwitch):
     """A DCGAN generator/discriminator pair with loss helpers.
 
     Args:
@@ -93,18 +91,6 @@ class DCGAN(nn.Module):
             d_layers += [nn.Conv2d(narrow, wide, 4, 2, 1), nn.LeakyReLU(0.2)]
         d_layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0)]
         self.discriminator = nn.Sequential(*d_layers)
-
-    def use_reference(self, flag: bool = True) -> "DCGAN":
-        """Run the losses on the plain-PyTorch reference (``True``) or wherever fastgen's dispatch sends them
-        (``False``). Returns the model."""
-        self.reference = bool(flag)
-        return self
-
-    def _backend(self):
-        return use_backend("reference") if self.reference else contextlib.nullcontext()
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config.items()) + (", reference" if self.reference else "")
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Checks real images ``x`` [B, C, S, S]: floats in [-1, 1], or integer pixels (mapped to [-1, 1])."""

@@ -27,7 +27,6 @@ The convolutions are PyTorch's; fastgen runs the reparameterization and KL (``re
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from typing import NamedTuple
@@ -36,8 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.dispatch import use_backend
-from fastgen.models.base import check_positive_int
+from fastgen.models.base import ReferenceSwitch, check_positive_int
 from fastgen.ops.reparameterize_kl import reparameterize_kl
 from fastgen.validation import check_choice
 
@@ -74,7 +72,7 @@ class NegativeELBO(NamedTuple):
     kl: torch.Tensor
 
 
-class VAE(nn.Module):
+class VAE(ReferenceSwitch):
     """A convolutional VAE with a Bernoulli or Gaussian decoder, one or two latent levels.
 
     Args:
@@ -133,18 +131,6 @@ class VAE(nn.Module):
             self.decoder_logvar = nn.Parameter(torch.zeros(c))
         else:
             self.register_buffer("decoder_logvar", torch.full((c,), gaussian_logvar or 0.0), persistent=False)
-
-    def use_reference(self, flag: bool = True) -> "VAE":
-        """Run reparameterize_kl on the plain-PyTorch reference (``True``) or wherever fastgen's dispatch sends
-        it (``False``). Returns the model."""
-        self.reference = bool(flag)
-        return self
-
-    def _backend(self):
-        return use_backend("reference") if self.reference else contextlib.nullcontext()
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config.items()) + (", reference" if self.reference else "")
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Checks ``x`` [B, C, H, W]; floats must be in [0, 1], integers 0..levels-1 are divided by levels-1."""
