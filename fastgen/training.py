@@ -111,8 +111,6 @@ def train(model: PixelModel, pixels: torch.Tensor, labels: torch.Tensor | None =
         the history: one dict per epoch with "epoch" (1..), "train_bpd" (the mean over the epoch's batches),
         "test_bpd" (after the epoch, in eval mode; nan without a test set) and "seconds" (the epoch's time).
     """
-    from tqdm.auto import tqdm
-
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -131,17 +129,11 @@ def train(model: PixelModel, pixels: torch.Tensor, labels: torch.Tensor | None =
     device = next(model.parameters()).device if device is None else torch.device(device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
     history = []
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
+    for epoch, batches, start in _epochs(len(pixels), epochs, batch_size, seed, progress):
         model.train()
-        order = torch.randperm(len(pixels), generator=generator)
         total, count = 0.0, 0
-        batches = tqdm(range(0, len(pixels), batch_size), desc=f"epoch {epoch}/{epochs}", leave=False,
-                       disable=not progress, unit="batch")
-        for first in batches:
-            index = order[first:first + batch_size]
+        for index in batches:
             x = pixels[index].to(device)
             y = None if labels is None else labels[index].to(device)
             loss = loss_of(model, model(x, y), x)
@@ -159,6 +151,20 @@ def train(model: PixelModel, pixels: torch.Tensor, labels: torch.Tensor | None =
             on_epoch(record)
     model.eval()
     return history
+
+
+def _epochs(n_images: int, epochs: int, batch_size: int, seed: int, progress: bool):
+    """Per epoch: (epoch, a tqdm bar over that epoch's shuffled index batches, its start time); the shuffles
+    come from one generator seeded with ``seed``."""
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        order = torch.randperm(n_images, generator=generator)
+        batches = [order[first:first + batch_size] for first in range(0, n_images, batch_size)]
+        yield epoch, tqdm(batches, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
+                          unit="batch"), start
 
 
 def _check_loop(epochs, batch_size, lr) -> None:
@@ -207,24 +213,17 @@ def train_vae(model: VAE, pixels: torch.Tensor, *, epochs: int = 20, batch_size:
     "test_nelbo", "test_reconstruction", "test_kl" (after the epoch, eval mode; nan without a test set),
     "seconds". The negative ELBO counts the KL with weight 1 whatever ``beta``.
     """
-    from tqdm.auto import tqdm
-
     _check_loop(epochs, batch_size, lr)
     pixels, test_pixels = _split(model, pixels, test_pixels, test_fraction, seed)
     device = next(model.parameters()).device if device is None else torch.device(device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
     history = []
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
+    for epoch, batches, start in _epochs(len(pixels), epochs, batch_size, seed, progress):
         model.train()
-        order = torch.randperm(len(pixels), generator=generator)
         totals = np.zeros(3)
-        batches = tqdm(range(0, len(pixels), batch_size), desc=f"epoch {epoch}/{epochs}", leave=False,
-                       disable=not progress, unit="batch")
-        for first in batches:
-            x = pixels[order[first:first + batch_size]].to(device)
+        for index in batches:
+            x = pixels[index].to(device)
             terms = model.negative_elbo(x, beta=beta)
             loss = terms.loss.mean()
             optimizer.zero_grad(set_to_none=True)
@@ -256,8 +255,6 @@ def train_gan(model: DCGAN, pixels: torch.Tensor, *, epochs: int = 20, batch_siz
     Returns one dict per epoch: "epoch", "d_loss" (with R1), "r1", "g_loss" (means over the epoch's batches),
     "seconds". The model stays in train mode (the generator's batch norm uses batch statistics).
     """
-    from tqdm.auto import tqdm
-
     _check_loop(epochs, batch_size, lr)
     _check_data(model, pixels, None)
     if len(pixels) == 0:
@@ -266,18 +263,13 @@ def train_gan(model: DCGAN, pixels: torch.Tensor, *, epochs: int = 20, batch_siz
     model.to(device)
     d_optimizer = torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=betas)
     g_optimizer = torch.optim.Adam(model.generator.parameters(), lr=lr, betas=betas)
-    generator = torch.Generator().manual_seed(seed)
     history = []
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
+    for epoch, batches, start in _epochs(len(pixels), epochs, batch_size, seed, progress):
         model.train()
-        order = torch.randperm(len(pixels), generator=generator)
         totals = np.zeros(3)
         n_batches = 0
-        batches = tqdm(range(0, len(pixels), batch_size), desc=f"epoch {epoch}/{epochs}", leave=False,
-                       disable=not progress, unit="batch")
-        for first in batches:
-            real = pixels[order[first:first + batch_size]].to(device)
+        for index in batches:
+            real = pixels[index].to(device)
             d_terms = model.d_loss(real)
             d_optimizer.zero_grad(set_to_none=True)
             d_terms.loss.backward()
