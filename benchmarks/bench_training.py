@@ -229,6 +229,42 @@ COLUMNS = ["suite", "model", "size", "batch", "provider", "status", "p20_ms", "p
            "triton", "date"]
 
 
+def speedups(rows: list[dict]) -> dict[str, list[tuple[str, float]]]:
+    """provider -> [(case "model size B=batch", p50 of eager / p50 of provider)] over the timed rows."""
+    eager = {(r["model"], r["size"], r["batch"]): r["p50_ms"] for r in rows if r["provider"] == "eager"}
+    out: dict[str, list[tuple[str, float]]] = {}
+    for r in rows:
+        base = eager.get((r["model"], r["size"], r["batch"]))
+        if r["provider"] != "eager" and r.get("p50_ms") and base:
+            out.setdefault(r["provider"], []).append((f"{r['model']} {r['size']} B={r['batch']}", base / r["p50_ms"]))
+    return out
+
+
+def plot(rows: list[dict], path: str, title: str) -> bool:
+    """Speed-up of each provider's training step over eager, one bar per case; False (nothing written) when no
+    provider but eager was timed (a CPU run: fastgen runs interpreted there)."""
+    ratios = speedups(rows)
+    if not ratios:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ratios), figsize=(7 * len(ratios), 0.5 * max(map(len, ratios.values())) + 2),
+                             squeeze=False)
+    for ax, (provider, points) in zip(axes[0], sorted(ratios.items())):
+        ax.barh([label for label, _ in points], [ratio for _, ratio in points])
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(f"{provider}: training-step speed-up over eager (p50)")
+        ax.invert_yaxis()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def markdown(rows: list[dict]) -> str:
     """One line per row (provider), with the speed-up over eager of the same case."""
     def fmt(v, spec=""):

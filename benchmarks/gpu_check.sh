@@ -3,7 +3,7 @@
 # single call of under 8 minutes: the test suite on the compiled kernels, then the benchmarks.
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      (default: $OUT, else ./gpu-out)
 # Everything it writes lands in OUT_DIR: tests.log, bench-{ops,train,sample}.log, results.jsonl/.csv/.md/.png,
-# training.csv, sampling.csv/.md/.png, status.txt (each stage's exit code), nvidia-smi.txt, versions.txt.
+# training.csv/.png, sampling.csv/.md/.png, status.txt (each stage's exit code), nvidia-smi.txt, versions.txt.
 set -u
 out="${1:-${OUT:-gpu-out}}"
 mkdir -p "$out"

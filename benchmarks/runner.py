@@ -196,6 +196,8 @@ def run_suites(device: str, suites=SUITES, quick: bool = True, full: bool = Fals
                     "launches counted), never timed.")
             sections.append("## Training step (forward + loss + backward + Adam)\n\n" + bench_training.markdown(rows)
                             + note)
+            bench_training.plot(rows, os.path.join(out_dir, "training.png"),
+                                f"Training step: {stamp['device']}, {stamp['date'][:10]}")
     if "sample" in suites:
         rows = [{**r, **stamp} for r in bench_sampling.run(device, quick=quick, only=only, progress=progress)]
         results["sample"] = rows

@@ -88,6 +88,18 @@ def test_training_rows_vae_and_dcgan(family):
     assert {c.family for c in bench_training.cases(quick=True)} == {"PixelCNN", "VAE", "DCGAN"}
 
 
+def test_training_speedup_plot(tmp_path):
+    rows = [dict(model="VAE", size="8x8 grey", batch=64, provider="eager", p50_ms=4.0),
+            dict(model="VAE", size="8x8 grey", batch=64, provider="fastgen", p50_ms=2.0),
+            dict(model="VAE", size="8x8 grey", batch=64, provider="torch.compile", p50_ms=None),
+            dict(model="DCGAN", size="8x8 grey", batch=64, provider="fastgen", p50_ms=1.0)]  # no eager: no ratio
+    assert bench_training.speedups(rows) == {"fastgen": [("VAE 8x8 grey B=64", 2.0)]}
+    assert bench_training.plot(rows, str(tmp_path / "t.png"), "title")
+    assert (tmp_path / "t.png").stat().st_size > 5_000
+    assert not bench_training.plot(rows[:1], str(tmp_path / "none.png"), "title")  # CPU: only eager timed
+    assert not (tmp_path / "none.png").exists()
+
+
 def test_training_step_lowers_the_loss():
     case = bench_training.TrainingCase("GatedPixelCNN", TINY_SHAPE, 4, tiny=True)
     model = bench_sampling.build_model(case.family, case.shape, tiny=True).train()
