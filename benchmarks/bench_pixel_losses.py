@@ -68,6 +68,22 @@ def _dmol_bytes_backward(inputs):  # read the saved gradient, write it scaled by
     return 2 * nbytes(inputs["params"])
 
 
+def _dmol_sample_inputs(n_mixtures, channels, size, dtype, device, batch=None, check=False):
+    inputs = _dmol_inputs(n_mixtures, channels, size, dtype, device, batch)
+    params = inputs["params"].detach()
+    shape = (params.shape[0], n_mixtures + channels, size, size)
+    if device == "meta":
+        return {"params": params, "uniforms": torch.empty(shape, dtype=dtype, device="meta")}
+    uniforms = torch.rand(shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    return {"params": params, "uniforms": uniforms}
+
+
+def _dmol_sample_bytes(channels, inputs):  # read params and the draws, write x [B, C, H, W]
+    params = inputs["params"]
+    batch, _, height, width = params.shape
+    return nbytes(params, inputs["uniforms"]) + params.element_size() * batch * channels * height * width
+
+
 def _ce_case(name, channels, size, dtype=torch.float32, quick=True):
     return Case(op="pixel_cross_entropy", name=name,
                 make_inputs=functools.partial(_ce_inputs, channels, size, dtype),
@@ -83,6 +99,16 @@ def _dmol_case(name, n_mixtures, channels, size, dtype=torch.float32, quick=True
                 bytes_forward=_dmol_bytes_forward, bytes_backward=_dmol_bytes_backward, quick=quick)
 
 
+def _dmol_sample_case(name, n_mixtures, channels, size, dtype=torch.float32, quick=True):
+    # the sampler has no gradient: forward only; given draws, fastgen and the reference compute the same sample
+    return Case(op="dmol_sample", name=name,
+                make_inputs=functools.partial(_dmol_sample_inputs, n_mixtures, channels, size, dtype),
+                fastgen=functools.partial(fastgen.dmol_sample, n_mixtures=n_mixtures),
+                reference=functools.partial(reference.dmol_sample, n_mixtures=n_mixtures),
+                bytes_forward=functools.partial(_dmol_sample_bytes, channels), bytes_backward=lambda inputs: 0,
+                quick=quick, modes=("forward",))
+
+
 CASES = [
     _ce_case("B=16 256 levels 28x28x1 fp32", 1, 28),
     # the 32x32x3 cases run interpreted for a minute each on CPU: `--all` (the quick CPU run stays under 3 min)
@@ -92,6 +118,8 @@ CASES = [
     _dmol_case("K=10 B=16 32x32x3 fp32", 10, 3, 32, quick=False),
     _dmol_case("K=10 B=16 32x32x3 bf16", 10, 3, 32, torch.bfloat16, quick=False),
     _dmol_case("K=5 B=16 28x28x1 fp32", 5, 1, 28, quick=False),
+    _dmol_sample_case("K=10 B=16 16x16x3 fp32", 10, 3, 16),
+    _dmol_sample_case("K=10 B=16 32x32x3 fp32", 10, 3, 32, quick=False),
 ]
 
 

@@ -49,6 +49,7 @@ class Case:
     # (inputs, mode) -> (FLOPs the fastgen kernels do, FLOPs of the dense eager computation), for matmul-shaped
     # ops; TFLOP/s is then shown counted both ways
     flops: Callable[[dict, str], tuple[int, int]] | None = None
+    modes: tuple[str, ...] = MODES  # ("forward",) for an op without a backward (a sampler)
 
     @property
     def label(self) -> str:
@@ -196,13 +197,19 @@ def max_error(case: Case, device: str, batch: int | None = None) -> float:
     as64 = {k: v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) and
             v.is_floating_point() else v for k, v in inputs.items()}
     leaves = [t for t in inputs.values() if isinstance(t, torch.Tensor) and t.requires_grad]
-    outs = [t for t in tensors_in(case.fastgen(**inputs)) if t.requires_grad]
-    gen = torch.Generator(device=device).manual_seed(0)
-    grads = [torch.randn(t.shape, generator=gen, device=device).to(t.dtype) for t in outs]
-    results = [o.detach().double() for o in outs] + [g.double() for g in torch.autograd.grad(outs, leaves, grads)]
-    leaves64 = [t for t in as64.values() if isinstance(t, torch.Tensor) and t.requires_grad]
-    outs64 = [t for t in tensors_in(case.reference(**as64)) if t.requires_grad]
-    expected = outs64 + list(torch.autograd.grad(outs64, leaves64, [g.double() for g in grads]))
+
+    def outputs(value):  # the differentiable outputs; every floating output of an op without a backward
+        return [t for t in tensors_in(value) if (t.requires_grad if leaves else t.is_floating_point())]
+
+    outs = outputs(case.fastgen(**inputs))
+    outs64 = outputs(case.reference(**as64))
+    results, expected = [o.detach().double() for o in outs], list(outs64)
+    if leaves:
+        gen = torch.Generator(device=device).manual_seed(0)
+        grads = [torch.randn(t.shape, generator=gen, device=device).to(t.dtype) for t in outs]
+        results += [g.double() for g in torch.autograd.grad(outs, leaves, grads)]
+        leaves64 = [t for t in as64.values() if isinstance(t, torch.Tensor) and t.requires_grad]
+        expected += list(torch.autograd.grad(outs64, leaves64, [g.double() for g in grads]))
     return max(((a - b.detach()).abs().max().item() / max(b.detach().abs().max().item(), 1e-30)
                 for a, b in zip(results, expected) if a.numel()), default=0.0)
 
@@ -243,6 +250,8 @@ def run_pytest_benchmark(benchmark, case: Case, provider: str, mode: str, device
     """One case under pytest-benchmark (``pytest benchmarks/ --benchmark-only``); on CPU only eager is timed."""
     import pytest
 
+    if mode not in case.modes:
+        pytest.skip(f"{case.op} has no {mode} mode")
     if device == "cpu" and provider == "fastgen":
         pytest.skip("fastgen's kernels run interpreted on CPU: not a speed figure (fastgen bench counts them)")
     if device == "cpu" and provider == "torch.compile":

@@ -1,6 +1,7 @@
 """The benchmark runner end to end on one small case: rows, counts, CSV, markdown and PNG."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -86,6 +87,19 @@ def test_training_rows_vae_and_dcgan(family):
     assert fast["launches"] > 0 and fast["max_rel_err_vs_eager"] < 1e-4  # same seeded noise: same function
     assert eager["p50_ms"] > 0 and eager["model"] == family
     assert {c.family for c in bench_training.cases(quick=True)} == {"PixelCNN", "VAE", "DCGAN"}
+
+
+def test_forward_only_case_dmol_sample():
+    """An op without a backward (the DMOL sampler): forward rows only, its outputs checked against float64."""
+    from fastgen.benchmarks import bench_pixel_losses
+
+    case = next(c for c in bench_pixel_losses.CASES if c.op == "dmol_sample" and c.quick)
+    assert case.modes == ("forward",)
+    assert harness.max_error(case, "cpu", batch=1) < 1e-5
+    wrong = dataclasses.replace(case, fastgen=lambda **inputs: case.reference(**inputs) + 1e-3)
+    assert harness.max_error(wrong, "cpu", batch=1) > 1e-4  # the check sees a wrong sample
+    row = harness.measure(case, "fastgen", "forward", "cpu", timed=False, batch=1)
+    assert row["launches"] == 1 and row["bytes_moved"] > 0
 
 
 def test_training_speedup_plot(tmp_path):
