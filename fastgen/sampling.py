@@ -330,11 +330,11 @@ class _Steps:
     model at pixel x of the current row and returns its output there ([n, C * levels] logits or [n, P] DMOL
     parameters), or only fills the caches with ``output=False``."""
 
-    def __init__(self, model: PixelModel, job: _Job):
+    def __init__(self, model: PixelModel, job: _Job, image_channels: int | None = None):
         self.rows, self.pad = _cache_shape(model)
         self.n, self.width, self.like = job.n, job.size[1], next(model.parameters())
         self.caches: list[_Cache] = []
-        self.image = self.cache(model.data_channels)
+        self.image = self.cache(model.data_channels if image_channels is None else image_channels)
 
     def cache(self, channels: int) -> _Cache:
         cache = _Cache(self.n, channels, self.width, self.rows, self.pad, self.like)
@@ -424,10 +424,8 @@ class _PixelCNNppSteps(_Steps):
     ul per pixel. Caches: the image with its ones channel (x_pad), and each block's two concat_elu inputs."""
 
     def __init__(self, model: PixelCNNpp, job: _Job):
-        super().__init__(model, job)
+        super().__init__(model, job, image_channels=model.data_channels + 1)  # x_pad: the image + ones
         self.channels = model.data_channels
-        self.caches.clear()
-        self.image = self.cache(self.channels + 1)
         self.u_input, self.ul_input_up = self.window(model.u_input), self.window(model.ul_input_up)
         self.ul_input_left = self.window(model.ul_input_left)
         f = model.u_input.out_channels
@@ -511,14 +509,14 @@ class _RowSampler:
         steps, job, levels = self.steps, self.job, self.job.levels
         steps.start_row(first)
         for col in range(job.size[1]):
-            if self.dmol:
+            if self.dmol:  # the channels of a pixel are drawn together
                 self.pixels_row[:, :, col] = job.draw(steps.step(col), self.uniforms_row[:, :, col])
-            else:
+            else:  # channel by channel: each step sees the channels drawn before it
                 for channel in range(job.channels):
+                    if channel:
+                        steps.image.put(col, _scaled(job, self.pixels_row[:, :, col]))
                     logits = steps.step(col)[:, channel * levels:(channel + 1) * levels]
                     self.pixels_row[:, channel, col] = job.draw(logits, self.uniforms_row[:, channel, col])
-                    steps.image.put(col, _scaled(job, self.pixels_row[:, :, col]))
-                continue
             steps.image.put(col, _scaled(job, self.pixels_row[:, :, col]))
 
 

@@ -111,21 +111,9 @@ def train(model: PixelModel, pixels: torch.Tensor, labels: torch.Tensor | None =
         the history: one dict per epoch with "epoch" (1..), "train_bpd" (the mean over the epoch's batches),
         "test_bpd" (after the epoch, in eval mode; nan without a test set) and "seconds" (the epoch's time).
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    labels = _check_data(model, pixels, labels)
-    if test_pixels is None:
-        train_index, test_index = train_test_indices(len(pixels), test_fraction, seed)
-        test_pixels, pixels = pixels[test_index], pixels[train_index]
-        if labels is not None:
-            test_labels, labels = labels[test_index], labels[train_index]
-    else:
-        test_labels = _check_data(model, test_pixels, test_labels, "test_pixels", "test_labels")
-    if len(pixels) == 0:
-        raise ValueError("pixels: no training images left after holding out the test set")
+    _check_loop(epochs, batch_size, lr)
+    pixels, labels, test_pixels, test_labels = _split(model, pixels, labels, test_pixels, test_labels,
+                                                      test_fraction, seed)
     device = next(model.parameters()).device if device is None else torch.device(device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -175,16 +163,20 @@ def _check_loop(epochs, batch_size, lr) -> None:
         raise ValueError(f"lr must be > 0, got {lr}")
 
 
-def _split(model, pixels, test_pixels, test_fraction, seed):
-    _check_data(model, pixels, None)
+def _split(model, pixels, labels, test_pixels, test_labels, test_fraction, seed):
+    """Checks the data; holds out a seeded ``test_fraction`` of ``pixels`` (and labels) when no test set is
+    given. Returns (pixels, labels, test_pixels, test_labels)."""
+    labels = _check_data(model, pixels, labels)
     if test_pixels is None:
         train_index, test_index = train_test_indices(len(pixels), test_fraction, seed)
         test_pixels, pixels = pixels[test_index], pixels[train_index]
+        if labels is not None:
+            test_labels, labels = labels[test_index], labels[train_index]
     else:
-        _check_data(model, test_pixels, None, "test_pixels")
+        test_labels = _check_data(model, test_pixels, test_labels, "test_pixels", "test_labels")
     if len(pixels) == 0:
         raise ValueError("pixels: no training images left after holding out the test set")
-    return pixels, test_pixels
+    return pixels, labels, test_pixels, test_labels
 
 
 @torch.no_grad()
@@ -214,7 +206,7 @@ def train_vae(model: VAE, pixels: torch.Tensor, *, epochs: int = 20, batch_size:
     "seconds". The negative ELBO counts the KL with weight 1 whatever ``beta``.
     """
     _check_loop(epochs, batch_size, lr)
-    pixels, test_pixels = _split(model, pixels, test_pixels, test_fraction, seed)
+    pixels, _, test_pixels, _ = _split(model, pixels, None, test_pixels, None, test_fraction, seed)
     device = next(model.parameters()).device if device is None else torch.device(device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
