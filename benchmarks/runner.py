@@ -167,16 +167,16 @@ def plot(rows: list[dict], device: str, path: str) -> None:
     plt.close(fig)
 
 
-SUITES = ("ops", "train", "sample")  # `fastgen bench --suite`: the op cases, the training step, sampling
+SUITES = ("ops", "host", "train", "sample")  # `fastgen bench --suite`: op cases, host cost per call, training, sampling
 
 
 def run_suites(device: str, suites=SUITES, quick: bool = True, full: bool = False, only: str = "",
                out_dir: str = "bench-out", progress: bool = True) -> dict[str, list[dict]]:
     """The chosen suites; rows per suite. Files in ``out_dir``: results.jsonl (every row of every suite with its
     ``suite``, appended: the one results file), results.md (a section per suite), the op rows
-    in results.csv (+ results.png), the training rows in training.csv, the sampling rows in sampling.csv with
+    in results.csv (+ results.png), the host-cost rows in host.csv, the training rows in training.csv, the sampling rows in sampling.csv with
     the speed-up plot sampling.png (CSVs appended, header written once)."""
-    from fastgen.benchmarks import bench_sampling, bench_training
+    from fastgen.benchmarks import bench_host, bench_sampling, bench_training
 
     os.makedirs(out_dir, exist_ok=True)
     results, sections = {}, []
@@ -186,6 +186,13 @@ def run_suites(device: str, suites=SUITES, quick: bool = True, full: bool = Fals
             sections.append("## Ops\n\n" + f.read().strip())
     stamp = dict(device=device_name(device), torch=torch.__version__, triton=triton.__version__,
                  date=datetime.datetime.now().isoformat(timespec="seconds"))
+    if "host" in suites:
+        rows = [{**r, **stamp} for r in bench_host.run(device, quick=quick, only=only, progress=progress)]
+        results["host"] = rows
+        if rows:
+            _write_rows(rows, bench_host.COLUMNS, os.path.join(out_dir, "host.csv"))
+            sections.append(f"## Host cost per call ({bench_host.CALLS} back-to-back calls)\n\n"
+                            + bench_host.markdown(rows))
     if "train" in suites:
         rows = [{**r, **stamp} for r in bench_training.run(device, quick=quick, full=full, only=only,
                                                            progress=progress)]

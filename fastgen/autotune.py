@@ -1,7 +1,8 @@
 """The one place that lists each kernel's launch configurations.
 
-On a GPU a kernel with several configs is wrapped in ``triton.autotune`` (timed once per key); under the
-interpreter there is no driver to time with, so only the first config is used. The sm_90 compile check
+:class:`fastgen.launch.Kernel` launches a kernel with one config directly and wraps a kernel with several in
+``triton.autotune`` (timed once per key on the GPU); under the interpreter there is no driver to time with, so
+only the first config is used. The sm_90 compile check
 (:mod:`fastgen.compile_check`) walks the same lists, so every config an op can launch is compiled in CI.
 """
 
@@ -59,8 +60,3 @@ def configs_for(kernel) -> list[triton.Config]:
     """The configs that ``kernel`` is launched with here: all of them on a GPU, the first under the interpreter."""
     configs = KERNEL_CONFIGS[kernel_name(kernel)]
     return configs[:1] if interpreting() else list(configs)
-
-
-def autotuned(kernel, key: list[str]):
-    """``kernel`` wrapped in ``triton.autotune`` over its configs (a single config under the interpreter)."""
-    return triton.autotune(configs=configs_for(kernel), key=key)(kernel)

@@ -32,7 +32,8 @@ def _bench(args) -> int:
     runner.run_suites(device, suites, quick=not args.all, full=args.full, only=args.only, out_dir=args.out)
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read())
-    written = {"ops": "results.csv (appended), results.png", "train": "training.csv (appended)",
+    written = {"ops": "results.csv (appended), results.png", "host": "host.csv (appended)",
+               "train": "training.csv (appended)",
                "sample": "sampling.csv (appended), sampling.png"}
     print(f"Wrote {args.out}/results.md, results.jsonl (every row, appended), "
           + ", ".join(written[s] for s in suites))
@@ -279,9 +280,9 @@ def main(argv=None) -> int:
     size.add_argument("--all", action="store_true", help="every case, not only the quick ones")
     bench.add_argument("--full", action="store_true", help="also time torch.compile on CPU (slow to build)")
     bench.add_argument("--only", default="", metavar="TEXT", help="only cases whose name contains TEXT")
-    bench.add_argument("--suite", choices=["ops", "train", "sample", "all"], default="all",
-                       help="ops: the op cases; train: a training step per model; sample: naive vs cached sampling "
-                            "(default: all)")
+    bench.add_argument("--suite", choices=["ops", "host", "train", "sample", "all"], default="all",
+                       help="ops: the op cases; host: host cost per call of each op; train: a training step per "
+                            "model; sample: naive vs cached sampling (default: all)")
     bench.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
     bench.set_defaults(func=_bench)
     verify = sub.add_parser("verify", help="compile every kernel configuration for sm_90/sm_80 and check spills")

@@ -27,6 +27,7 @@ BACKENDS = ("triton", "reference")
 _INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastgen_backend", default=None)
+_kernels_on_cpu = False  # set only by fastgen.launch.dry_run (host-cost measurements, launches are no-ops)
 
 
 def interpreting() -> bool:
@@ -37,7 +38,19 @@ def interpreting() -> bool:
 def _triton_can_run_on(device: torch.device) -> bool:
     if device.type == "cuda":
         return not _INTERPRETED
-    return device.type == "cpu" and _INTERPRETED
+    return device.type == "cpu" and (_INTERPRETED or _kernels_on_cpu)
+
+
+@contextlib.contextmanager
+def kernels_on_cpu() -> Iterator[None]:
+    """CPU tensors take the kernel path inside the block; only for :func:`fastgen.launch.dry_run`."""
+    global _kernels_on_cpu
+    previous = _kernels_on_cpu
+    _kernels_on_cpu = True
+    try:
+        yield
+    finally:
+        _kernels_on_cpu = previous
 
 
 def backend_for(tensor: torch.Tensor) -> str:

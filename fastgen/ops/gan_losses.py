@@ -10,7 +10,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from fastgen.autotune import autotuned, configs_for
+from fastgen.autotune import configs_for
+from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
 from fastgen.kernels import gan_losses as kernels
 from fastgen.reference import gan_losses as reference
@@ -40,11 +41,11 @@ MIN_PROGRAMS = 512
 FINISH_BLOCK = 512
 PENALTY_CODES = {"r1": kernels.R1.value, "wgan-gp": kernels.WGAN_GP.value}
 
-_logit_forward_kernel = autotuned(kernels.gan_logit_loss_forward_kernel, key=["n_real", "n_fake", "BLOCK"])
-_logit_backward_kernel = autotuned(kernels.gan_logit_loss_backward_kernel, key=["n_real", "n_fake", "BLOCK"])
-_sum_squares_kernel = autotuned(kernels.gan_gradient_penalty_sum_squares_kernel, key=["n_rows", "n_cols", "BLOCK_N"])
-_finish_kernel = autotuned(kernels.gan_gradient_penalty_finish_kernel, key=["n_rows"])
-_penalty_backward_kernel = autotuned(kernels.gan_gradient_penalty_backward_kernel, key=["n_rows", "n_cols", "BLOCK_N"])
+_logit_forward_kernel = Kernel(kernels.gan_logit_loss_forward_kernel, key=["n_real", "n_fake", "BLOCK"])
+_logit_backward_kernel = Kernel(kernels.gan_logit_loss_backward_kernel, key=["n_real", "n_fake", "BLOCK"])
+_sum_squares_kernel = Kernel(kernels.gan_gradient_penalty_sum_squares_kernel, key=["n_rows", "n_cols", "BLOCK_N"])
+_finish_kernel = Kernel(kernels.gan_gradient_penalty_finish_kernel, key=["n_rows"])
+_penalty_backward_kernel = Kernel(kernels.gan_gradient_penalty_backward_kernel, key=["n_rows", "n_cols", "BLOCK_N"])
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

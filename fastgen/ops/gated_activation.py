@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgen.autotune import autotuned, configs_for
+from fastgen.autotune import configs_for
+from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
 from fastgen.kernels import gated_activation as kernels
 from fastgen import reference
@@ -26,8 +27,8 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CHANNEL_BLOCKS = (8, 32)
 MAX_PROGRAMS = 2**31 - 1  # programs on grid axis 0 (rows * pixel blocks), numbered in int32 by the kernels
 
-_forward_kernel = autotuned(kernels.gated_activation_forward_kernel, key=["n_out", "BLOCK_C", "BLOCK_P"])
-_backward_kernel = autotuned(kernels.gated_activation_backward_kernel, key=["n_out", "BLOCK_C", "BLOCK_P"])
+_forward_kernel = Kernel(kernels.gated_activation_forward_kernel, key=["n_out", "BLOCK_C", "BLOCK_P"])
+_backward_kernel = Kernel(kernels.gated_activation_backward_kernel, key=["n_out", "BLOCK_C", "BLOCK_P"])
 
 
 def tile_elements(dtype: torch.dtype) -> int:

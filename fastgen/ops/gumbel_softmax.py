@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgen.autotune import autotuned, configs_for
+from fastgen.autotune import configs_for
+from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
 from fastgen.kernels import gumbel_softmax as kernels
 from fastgen import reference
@@ -30,9 +31,9 @@ COLUMN_BLOCKS = (16, 64, 256, 512, 1024)
 MAX_ROWS = 2**31 - 1024  # the kernels number rows (not elements) in int32, one tile past the last row included
 NOISE_BLOCK = 1024  # elements per program of gumbel_noise_kernel
 
-_forward_kernel = autotuned(kernels.gumbel_softmax_forward_kernel, key=["n_cols", "BLOCK_N", "HARD"])
-_backward_kernel = autotuned(kernels.gumbel_softmax_backward_kernel, key=["n_cols", "BLOCK_N"])
-_noise_kernel = autotuned(kernels.gumbel_noise_kernel, key=[])
+_forward_kernel = Kernel(kernels.gumbel_softmax_forward_kernel, key=["n_cols", "BLOCK_N", "HARD"])
+_backward_kernel = Kernel(kernels.gumbel_softmax_backward_kernel, key=["n_cols", "BLOCK_N"])
+_noise_kernel = Kernel(kernels.gumbel_noise_kernel, key=[])
 
 
 def tile_elements(dtype: torch.dtype) -> int:

@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from fastgen.autotune import autotuned, configs_for
+from fastgen.autotune import configs_for
+from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
 from fastgen.kernels import pixel_losses as kernels
 from fastgen.reference import pixel_losses as reference
@@ -41,11 +42,11 @@ DMOL_BLOCK_P = 128
 SCALE_BLOCK_J = 8  # the backward's channels per step; SCALE_BLOCK_P pixels per program
 SCALE_BLOCK_P = 128
 
-_ce_forward_kernel = autotuned(kernels.pixel_cross_entropy_forward_kernel, key=["n_levels", "BLOCK_L"])
-_ce_backward_kernel = autotuned(kernels.pixel_cross_entropy_backward_kernel, key=["n_levels", "BLOCK_L"])
-_dmol_forward_kernel = autotuned(kernels.dmol_nll_forward_kernel, key=["n_mixtures", "CHANNELS"])
-_scale_kernel = autotuned(kernels.pixel_losses_scale_kernel, key=["n_channels"])
-_sample_kernel = autotuned(kernels.dmol_sample_kernel, key=["n_mixtures", "CHANNELS"])
+_ce_forward_kernel = Kernel(kernels.pixel_cross_entropy_forward_kernel, key=["n_levels", "BLOCK_L"])
+_ce_backward_kernel = Kernel(kernels.pixel_cross_entropy_backward_kernel, key=["n_levels", "BLOCK_L"])
+_dmol_forward_kernel = Kernel(kernels.dmol_nll_forward_kernel, key=["n_mixtures", "CHANNELS"])
+_scale_kernel = Kernel(kernels.pixel_losses_scale_kernel, key=["n_channels"])
+_sample_kernel = Kernel(kernels.dmol_sample_kernel, key=["n_mixtures", "CHANNELS"])
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -9,7 +9,8 @@ import triton
 import triton.language as tl
 
 from fastgen import reference
-from fastgen.autotune import autotuned, configs_for
+from fastgen.autotune import configs_for
+from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
 from fastgen.kernels import reparameterize_kl as kernels
 from fastgen.reference.reparameterize_kl import reduce_batch
@@ -28,11 +29,11 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LATENT_BLOCKS = (16, 64, 256, 512)
 MIN_PROGRAMS = 512
 
-_forward_kernel = autotuned(kernels.reparameterize_kl_forward_kernel,
-                            key=["n_rows", "n_cols", "BLOCK_N", "HAS_EPS", "HAS_PRIOR"])
-_backward_kernel = autotuned(kernels.reparameterize_kl_backward_kernel,
-                             key=["n_rows", "n_cols", "BLOCK_N", "HAS_EPS", "GRAD_OF_EPS", "HAS_PRIOR"])
-_column_kernel = autotuned(kernels.reparameterize_kl_column_kernel, key=["n_rows", "n_cols", "HAS_PRIOR"])
+_forward_kernel = Kernel(kernels.reparameterize_kl_forward_kernel,
+                         key=["n_rows", "n_cols", "BLOCK_N", "HAS_EPS", "HAS_PRIOR"])
+_backward_kernel = Kernel(kernels.reparameterize_kl_backward_kernel,
+                          key=["n_rows", "n_cols", "BLOCK_N", "HAS_EPS", "GRAD_OF_EPS", "HAS_PRIOR"])
+_column_kernel = Kernel(kernels.reparameterize_kl_column_kernel, key=["n_rows", "n_cols", "HAS_PRIOR"])
 
 
 def tile_elements(dtype: torch.dtype) -> int:

@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgen.autotune import autotuned, configs_for
+from fastgen.autotune import configs_for
+from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for, interpreting
 from fastgen.kernels import tap_conv as kernels
 from fastgen.reference import tap_conv as reference
@@ -40,10 +41,10 @@ MIN_PROGRAMS = 528
 MIN_STEPS_PER_SPLIT = 8  # pixel blocks each weight-gradient program reduces at least
 PACK_BLOCK = 32  # [32, 32] tiles of the weight pack/unpack kernels
 
-_gemm_kernel = autotuned(kernels.tap_conv_gemm_kernel, key=["n_red", "n_out", "BACKWARD", "BLOCK_N", "BLOCK_K"])
-_weight_grad_kernel = autotuned(kernels.tap_conv_weight_grad_kernel, key=["c_in", "c_out", "BLOCK_C", "BLOCK_O"])
-_pack_kernel = autotuned(kernels.tap_conv_pack_weight_kernel, key=[])
-_unpack_kernel = autotuned(kernels.tap_conv_unpack_grad_kernel, key=[])
+_gemm_kernel = Kernel(kernels.tap_conv_gemm_kernel, key=["n_red", "n_out", "BACKWARD", "BLOCK_N", "BLOCK_K"])
+_weight_grad_kernel = Kernel(kernels.tap_conv_weight_grad_kernel, key=["c_in", "c_out", "BLOCK_C", "BLOCK_O"])
+_pack_kernel = Kernel(kernels.tap_conv_pack_weight_kernel, key=[])
+_unpack_kernel = Kernel(kernels.tap_conv_unpack_grad_kernel, key=[])
 
 
 def channel_block(n: int, dtype: torch.dtype) -> int:
