@@ -14,7 +14,6 @@ The rule, the same for every op:
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from typing import Iterator
 
 import torch
@@ -26,7 +25,9 @@ BACKENDS = ("triton", "reference")
 # fastgen is imported, so the value at that moment is the one that counts.
 _INTERPRETED = bool(triton.knobs.runtime.interpret)
 
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastgen_backend", default=None)
+# The backend forced by ``use_backend`` (None: the rule above). A module global rather than a ContextVar, so
+# that torch.compile traces ``backend_for`` (dynamo guards on the value; it cannot trace ``ContextVar.get``).
+_forced: str | None = None
 _kernels_on_cpu = False  # set only by fastgen.launch.dry_run (host-cost measurements, launches are no-ops)
 
 
@@ -55,7 +56,7 @@ def kernels_on_cpu() -> Iterator[None]:
 
 def backend_for(tensor: torch.Tensor) -> str:
     """``"triton"`` or ``"reference"``: the implementation a fastgen op called on ``tensor`` runs now."""
-    forced = _forced.get()
+    forced = _forced
     if forced == "reference":
         return "reference"
     if _triton_can_run_on(tensor.device):
@@ -72,10 +73,11 @@ def backend_for(tensor: torch.Tensor) -> str:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Force every fastgen op inside the block onto ``"triton"`` or ``"reference"``."""
+    global _forced
     if name not in BACKENDS:
         raise ValueError(f"use_backend: name must be one of {BACKENDS}, got {name!r}")
-    token = _forced.set(name)
+    previous, _forced = _forced, name
     try:
         yield
     finally:
-        _forced.reset(token)
+        _forced = previous

@@ -54,12 +54,13 @@ class Kernel:
         else:
             self._runner = triton.autotune(configs=configs, key=list(key))(fn)
             self._options = {}
-        self._launch = functools.partial(self._runner.run, warmup=False)
+        self._options["warmup"] = False
 
     def __getitem__(self, grid) -> Callable:
         if _dry_run:
             return _no_launch
-        return functools.partial(self._launch, grid=grid, **self._options)
+        # ``run`` is looked up per launch (not bound once), so that launch counters can wrap it
+        return functools.partial(self._runner.run, grid=grid, **self._options)
 
     def __repr__(self) -> str:
         return f"Kernel({self.name}, options={self._options or 'autotuned'})"

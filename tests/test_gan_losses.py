@@ -434,3 +434,28 @@ def test_bad_input_raises_naming_the_argument(device):
     for call, error, name in calls:
         with pytest.raises(error, match=name):
             call()
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_custom_ops_pass_opcheck(device, reduction):
+    from library_checks import check_opcheck
+
+    real, fake = make((6,), torch.float32, device, "r"), make((3, 2), torch.float32, device, "f")
+    check_opcheck(torch.ops.fastgen.gan_d_loss.default, real, fake, "minimax", reduction, 0.9, True, True)
+    check_opcheck(torch.ops.fastgen.gan_d_loss.default, real, fake, "hinge", reduction, 1.0, False, True)
+    check_opcheck(torch.ops.fastgen.gan_g_loss.default, fake, "nonsaturating", reduction, True)
+    check_opcheck(torch.ops.fastgen.gradient_penalty.default, fake, "wgan-gp", 10.0, reduction)
+
+
+def test_compiles_without_graph_breaks(device):
+    from library_checks import check_fullgraph
+
+    real, fake = make((6,), torch.float32, device, "r"), make((3, 2), torch.float32, device, "f")
+
+    def losses(real, fake):
+        d_terms = fastgen.gan_d_loss(real, fake, "ls", reduction="none", real_label=0.9)
+        return (fastgen.gan_d_loss(real, fake), fastgen.gan_g_loss(fake, "hinge", "sum"), *d_terms,
+                fastgen.gradient_penalty(fake, "r1", 2.0))
+
+    check_fullgraph(losses, real, fake)

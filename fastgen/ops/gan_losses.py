@@ -10,9 +10,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from fastgen import library
 from fastgen.autotune import configs_for
-from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
+from fastgen.launch import Kernel
 from fastgen.kernels import gan_losses as kernels
 from fastgen.reference import gan_losses as reference
 from fastgen.reference.gan_losses import D_KINDS, G_KINDS, PENALTY_KINDS
@@ -232,6 +233,91 @@ class GANGeneratorLoss(torch.autograd.Function):
         return grad_fake, None, None
 
 
+# ---------------------------------------------------------------------------------------------- custom ops
+# The same launches as torch.ops.fastgen.* for torch.compile (see fastgen.library). The forward ops also return
+# the gradients they wrote (placeholders where none is wanted), which their backward op scales.
+@library.custom_op("gan_d_loss", "(Tensor real_logits, Tensor fake_logits, str kind, str reduction, "
+                   "float real_label, bool grad_real, bool grad_fake) -> (Tensor, Tensor, Tensor, Tensor)")
+def _d_loss_op(real_logits, fake_logits, kind, reduction, real_label, grad_real, grad_fake):
+    """(loss, placeholder) or (real terms, fake terms) for "none"; then the saved gradients of real and fake."""
+    loss, terms, saved, _ = _logit_loss_forward(real_logits, fake_logits, d_rules(kind, real_label), reduction,
+                                                (grad_real, grad_fake))
+    outputs = terms if reduction == "none" else [loss, library.nothing(loss)]
+    return (*outputs, *(library.nothing(x) if s is None else s for x, s in zip((real_logits, fake_logits), saved)))
+
+
+@_d_loss_op.register_fake
+def _(real_logits, fake_logits, kind, reduction, real_label, grad_real, grad_fake):
+    acc = compute_dtype(real_logits.dtype)
+    if reduction == "none":
+        outputs = [x.new_empty(x.shape, dtype=acc) for x in (real_logits, fake_logits)]
+    else:
+        outputs = [real_logits.new_empty((), dtype=acc), real_logits.new_empty(0, dtype=acc)]
+    return (*outputs, *(x.new_empty(x.shape) if need else library.nothing(x)
+                        for x, need in ((real_logits, grad_real), (fake_logits, grad_fake))))
+
+
+@library.custom_op("gan_g_loss", "(Tensor fake_logits, str kind, str reduction, bool grad_fake) -> (Tensor, Tensor)")
+def _g_loss_op(fake_logits, kind, reduction, grad_fake):
+    """(loss or terms, the saved gradient)."""
+    loss, terms, saved, _ = _logit_loss_forward(fake_logits, None, (g_rule(kind),), reduction, (grad_fake,))
+    return terms[0] if reduction == "none" else loss, library.nothing(fake_logits) if saved[0] is None else saved[0]
+
+
+@_g_loss_op.register_fake
+def _(fake_logits, kind, reduction, grad_fake):
+    acc = compute_dtype(fake_logits.dtype)
+    out = fake_logits.new_empty(fake_logits.shape if reduction == "none" else (), dtype=acc)
+    return out, fake_logits.new_empty(fake_logits.shape) if grad_fake else library.nothing(fake_logits)
+
+
+@library.custom_op("gan_logit_loss_backward", "(Tensor saved_first, Tensor saved_second, Tensor grad_first, "
+                   "Tensor grad_second, float weight_first, float weight_second, bool want_first, "
+                   "bool want_second) -> (Tensor, Tensor)")
+def _logit_loss_backward_op(saved_first, saved_second, grad_first, grad_second, weight_first, weight_second,
+                            want_first, want_second):
+    saved = [s if want else None for s, want in ((saved_first, want_first), (saved_second, want_second))]
+    grads = _logit_loss_backward(saved, [grad_first, grad_second], [weight_first, weight_second])
+    return tuple(library.nothing(s) if g is None else g for s, g in zip((saved_first, saved_second), grads))
+
+
+@_logit_loss_backward_op.register_fake
+def _(saved_first, saved_second, grad_first, grad_second, weight_first, weight_second, want_first, want_second):
+    return tuple(s.new_empty(s.shape) if want else library.nothing(s)
+                 for s, want in ((saved_first, want_first), (saved_second, want_second)))
+
+
+def _setup_d_loss(ctx, inputs, output):
+    real_logits, fake_logits, _, reduction, _, grad_real, grad_fake = inputs
+    ctx.save_for_backward(*output[2:])
+    ctx.reduction, ctx.wanted = reduction, (grad_real, grad_fake)
+    ctx.weights = [_segment_weight(x.numel(), reduction) for x in (real_logits, fake_logits)]
+
+
+def _d_loss_backward(ctx, grad_out_real, grad_out_fake, _saved_real, _saved_fake):
+    grads = (grad_out_real, grad_out_fake) if ctx.reduction == "none" else (grad_out_real, grad_out_real)
+    grad_real, grad_fake = torch.ops.fastgen.gan_logit_loss_backward(*ctx.saved_tensors, *grads, *ctx.weights,
+                                                                       *ctx.wanted)
+    return (grad_real if ctx.wanted[0] else None), (grad_fake if ctx.wanted[1] else None), None, None, None, None, None
+
+
+def _setup_g_loss(ctx, inputs, output):
+    fake_logits, _, reduction, grad_fake = inputs
+    ctx.save_for_backward(output[1])
+    ctx.wanted, ctx.weight = grad_fake, _segment_weight(fake_logits.numel(), reduction)
+
+
+def _g_loss_backward(ctx, grad_out, _saved):
+    (saved,) = ctx.saved_tensors
+    grad_fake, _ = torch.ops.fastgen.gan_logit_loss_backward(saved, saved, grad_out, grad_out, ctx.weight, 1.0,
+                                                             ctx.wanted, False)
+    return (grad_fake if ctx.wanted else None), None, None, None
+
+
+_d_loss_op.register_autograd(_d_loss_backward, setup_context=_setup_d_loss)
+_g_loss_op.register_autograd(_g_loss_backward, setup_context=_setup_g_loss)
+
+
 def _check_logits(name: str, logits, other_name: str = "", other=None) -> torch.Tensor:
     check_float_tensor(name, logits)
     if other is not None:
@@ -286,6 +372,10 @@ def gan_d_loss(real_logits, fake_logits, kind="minimax", reduction="mean", real_
         return reference.gan_d_loss(real_logits.to(acc), fake_logits.to(acc), kind, reduction, real_label)
     if not torch.is_grad_enabled():  # no gradient is written in the forward
         real_logits, fake_logits = real_logits.detach(), fake_logits.detach()
+    if library.traced():
+        out_real, out_fake, _, _ = torch.ops.fastgen.gan_d_loss(real_logits, fake_logits, kind, reduction, real_label,
+                                                                real_logits.requires_grad, fake_logits.requires_grad)
+        return (out_real, out_fake) if reduction == "none" else out_real
     return GANDiscriminatorLoss.apply(real_logits, fake_logits, kind, reduction, real_label)
 
 
@@ -312,6 +402,8 @@ def gan_g_loss(fake_logits, kind="nonsaturating", reduction="mean"):
         return reference.gan_g_loss(fake_logits.to(compute_dtype(fake_logits.dtype)), kind, reduction)
     if not torch.is_grad_enabled():
         fake_logits = fake_logits.detach()
+    if library.traced():
+        return torch.ops.fastgen.gan_g_loss(fake_logits, kind, reduction, fake_logits.requires_grad)[0]
     return GANGeneratorLoss.apply(fake_logits, kind, reduction)
 
 
@@ -334,10 +426,67 @@ def _row_view(grads: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """([B, N] view of ``grads``, the permutation of its dims that the view flattens). The non-batch dims are
     taken in memory order (largest stride first), so any dense layout (channels-last too) is a view, not a
     copy: a sum of squares does not care about the order of a row."""
-    order = sorted(range(1, grads.dim()), key=lambda d: -grads.stride(d))
-    perm = (0, *order)
-    n_rows = grads.shape[0]
-    return grads.permute(perm).reshape(n_rows, math.prod(grads.shape[1:])), perm
+    perm = _memory_order(grads)
+    return grads.permute(perm).reshape(grads.shape[0], math.prod(grads.shape[1:])), perm
+
+
+def _memory_order(grads: torch.Tensor) -> tuple[int, ...]:
+    """The dims of ``grads``, batch first, then the others from the largest stride to the smallest."""
+    return (0, *sorted(range(1, grads.dim()), key=lambda d: -grads.stride(d)))
+
+
+def _empty_in_memory_order(grads: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(an uninitialised [B, N] tensor, a view of it shaped and laid out like ``grads``' dense memory order)."""
+    perm = _memory_order(grads)
+    rows = torch.empty((grads.shape[0], math.prod(grads.shape[1:])), dtype=grads.dtype, device=grads.device)
+    return rows, rows.view([grads.shape[d] for d in perm]).permute(tuple(perm.index(d) for d in range(grads.dim())))
+
+
+def _penalty_weight(n_rows: int, reduction: str) -> float:
+    return (1.0 / n_rows if n_rows else math.nan) if reduction == "mean" else 1.0
+
+
+def _penalty_forward(grads, kind, gamma, reduction):
+    """(penalty: 0-d, or [B] for "none"; coef [B], what the backward multiplies each row by)."""
+    n_rows, n_cols = grads.shape[0], math.prod(grads.shape[1:])
+    acc = compute_dtype(grads.dtype)
+    weight = _penalty_weight(n_rows, reduction)
+    penalty = torch.empty(n_rows, dtype=acc, device=grads.device)
+    coef = torch.empty(n_rows, dtype=acc, device=grads.device)
+    if n_rows == 0:
+        return (penalty if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=grads.device)), coef
+    loss = torch.empty(1, dtype=acc, device=grads.device)
+    partial, n_split = penalty, 0  # zero-size rows: no sum to take, every row's sum of squares is 0
+    if n_cols > 0:
+        rows, _ = _row_view(grads)
+        block_b, block_n = tile_for(n_cols, grads.dtype)
+        n_split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
+        partial = torch.empty((n_rows, n_split), dtype=acc, device=grads.device)
+        _sum_squares_kernel[(triton.cdiv(n_rows, block_b), n_split)](
+            rows, partial, n_rows, n_cols, cols_per_program, *rows.stride(),
+            COMPUTE=_tl_dtype(grads.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+        )
+    _finish_kernel[(1,)](
+        partial, penalty, coef, loss, n_rows, n_split, PENALTY_CODES[kind], gamma, weight,
+        COMPUTE=_tl_dtype(grads.dtype), BLOCK_B=FINISH_BLOCK,
+    )
+    return (penalty if reduction == "none" else loss.view(())), coef
+
+
+def _penalty_backward(grads, coef, grad_output, weight):
+    """d loss / d grads in one kernel, laid out like ``grads``."""
+    if grads.numel() == 0:
+        return torch.zeros_like(grads)
+    n_rows, n_cols = grads.shape[0], math.prod(grads.shape[1:])
+    rows, _ = _row_view(grads)
+    grad_rows, grad = _empty_in_memory_order(grads)
+    block_b, block_n = tile_for(n_cols, grads.dtype)
+    _penalty_backward_kernel[(triton.cdiv(n_rows, block_b), triton.cdiv(n_cols, block_n))](
+        rows, coef, grad_output, grad_rows, n_rows, n_cols, *rows.stride(),
+        0 if grad_output.dim() == 0 else grad_output.stride(0), weight,
+        COMPUTE=_tl_dtype(grads.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+    )
+    return grad
 
 
 class GradientPenalty(torch.autograd.Function):
@@ -347,53 +496,57 @@ class GradientPenalty(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grads, kind, gamma, reduction):
-        n_rows, n_cols = grads.shape[0], math.prod(grads.shape[1:])
-        acc = compute_dtype(grads.dtype)
-        weight = (1.0 / n_rows if n_rows else math.nan) if reduction == "mean" else 1.0
-        ctx.kind, ctx.gamma, ctx.reduction, ctx.weight = kind, gamma, reduction, weight
-        penalty = torch.empty(n_rows, dtype=acc, device=grads.device)
-        coef = torch.empty(n_rows, dtype=acc, device=grads.device)
-        if n_rows == 0:
-            ctx.save_for_backward(grads, coef)
-            return penalty if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=grads.device)
-        loss = torch.empty(1, dtype=acc, device=grads.device)
-        partial, n_split = penalty, 0  # zero-size rows: no sum to take, every row's sum of squares is 0
-        if n_cols > 0:
-            rows, _ = _row_view(grads)
-            block_b, block_n = tile_for(n_cols, grads.dtype)
-            n_split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
-            partial = torch.empty((n_rows, n_split), dtype=acc, device=grads.device)
-            _sum_squares_kernel[(triton.cdiv(n_rows, block_b), n_split)](
-                rows, partial, n_rows, n_cols, cols_per_program, *rows.stride(),
-                COMPUTE=_tl_dtype(grads.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
-            )
-        _finish_kernel[(1,)](
-            partial, penalty, coef, loss, n_rows, n_split, PENALTY_CODES[kind], gamma, weight,
-            COMPUTE=_tl_dtype(grads.dtype), BLOCK_B=FINISH_BLOCK,
-        )
+        penalty, coef = _penalty_forward(grads, kind, gamma, reduction)
+        ctx.kind, ctx.gamma, ctx.weight = kind, gamma, _penalty_weight(grads.shape[0], reduction)
         ctx.save_for_backward(grads, coef)
-        return penalty if reduction == "none" else loss.view(())
+        return penalty
 
     @staticmethod
     def backward(ctx, grad_output):
         grads, coef = ctx.saved_tensors
-        if grads.numel() == 0:
-            return torch.zeros_like(grads), None, None, None
-        if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate again
+        if torch.is_grad_enabled() and grads.numel():  # create_graph=True: a backward autograd can differentiate
             return _penalty_backward_differentiable(grads, grad_output, ctx.kind, ctx.gamma, ctx.weight), \
                 None, None, None
-        n_rows, n_cols = grads.shape[0], math.prod(grads.shape[1:])
-        rows, perm = _row_view(grads)
-        grad_rows = torch.empty((n_rows, n_cols), dtype=grads.dtype, device=grads.device)
-        block_b, block_n = tile_for(n_cols, grads.dtype)
-        _penalty_backward_kernel[(triton.cdiv(n_rows, block_b), triton.cdiv(n_cols, block_n))](
-            rows, coef, grad_output, grad_rows, n_rows, n_cols, *rows.stride(),
-            0 if grad_output.dim() == 0 else grad_output.stride(0), ctx.weight,
-            COMPUTE=_tl_dtype(grads.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
-        )
-        # back from the memory-order rows to the logical shape: the gradient has the layout of grads
-        grad = grad_rows.view([grads.shape[d] for d in perm]).permute(tuple(perm.index(d) for d in range(grads.dim())))
-        return grad, None, None, None
+        return _penalty_backward(grads, coef, grad_output, ctx.weight), None, None, None
+
+
+@library.custom_op("gradient_penalty", "(Tensor grads, str kind, float gamma, str reduction) -> (Tensor, Tensor)")
+def _penalty_op(grads, kind, gamma, reduction):
+    """(penalty, coef): the public op's value and what the backward multiplies each row by."""
+    return _penalty_forward(grads, kind, gamma, reduction)
+
+
+@_penalty_op.register_fake
+def _(grads, kind, gamma, reduction):
+    acc = compute_dtype(grads.dtype)
+    n_rows = grads.shape[0]
+    return grads.new_empty((n_rows,) if reduction == "none" else (), dtype=acc), grads.new_empty(n_rows, dtype=acc)
+
+
+@library.custom_op("gradient_penalty_backward", "(Tensor grads, Tensor coef, Tensor grad_output, float weight) -> Tensor")
+def _penalty_backward_op(grads, coef, grad_output, weight):
+    return _penalty_backward(grads, coef, grad_output, weight)
+
+
+@_penalty_backward_op.register_fake
+def _(grads, coef, grad_output, weight):
+    return _empty_in_memory_order(grads)[1]
+
+
+def _setup_penalty(ctx, inputs, output):
+    grads, kind, gamma, reduction = inputs
+    ctx.save_for_backward(grads, output[1])
+    ctx.kind, ctx.gamma, ctx.weight = kind, gamma, _penalty_weight(grads.shape[0], reduction)
+
+
+def _penalty_op_backward(ctx, grad_output, _grad_coef):
+    grads, coef = ctx.saved_tensors
+    if torch.is_grad_enabled() and grads.numel():  # create_graph=True
+        return _penalty_backward_differentiable(grads, grad_output, ctx.kind, ctx.gamma, ctx.weight), None, None, None
+    return torch.ops.fastgen.gradient_penalty_backward(grads, coef, grad_output, ctx.weight), None, None, None
+
+
+_penalty_op.register_autograd(_penalty_op_backward, setup_context=_setup_penalty)
 
 
 def _penalty_backward_differentiable(grads, grad_output, kind, gamma, weight):
@@ -440,6 +593,8 @@ def gradient_penalty(grads, kind="r1", gamma=10.0, reduction="mean"):
     check_choice("reduction", reduction, REDUCTIONS)
     if backend_for(grads) == "reference":
         return reference.gradient_penalty(grads.to(compute_dtype(grads.dtype)), kind, gamma, reduction)
+    if library.traced():
+        return torch.ops.fastgen.gradient_penalty(grads, kind, gamma, reduction)[0]
     return GradientPenalty.apply(grads, kind, gamma, reduction)
 
 
