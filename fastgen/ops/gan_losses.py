@@ -13,7 +13,7 @@ from torch.autograd.function import once_differentiable
 from fastgen import library
 from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for
-from fastgen.launch import Kernel
+from fastgen.launch import Kernel, plan_cache
 from fastgen.kernels import gan_losses as kernels
 from fastgen.reference import gan_losses as reference
 from fastgen.reference.gan_losses import D_KINDS, G_KINDS, PENALTY_KINDS
@@ -69,6 +69,7 @@ class TermRule:
     sign: int = 1
 
 
+@plan_cache
 def d_rules(kind: str, real_label: float) -> tuple[TermRule, TermRule]:
     """(real rule, fake rule) of a discriminator loss."""
     return {
@@ -79,6 +80,7 @@ def d_rules(kind: str, real_label: float) -> tuple[TermRule, TermRule]:
     }[kind]
 
 
+@plan_cache
 def g_rule(kind: str) -> TermRule:
     """The rule of a generator loss on fake logits."""
     return {
@@ -104,6 +106,15 @@ def logit_grid(n_max: int, dtype: torch.dtype) -> tuple[int, int]:
     return triton.cdiv(n_max, elements_per_program), elements_per_program
 
 
+def _flat_with_stride(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(a tensor whose elements are read as ``ptr + i * stride``, that stride): ``x`` itself when contiguous (no
+    view to build on the hot path), else a 1-D view, or a copy when its elements are not evenly spaced."""
+    if x.is_contiguous():
+        return x, 1
+    flat = _flat(x)
+    return flat, flat.stride(0)
+
+
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """``x`` as a 1-D view read through one stride; a copy only when its elements are not evenly spaced."""
     try:
@@ -119,6 +130,21 @@ def _segment_weight(n: int, reduction: str) -> float:
     return 1.0
 
 
+@plan_cache
+def _logit_plan(n_first: int, n_second: int, dtype: torch.dtype, rules: tuple, reduction: str,
+                needs_grad: tuple) -> tuple:
+    """Everything of one forward launch that sizes, dtype and flags decide: (programs, elements per program,
+    weights, the scalar arguments after the strides, the constexprs). ``n_second`` is -1 without a second
+    segment (the generator loss)."""
+    weights = [_segment_weight(n, reduction) for n in (n_first, n_second) if n >= 0]
+    programs, elements_per_program = logit_grid(max(n_first, n_second), dtype)
+    rules = tuple(rules) + (rules[0],) * (2 - len(rules))
+    flags = [int(bool(need)) for need in needs_grad] + [0] * (2 - len(needs_grad))
+    scalars = (*(r.family for r in rules), *(r.sign for r in rules), *flags, int(reduction == "none"),
+               *(float(r.target) for r in rules), *weights, *[0.0] * (2 - len(weights)))
+    return programs, elements_per_program, weights, scalars, dict(COMPUTE=_tl_dtype(dtype), BLOCK=logit_block(dtype))
+
+
 def _logit_loss_forward(first, second, rules, reduction, needs_grad):
     """One launch (two for large inputs with a reduction): the per-element terms, or their reduction, and the
     gradients ``sign * d term / dx`` (input dtype) of each segment that ``needs_grad``.
@@ -127,35 +153,37 @@ def _logit_loss_forward(first, second, rules, reduction, needs_grad):
     (loss or None, [terms per segment], [saved gradient or None per segment], [weight per segment]).
     """
     acc = compute_dtype(first.dtype)
-    segments = [first] + ([second] if second is not None else [])
+    n_first, n_second = first.numel(), (-1 if second is None else second.numel())
+    programs, elements_per_program, weights, scalars, constexprs = _logit_plan(
+        n_first, n_second, first.dtype, rules, reduction, tuple(needs_grad))
+    segments = (first,) if second is None else (first, second)
     saved = [torch.empty(x.shape, dtype=x.dtype, device=x.device) if need else None
              for x, need in zip(segments, needs_grad)]
     terms = [torch.empty(x.shape, dtype=acc, device=x.device) for x in segments] if reduction == "none" else []
-    weights = [_segment_weight(x.numel(), reduction) for x in segments]
-    n_max = max(x.numel() for x in segments)
-    if n_max == 0:
+    if max(n_first, n_second) == 0:
         loss = None
         if reduction != "none":  # nan for a mean (of an empty tensor), else 0
             loss = torch.full((), sum(weights) * 0.0, dtype=acc, device=first.device)
         return loss, terms, saved, weights
 
-    programs, elements_per_program = logit_grid(n_max, first.dtype)
-    partial = torch.empty(programs, dtype=acc, device=first.device)
+    # one program writes the loss itself (0-d); more write partial sums that torch adds
+    partial = torch.empty(() if programs == 1 else programs, dtype=acc, device=first.device)
     # the kernel takes two segments: the generator loss's missing one is empty, its pointers never touched
-    missing = 2 - len(segments)
-    flats = [_flat(x) for x in segments] + [_flat(first)[:0]] * missing
-    rules = tuple(rules) + (rules[0],) * missing
-    saved_or_any = [flats[0] if s is None else s for s in saved] + [flats[0]] * missing
+    flat_first, stride_first = _flat_with_stride(first)
+    # without a second segment (n_second = 0) the kernel never reads its pointers
+    flat_second, stride_second = (flat_first, 1) if second is None else _flat_with_stride(second)
+    saved_first = flat_first if saved[0] is None else saved[0]
+    saved_second = flat_first if second is None or saved[1] is None else saved[1]
+    terms_first = terms[0] if terms else partial
+    terms_second = terms[1] if len(terms) == 2 else partial
     _logit_forward_kernel[(programs,)](
-        *flats, *saved_or_any, *(terms + [partial] * (2 - len(terms))), partial,
-        flats[0].numel(), flats[1].numel(), elements_per_program, flats[0].stride(0), flats[1].stride(0),
-        *(r.family for r in rules), *(r.sign for r in rules), *(int(s is not None) for s in saved),
-        *[0] * missing, int(bool(terms)), *(float(r.target) for r in rules), *weights, *[0.0] * missing,
-        COMPUTE=_tl_dtype(first.dtype), BLOCK=logit_block(first.dtype),
+        flat_first, flat_second, saved_first, saved_second, terms_first, terms_second, partial,
+        n_first, max(n_second, 0), elements_per_program, stride_first, stride_second, *scalars,
+        **constexprs,
     )
     loss = None
     if reduction != "none":
-        loss = partial.view(()) if programs == 1 else partial.sum()
+        loss = partial if programs == 1 else partial.sum()
     return loss, terms, saved, weights
 
 
