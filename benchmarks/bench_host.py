@@ -142,9 +142,13 @@ def _launch_rows(device: str, calls: int) -> list[dict]:
                  how="fastgen.launch.Kernel vs Triton's kernel[grid](...)")]
 
 
-def run(device: str, quick: bool = True, only: str = "", calls: int = CALLS, progress: bool = True) -> list[dict]:
-    """The host-cost rows; printed as they finish when ``progress``."""
+def run(device: str, only: str = "", calls: int = CALLS, progress: bool = True,
+        on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """The host-cost rows; each handed to ``on_row`` as it is measured, and printed when ``progress``."""
     rows = _launch_rows(device, calls) if only in "launch" else []
+    for row in rows:
+        if on_row is not None:
+            on_row(row)
     for case in CASES:
         if only and only not in f"{case.op} {case.name}":
             continue
@@ -161,6 +165,8 @@ def run(device: str, quick: bool = True, only: str = "", calls: int = CALLS, pro
             row = dict(op=case.op, case=case.name, mode=mode, fastgen_us=round(fastgen_us, 2),
                        eager_us=round(eager_us, 2), ratio=round(fastgen_us / eager_us, 3), calls=calls, how=how)
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
             if progress:
                 print(f"host {case.op:20s} {case.name:22s} {mode:17s} fastgen {fastgen_us:8.2f} us  "
                       f"eager {eager_us:8.2f} us  ratio {fastgen_us / eager_us:5.2f}", flush=True)

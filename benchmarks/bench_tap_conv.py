@@ -44,6 +44,9 @@ def _output_bytes(inputs):
 
 def _case(name, batch, c_in, c_out, size, k, mask_type, data_channels=1, dtype=torch.bfloat16, input_grad=True,
           quick=False):
+    if c_in % data_channels or c_out % data_channels:  # masked_conv2d's own rule, checked when the case is built
+        raise ValueError(f"bench case {name!r}: {c_in} -> {c_out} channels do not split into {data_channels} "
+                         f"channel groups (use multiples of {data_channels})")
     spec = (batch, c_in, c_out, size, k, mask_type, data_channels, dtype, input_grad)
     taps = masks.masked(k, mask_type, data_channels)
 
@@ -79,7 +82,8 @@ CASES = [
     _case("B=64 C=128 28x28 7x7 B bf16", 64, 128, 128, 28, 7, "B"),
     _case("B=128 C=64 28x28 5x5 A bf16", 128, 64, 64, 28, 5, "A"),
     _case("rgb B=32 C=192 32x32 3x3 B bf16", 32, 192, 192, 32, 3, "B", data_channels=3),
-    _case("rgb B=16 C=256 32x32 7x7 B bf16", 16, 256, 256, 32, 7, "B", data_channels=3),
+    # a wide RGB hidden layer with the 7x7 window: 384 = 3 x 128 channels (the groups need multiples of 3)
+    _case("rgb B=16 C=384 32x32 7x7 B bf16", 16, 384, 384, 32, 7, "B", data_channels=3),
     _case("rgb input B=32 3->192 32x32 7x7 A bf16", 32, 3, 192, 32, 7, "A", data_channels=3, input_grad=False),
     _case("B=64 C=128 28x28 7x7 B fp32", 64, 128, 128, 28, 7, "B", dtype=torch.float32),
 ]

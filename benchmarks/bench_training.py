@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import sys
+import time
 from typing import Callable
 
 import pytest
@@ -150,14 +152,28 @@ def training_step(model, x: torch.Tensor, provider: str) -> Callable[[], torch.T
     return step
 
 
+@contextlib.contextmanager
+def exact_float32():
+    """TF32 off for CUDA matmuls and convolutions inside the block (PyTorch lets cuDNN convolutions use TF32 by
+    default, ``torch.backends.cudnn.allow_tf32``), restored after: the correctness pass compares fastgen's
+    float32 step with an eager float32 step, not with a TF32 one (on the H200, TF32 put eager 1e-3 to 2e-2 away
+    from fastgen's exact float32)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 def max_error_vs_eager(eager_model, x: torch.Tensor, loss: torch.Tensor, model) -> float:
     """Largest difference of the loss and of every parameter gradient of ``model`` (its ``.grad`` after one
     step that returned ``loss``) against ``eager_model`` (a copy of its parameters before that step) on x,
     relative to the largest eager value of that tensor."""
     eager_model.use_reference(True)
-    with fastgen.use_backend("reference"):
+    with fastgen.use_backend("reference"), exact_float32():
         eager_loss = loss_of(eager_model, x, True)
-    grads = torch.autograd.grad(eager_loss, list(eager_model.parameters()), allow_unused=True)
+        grads = torch.autograd.grad(eager_loss, list(eager_model.parameters()), allow_unused=True)
     pairs = [(loss.detach(), eager_loss.detach())] + [
         (p.grad if p.grad is not None else torch.zeros_like(p), g if g is not None else torch.zeros_like(p))
         for p, g in zip(model.parameters(), grads)]
@@ -166,15 +182,20 @@ def max_error_vs_eager(eager_model, x: torch.Tensor, loss: torch.Tensor, model) 
 
 
 def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batch: int | None = None) -> dict:
-    """One row; ``batch`` shrinks the batch (interpreted runs: one step, counted and checked, untimed)."""
+    """One row; ``batch`` shrinks the batch (interpreted runs: one step, counted and checked, untimed). The
+    first step (the one checked against eager) runs in exact float32 (:func:`exact_float32`); the timed steps
+    run with PyTorch's defaults. torch.compile builds its graphs once, in the first step of the case."""
     model = build_training_model(case.family, case.shape, case.tiny).to(device).train()
     eager_copy = copy.deepcopy(model) if provider == "fastgen" else None
     x = case.images(device, batch)
+    if provider == "torch.compile":
+        torch._dynamo.reset()  # drop the graphs of earlier cases (one function recompiled per case: none is reused)
     step = training_step(model, x, provider)
     first = [None]
 
     def first_step():
-        first[0] = step()
+        with exact_float32() if eager_copy is not None else contextlib.nullcontext():
+            first[0] = step()
 
     counted = provider != "torch.compile"  # its generated kernels are not counted (as in the op benchmarks)
     if batch is None:  # warm-up (compile, autotune, Adam state) outside of every count, then a counted step
@@ -196,10 +217,24 @@ def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batc
     return row
 
 
+COMPILE_RESERVE_S = 45.0  # a torch.compile job (build + time) is not started with less of the budget left
+
+
+def jobs(selected: list[TrainingCase], chosen: list[str]) -> list[tuple[TrainingCase, str]]:
+    """(case, provider) in run order: fastgen and eager of every case first, torch.compile last (its graph
+    builds take tens of seconds each: a run cut short by its budget loses those rows only)."""
+    first = [(c, p) for c in selected for p in chosen if p != "torch.compile"]
+    return first + [(c, p) for c in selected for p in chosen if p == "torch.compile"]
+
+
 def run(device: str, quick: bool = True, full: bool = False, only: str = "", progress: bool = True,
-        case_list: list[TrainingCase] | None = None, threads: int | None = None) -> list[dict]:
-    """Every selected case and provider. On CPU fastgen runs interpreted on a tiny copy of the case, and the
-    timed steps use ``threads`` (default ``CPU_THREADS``) intra-op threads (restored after)."""
+        case_list: list[TrainingCase] | None = None, threads: int | None = None,
+        on_row: Callable[[dict], None] | None = None, budget_s: float | None = None) -> list[dict]:
+    """Every selected case and provider (order: :func:`jobs`); ``on_row`` gets each row as soon as it is
+    measured. With ``budget_s``, no job starts after that many seconds (a torch.compile job none within
+    ``COMPILE_RESERVE_S`` of it): skipped jobs have no row and are named on stderr. On CPU fastgen runs
+    interpreted on a tiny copy of the case, and the timed steps use ``threads`` (default ``CPU_THREADS``)
+    intra-op threads (restored after)."""
     from tqdm import tqdm
 
     selected = [c for c in (case_list or cases(quick)) if only in c.label]
@@ -207,10 +242,15 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", pro
     previous = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(threads or CPU_THREADS)
-    rows = []
+    rows, skipped = [], []
+    start = time.monotonic()
     try:
-        for case, provider in tqdm([(c, p) for c in selected for p in chosen], desc="training step",
-                                   unit="case", disable=not progress):
+        for case, provider in tqdm(jobs(selected, chosen), desc="training step", unit="case",
+                                   disable=not progress):
+            reserve = COMPILE_RESERVE_S if provider == "torch.compile" else 0.0
+            if budget_s is not None and time.monotonic() - start > budget_s - reserve:
+                skipped.append(f"{case.label} {provider}")
+                continue
             interpreted = device == "cpu" and provider == "fastgen"
             measured = dataclasses.replace(case, tiny=True) if interpreted else case
             row = measure(measured, provider, device, timed=not interpreted,
@@ -219,8 +259,13 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", pro
             row["threads"] = torch.get_num_threads() if device == "cpu" else None
             row["load"] = bench_sampling.load()
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
     finally:
         torch.set_num_threads(previous)
+    if skipped:
+        print(f"training step: budget of {budget_s:.0f} s spent, {len(skipped)} jobs not run (no row): "
+              + "; ".join(skipped), file=sys.stderr, flush=True)
     return rows
 
 

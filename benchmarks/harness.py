@@ -70,13 +70,28 @@ def nbytes(*values) -> int:
     return sum(t.numel() * t.element_size() for t in tensors_in(list(values)))
 
 
+_compiled: dict[str, Callable[..., tuple]] = {}  # case label -> torch.compile of its reference (the latest case)
+
+
+def compiled_reference(case: Case) -> Callable[..., tuple]:
+    """``torch.compile`` of the case's reference, built once per case: its forward and forward+backward rows
+    reuse the same compiled function (and graphs). A new case drops the previous one's graphs first
+    (``torch._dynamo.reset()``): several cases share one reference function, whose recompiles for each new
+    shape would otherwise pile up against dynamo's recompile limit (past it, dynamo silently runs eager)."""
+    if case.label not in _compiled:
+        torch._dynamo.reset()
+        _compiled.clear()
+        _compiled[case.label] = torch.compile(case.reference, dynamic=False)
+    return _compiled[case.label]
+
+
 def provider_function(case: Case, provider: str) -> Callable[..., tuple]:
     if provider == "fastgen":
         return case.fastgen
     if provider == "eager":
         return case.reference
     if provider == "torch.compile":
-        return torch.compile(case.reference, dynamic=False)
+        return compiled_reference(case)
     raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
 
 

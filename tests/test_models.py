@@ -1,8 +1,9 @@
 """fastgen.models: shapes, fastgen vs reference backends, causality (and no blind spot), training, conditioning.
 
-The convolutions run interpreted on CPU, so the models are tiny (2 layers, 6-8 channels, 5x5 images) and the
-Triton runs use 3x3 input kernels; the exhaustive causality checks (every input sub-pixel perturbed) run on
-the reference backend with the default 7x7 input kernels, and the Triton runs check one perturbed pixel.
+The Triton runs take the ``device`` fixture's device (compiled on a GPU, interpreted on CPU), so the models are
+tiny (2 layers, 6-8 channels, 5x5 images) and the Triton runs use 3x3 input kernels; the exhaustive causality
+checks (every input sub-pixel perturbed) run on the reference backend (CPU) with the default 7x7 input kernels,
+and the Triton runs check one perturbed pixel.
 """
 
 import math
@@ -50,12 +51,13 @@ def dependence(model, x, pixels=None):
     for i, (ci, p) in enumerate((ci, p) for ci in range(c) for p in pixels):
         perturbed[1 + i, ci, p // W, p % W] += 0.75
     with torch.no_grad():
-        out = model(perturbed, None if model.n_classes is None else torch.zeros(len(perturbed), dtype=torch.long))
+        out = model(perturbed, None if model.n_classes is None else torch.zeros(len(perturbed), dtype=torch.long,
+                                                                               device=perturbed.device))
     if model.output_kind == "logits":  # [N, L, C, H, W]: the largest change over the levels, per channel
         change = (out[1:] - out[:1]).abs().amax(1)
     else:  # [N, P, H, W]: DMOL parameters describe the whole pixel
         change = (out[1:] - out[:1]).abs().amax(1, keepdim=True)
-    return change.reshape(c, len(pixels), change.shape[1], n), out
+    return change.reshape(c, len(pixels), change.shape[1], n).cpu(), out
 
 
 def allowed(model, c_in, pixels, c_out):
@@ -90,11 +92,12 @@ CONFIGS = [(name, c) for name in TINY for c in (1, 3)]
 
 
 @pytest.mark.parametrize("name,data_channels", CONFIGS, ids=lambda v: str(v))
-def test_backends_agree_and_are_causal(name, data_channels):
-    """fastgen's kernels (interpreted here) and the reference layers give the same outputs, shapes and
-    state_dict; the kernel run leaves the future of one perturbed pixel untouched."""
-    model = build(name, data_channels, n_classes=3 if data_channels == 3 else None)
-    x = images(1, data_channels)
+def test_backends_agree_and_are_causal(name, data_channels, device):
+    """fastgen's kernels and the reference layers give the same outputs, shapes and state_dict; the kernel
+    run leaves the future of one perturbed pixel untouched."""
+    model = build(name, data_channels, n_classes=3 if data_channels == 3 else None).to(device)
+    x = images(1, data_channels).to(device)
+    assert fastgen.backend_for(x.double()) == "triton"
     centre = [(H // 2) * W + W // 2]
     keys = list(model.state_dict())
     change, out = dependence(model, x, centre)
@@ -157,10 +160,11 @@ def dmol_nll(params, x, levels):
 
 @pytest.mark.parametrize("name,data_channels", [("pixelcnn", 3), ("gated", 1), ("pixelcnnpp", 1)],
                          ids=lambda v: str(v))
-def test_training_step(name, data_channels):
+def test_training_step(name, data_channels, device):
     """The kernels' gradients equal the reference's, and one Adam step lowers the loss on a tiny batch."""
-    model = build(name, data_channels)
-    x = images(2, data_channels)
+    model = build(name, data_channels).to(device)
+    x = images(2, data_channels).to(device)
+    assert fastgen.backend_for(x.double()) == "triton"
     params = list(model.parameters())
     loss = nll(model, model(x), x)
     grads = torch.autograd.grad(loss, params)

@@ -269,7 +269,7 @@ def test_dmol_float32_is_more_precise_than_eager(device):
     formula's (openai's, on the same float32 inputs)."""
     params = make_params(2, 3, 3, 3, 4, torch.float32, device).requires_grad_()
     x = make_images(2, 3, 3, 4, device)
-    grad_out = random_grad_like(torch.empty(2, 3, 4))
+    grad_out = random_grad_like(torch.empty(2, 3, 4, device=device))
     results = []
     for fn, p, xx in ((fastgen.dmol_nll, params, x), (reference.dmol_nll, params, x),
                       (reference.dmol_nll, params.detach().double().requires_grad_(), x.double())):
@@ -492,7 +492,8 @@ def test_dmol_x_dtype_differs_from_params(device):
 def test_dmol_empty(shape, reduction, device):
     batch, channels, height, width = shape
     params = make_params(batch, 2, channels, height, width, torch.float32, device).requires_grad_()
-    x = make_images(batch, channels, height, width, device) if batch * height * width else torch.zeros(shape)
+    x = (make_images(batch, channels, height, width, device) if batch * height * width
+         else torch.zeros(shape, device=device))
     x = x.requires_grad_()
     out = fastgen.dmol_nll(params, x, 2, reduction=reduction)
     expected = reference.dmol_nll(params.double(), x.double(), 2, reduction=reduction)

@@ -1,7 +1,7 @@
 """fastgen.sampling: the cached incremental sampler returns the naive sampler's pixels for the same draws.
 
-The naive sampler runs the model (its reference layers, except in one test where the fastgen kernels run
-interpreted) once per sub-pixel; the cached one evaluates every layer at the new pixel only. Their samples
+The naive sampler runs the model (its reference layers on CPU, except in one test where the fastgen kernels
+run on the ``device`` fixture's device) once per sub-pixel; the cached one evaluates every layer at the new pixel only. Their samples
 are compared exactly, in float64 for every model family, grey and RGB, conditional, several depths and
 kernel sizes, image completion and temperatures; float32 too. Parameters are perturbed away from their
 initialization so that every layer (biases, gates, embeddings) matters.
@@ -100,9 +100,10 @@ def test_float32_matches_naive(name):
 
 
 @pytest.mark.parametrize("name", ["pixelcnn-grey-k5", "gated-one-layer", "pixelcnnpp-grey"])
-def test_naive_on_fastgen_kernels_matches_cached(name):
-    """The naive sampler on the fastgen convolutions (interpreted here, compiled on a GPU) draws the same."""
-    model = build(name).use_reference(False)
+def test_naive_on_fastgen_kernels_matches_cached(name, device):
+    """The naive sampler on the fastgen convolutions (compiled on a GPU, interpreted on CPU) draws the same."""
+    model = build(name).use_reference(False).to(device)
+    assert fastgen.backend_for(next(model.parameters())) == "triton"
     naive = sample_naive(model, 1, size=(3, 3), generator=generator())
     assert torch.equal(sample(model, 1, size=(3, 3), generator=generator()), naive)
 

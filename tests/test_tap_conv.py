@@ -119,10 +119,11 @@ def test_reference_formulations(device):
     # Gated PixelCNN (as in pytorch-vqvae): pad k//2 all round, crop; mask A zeroes the last row / column
     k = 5
     wv = make((4, 3, k // 2 + 1, k), torch.float64, device, "wv")
-    vertical = F.conv2d(x, wv * torch.tensor([1.0, 1.0, 0.0]).view(1, 1, 3, 1), padding=(k // 2, k // 2))
+    keep = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64, device=device)  # the taps of k // 2 + 1 = 3
+    vertical = F.conv2d(x, wv * keep.view(1, 1, 3, 1), padding=(k // 2, k // 2))
     torch.testing.assert_close(ref.tap_conv2d(x, wv, None, masks.vertical_stack(k, "A")), vertical[:, :, :5])
     wh = make((4, 3, 1, k // 2 + 1), torch.float64, device, "wh")
-    horizontal = F.conv2d(x, wh * torch.tensor([1.0, 1.0, 0.0]).view(1, 1, 1, 3), padding=(0, k // 2))
+    horizontal = F.conv2d(x, wh * keep.view(1, 1, 1, 3), padding=(0, k // 2))
     torch.testing.assert_close(ref.tap_conv2d(x, wh, None, masks.horizontal_stack(k, "A")), horizontal[..., :6])
 
 
@@ -251,19 +252,23 @@ def test_1x1_mask_a_is_the_bias(device):
 def test_errors(device):
     x = torch.randn(1, 6, 4, 4, device=device)
     w = torch.randn(6, 6, 3, 3, device=device)
+
+    def randn(*shape):  # every tensor on the session's device: only the named argument is wrong
+        return torch.randn(*shape, device=device)
+
     cases = [
         (lambda: fastgen.masked_conv2d(x, w, mask_type="C"), ValueError, "mask_type"),
         (lambda: fastgen.masked_conv2d(x, w, data_channels=2), ValueError, "data_channels"),
-        (lambda: fastgen.masked_conv2d(x, torch.randn(6, 6, 4, 4)), ValueError, "kernel_size"),
-        (lambda: fastgen.masked_conv2d(x, torch.randn(6, 6, 9, 9)), ValueError, "kernel_size"),
-        (lambda: fastgen.masked_conv2d(x, torch.randn(6, 6, 3, 5)), ValueError, "square"),
+        (lambda: fastgen.masked_conv2d(x, randn(6, 6, 4, 4)), ValueError, "kernel_size"),
+        (lambda: fastgen.masked_conv2d(x, randn(6, 6, 9, 9)), ValueError, "kernel_size"),
+        (lambda: fastgen.masked_conv2d(x, randn(6, 6, 3, 5)), ValueError, "square"),
         (lambda: fastgen.masked_conv2d(x, w, padding=0), ValueError, "padding"),
         (lambda: fastgen.masked_conv2d(x[0], w), ValueError, "x must be a 4-d"),
         (lambda: fastgen.masked_conv2d(x.long(), w), TypeError, "x must be a floating"),
         (lambda: fastgen.masked_conv2d(x, w.double()), TypeError, "weight has dtype"),
         (lambda: fastgen.masked_conv2d(x, w.to("meta")), ValueError, "weight is on meta"),
-        (lambda: fastgen.masked_conv2d(x, torch.randn(6, 5, 3, 3)), ValueError, "weight must have shape"),
-        (lambda: fastgen.masked_conv2d(x, w, torch.randn(5)), ValueError, "bias has shape"),
+        (lambda: fastgen.masked_conv2d(x, randn(6, 5, 3, 3)), ValueError, "weight must have shape"),
+        (lambda: fastgen.masked_conv2d(x, w, randn(5)), ValueError, "bias has shape"),
         (lambda: fastgen.masked_conv2d(x[:, :4], w[:, :4], data_channels=3), ValueError, "in_channels (4)"),
         (lambda: fastgen.tap_conv2d(x, w, None, "B"), TypeError, "taps must be"),
         (lambda: fastgen.nn.MaskedConv2d(6, 6, 3, stride=2), ValueError, "stride"),

@@ -295,9 +295,10 @@ def test_image_grid(tmp_path):
 
 # -------------------------------------------------------------------------------------------------------- CLI
 def test_cli_train_and_sample_on_npy(tmp_path, one_thread, capsys, monkeypatch):
-    """`fastgen train` on a .npy file, then `fastgen sample` from its checkpoint. On CPU the CLI runs the
-    reference layers even here, where the conftest turned on the interpreter (or these steps would take
-    minutes)."""
+    """`fastgen train` on a .npy file, then `fastgen sample` from its checkpoint, both with ``--device cpu``
+    (also on a CUDA machine): on CPU the CLI runs the reference layers, even where the conftest turned on the
+    interpreter (or these steps would take minutes). The CUDA path of the CLI (the compiled kernels) runs in
+    test_cli_conditional_digits and test_vae_dcgan's CLI test, which take the default device."""
     array = np.random.default_rng(0).integers(0, 4, (40, 5, 5, 3)).astype(np.uint8)  # 40 RGB 5x5, 4 levels
     np.save(tmp_path / "tiny.npy", array)
     out = tmp_path / "run"
@@ -310,7 +311,7 @@ def test_cli_train_and_sample_on_npy(tmp_path, one_thread, capsys, monkeypatch):
     monkeypatch.setattr(fastgen.training, "train", spy)
     assert cli.main(["train", "gated", "--data", str(tmp_path / "tiny.npy"), "--epochs", "2", "--layers", "1",
                      "--hidden-channels", "6", "--batch-size", "16", "--out", str(out), "--samples", "4",
-                     "--no-progress", "--threads", "1"]) == 0
+                     "--no-progress", "--threads", "1", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "epoch   2  train" in printed and "test" in printed
     assert backends == [True]  # the reference layers on CPU
@@ -320,7 +321,7 @@ def test_cli_train_and_sample_on_npy(tmp_path, one_thread, capsys, monkeypatch):
     with Image.open(out / "gated-samples.png") as image:
         assert image.mode == "RGBA" and image.size == (2 * 36 + 1, 2 * 36 + 1)  # 2x2 grid of 7x enlarged 5x5
     assert cli.main(["sample", str(out / "gated.pt"), "-n", "3", "-o", str(tmp_path / "s.png"), "--seed", "1",
-                     "--no-progress"]) == 0
+                     "--no-progress", "--device", "cpu"]) == 0
     with Image.open(tmp_path / "s.png") as image:
         assert image.size == (2 * 36 + 1, 2 * 36 + 1)
 

@@ -1,8 +1,10 @@
 """fastgen.models.VAE and fastgen.models.DCGAN: shapes, fastgen vs reference losses and gradients in float64,
 the hierarchical KL against a hand-written Gaussian-Gaussian KL, a few training steps, and argument errors.
 
-The convolutions are PyTorch's; fastgen runs reparameterize_kl / the GAN losses / R1 (interpreted here), so
-tensors stay tiny: batch 2, 8x8 images, a few channels."""
+The convolutions are PyTorch's; fastgen runs reparameterize_kl / the GAN losses / R1 (compiled on a GPU,
+interpreted on CPU: the tests comparing fastgen with the reference run on the ``device`` fixture's device), so
+tensors stay tiny: batch 2, 8x8 images, a few channels. The shape, training and error tests run on CPU, on the
+reference layers where they train."""
 
 import math
 
@@ -49,12 +51,12 @@ def test_vae_shapes(hierarchical):
 @pytest.mark.parametrize("decoder,hierarchical,gaussian_logvar",
                          [("bernoulli", False, None), ("gaussian", False, None), ("gaussian", True, -1.0),
                           ("bernoulli", True, None)])
-def test_vae_fastgen_matches_reference(decoder, hierarchical, gaussian_logvar):
+def test_vae_fastgen_matches_reference(decoder, hierarchical, gaussian_logvar, device):
     model = VAE(1, 8, latent_dim=3, hidden_channels=3, decoder=decoder, gaussian_logvar=gaussian_logvar,
-                hierarchical=hierarchical).to(F64)
-    x = torch.rand(2, 1, 8, 8, dtype=F64)
-    eps = tuple(torch.randn(2, 3, dtype=F64) for _ in range(2 if hierarchical else 1))
-    assert fastgen.backend_for(x) == "triton"  # the conftest's interpreter: the kernels run
+                hierarchical=hierarchical).to(device, F64)
+    x = torch.rand(2, 1, 8, 8, dtype=F64, device=device)
+    eps = tuple(torch.randn(2, 3, dtype=F64, device=device) for _ in range(2 if hierarchical else 1))
+    assert fastgen.backend_for(x) == "triton"  # compiled on CUDA, interpreted on CPU: the kernels run
     terms = model.negative_elbo(x, eps, beta=0.5)
     grads = grads_of(terms.loss.mean(), model)
     model.use_reference(True)
@@ -66,10 +68,11 @@ def test_vae_fastgen_matches_reference(decoder, hierarchical, gaussian_logvar):
         assert "decoder_logvar" in dict(model.named_parameters())
 
 
-def test_vae_hierarchical_kl_is_gaussian_gaussian_kl():
-    model = VAE(1, 8, latent_dim=3, hidden_channels=3, hierarchical=True).to(F64)
-    x = torch.rand(2, 1, 8, 8, dtype=F64)
-    eps2, eps1 = torch.randn(2, 3, dtype=F64), torch.randn(2, 3, dtype=F64)
+def test_vae_hierarchical_kl_is_gaussian_gaussian_kl(device):
+    model = VAE(1, 8, latent_dim=3, hidden_channels=3, hierarchical=True).to(device, F64)
+    x = torch.rand(2, 1, 8, 8, dtype=F64, device=device)
+    eps2, eps1 = torch.randn(2, 3, dtype=F64, device=device), torch.randn(2, 3, dtype=F64, device=device)
+    assert fastgen.backend_for(x) == "triton"
     out = model(x, (eps2, eps1))
     # by hand: q(z2|x), z2, p(z1|z2), q(z1|x, z2)
     features = model.encoder(x)
@@ -151,10 +154,11 @@ def test_dcgan_shapes(size):
 
 
 @pytest.mark.parametrize("loss,r1_gamma", [("nonsaturating", 2.0), ("hinge", 0.0), ("ls", 1.0)])
-def test_dcgan_fastgen_matches_reference(loss, r1_gamma):
-    model = DCGAN(1, 8, latent_dim=3, hidden_channels=3, loss=loss, r1_gamma=r1_gamma).to(F64)
-    real = torch.rand(2, 1, 8, 8, dtype=F64) * 2 - 1
-    z = torch.randn(2, 3, dtype=F64)
+def test_dcgan_fastgen_matches_reference(loss, r1_gamma, device):
+    model = DCGAN(1, 8, latent_dim=3, hidden_channels=3, loss=loss, r1_gamma=r1_gamma).to(device, F64)
+    real = torch.rand(2, 1, 8, 8, dtype=F64, device=device) * 2 - 1
+    z = torch.randn(2, 3, dtype=F64, device=device)
+    assert fastgen.backend_for(real) == "triton"  # compiled on CUDA, interpreted on CPU: the kernels run
     d_terms = model.d_loss(real, z)
     d_grads = grads_of(d_terms.loss, model.discriminator)
     g_loss = model.g_loss(z)
@@ -169,9 +173,10 @@ def test_dcgan_fastgen_matches_reference(loss, r1_gamma):
     assert (float(d_terms.r1.detach()) > 0) == (r1_gamma > 0)
 
 
-def test_dcgan_r1_by_hand():
-    model = DCGAN(1, 8, latent_dim=3, hidden_channels=3, r1_gamma=4.0).to(F64)
-    real = torch.rand(2, 1, 8, 8, dtype=F64).requires_grad_(True)
+def test_dcgan_r1_by_hand(device):
+    model = DCGAN(1, 8, latent_dim=3, hidden_channels=3, r1_gamma=4.0).to(device, F64)
+    real = torch.rand(2, 1, 8, 8, dtype=F64, device=device).requires_grad_(True)
+    assert fastgen.backend_for(real) == "triton"
     grads, = torch.autograd.grad(model.discriminator(real).sum(), real)
     expected = 4.0 / 2 * grads.pow(2).flatten(1).sum(1).mean()
     torch.testing.assert_close(model.d_loss(real.detach(), 2).r1, expected, rtol=1e-10, atol=1e-12)
