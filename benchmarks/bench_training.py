@@ -7,7 +7,10 @@ Providers, all on the same initial parameters and the same batch:
 * eager: the same parameters on the plain-PyTorch reference layers and losses (``model.use_reference(True)``
   inside ``fastgen.use_backend("reference")``);
 * torch.compile: ``torch.compile`` of the eager model's forward + loss (timed on CUDA, on CPU only with
-  ``--full``: CPU builds are slow).
+  ``--full``: CPU builds are slow);
+* on CUDA, the same two compiled with ``mode="reduce-overhead"`` (CUDA-graph replay of the forward and the
+  backward): "fastgen reduce-overhead" (fastgen's ops enter the graph as ``torch.ops.fastgen`` custom ops) and
+  "torch.compile reduce-overhead" (the eager model).
 
 Shapes: digits-like 8x8 grey (17 levels, batch 64) and 32x32x3 (256 levels, batch 16); the models of
 :mod:`fastgen.benchmarks.bench_sampling` (PixelCNN h=64 x 7 blocks, Gated 64 x 6 layers, PixelCNN++-lite 80 x 2
@@ -43,7 +46,8 @@ from fastgen.benchmarks.bench_sampling import CPU_THREADS, FAMILIES, SHAPES, Sha
 from fastgen.models import DCGAN, VAE, scale_pixels
 from fastgen.reference import pixel_losses as reference_losses
 
-PROVIDERS = ("fastgen", "eager", "torch.compile")
+PROVIDERS = ("fastgen", "eager", "torch.compile", "fastgen reduce-overhead", "torch.compile reduce-overhead")
+CUDA_ONLY = ("fastgen reduce-overhead", "torch.compile reduce-overhead")  # CUDA graphs need CUDA
 INTERPRETER_BATCH = 1  # batch of the interpreted (CPU) correctness / launch-count step
 TRAIN_SHAPES = {"8x8 grey": 64, "32x32x3": 16}  # shape -> batch
 TRAIN_FAMILIES = FAMILIES + ("VAE", "DCGAN")
@@ -105,7 +109,13 @@ def providers(device: str, quick: bool, full: bool) -> list[str]:
     torch.compile with ``full``."""
     if device == "cuda":
         return list(PROVIDERS)
-    return [p for p in PROVIDERS if p == "eager" or (p == "fastgen" and not quick) or (p == "torch.compile" and full)]
+    return [p for p in PROVIDERS if p not in CUDA_ONLY and (
+        p == "eager" or (p == "fastgen" and not quick) or (p == "torch.compile" and full))]
+
+
+def compiled(provider: str) -> bool:
+    """Whether ``provider`` builds torch.compile graphs (its jobs run last, its launches are not counted)."""
+    return "compile" in provider or "reduce-overhead" in provider
 
 
 def loss_of(model, x: torch.Tensor, reference: bool) -> torch.Tensor:
@@ -129,20 +139,21 @@ def loss_of(model, x: torch.Tensor, reference: bool) -> torch.Tensor:
 
 def training_step(model, x: torch.Tensor, provider: str) -> Callable[[], torch.Tensor]:
     """A no-argument callable running one step (zero_grad, forward, loss, backward, Adam) of ``model`` on x."""
-    reference = provider != "fastgen"
+    reference = not provider.startswith("fastgen")
     model.use_reference(reference)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    if provider == "torch.compile":
-        def forward_loss(x):
-            with fastgen.use_backend("reference"):
-                return loss_of(model, x, True)
-        forward_loss = torch.compile(forward_loss, dynamic=False)
-    else:
-        def forward_loss(x):
-            with fastgen.use_backend("reference") if reference else contextlib.nullcontext():
-                return loss_of(model, x, reference)
+
+    def forward_loss(x):
+        with fastgen.use_backend("reference") if reference else contextlib.nullcontext():
+            return loss_of(model, x, reference)
+
+    graphs = provider.endswith("reduce-overhead")
+    if compiled(provider):
+        forward_loss = torch.compile(forward_loss, dynamic=False, mode="reduce-overhead" if graphs else None)
 
     def step():
+        if graphs:  # a new step: the previous replay's outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         optimizer.zero_grad(set_to_none=True)
         loss = forward_loss(x)
         loss.backward()
@@ -186,9 +197,9 @@ def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batc
     first step (the one checked against eager) runs in exact float32 (:func:`exact_float32`); the timed steps
     run with PyTorch's defaults. torch.compile builds its graphs once, in the first step of the case."""
     model = build_training_model(case.family, case.shape, case.tiny).to(device).train()
-    eager_copy = copy.deepcopy(model) if provider == "fastgen" else None
+    eager_copy = copy.deepcopy(model) if provider.startswith("fastgen") else None
     x = case.images(device, batch)
-    if provider == "torch.compile":
+    if compiled(provider):
         torch._dynamo.reset()  # drop the graphs of earlier cases (one function recompiled per case: none is reused)
     step = training_step(model, x, provider)
     first = [None]
@@ -197,7 +208,7 @@ def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batc
         with exact_float32() if eager_copy is not None else contextlib.nullcontext():
             first[0] = step()
 
-    counted = provider != "torch.compile"  # its generated kernels are not counted (as in the op benchmarks)
+    counted = not compiled(provider)  # its generated kernels are not counted (as in the op benchmarks)
     if batch is None:  # warm-up (compile, autotune, Adam state) outside of every count, then a counted step
         first_step()
         error = max_error_vs_eager(eager_copy, x, first[0], model) if eager_copy is not None else None
@@ -223,8 +234,8 @@ COMPILE_RESERVE_S = 45.0  # a torch.compile job (build + time) is not started wi
 def jobs(selected: list[TrainingCase], chosen: list[str]) -> list[tuple[TrainingCase, str]]:
     """(case, provider) in run order: fastgen and eager of every case first, torch.compile last (its graph
     builds take tens of seconds each: a run cut short by its budget loses those rows only)."""
-    first = [(c, p) for c in selected for p in chosen if p != "torch.compile"]
-    return first + [(c, p) for c in selected for p in chosen if p == "torch.compile"]
+    first = [(c, p) for c in selected for p in chosen if not compiled(p)]
+    return first + [(c, p) for c in selected for p in chosen if compiled(p)]
 
 
 def run(device: str, quick: bool = True, full: bool = False, only: str = "", progress: bool = True,
@@ -247,7 +258,7 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", pro
     try:
         for case, provider in tqdm(jobs(selected, chosen), desc="training step", unit="case",
                                    disable=not progress):
-            reserve = COMPILE_RESERVE_S if provider == "torch.compile" else 0.0
+            reserve = COMPILE_RESERVE_S if compiled(provider) else 0.0
             if budget_s is not None and time.monotonic() - start > budget_s - reserve:
                 skipped.append(f"{case.label} {provider}")
                 continue
@@ -333,9 +344,9 @@ def markdown(rows: list[dict]) -> str:
 def test_training_step(benchmark, provider, case, device):
     """The quick cases under pytest-benchmark: PixelCNN, VAE, DCGAN at 8x8 grey, batch 64 (on CPU only eager
     is timed)."""
-    if device == "cpu" and provider == "fastgen":
+    if device == "cpu" and provider.startswith("fastgen"):
         pytest.skip("fastgen's kernels run interpreted on CPU: not a speed figure (fastgen bench counts them)")
-    if device == "cpu" and provider == "torch.compile":
+    if device == "cpu" and compiled(provider):
         pytest.skip("torch.compile is timed on GPU runs, or with `fastgen bench --full` (CPU builds are slow)")
     model = build_training_model(case.family, case.shape).to(device).train()
     step = training_step(model, case.images(device), provider)
