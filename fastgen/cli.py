@@ -104,8 +104,9 @@ PIXELCNNPP_MIXTURES = 5
 LATENT_DEFAULTS = {"vae": (32, 16, 50, 3e-3), "dcgan": (32, 32, 30, 2e-4)}
 PIXEL_EPOCHS, PIXEL_LR = 5, 3e-3
 # PyTorch threads of `train` and `sample` on CPU unless --threads or OMP_NUM_THREADS is given: the models here are
-# small, and their many small ops ran several times faster on 1 thread than on PyTorch's default of one per core
-# on a 2-core machine shared with other jobs (README: "Training on digits and sampling")
+# small and run many small ops, which more threads slow down when other jobs share the cores (one epoch of
+# `fastgen train pixelcnn` on a 2-core machine at load 5-6: 1.9-2.4 s on 1 thread, 17-25 s on 2; README:
+# "Training on digits and sampling")
 CPU_THREADS = 1
 
 
