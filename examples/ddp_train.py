@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import torch
@@ -69,6 +70,13 @@ def main(argv=None) -> int:
         dist.destroy_process_group()
 
 
+def say(line: str) -> None:
+    """Prints one line in a single write. torchrun's workers write unbuffered, so ``print`` sends the text and its
+    newline in two writes, and another rank's line could land between them ("...ptrank 1/2: ...")."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _all_sum(*values: float, device) -> list[float]:
     """Sums of Python numbers over the ranks (float64)."""
     total = torch.tensor(values, dtype=torch.float64, device=device)
@@ -95,9 +103,9 @@ def train(args, device: torch.device, rank: int, world_size: int) -> int:
     sampler = DistributedSampler(indices, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed)
     loader = DataLoader(indices, batch_size=args.batch_size, sampler=sampler)
     if rank == 0:
-        print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, {world_size} ranks "
+        say(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, {world_size} ranks "
               f"({dist.get_backend()}, {device.type}), {len(train_set.pixels)} train / {len(test_set.pixels)} test "
-              f"digits, batch {args.batch_size} per rank", flush=True)
+              f"digits, batch {args.batch_size} per rank")
     history, seen, steps = [], [], 0
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
@@ -122,9 +130,9 @@ def train(args, device: torch.device, rank: int, world_size: int) -> int:
                       seconds=time.perf_counter() - start)
         history.append(record)
         if rank == 0:
-            print(f"epoch {epoch:3d}  train {record['train_bpd']:.3f} bits/dim  test {record['test_bpd']:.3f} "
-                  f"bits/dim  ({record['seconds']:.1f} s)", flush=True)
-    print(f"rank {rank}/{world_size}: {steps} steps on {sum(len(i) for i in seen)} images", flush=True)
+            say(f"epoch {epoch:3d}  train {record['train_bpd']:.3f} bits/dim  test {record['test_bpd']:.3f} "
+                  f"bits/dim  ({record['seconds']:.1f} s)")
+    say(f"rank {rank}/{world_size}: {steps} steps on {sum(len(i) for i in seen)} images")
     if args.save_rank_state:
         os.makedirs(args.save_rank_state, exist_ok=True)
         final = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -134,7 +142,7 @@ def train(args, device: torch.device, rank: int, world_size: int) -> int:
         path = os.path.join(args.out, f"{args.model}-ddp.pt")
         save_checkpoint(path, model, image_size=data.image_size, data="digits", classes=data.classes, history=history,
                         seed=args.seed, world_size=world_size)
-        print(f"wrote {path}", flush=True)
+        say(f"wrote {path}")
     return 0
 
 

@@ -1,10 +1,13 @@
 """The `fastgen` command: `fastgen bench` (the benchmark suite), `fastgen verify` (the sm_90/sm_80 compile
 check of every kernel configuration), `fastgen train` (a PixelCNN, VAE or DCGAN on digits or the user's images)
-and `fastgen sample` (a PNG grid of samples from a checkpoint).
+and `fastgen sample` (a PNG or JPEG grid of samples from a checkpoint).
 
 `train` and `sample` run fastgen's compiled kernels on CUDA and the plain-PyTorch reference layers on CPU
 (``model.use_reference(True)``, even where TRITON_INTERPRET=1 is set: the interpreter is far too slow to train
-or sample with)."""
+or sample with). On CPU they use one PyTorch thread unless ``--threads`` or OMP_NUM_THREADS says otherwise.
+
+Bad arguments and input files are reported on one line, ``fastgen <command>: error: ...``, with exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +17,45 @@ import os
 import sys
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    def version(package):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (f"fastgen {version('fastgen')} (torch {version('torch')}, triton {version('triton')}, "
+            f"Python {sys.version.split()[0]})")
+
+
+def _no_cuda(flag: str) -> UsageError:
+    import torch
+
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+    return UsageError(f"{flag}: no CUDA device is available (torch {torch.__version__} is {build})")
+
+
+def _bench_case_labels(device: str, suites, quick: bool) -> list[str]:
+    """The labels of the cases ``runner.run_suites`` would consider, before the ``--only`` filter."""
+    from fastgen.benchmarks import bench_sampling, bench_training, runner
+
+    labels = []
+    if "ops" in suites:
+        labels += [c.label for c in runner.all_cases() if c.quick or not quick]
+    if "train" in suites:
+        labels += [c.label for c in bench_training.cases(quick)]
+    if "sample" in suites:
+        labels += [c.label for c in bench_sampling.cases(device, quick)]
+    return labels
+
+
 def _bench(args) -> int:
     import torch
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise _no_cuda("--device cuda")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         # the kernels must be decorated under the interpreter: start again with it on
@@ -24,11 +63,18 @@ def _bench(args) -> int:
         os.execve(sys.executable, [sys.executable, "-m", "fastgen", *sys.argv[1:]], env)
     from fastgen.benchmarks import runner
 
+    suites = runner.SUITES if args.suite == "all" else (args.suite,)
+    if args.only:
+        labels = _bench_case_labels(device, suites, quick=not args.all)
+        if not any(args.only in label for label in labels):
+            examples = ", ".join(repr(label) for label in labels[:2])
+            raise UsageError(f"--only {args.only!r} matches no {'' if args.all else 'quick '}case of the "
+                             f"{'/'.join(suites)} suite{'s' if len(suites) > 1 else ''} (names are like "
+                             f"{examples}{'' if args.all else '; --all adds the slower cases'})")
     if device == "cpu":
         print("No CUDA device: timing the eager PyTorch reference on CPU and running fastgen's Triton kernels "
               "under the interpreter (a correctness pass and launch counts). GPU timings need a GPU.",
               flush=True)
-    suites = runner.SUITES if args.suite == "all" else (args.suite,)
     runner.run_suites(device, suites, quick=not args.all, full=args.full, only=args.only, out_dir=args.out)
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read())
@@ -43,8 +89,11 @@ def _bench(args) -> int:
 def _verify(args) -> int:
     from fastgen import compile_check
 
+    if args.only and not any(args.only in launch.label() for launch in compile_check.registered_launches()):
+        raise UsageError(f"--only {args.only!r} matches no kernel launch (`fastgen verify --list` prints them)")
     argv = [f"--arch={a}" for a in args.arch or ()] + (["--only", args.only] if args.only else [])
-    return compile_check.main(argv + (["--json", args.json] if args.json else []))
+    argv += ["--json", args.json] if args.json else []
+    return compile_check.main(argv + (["--list"] if args.list else []))
 
 
 # model -> default (hidden channels, layers): each trains below log2(17) = 4.09 bits/dim on digits in seconds on
@@ -55,6 +104,11 @@ PIXELCNNPP_MIXTURES = 5
 # 2-core CPU (README: "VAE and DCGAN")
 LATENT_DEFAULTS = {"vae": (32, 16, 50, 3e-3), "dcgan": (32, 32, 30, 2e-4)}
 PIXEL_EPOCHS, PIXEL_LR = 5, 3e-3
+# PyTorch threads of `train` and `sample` on CPU unless --threads or OMP_NUM_THREADS is given: the models here are
+# small and run many small ops, which more threads slow down when other jobs share the cores (one epoch of
+# `fastgen train pixelcnn` on a 2-core machine at load 5-6: 1.9-2.4 s on 1 thread, 17-25 s on 2; README:
+# "Training on digits and sampling")
+CPU_THREADS = 1
 
 
 class UsageError(Exception):
@@ -62,17 +116,20 @@ class UsageError(Exception):
 
 
 def _device(name, threads=None):
+    """The device of ``--device`` (default: cuda when present), after setting PyTorch's CPU threads: ``threads``,
+    else on CPU ``CPU_THREADS`` unless OMP_NUM_THREADS is set (then PyTorch's own choice, which follows it)."""
     import torch
 
-    if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    return name
+        raise _no_cuda("--device cuda")
+    device = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(CPU_THREADS)
+    return device
 
 
 def _build_latent_model(args, data):
@@ -193,6 +250,10 @@ def _train(args) -> int:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
     if not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
+    path = os.path.join(args.out, f"{args.model}.pt")
+    if os.path.exists(path) and not args.force:
+        raise UsageError(f"{path} exists: pass --force to overwrite it (and its sample grids), or --out DIR to "
+                         f"write the new run elsewhere")
     try:
         data = load_dataset(args.data)
     except (TypeError, ValueError) as error:
@@ -235,7 +296,6 @@ def _train(args) -> int:
         history = train(model, train_set.pixels, train_set.labels, test_pixels=test_set.pixels,
                         test_labels=test_set.labels, **common)
     seconds = time.perf_counter() - start
-    path = os.path.join(args.out, f"{args.model}.pt")
     meta = dict(image_size=data.image_size, data=args.data, classes=data.classes, history=history,
                 seed=args.seed, train_seconds=seconds)
     save_checkpoint(path, model, **meta)
@@ -252,8 +312,15 @@ def _train(args) -> int:
 
 
 def _sample(args) -> int:
-    from fastgen.training import load_checkpoint
+    from fastgen.training import IMAGE_FORMATS, load_checkpoint
 
+    if args.output is None:  # beside the checkpoint: runs/gated.pt -> runs/gated-sample-seed0.png
+        stem = os.path.splitext(args.checkpoint)[0]
+        args.output = f"{stem}-sample-seed{args.seed}.png"
+    extension = os.path.splitext(args.output)[1].lower()
+    if extension not in IMAGE_FORMATS:
+        raise UsageError(f"-o {args.output}: writes PNG (.png) or JPEG (.jpg, .jpeg) files, got "
+                         f"{repr(extension) if extension else 'no extension'}")
     device = _device(args.device, args.threads)
     if args.n < 1:
         raise UsageError(f"-n must be >= 1, got {args.n}")
@@ -270,8 +337,13 @@ def _sample(args) -> int:
     return 0
 
 
+THREADS_HELP = (f"PyTorch's CPU threads (default on CPU: {CPU_THREADS}, or what OMP_NUM_THREADS says when set; "
+                "small models run fastest on few threads, above all on a machine busy with other jobs)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastgen", description="Triton kernels for generative image models.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="benchmark fastgen against eager PyTorch and torch.compile")
     bench.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when present, else cpu")
@@ -289,6 +361,8 @@ def main(argv=None) -> int:
     verify.add_argument("--arch", type=int, action="append", help="compute capability x10 (default 90 and 80)")
     verify.add_argument("--only", default="", metavar="TEXT", help="only launches whose label contains TEXT")
     verify.add_argument("--json", metavar="PATH", help="write every variant's report to PATH")
+    verify.add_argument("--list", action="store_true", help="only list the launch configurations (with --only: "
+                        "those whose label contains TEXT)")
     verify.set_defaults(func=_verify)
 
     train = sub.add_parser("train", help="train a PixelCNN, VAE or DCGAN on digits or your images; save a "
@@ -325,15 +399,17 @@ def main(argv=None) -> int:
     train.add_argument("--conditional", action="store_true", help="condition on the class labels")
     train.add_argument("--samples", type=int, default=64, metavar="N", help="samples in the grid written after "
                        "training (default: 64; 0: none)")
+    train.add_argument("--force", action="store_true", help="overwrite DIR/<model>.pt and its sample grids if they "
+                       "exist (without it an existing checkpoint is an error)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--threads", type=int, metavar="N", help="CPU threads for PyTorch (default: PyTorch's; 1 is "
-                        "faster on a machine whose cores are busy with other jobs)")
+    train.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     train.set_defaults(func=_train)
 
-    sample = sub.add_parser("sample", help="write a PNG grid of samples from a checkpoint of `fastgen train`")
+    sample = sub.add_parser("sample", help="write a PNG or JPEG grid of samples from a checkpoint of `fastgen train`")
     sample.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by `fastgen train`")
     sample.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
-    sample.add_argument("-o", "--output", default="samples.png", metavar="PNG", help="default: samples.png")
+    sample.add_argument("-o", "--output", metavar="FILE", help=".png or .jpg/.jpeg (default: beside the checkpoint, "
+                        "CHECKPOINT without .pt + -sample-seed<SEED>.png, e.g. runs/gated-sample-seed0.png)")
     sample.add_argument("--temperature", type=float, default=1.0, help="default: 1.0")
     sample.add_argument("--seed", type=int, default=0, help="default: 0")
     sample.add_argument("--label", type=int, help="conditional models: this class only (default: every class in "
@@ -341,8 +417,7 @@ def main(argv=None) -> int:
     sample.add_argument("--naive", action="store_true", help="the uncached sampler (a full forward per sub-pixel)")
     sample.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
     sample.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sample.add_argument("--threads", type=int, metavar="N", help="CPU threads for PyTorch (default: PyTorch's; 1 is "
-                        "faster on a machine whose cores are busy with other jobs)")
+    sample.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     sample.set_defaults(func=_sample)
     args = parser.parse_args(argv)
     try:

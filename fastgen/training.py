@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -304,21 +305,43 @@ def save_checkpoint(path, model: PixelModel, **meta) -> None:
 def load_checkpoint(path, map_location="cpu") -> tuple[PixelModel, dict]:
     """Rebuilds the model saved by :func:`save_checkpoint` (``MODELS[kind](**config)``, weights loaded, eval
     mode). Returns (model, meta): meta is everything saved but the state_dict (kind, config, levels,
-    image_size, history, ...)."""
+    image_size, history, ...). Any file that is not such a checkpoint raises ``ValueError`` with a one-line
+    reason."""
+    name = repr(os.fspath(path))
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ValueError(f"path {name} is not a fastgen checkpoint: not a file written by torch.save")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"path {os.fspath(path)!r} is not a fastgen checkpoint: {reason}") from error
+    except OSError as error:
+        raise ValueError(f"cannot read {name}: {error.strerror or error}") from error
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            reason = "it holds Python objects, not only tensors and plain values as a fastgen checkpoint does"
+        else:
+            reason = f"not a file written by torch.save ({_one_line(error)})"
+        raise ValueError(f"path {name} is not a fastgen checkpoint: {reason}") from error
+    except Exception as error:  # torch.load raises KeyError, RuntimeError, EOFError, ... on arbitrary bytes
+        raise ValueError(f"path {name} is not a fastgen checkpoint: not a file written by torch.save "
+                         f"({_one_line(error)})") from error
     if not isinstance(checkpoint, dict) or not {"kind", "config", "state_dict"} <= checkpoint.keys():
-        raise ValueError(f"path {os.fspath(path)!r} is not a fastgen checkpoint (no kind/config/state_dict)")
+        raise ValueError(f"path {name} is not a fastgen checkpoint (no kind/config/state_dict)")
     if checkpoint["kind"] not in MODELS:
-        raise ValueError(f"path {os.fspath(path)!r}: unknown model kind {checkpoint['kind']!r} (known: "
-                         f"{', '.join(MODELS)})")
-    model = MODELS[checkpoint["kind"]](**checkpoint["config"])
-    model.load_state_dict(checkpoint.pop("state_dict"))
+        raise ValueError(f"path {name}: unknown model kind {checkpoint['kind']!r} (known: {', '.join(MODELS)})")
+    try:
+        model = MODELS[checkpoint["kind"]](**checkpoint["config"])
+        model.load_state_dict(checkpoint.pop("state_dict"))
+    except (TypeError, ValueError, RuntimeError, KeyError) as error:
+        raise ValueError(f"path {name}: its config and weights do not make a {checkpoint['kind']} model "
+                         f"({_one_line(error)})") from error
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     return model.eval(), checkpoint
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """The error's type and message on one line (whitespace collapsed), cut at ``limit`` characters."""
+    text = " ".join(str(error).split())
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def image_grid(pixels: torch.Tensor, levels: int, nrow: int | None = None, scale: int | None = None,
@@ -347,13 +370,23 @@ def image_grid(pixels: torch.Tensor, levels: int, nrow: int | None = None, scale
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def save_image_grid(pixels: torch.Tensor, levels: int, path, nrow: int | None = None) -> None:
-    """Writes integer images [N, C, H, W] (0..levels-1) as one PNG grid (see :func:`image_grid`), with
-    matplotlib: grey images in the grey colour map, 0 black and levels-1 white."""
-    import matplotlib.pyplot as plt
+#: file name endings :func:`save_image_grid` writes, and the format of each
+IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
+
+def save_image_grid(pixels: torch.Tensor, levels: int, path, nrow: int | None = None) -> None:
+    """Writes integer images [N, C, H, W] (0..levels-1) as one image grid (see :func:`image_grid`): a JPEG
+    (quality 95, with Pillow) where ``path`` ends in .jpg or .jpeg, else a PNG (with matplotlib); grey images
+    in the grey colour map, 0 black and levels-1 white."""
     grid = image_grid(pixels, levels, nrow)
     directory = os.path.dirname(os.fspath(path))
     if directory:
         os.makedirs(directory, exist_ok=True)
+    if IMAGE_FORMATS.get(os.path.splitext(os.fspath(path))[1].lower()) == "jpeg":
+        from PIL import Image
+
+        Image.fromarray(np.round(grid * 255).astype(np.uint8)).save(path, format="JPEG", quality=95)
+        return
+    import matplotlib.pyplot as plt
+
     plt.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")

@@ -639,3 +639,31 @@ def test_reference_backend_runs_the_same_api(device):
     torch.testing.assert_close(loss.double(), fastgen.dmol_nll(params.double(), x.double(), 2), rtol=1e-4, atol=1e-4)
     assert_close(ce, fastgen.pixel_cross_entropy(logits.double(), targets), torch.float32)
     assert sample.shape == (1, 3, 2, 2) and sample.abs().max() <= 1
+
+
+@pytest.mark.parametrize("mean_offset", [0.001, 0.02], ids=["inner-bin", "mid-bin-fallback"])
+def test_dmol_log_scale_gradient_at_the_clamp_bound(mean_offset, device):
+    """At a log-scale of exactly -7 the gradient is passed (the derivative of the unclamped formula), by the
+    kernel and by the reference alike, whatever torch.clamp does at its bound. Closed forms, with c = x - mean,
+    s = e^-7 and h = 1/255 the half bin: an inner bin, nll = -log(sig((c+h)/s) - sig((c-h)/s)), gives
+    d nll/d log_scale = (p sig'(p) - q sig'(q)) / (sig(p) - sig(q)), p = (c+h)/s, q = (c-h)/s; the mid-bin
+    fallback, nll = -(z - log_scale - 2 softplus(z) - log(127.5)) with z = c/s, gives 1 - z tanh(z/2)."""
+    log_scale = -7.0
+    x_value = 2 * 140 / 255 - 1
+    mean = x_value - mean_offset
+    s = math.exp(log_scale)
+    c, h = x_value - mean, 1 / 255
+    p, q = scalar((c + h) / s), scalar((c - h) / s)
+    delta = torch.sigmoid(p) - torch.sigmoid(q)
+    if delta > 1e-5:
+        dsig = lambda t: torch.sigmoid(t) * torch.sigmoid(-t)  # noqa: E731
+        expected = ((p * dsig(p) - q * dsig(q)) / delta).item()
+    else:
+        z = scalar(c / s)
+        expected = (1 - z * torch.tanh(z / 2)).item()
+    assert abs(expected) > 0.1  # a gradient that a zero (torch 2.14's clamp at the bound) cannot pass for
+    x = torch.full((1, 1, 1, 1), x_value, dtype=torch.float64, device=device)
+    for name, loss in (("fastgen", fastgen.dmol_nll), ("reference", reference.dmol_nll)):
+        params = single_component(mean, log_scale, device).requires_grad_()
+        (grad,) = torch.autograd.grad(loss(params, x, 1, reduction="sum"), params)
+        assert grad[0, 2].item() == pytest.approx(expected, rel=1e-9), name

@@ -79,7 +79,9 @@ def dmol_log_probs(params, x, n_mixtures, bits=8, levels=None):
     levels = 2**bits if levels is None else levels
     channels = x.shape[1]
     logits, means, log_scales, coefficients = split_mixture_params(params, n_mixtures, channels)
-    log_scales = torch.clamp(log_scales, min=LOG_SCALE_MIN)
+    # max(log_scale, -7) with its gradient passed at exactly -7, as the kernel does: written out, because
+    # torch.clamp(min=...)'s gradient at the bound is 1 in torch <= 2.13 and 0 in 2.14 (NaN stays NaN)
+    log_scales = torch.where(log_scales < LOG_SCALE_MIN, LOG_SCALE_MIN, log_scales)
     x = x.unsqueeze(2)  # [B, C, 1, H, W]
     if channels == 3:  # means adjusted by the preceding sub-pixels
         coefficients = torch.tanh(coefficients)
