@@ -47,6 +47,10 @@ class HostCase:
     fastgen: Callable[..., object]
     eager: Callable[..., object]
 
+    @property
+    def label(self) -> str:
+        return f"{self.op} {self.name}"
+
 
 def _randn(device, *shape, grad=True, dtype=torch.float32):
     t = torch.randn(*shape, device=device, dtype=dtype)
@@ -150,7 +154,7 @@ def run(device: str, only: str = "", calls: int = CALLS, progress: bool = True,
         if on_row is not None:
             on_row(row)
     for case in CASES:
-        if only and only not in f"{case.op} {case.name}":
+        if only and only not in case.label:
             continue
         for mode in MODES:
             inputs = case.make_inputs(device)

@@ -39,11 +39,13 @@ def _no_cuda(flag: str) -> UsageError:
 
 def _bench_case_labels(device: str, suites, quick: bool) -> list[str]:
     """The labels of the cases ``runner.run_suites`` would consider, before the ``--only`` filter."""
-    from fastgen.benchmarks import bench_sampling, bench_training, runner
+    from fastgen.benchmarks import bench_host, bench_sampling, bench_training, runner
 
     labels = []
     if "ops" in suites:
         labels += [c.label for c in runner.all_cases() if c.quick or not quick]
+    if "host" in suites:
+        labels += [c.label for c in bench_host.CASES] + (["launch"] if device == "cuda" else [])
     if "train" in suites:
         labels += [c.label for c in bench_training.cases(quick)]
     if "sample" in suites:
