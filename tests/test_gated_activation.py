@@ -181,3 +181,32 @@ def test_saves_one_tensor_for_the_backward(device):
     torch.testing.assert_close(saved[0], t + other + bias[:, :, None, None])
     with torch.no_grad():
         assert torch.equal(fastgen.gated_activation(t, other, bias), y)
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
+@pytest.mark.parametrize("with_other, with_bias", [(True, True), (False, True), (True, False), (False, False)])
+def test_custom_ops_pass_opcheck(with_other, with_bias, layout, device):
+    from library_checks import check_opcheck
+
+    t, other, bias = (x.requires_grad_() for x in inputs(2, 6, 3, 4, torch.float32, device, layout))
+    other, bias = other if with_other else None, bias if with_bias else None
+    check_opcheck(torch.ops.fastgen.gated_activation.default, t, other, bias, 3, True)
+    # no gradient wanted: s is not written
+    check_opcheck(torch.ops.fastgen.gated_activation.default, t.detach(), None if other is None else other.detach(),
+                  None if bias is None else bias.detach(), 1, False)
+    grad_out = make((2, 3, 3, 4), torch.float32, device, salt="grad_out")
+    check_opcheck(torch.ops.fastgen.gated_activation_backward.default, t.detach(),
+                  None if bias is None else bias.detach(), grad_out, 3)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_compiles_without_graph_breaks(layout, device):
+    from library_checks import check_fullgraph
+
+    t, other, bias = (x.requires_grad_() for x in inputs(2, 8, 3, 4, torch.float32, device, layout))
+
+    def gates(t, other, bias):
+        return fastgen.gated_activation(t, other, bias, groups=2), fastgen.gated_activation(t)
+
+    check_fullgraph(gates, t, other, bias)

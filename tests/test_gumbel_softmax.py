@@ -384,3 +384,71 @@ def test_nan_logit_makes_its_row_nan_as_torch(device):
         expected = reference.gumbel_softmax(logits, hard=hard, noise=gumbel_noise(logits, seed=2))
         assert torch.equal(torch.isnan(y), torch.isnan(expected))
         assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2]]).all()
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+@pytest.mark.parametrize("shape, dim, layout", [((3, 37), 1, "rows"), ((2, 3, 4, 5), 1, "channels_last"),
+                                                ((4, 5, 3), 1, "copied"), ((6, 40), 1, "strided")], ids=str)
+@pytest.mark.parametrize("hard", [False, True])
+def test_custom_ops_pass_opcheck(shape, dim, layout, hard, device):
+    from library_checks import check_opcheck
+
+    logits = make_logits(shape, torch.float32, device)
+    if layout == "channels_last":
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        logits = make_logits((12, 80), torch.float32, device)[::2, 1::2]
+    assert (layout == "copied") == (op.row_layout([logits], dim, op.tile_for(shape[dim], torch.float32)[0]) is None)
+    noise = gumbel_noise(logits, dim=dim, seed=3).to(logits.dtype)
+    logits.requires_grad_()
+    gumbel = torch.ops.fastgen.gumbel_softmax.default
+    check_opcheck(gumbel, logits, None, 5, None, 0.7, hard, dim, True)
+    check_opcheck(gumbel, logits, noise.requires_grad_(), 0, None, 1.3, hard, dim, True)
+    check_opcheck(gumbel, logits, None, 0, torch.tensor(9), 0.7, hard, dim, True)  # a seed drawn in the graph
+    check_opcheck(gumbel, logits.detach(), None, 5, None, 0.7, hard, dim, False)  # no soft sample kept
+    y_soft = fastgen.gumbel_softmax(logits.detach(), 0.7, dim=dim, seed=5)
+    check_opcheck(torch.ops.fastgen.gumbel_softmax_backward.default, y_soft, torch.randn_like(y_soft), 0.7, dim)
+    check_opcheck(torch.ops.fastgen.gumbel_noise.default, logits.detach(), dim, 5, None)
+
+
+def test_gumbel_noise_op_passes_opcheck_on_0d_and_float64(device):
+    from library_checks import check_opcheck
+
+    check_opcheck(torch.ops.fastgen.gumbel_noise.default, torch.tensor(1.0, device=device), 0, 2, None)
+    check_opcheck(torch.ops.fastgen.gumbel_noise.default, make_logits((3, 4), torch.float64, device), 0, 0,
+                  torch.tensor(4))
+
+
+@pytest.mark.parametrize("layout", ["rows", "channels_last"])
+def test_compiles_without_graph_breaks(layout, device):
+    from library_checks import check_fullgraph
+
+    logits = make_logits((2, 3, 4, 5), torch.float32, device)
+    if layout == "channels_last":
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    noise = gumbel_noise(logits, dim=1, seed=3).requires_grad_()
+
+    def samples(logits, noise):
+        return (fastgen.gumbel_softmax(logits, 0.7, seed=4), fastgen.gumbel_softmax(logits, 0.5, True, dim=1, seed=4),
+                fastgen.gumbel_softmax(logits, 1.3, dim=1, noise=noise), gumbel_noise(logits, dim=2, seed=8))
+
+    check_fullgraph(samples, logits.requires_grad_(), noise)
+
+
+def test_compiled_draws_the_seeds_eager_draws(device):
+    """Without a seed the compiled op draws it from torch's default generator, as eager: with the same
+    torch.manual_seed, the same samples; an explicit seed gives eager's sample."""
+    logits = make_logits((3, 7), torch.float32, device)
+    sample = lambda x, seed=None: (fastgen.gumbel_softmax(x, 0.8, seed=seed), gumbel_noise(x))  # noqa: E731
+    torch._dynamo.reset()
+    compiled = torch.compile(sample, fullgraph=True, backend="aot_eager")
+    for fn in (sample, compiled):
+        torch.manual_seed(7)
+        first, second = fn(logits), fn(logits)
+        if fn is sample:
+            expected = first, second
+        for got, want in zip(first + second, expected[0] + expected[1]):
+            assert torch.equal(got, want)
+    assert not torch.equal(expected[0][0], expected[1][0])
+    for seed in (1, 2, 3):
+        assert torch.equal(compiled(logits, seed)[0], fastgen.gumbel_softmax(logits, 0.8, seed=seed))

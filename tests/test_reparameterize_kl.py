@@ -303,3 +303,88 @@ def test_mismatched_devices_raise(device):
         fastgen.reparameterize_kl(f, f.to("meta"))
     with pytest.raises(ValueError, match="prior_mu"):
         fastgen.reparameterize_kl(f, f, prior_mu=f.to("meta"))
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+def _op_args(x, seed=0, drawn_seed=None, beta=0.7, free_bits=0.0):
+    """The forward op's arguments from make_inputs' tensors (absent ones None)."""
+    return (x["mu"], x["logvar"], x.get("eps"), x.get("prior_mu"), x.get("prior_logvar"), seed, drawn_seed, beta,
+            free_bits)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("eps, prior", [(True, False), (False, False), (False, True), (True, True)])
+def test_custom_ops_pass_opcheck(eps, prior, layout, device):
+    from library_checks import check_opcheck
+
+    if layout == "strided":
+        x = {k: v[::2, 1, 1::3] for k, v in make_inputs((6, 2, 40), torch.float32, device, prior, eps).items()}
+    else:
+        x = make_inputs((2, 3, 4, 5), torch.float32, device, prior, eps)
+        if layout == "channels_last":
+            x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
+    for v in x.values():
+        v.requires_grad_()
+    forward = torch.ops.fastgen.reparameterize_kl.default
+    check_opcheck(forward, *_op_args(x, seed=0 if eps else 13))
+    check_opcheck(forward, *_op_args(x, seed=0 if eps else 13, free_bits=0.3, beta=2.0))
+    if not eps:  # a seed drawn in the graph
+        check_opcheck(forward, *_op_args(x, drawn_seed=torch.tensor(21)))
+    # the backward op on its own: every combination of the gradients it writes
+    z, kl, column_kl = forward(*_op_args({k: v.detach() for k, v in x.items()}, seed=5, free_bits=0.3))
+    mu = x["mu"].detach()
+    detached = [None if t is None else t.detach() for t in _op_args(x)[:5]]
+    check_opcheck(torch.ops.fastgen.reparameterize_kl_backward.default, *detached, column_kl, torch.randn_like(mu),
+                  torch.randn_like(kl), 5, None, 0.7, 0.3, eps)
+
+
+def test_custom_op_opcheck_float64_empty_and_broadcast_prior(device):
+    from library_checks import check_opcheck
+
+    forward = torch.ops.fastgen.reparameterize_kl.default
+    x = {k: v.requires_grad_() for k, v in make_inputs((3, 6), torch.float64, device, prior=True).items()}
+    prior_mu, prior_logvar = (x[k][0].detach().expand(3, 6).requires_grad_() for k in ("prior_mu", "prior_logvar"))
+    check_opcheck(forward, x["mu"], x["logvar"], None, prior_mu, prior_logvar, 3, None, 1.0, 0.0)
+    empty = {k: v.requires_grad_() for k, v in make_inputs((0, 5), torch.float32, device).items()}
+    check_opcheck(forward, *_op_args(empty, free_bits=0.2))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_compiles_without_graph_breaks(layout, device):
+    from library_checks import check_fullgraph
+
+    x = make_inputs((2, 3, 4, 5), torch.float32, device, prior=True)
+    if layout == "channels_last":
+        x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
+    x = {k: v.requires_grad_() for k, v in x.items()}
+    prior_mu = x["prior_mu"][:1].detach().clone().requires_grad_()  # broadcast over the batch
+
+    def sample(mu, logvar, eps, prior_mu, prior_logvar):
+        return (*fastgen.reparameterize_kl(mu, logvar, eps, beta=0.5, reduction="mean"),
+                *fastgen.reparameterize_kl(mu, logvar, seed=3, prior_mu=prior_mu, prior_logvar=prior_logvar,
+                                           free_bits=0.2, reduction="sum"),
+                *fastgen.reparameterize_kl(mu, logvar, seed=9, prior_mu=prior_mu))
+
+    check_fullgraph(sample, x["mu"], x["logvar"], x["eps"], prior_mu, x["prior_logvar"])
+
+
+def test_compiled_draws_the_seeds_eager_draws(device):
+    """Without a seed the compiled op draws it from torch's default generator, as eager: with the same
+    torch.manual_seed the same z, and the backward regenerates the forward's noise (z = eps for mu = logvar = 0);
+    an explicit seed gives eager's z."""
+    zeros = torch.zeros(3, 10, device=device)
+    sample = lambda mu, logvar, seed=None: fastgen.reparameterize_kl(mu, logvar, seed=seed)[0]  # noqa: E731
+    torch._dynamo.reset()
+    compiled = torch.compile(sample, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(7)
+    expected = sample(zeros, zeros), sample(zeros, zeros)
+    assert not torch.equal(*expected)
+    torch.manual_seed(7)
+    for want in expected:
+        mu, logvar = zeros.clone().requires_grad_(), zeros.clone().requires_grad_()
+        z = compiled(mu, logvar)
+        assert torch.equal(z, want)
+        z.backward(torch.ones_like(z))
+        torch.testing.assert_close(logvar.grad, 0.5 * want, rtol=0, atol=0)
+    for seed in (1, 2, 3):
+        assert torch.equal(compiled(zeros, zeros, seed), sample(zeros, zeros, seed))

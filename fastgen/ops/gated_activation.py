@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastgen import library
 from fastgen.autotune import configs_for
 from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
@@ -72,6 +73,56 @@ def _grid(batch: int, n_rows_h: int, n_pixels: int, n_out: int, block_c: int, bl
     return (programs, triton.cdiv(n_out, block_c)), n_pixel_blocks
 
 
+def _empty_output(t: torch.Tensor) -> torch.Tensor:
+    """The uninitialised [B, n, H, W] output: t's dtype, channels-last when t is."""
+    batch, channels, height, width = t.shape
+    return torch.empty((batch, channels // 2, height, width), dtype=t.dtype, device=t.device,
+                       memory_format=_memory_format(t))
+
+
+def _gated_forward(t, other, bias, groups, keep_sum):
+    """(out, s = t + other + bias, or None when not written: without other, or without ``keep_sum``)."""
+    batch, channels, height, width = t.shape
+    n_out = channels // 2
+    block_c, block_p = tile_for(n_out, t.dtype)
+    out = _empty_output(t)
+    # The backward recomputes tanh(a) and sigmoid(b) from s, never stores them. With other, the forward writes
+    # s (when a gradient is needed) and the backward reads it: one tensor kept instead of t and other, the
+    # same bytes moved (a write of s here, one read less there). Without other, t (+ bias) is kept: as large
+    # as eager's saved tanh(a) and sigmoid(b), and in the Gated PixelCNN t = v_pre is kept by the next
+    # convolution anyway.
+    write_sum = other is not None and keep_sum
+    s = torch.empty_like(t) if write_sum else out  # t's strides when t is dense
+    n_rows_h, n_pixels, strides = pixel_layout([t, out, s] + ([other] if other is not None else []))
+    grid, n_pixel_blocks = _grid(batch, n_rows_h, n_pixels, n_out, block_c, block_p)
+    _forward_kernel[grid](
+        t, t if other is None else other, t if bias is None else bias, out, s,
+        n_pixels, n_rows_h, n_pixel_blocks, n_out, n_out // groups, int(other is not None), int(bias is not None),
+        int(write_sum), *strides[0], *(strides[0] if other is None else strides[3]),
+        *((0, 0) if bias is None else bias.stride()), *strides[1], *strides[2],
+        COMPUTE=_tl_dtype(t.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
+    )
+    return out, (s if write_sum else None)
+
+
+def _gated_backward(t, bias, grad_out, groups):
+    """grad_s, laid out like ``t`` (dense) or contiguous. ``t`` is s = t + other + bias (``bias`` None) when the
+    forward had other, else t itself with its bias."""
+    batch, channels, height, width = t.shape
+    n_out = channels // 2
+    block_c, block_p = tile_for(n_out, t.dtype)
+    grad_s = torch.empty_like(t)  # t's strides when t is dense, else contiguous
+    n_rows_h, n_pixels, strides = pixel_layout([t, grad_out, grad_s])
+    grid, n_pixel_blocks = _grid(batch, n_rows_h, n_pixels, n_out, block_c, block_p)
+    _backward_kernel[grid](
+        t, t, t if bias is None else bias, grad_out, grad_s,
+        n_pixels, n_rows_h, n_pixel_blocks, n_out, n_out // groups, 0, int(bias is not None),
+        *strides[0], *strides[0], *((0, 0) if bias is None else bias.stride()), *strides[1], *strides[2],
+        COMPUTE=_tl_dtype(t.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
+    )
+    return grad_s
+
+
 class GatedActivation(torch.autograd.Function):
     """(t, other, bias, groups, keep_sum) -> tanh(a) * sigmoid(b) of s = t + other + bias, [B, n, H, W].
 
@@ -84,54 +135,66 @@ class GatedActivation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t, other, bias, groups, keep_sum=True):
-        batch, channels, height, width = t.shape
-        n_out = channels // 2
-        block_c, block_p = tile_for(n_out, t.dtype)
-        out = torch.empty((batch, n_out, height, width), dtype=t.dtype, device=t.device,
-                          memory_format=_memory_format(t))
-        # The backward recomputes tanh(a) and sigmoid(b) from s, never stores them. With other, the forward writes
-        # s (when a gradient is needed) and the backward reads it: one tensor kept instead of t and other, the
-        # same bytes moved (a write of s here, one read less there). Without other, t (+ bias) is kept: as large
-        # as eager's saved tanh(a) and sigmoid(b), and in the Gated PixelCNN t = v_pre is kept by the next
-        # convolution anyway.
-        write_sum = other is not None and keep_sum
-        s = torch.empty_like(t) if write_sum else out  # t's strides when t is dense
-        n_rows_h, n_pixels, strides = pixel_layout([t, out, s] + ([other] if other is not None else []))
-        grid, n_pixel_blocks = _grid(batch, n_rows_h, n_pixels, n_out, block_c, block_p)
-        _forward_kernel[grid](
-            t, t if other is None else other, t if bias is None else bias, out, s,
-            n_pixels, n_rows_h, n_pixel_blocks, n_out, n_out // groups, int(other is not None), int(bias is not None),
-            int(write_sum), *strides[0], *(strides[0] if other is None else strides[3]),
-            *((0, 0) if bias is None else bias.stride()), *strides[1], *strides[2],
-            COMPUTE=_tl_dtype(t.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
-        )
+        out, s = _gated_forward(t, other, bias, groups, keep_sum)
         ctx.groups = groups
-        ctx.save_for_backward(*((s, None, None) if write_sum else (t, None, bias) if other is None else (None,) * 3))
+        ctx.save_for_backward(*((s, None) if s is not None else (t, bias) if other is None else (None, None)))
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        t, other, bias = ctx.saved_tensors  # other is None: (s, None, None) or (t, None, bias)
+        t, bias = ctx.saved_tensors  # (s, None) or (t, bias)
         if t is None:
             raise RuntimeError("GatedActivation: a call with other and keep_sum=False has no gradient")
-        batch, channels, height, width = t.shape
-        n_out = channels // 2
-        block_c, block_p = tile_for(n_out, t.dtype)
-        grad_s = torch.empty_like(t)  # t's strides when t is dense, else contiguous
-        n_rows_h, n_pixels, strides = pixel_layout(
-            [t, grad_out, grad_s] + ([other] if other is not None else []))
-        grid, n_pixel_blocks = _grid(batch, n_rows_h, n_pixels, n_out, block_c, block_p)
-        _backward_kernel[grid](
-            t, t if other is None else other, t if bias is None else bias, grad_out, grad_s,
-            n_pixels, n_rows_h, n_pixel_blocks, n_out, n_out // ctx.groups, int(other is not None),
-            int(bias is not None),
-            *strides[0], *(strides[0] if other is None else strides[3]),
-            *((0, 0) if bias is None else bias.stride()), *strides[1], *strides[2],
-            COMPUTE=_tl_dtype(t.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
-        )
+        grad_s = _gated_backward(t, bias, grad_out, ctx.groups)
         grad_bias = grad_s.sum((2, 3)) if ctx.needs_input_grad[2] else None
         grad_other = grad_s if ctx.needs_input_grad[1] else None
         return grad_s if ctx.needs_input_grad[0] else None, grad_other, grad_bias, None, None
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+# The same launches as torch.ops.fastgen.* for torch.compile (see fastgen.library). The forward op also returns
+# s = t + other + bias (a placeholder where it is not written), which its backward op reads.
+@library.custom_op("gated_activation", "(Tensor t, Tensor? other, Tensor? bias, int groups, bool keep_sum) "
+                   "-> (Tensor, Tensor)")
+def _gated_op(t, other, bias, groups, keep_sum):
+    """(out, s or a placeholder)."""
+    out, s = _gated_forward(t, other, bias, groups, keep_sum)
+    return out, library.nothing(t) if s is None else s
+
+
+@_gated_op.register_fake
+def _(t, other, bias, groups, keep_sum):
+    return _empty_output(t), torch.empty_like(t) if other is not None and keep_sum else library.nothing(t)
+
+
+@library.custom_op("gated_activation_backward", "(Tensor t, Tensor? bias, Tensor grad_out, int groups) -> Tensor")
+def _gated_backward_op(t, bias, grad_out, groups):
+    return _gated_backward(t, bias, grad_out, groups)
+
+
+@_gated_backward_op.register_fake
+def _(t, bias, grad_out, groups):
+    return torch.empty_like(t)
+
+
+def _setup_gated(ctx, inputs, output):
+    t, other, bias, groups, keep_sum = inputs
+    ctx.groups, ctx.has_sum = groups, other is not None
+    ctx.save_for_backward(*((output[1], None) if other is not None else (t, bias)))
+    ctx.keep_sum = keep_sum
+
+
+def _gated_op_backward(ctx, grad_out, _grad_s):
+    t, bias = ctx.saved_tensors  # (s, None) or (t, bias)
+    if ctx.has_sum and not ctx.keep_sum:
+        raise RuntimeError("gated_activation: a call with other and keep_sum=False has no gradient")
+    grad_s = torch.ops.fastgen.gated_activation_backward(t, bias, grad_out, ctx.groups)
+    grad_bias = grad_s.sum((2, 3)) if ctx.needs_input_grad[2] else None
+    grad_other = grad_s if ctx.needs_input_grad[1] else None
+    return grad_s if ctx.needs_input_grad[0] else None, grad_other, grad_bias, None, None
+
+
+_gated_op.register_autograd(_gated_op_backward, setup_context=_setup_gated)
 
 
 def _check_groups(groups) -> int:
@@ -173,6 +236,8 @@ def gated_activation(t, other=None, bias=None, *, groups=1):
     if backend_for(t) == "reference" or t.numel() == 0:  # empty: torch's result
         return reference.gated_activation(t, other, bias, groups=groups)
     keep_sum = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (t, other, bias))
+    if library.traced():
+        return torch.ops.fastgen.gated_activation(t, other, bias, groups, keep_sum)[0]
     return GatedActivation.apply(t, other, bias, groups, keep_sum)
 
 

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastgen import library
 from fastgen.autotune import configs_for
 from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
@@ -93,6 +94,64 @@ def _rows_contiguous(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.movedim(dim, -1).contiguous().movedim(-1, dim)
 
 
+def _forward_layout(x, g, dim, block_r):
+    """(x, g, y, layout): the inputs and the uninitialised output y as the kernel reads them; copies of x and g
+    with contiguous rows (one row group) and a y like them when their strides do not merge into two row groups."""
+    y = torch.empty_like(x)
+    layout = row_layout([x, y] + ([g] if g is not None else []), dim, block_r)
+    if layout is None:  # copies with contiguous rows: one row group
+        x = _rows_contiguous(x, dim)
+        g = g if g is None else _rows_contiguous(g, dim)
+        y = torch.empty_like(x)
+        layout = row_layout([x, y] + ([g] if g is not None else []), dim, block_r)
+    return x, g, y, layout
+
+
+def _backward_layout(y_soft, grad_y, dim, block_r):
+    """(y_soft, grad_y, grad_logits, layout) as the backward kernel reads them (copies as in _forward_layout)."""
+    grad_logits = torch.empty_like(y_soft)
+    layout = row_layout([y_soft, grad_y, grad_logits], dim, block_r)
+    if layout is None:
+        y_soft, grad_y = _rows_contiguous(y_soft, dim), _rows_contiguous(grad_y, dim)
+        grad_logits = torch.empty_like(y_soft)
+        layout = row_layout([y_soft, grad_y, grad_logits], dim, block_r)
+    return y_soft, grad_y, grad_logits, layout
+
+
+def _gumbel_forward(logits, noise, seed, tau, hard, dim, keep_soft):
+    """(y, the soft sample written beside a hard y when ``keep_soft``, else None)."""
+    block_r, block_n = tile_for(logits.shape[dim], logits.dtype)
+    x, g, y, (n_rows, n_cols, n_inner, strides) = _forward_layout(logits, noise, dim, block_r)
+    write_soft = hard and keep_soft
+    y_soft = torch.empty_like(y) if write_soft else y  # Y's strides
+    _forward_kernel[(triton.cdiv(n_rows, block_r),)](
+        x, x if g is None else g, y, y_soft,
+        n_rows, n_cols, n_inner, seed if seed is not None else 0, tau, int(write_soft), int(g is not None),
+        *strides[0], *(strides[0] if g is None else strides[2]), *strides[1],
+        HARD=hard, COMPUTE=_tl_dtype(x.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
+    )
+    return y, (y_soft if write_soft else None)
+
+
+def _gumbel_backward(y_soft, grad_y, tau, dim):
+    """grad_logits of a sample whose soft sample is ``y_soft``."""
+    block_r, block_n = tile_for(y_soft.shape[dim], y_soft.dtype)
+    y_soft, grad_y, grad_logits, (n_rows, n_cols, n_inner, strides) = _backward_layout(y_soft, grad_y, dim, block_r)
+    _backward_kernel[(triton.cdiv(n_rows, block_r),)](
+        y_soft, grad_y, grad_logits, n_rows, n_cols, n_inner, tau,
+        *strides[0], *strides[1], *strides[2],
+        COMPUTE=_tl_dtype(y_soft.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
+    )
+    return grad_logits
+
+
+def _grad_noise(grad_logits, needs_input_grad):
+    """y depends on logits + noise: both get the same gradient (a copy when both want it)."""
+    if not needs_input_grad[1]:
+        return None
+    return grad_logits.clone() if needs_input_grad[0] else grad_logits
+
+
 class GumbelSoftmax(torch.autograd.Function):
     """(logits, noise, seed, tau, hard, dim, keep_soft) -> y, the Gumbel-softmax sample along ``dim``.
 
@@ -104,30 +163,13 @@ class GumbelSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, noise, seed, tau, hard, dim, keep_soft=True):
-        x, g = logits, noise
-        block_r, block_n = tile_for(x.shape[dim], x.dtype)
-        y = torch.empty_like(x)
-        layout = row_layout([x, y] + ([g] if g is not None else []), dim, block_r)
-        if layout is None:  # copies with contiguous rows: one row group
-            x = _rows_contiguous(x, dim)
-            g = g if g is None else _rows_contiguous(g, dim)
-            y = torch.empty_like(x)
-            layout = row_layout([x, y] + ([g] if g is not None else []), dim, block_r)
-        n_rows, n_cols, n_inner, strides = layout
-        write_soft = hard and keep_soft
-        y_soft = torch.empty_like(y) if write_soft else y  # Y's strides
-        _forward_kernel[(triton.cdiv(n_rows, block_r),)](
-            x, x if g is None else g, y, y_soft,
-            n_rows, n_cols, n_inner, seed if seed is not None else 0, tau, int(write_soft), int(g is not None),
-            *strides[0], *(strides[0] if g is None else strides[2]), *strides[1],
-            HARD=hard, COMPUTE=_tl_dtype(x.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
-        )
+        y, y_soft = _gumbel_forward(logits, noise, seed, tau, hard, dim, keep_soft)
         ctx.tau, ctx.dim, ctx.hard = tau, dim, hard
         # The backward of a softmax needs only its output y: saving y (the op's own output when soft) is
         # cheaper than keeping the logits and regenerating the noise, which would mean re-reading the logits,
         # Philox and two logs per element and, for long rows, the two-pass max/sum again. For hard samples the
         # soft y is an extra write of one tensor in the forward (skipped when no gradient is needed).
-        ctx.save_for_backward(y_soft if write_soft or not hard else None)
+        ctx.save_for_backward(y if not hard else y_soft)
         return y
 
     @staticmethod
@@ -135,24 +177,65 @@ class GumbelSoftmax(torch.autograd.Function):
         (y_soft,) = ctx.saved_tensors
         if y_soft is None:
             raise RuntimeError("GumbelSoftmax: a hard sample taken with keep_soft=False has no gradient")
-        block_r, block_n = tile_for(y_soft.shape[ctx.dim], y_soft.dtype)
-        grad_logits = torch.empty_like(y_soft)
-        layout = row_layout([y_soft, grad_y, grad_logits], ctx.dim, block_r)
-        if layout is None:
-            y_soft, grad_y = _rows_contiguous(y_soft, ctx.dim), _rows_contiguous(grad_y, ctx.dim)
-            grad_logits = torch.empty_like(y_soft)
-            layout = row_layout([y_soft, grad_y, grad_logits], ctx.dim, block_r)
-        n_rows, n_cols, n_inner, strides = layout
-        _backward_kernel[(triton.cdiv(n_rows, block_r),)](
-            y_soft, grad_y, grad_logits, n_rows, n_cols, n_inner, ctx.tau,
-            *strides[0], *strides[1], *strides[2],
-            COMPUTE=_tl_dtype(y_soft.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
-        )
-        # y depends on logits + noise: both get the same gradient
-        grad_noise = None
-        if ctx.needs_input_grad[1]:
-            grad_noise = grad_logits.clone() if ctx.needs_input_grad[0] else grad_logits
-        return grad_logits, grad_noise, None, None, None, None, None
+        grad_logits = _gumbel_backward(y_soft, grad_y, ctx.tau, ctx.dim)
+        return grad_logits, _grad_noise(grad_logits, ctx.needs_input_grad), None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+# The same launches as torch.ops.fastgen.* for torch.compile (see fastgen.library). A seed the caller did not
+# give is drawn in the graph as a 0-d int64 CPU tensor (``drawn_seed``, from torch's default generator, the
+# stream eager's draw reads: under torch.compile's aot_eager backend the same seeds as eager); an explicit
+# ``seed`` is an int. The forward op returns the soft sample of a hard y (a placeholder otherwise) for the backward.
+def _seed_value(seed, drawn_seed) -> int:
+    return seed if drawn_seed is None else int(drawn_seed)  # a CPU tensor: no device sync
+
+
+def _traced_seed(seed, noise):
+    """(seed, drawn_seed) for the custom ops: a seed the caller did not give, drawn in the graph."""
+    if noise is None and seed is None:
+        return 0, torch.randint(0, 2**31 - 1, ())
+    return (0 if seed is None else seed), None
+
+
+@library.custom_op("gumbel_softmax", "(Tensor logits, Tensor? noise, SymInt seed, Tensor? drawn_seed, float tau, "
+                   "bool hard, int dim, bool keep_soft) -> (Tensor, Tensor)")
+def _gumbel_op(logits, noise, seed, drawn_seed, tau, hard, dim, keep_soft):
+    """(y, the soft sample of a hard y kept for the backward, or a placeholder)."""
+    y, y_soft = _gumbel_forward(logits, noise, _seed_value(seed, drawn_seed), tau, hard, dim, keep_soft)
+    return y, library.nothing(y) if y_soft is None else y_soft
+
+
+@_gumbel_op.register_fake
+def _(logits, noise, seed, drawn_seed, tau, hard, dim, keep_soft):
+    y = _forward_layout(logits, noise, dim, tile_for(logits.shape[dim], logits.dtype)[0])[2]
+    return y, torch.empty_like(y) if hard and keep_soft else library.nothing(y)
+
+
+@library.custom_op("gumbel_softmax_backward", "(Tensor y_soft, Tensor grad_y, float tau, int dim) -> Tensor")
+def _gumbel_backward_op(y_soft, grad_y, tau, dim):
+    return _gumbel_backward(y_soft, grad_y, tau, dim)
+
+
+@_gumbel_backward_op.register_fake
+def _(y_soft, grad_y, tau, dim):
+    return _backward_layout(y_soft, grad_y, dim, tile_for(y_soft.shape[dim], y_soft.dtype)[0])[2]
+
+
+def _setup_gumbel(ctx, inputs, output):
+    logits, noise, seed, drawn_seed, tau, hard, dim, keep_soft = inputs
+    ctx.tau, ctx.dim, ctx.has_soft = tau, dim, not hard or keep_soft
+    ctx.save_for_backward(output[1] if hard else output[0])
+
+
+def _gumbel_op_backward(ctx, grad_y, _grad_soft):
+    (y_soft,) = ctx.saved_tensors
+    if not ctx.has_soft:
+        raise RuntimeError("gumbel_softmax: a hard sample taken with keep_soft=False has no gradient")
+    grad_logits = torch.ops.fastgen.gumbel_softmax_backward(y_soft, grad_y, ctx.tau, ctx.dim)
+    return grad_logits, _grad_noise(grad_logits, ctx.needs_input_grad), None, None, None, None, None, None
+
+
+_gumbel_op.register_autograd(_gumbel_op_backward, setup_context=_setup_gumbel)
 
 
 def _check_tau(tau) -> float:
@@ -219,10 +302,13 @@ def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None
     if n_rows > MAX_ROWS:
         raise ValueError(f"logits: at most {MAX_ROWS} rows (elements / logits.shape[dim]) are supported, "
                          f"got {n_rows}")
-    if noise is None and seed is None:
-        seed = _draw_seed()
     keep_soft = hard and torch.is_grad_enabled() and (
         logits.requires_grad or (noise is not None and noise.requires_grad))
+    if library.traced():
+        return torch.ops.fastgen.gumbel_softmax(logits, noise, *_traced_seed(seed, noise), tau, hard, dim,
+                                                keep_soft)[0]
+    if noise is None and seed is None:
+        seed = _draw_seed()
     return GumbelSoftmax.apply(logits, noise, seed, tau, hard, dim, keep_soft)
 
 
@@ -237,15 +323,38 @@ def gumbel_noise(logits: torch.Tensor, *, dim: int = -1, seed: int | None = None
     seed = check_seed("seed", seed)
     if backend_for(logits) == "reference":
         return reference.sample_gumbel(logits, seed)
+    if library.traced():  # logits only give the shape, dtype and device: no gradient
+        return torch.ops.fastgen.gumbel_noise(logits.detach(), dim, *_traced_seed(seed, None))
     if seed is None:
         seed = _draw_seed()
+    return _gumbel_noise(logits, dim, seed)
+
+
+def _noise_buffer(logits, dim):
+    """(the uninitialised noise, dim-last contiguous; the view of it that gumbel_noise returns)."""
     shape = logits.reshape(1).shape if logits.dim() == 0 else logits.shape
     moved = [n for d, n in enumerate(shape) if d != dim] + [shape[dim]]
     noise = torch.empty(moved, dtype=compute_dtype(logits.dtype), device=logits.device)
+    return noise, noise.movedim(-1, dim).reshape(logits.shape)
+
+
+def _gumbel_noise(logits, dim, seed):
+    noise, out = _noise_buffer(logits, dim)
     if noise.numel():
         _noise_kernel[(triton.cdiv(noise.numel(), NOISE_BLOCK),)](
             noise, noise.numel(), seed, COMPUTE=_tl_dtype(logits.dtype), BLOCK=NOISE_BLOCK)
-    return noise.movedim(-1, dim).reshape(logits.shape)
+    return out
+
+
+@library.custom_op("gumbel_noise", "(Tensor logits, int dim, SymInt seed, Tensor? drawn_seed) -> Tensor")
+def _gumbel_noise_op(logits, dim, seed, drawn_seed):
+    """The noise gumbel_softmax adds for ``seed``; logits give only its shape, dtype and device."""
+    return _gumbel_noise(logits, dim, _seed_value(seed, drawn_seed))
+
+
+@_gumbel_noise_op.register_fake
+def _(logits, dim, seed, drawn_seed):
+    return _noise_buffer(logits, dim)[1]
 
 
 def kernel_launches():

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgen import reference
+from fastgen import library, reference
 from fastgen.autotune import configs_for
 from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
@@ -74,6 +74,69 @@ def _row_views(mu, logvar, eps, prior_mu, prior_logvar):
     return [mu2] + [mu2 if t is None else t.reshape(n_rows, n_cols) for t in (logvar, eps, prior_mu, prior_logvar)]
 
 
+def _rkl_forward(mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits):
+    """(z, beta * KL per sample [B], the [N] column sums of the KL that free bits needs, or None)."""
+    n_rows = mu.shape[0]
+    n_cols = math.prod(mu.shape[1:])
+    acc_dtype = compute_dtype(mu.dtype)
+    z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+    has_eps, has_prior = eps is not None, prior_mu is not None
+    if n_rows * n_cols == 0:
+        return z, torch.zeros(n_rows, dtype=acc_dtype, device=mu.device), None
+
+    mu2, logvar2, eps2, prior_mu2, prior_logvar2 = _row_views(mu, logvar, eps, prior_mu, prior_logvar)
+    column_kl = None
+    if free_bits > 0:
+        column_kl = _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior)
+    block_b, block_n = tile_for(n_cols, mu.dtype)
+    split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
+    kl = torch.empty((n_rows, split), dtype=acc_dtype, device=mu.device)
+    grid = (triton.cdiv(n_rows, block_b), split)
+    _forward_kernel[grid](
+        mu2, logvar2, eps2, prior_mu2, prior_logvar2,
+        column_kl if column_kl is not None else kl, z, kl,
+        n_rows, n_cols, cols_per_program, seed if seed is not None else 0, beta, free_bits,
+        *mu2.stride(), *logvar2.stride(), *eps2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
+        HAS_EPS=has_eps, HAS_PRIOR=has_prior, COMPUTE=_tl_dtype(mu.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+    )
+    return z, (kl.view(n_rows) if split == 1 else kl.sum(1)), column_kl
+
+
+def _rkl_backward(mu, logvar, eps, prior_mu, prior_logvar, column_kl, grad_z, grad_kl, seed, beta, free_bits,
+                  grad_of_eps):
+    """(grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar), each of mu's shape (contiguous);
+    grad_eps None unless ``grad_of_eps``, the prior's None without a prior."""
+    n_rows = mu.shape[0]
+    n_cols = math.prod(mu.shape[1:])
+    has_eps, has_prior = eps is not None, prior_mu is not None
+    new = lambda: torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)  # noqa: E731
+    grad_mu, grad_logvar = new(), new()
+    grad_eps = new() if grad_of_eps else None
+    grad_prior_mu, grad_prior_logvar = (new(), new()) if has_prior else (None, None)
+    if n_rows * n_cols == 0:
+        return tuple(g if g is None else g.zero_() for g in
+                     (grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar))
+
+    mu2, logvar2, eps2, prior_mu2, prior_logvar2 = _row_views(mu, logvar, eps, prior_mu, prior_logvar)
+    grad_z2 = grad_z.reshape(n_rows, n_cols)
+    block_b, block_n = tile_for(n_cols, mu.dtype)
+    grid = (triton.cdiv(n_rows, block_b), triton.cdiv(n_cols, block_n))
+    _backward_kernel[grid](
+        mu2, logvar2, eps2, prior_mu2, prior_logvar2,
+        column_kl if column_kl is not None else grad_kl, grad_z2, grad_kl,
+        grad_mu, grad_logvar,
+        grad_eps if grad_of_eps else grad_mu,
+        grad_prior_mu if has_prior else grad_mu,
+        grad_prior_logvar if has_prior else grad_mu,
+        n_rows, n_cols, seed if seed is not None else 0, beta, free_bits,
+        *mu2.stride(), *logvar2.stride(), *eps2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
+        *grad_z2.stride(), grad_kl.stride(0),
+        HAS_EPS=has_eps, GRAD_OF_EPS=grad_of_eps, HAS_PRIOR=has_prior,
+        COMPUTE=_tl_dtype(mu.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+    )
+    return grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar
+
+
 class ReparameterizeKL(torch.autograd.Function):
     """(mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits) -> (z, beta * KL per sample).
 
@@ -84,67 +147,90 @@ class ReparameterizeKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits):
-        n_rows = mu.shape[0]
-        n_cols = math.prod(mu.shape[1:])
-        acc_dtype = compute_dtype(mu.dtype)
-        z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
-        has_eps, has_prior = eps is not None, prior_mu is not None
+        z, kl, column_kl = _rkl_forward(mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits)
         ctx.seed, ctx.beta, ctx.free_bits = seed, beta, free_bits
-        ctx.has_eps, ctx.has_prior = has_eps, has_prior
-        if n_rows * n_cols == 0:
-            ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar, None)
-            return z, torch.zeros(n_rows, dtype=acc_dtype, device=mu.device)
-
-        mu2, logvar2, eps2, prior_mu2, prior_logvar2 = _row_views(mu, logvar, eps, prior_mu, prior_logvar)
-        column_kl = None
-        if free_bits > 0:
-            column_kl = _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior)
-        block_b, block_n = tile_for(n_cols, mu.dtype)
-        split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
-        kl = torch.empty((n_rows, split), dtype=acc_dtype, device=mu.device)
-        grid = (triton.cdiv(n_rows, block_b), split)
-        _forward_kernel[grid](
-            mu2, logvar2, eps2, prior_mu2, prior_logvar2,
-            column_kl if column_kl is not None else kl, z, kl,
-            n_rows, n_cols, cols_per_program, seed if seed is not None else 0, beta, free_bits,
-            *mu2.stride(), *logvar2.stride(), *eps2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
-            HAS_EPS=has_eps, HAS_PRIOR=has_prior, COMPUTE=_tl_dtype(mu.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
-        )
         ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar, column_kl)
-        return z, (kl.view(n_rows) if split == 1 else kl.sum(1))
+        return z, kl
 
     @staticmethod
     def backward(ctx, grad_z, grad_kl):
         mu, logvar, eps, prior_mu, prior_logvar, column_kl = ctx.saved_tensors
-        n_rows = mu.shape[0]
-        n_cols = math.prod(mu.shape[1:])
-        grad_of_eps = ctx.has_eps and ctx.needs_input_grad[2]
-        new = lambda: torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)  # noqa: E731
-        grad_mu, grad_logvar = new(), new()
-        grad_eps = new() if grad_of_eps else None
-        grad_prior_mu, grad_prior_logvar = (new(), new()) if ctx.has_prior else (None, None)
-        if n_rows * n_cols == 0:
-            return tuple(g if g is None else g.zero_() for g in
-                         (grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar)) + (None,) * 3
+        grad_of_eps = eps is not None and ctx.needs_input_grad[2]
+        grads = _rkl_backward(mu, logvar, eps, prior_mu, prior_logvar, column_kl, grad_z, grad_kl, ctx.seed,
+                              ctx.beta, ctx.free_bits, grad_of_eps)
+        return (*grads, None, None, None)
 
-        mu2, logvar2, eps2, prior_mu2, prior_logvar2 = _row_views(mu, logvar, eps, prior_mu, prior_logvar)
-        grad_z2 = grad_z.reshape(n_rows, n_cols)
-        block_b, block_n = tile_for(n_cols, mu.dtype)
-        grid = (triton.cdiv(n_rows, block_b), triton.cdiv(n_cols, block_n))
-        _backward_kernel[grid](
-            mu2, logvar2, eps2, prior_mu2, prior_logvar2,
-            column_kl if column_kl is not None else grad_kl, grad_z2, grad_kl,
-            grad_mu, grad_logvar,
-            grad_eps if grad_of_eps else grad_mu,
-            grad_prior_mu if ctx.has_prior else grad_mu,
-            grad_prior_logvar if ctx.has_prior else grad_mu,
-            n_rows, n_cols, ctx.seed if ctx.seed is not None else 0, ctx.beta, ctx.free_bits,
-            *mu2.stride(), *logvar2.stride(), *eps2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
-            *grad_z2.stride(), grad_kl.stride(0),
-            HAS_EPS=ctx.has_eps, GRAD_OF_EPS=grad_of_eps, HAS_PRIOR=ctx.has_prior,
-            COMPUTE=_tl_dtype(mu.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
-        )
-        return grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar, None, None, None
+
+# ---------------------------------------------------------------------------------------------- custom ops
+# The same launches as torch.ops.fastgen.* for torch.compile (see fastgen.library). A seed the caller did not
+# give is drawn in the graph as a 0-d int64 CPU tensor (``drawn_seed``, from torch's default generator, the
+# stream eager's draw reads: under torch.compile's aot_eager backend the same seeds as eager); an explicit
+# ``seed`` is an int. The forward op also returns the KL's column sums (free bits; a placeholder otherwise).
+def _seed_value(seed, drawn_seed) -> int:
+    return seed if drawn_seed is None else int(drawn_seed)  # a CPU tensor: no device sync
+
+
+def _traced_seed(seed, eps):
+    """(seed, drawn_seed) for the custom ops: a seed the caller did not give, drawn in the graph."""
+    if eps is None and seed is None:
+        return 0, torch.randint(0, 2**31 - 1, ())
+    return (0 if seed is None else seed), None
+
+
+@library.custom_op("reparameterize_kl", "(Tensor mu, Tensor logvar, Tensor? eps, Tensor? prior_mu, "
+                   "Tensor? prior_logvar, SymInt seed, Tensor? drawn_seed, float beta, float free_bits) "
+                   "-> (Tensor, Tensor, Tensor)")
+def _rkl_op(mu, logvar, eps, prior_mu, prior_logvar, seed, drawn_seed, beta, free_bits):
+    """(z, beta * KL per sample, the KL's column sums or a placeholder)."""
+    z, kl, column_kl = _rkl_forward(mu, logvar, eps, prior_mu, prior_logvar, _seed_value(seed, drawn_seed), beta,
+                                    free_bits)
+    return z, kl, library.nothing(mu) if column_kl is None else column_kl
+
+
+@_rkl_op.register_fake
+def _(mu, logvar, eps, prior_mu, prior_logvar, seed, drawn_seed, beta, free_bits):
+    n_rows, n_cols = mu.shape[0], math.prod(mu.shape[1:])
+    acc = compute_dtype(mu.dtype)
+    column_kl = mu.new_empty(n_cols, dtype=acc) if free_bits > 0 and n_rows * n_cols != 0 else library.nothing(mu)
+    return mu.new_empty(mu.shape), mu.new_empty(n_rows, dtype=acc), column_kl
+
+
+@library.custom_op("reparameterize_kl_backward", "(Tensor mu, Tensor logvar, Tensor? eps, Tensor? prior_mu, "
+                   "Tensor? prior_logvar, Tensor? column_kl, Tensor grad_z, Tensor grad_kl, SymInt seed, "
+                   "Tensor? drawn_seed, float beta, float free_bits, bool grad_of_eps) "
+                   "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+def _rkl_backward_op(mu, logvar, eps, prior_mu, prior_logvar, column_kl, grad_z, grad_kl, seed, drawn_seed, beta,
+                     free_bits, grad_of_eps):
+    """(grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar), placeholders for those not computed."""
+    grads = _rkl_backward(mu, logvar, eps, prior_mu, prior_logvar, column_kl, grad_z, grad_kl,
+                          _seed_value(seed, drawn_seed), beta, free_bits, grad_of_eps)
+    return tuple(library.nothing(mu) if g is None else g for g in grads)
+
+
+@_rkl_backward_op.register_fake
+def _(mu, logvar, eps, prior_mu, prior_logvar, column_kl, grad_z, grad_kl, seed, drawn_seed, beta, free_bits,
+      grad_of_eps):
+    computed = (True, True, grad_of_eps, prior_mu is not None, prior_mu is not None)
+    return tuple(mu.new_empty(mu.shape) if c else library.nothing(mu) for c in computed)
+
+
+def _setup_rkl(ctx, inputs, output):
+    mu, logvar, eps, prior_mu, prior_logvar, seed, drawn_seed, beta, free_bits = inputs
+    ctx.seed, ctx.beta, ctx.free_bits = seed, beta, free_bits
+    ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar, output[2] if free_bits > 0 else None, drawn_seed)
+
+
+def _rkl_op_backward(ctx, grad_z, grad_kl, _grad_column_kl):
+    mu, logvar, eps, prior_mu, prior_logvar, column_kl, drawn_seed = ctx.saved_tensors
+    grad_of_eps = eps is not None and ctx.needs_input_grad[2]
+    grads = torch.ops.fastgen.reparameterize_kl_backward(
+        mu, logvar, eps, prior_mu, prior_logvar, column_kl, grad_z, grad_kl, ctx.seed, drawn_seed, ctx.beta,
+        ctx.free_bits, grad_of_eps)
+    computed = (True, True, grad_of_eps, prior_mu is not None, prior_mu is not None)
+    return (*(g if c else None for g, c in zip(grads, computed)), None, None, None, None)
+
+
+_rkl_op.register_autograd(_rkl_op_backward, setup_context=_setup_rkl)
 
 
 def _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior: bool) -> torch.Tensor:
@@ -205,11 +291,15 @@ def reparameterize_kl(mu, logvar, eps=None, *, seed=None, prior_mu=None, prior_l
                                             prior_logvar=prior_logvar, beta=beta, free_bits=free_bits)
         return z, reduce_batch(kl.to(compute_dtype(mu.dtype)), reduction)
 
-    if eps is None and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
     if prior_mu is not None or prior_logvar is not None:  # a missing one is 0: a zero-stride view
         prior_mu = (mu.new_zeros(()) if prior_mu is None else prior_mu).expand(mu.shape)
         prior_logvar = (mu.new_zeros(()) if prior_logvar is None else prior_logvar).expand(mu.shape)
+    if library.traced():
+        z, kl, _ = torch.ops.fastgen.reparameterize_kl(mu, logvar, eps, prior_mu, prior_logvar,
+                                                       *_traced_seed(seed, eps), beta, free_bits)
+        return z, reduce_batch(kl, reduction)
+    if eps is None and seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
     z, kl = ReparameterizeKL.apply(mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits)
     return z, reduce_batch(kl, reduction)
 
