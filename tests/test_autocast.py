@@ -74,8 +74,8 @@ def test_dcgan_trains_one_step_under_autocast(device):
     model, twin = _twins(lambda: DCGAN(1, 8, latent_dim=4, hidden_channels=4, r1_gamma=1.0).to(device))
     real = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1
     z = torch.randn(2, 4, generator=torch.Generator().manual_seed(2)).to(device)
-    d_loss, d_moved = _step(model.discriminator, lambda: model.d_loss(real, z).total)
-    reference_d, _ = _step(twin.discriminator, lambda: twin.d_loss(real, z).total)
+    d_loss, d_moved = _step(model.discriminator, lambda: model.d_loss(real, z).loss)
+    reference_d, _ = _step(twin.discriminator, lambda: twin.d_loss(real, z).loss)
     g_loss, g_moved = _step(model.generator, lambda: model.g_loss(z))
     reference_g, _ = _step(twin.generator, lambda: twin.g_loss(z))
     assert d_loss.dtype == g_loss.dtype == torch.float32 and d_moved and g_moved
