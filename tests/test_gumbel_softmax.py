@@ -384,3 +384,19 @@ def test_nan_logit_makes_its_row_nan_as_torch(device):
         expected = reference.gumbel_softmax(logits, hard=hard, noise=gumbel_noise(logits, seed=2))
         assert torch.equal(torch.isnan(y), torch.isnan(expected))
         assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2]]).all()
+
+
+# ---------------------------------------------------------------------------------------------- issue 16: edges
+@pytest.mark.parametrize("as_int", [__import__("numpy").int64, __import__("numpy").int32], ids=str)
+def test_numpy_integer_arguments_are_ints(as_int, device):
+    logits = make_logits((2, 3, 5), torch.float32, device)
+    assert torch.equal(fastgen.gumbel_softmax(logits, dim=as_int(1), seed=as_int(3)),
+                       fastgen.gumbel_softmax(logits, dim=1, seed=3))
+    assert torch.equal(gumbel_noise(logits, dim=as_int(1), seed=as_int(3)), gumbel_noise(logits, dim=1, seed=3))
+
+
+def test_float_integer_arguments_raise_named_errors(device):
+    logits = make_logits((2, 3), torch.float32, device)
+    for kwargs, name in ((dict(dim=1.0), "dim"), (dict(seed=3.0), "seed")):
+        with pytest.raises(TypeError, match=f"{name} must be an int"):
+            fastgen.gumbel_softmax(logits, **kwargs)

@@ -667,3 +667,40 @@ def test_dmol_log_scale_gradient_at_the_clamp_bound(mean_offset, device):
         params = single_component(mean, log_scale, device).requires_grad_()
         (grad,) = torch.autograd.grad(loss(params, x, 1, reduction="sum"), params)
         assert grad[0, 2].item() == pytest.approx(expected, rel=1e-9), name
+
+
+# ---------------------------------------------------------------------------------------------- issue 16: edges
+@pytest.mark.parametrize("as_int", [__import__("numpy").int64, __import__("numpy").int32], ids=str)
+def test_numpy_integer_arguments_are_ints(as_int, device):
+    """NumPy integers are accepted as ints (converted once, so none reaches a Triton launch)."""
+    gen = generator("npint")
+    logits = torch.randn(1, 2 * 5, 2, 3, generator=gen).to(device)
+    targets = torch.randint(0, 5, (1, 2, 2, 3), generator=gen).to(device)
+    assert torch.equal(fastgen.pixel_cross_entropy(logits, targets, levels=as_int(5)),
+                       fastgen.pixel_cross_entropy(logits, targets, levels=5))
+    params = torch.randn(1, 30, 2, 2, generator=gen).to(device)
+    x = (torch.rand(1, 3, 2, 2, generator=gen) * 2 - 1).to(device)
+    assert torch.equal(fastgen.dmol_nll(params, x, as_int(3), bits=as_int(5)), fastgen.dmol_nll(params, x, 3, bits=5))
+    assert torch.equal(fastgen.dmol_nll(params, x, as_int(3), levels=as_int(17)),
+                       fastgen.dmol_nll(params, x, 3, levels=17))
+    assert torch.equal(fastgen.dmol_sample(params, as_int(3), seed=as_int(4)), fastgen.dmol_sample(params, 3, seed=4))
+    assert fastgen.bits_per_dim(2.0, as_int(4)) == fastgen.bits_per_dim(2.0, 4)
+
+
+def test_float_integer_arguments_raise_named_errors(device):
+    """3.0 is not an int: a TypeError naming the argument (as torch's int arguments), never a Triton crash."""
+    logits = torch.randn(1, 6, 2, 2, device=device)
+    targets = torch.zeros(1, 2, 2, 2, dtype=torch.long, device=device)
+    params = torch.randn(1, 30, 2, 2, device=device)
+    x = torch.zeros(1, 3, 2, 2, device=device)
+    cases = [
+        (lambda: fastgen.pixel_cross_entropy(logits, targets, levels=3.0), "levels"),
+        (lambda: fastgen.dmol_nll(params, x, 3.0), "n_mixtures"),
+        (lambda: fastgen.dmol_nll(params, x, 3, bits=8.0), "bits"),
+        (lambda: fastgen.dmol_nll(params, x, 3, levels=256.0), "levels"),
+        (lambda: fastgen.dmol_sample(params, 3.0), "n_mixtures"),
+        (lambda: fastgen.dmol_sample(params, 3, seed=1.0), "seed"),
+    ]
+    for call, name in cases:
+        with pytest.raises(TypeError, match=f"{name} must be an int"):
+            call()

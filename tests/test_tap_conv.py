@@ -375,3 +375,42 @@ def test_weight_grad_split():
     assert split > 1 and per_split % 32 == 0 and split * per_split >= 64 * 28 * 28
     assert (split - 1) * per_split < 64 * 28 * 28
     assert op.weight_grad_split(100, n_tiles=1000, block_m=32) == (1, 128)
+
+
+# ---------------------------------------------------------------------------------------------- issue 16: edges
+@pytest.mark.parametrize("as_int", [__import__("numpy").int64, __import__("numpy").int32], ids=str)
+def test_numpy_integer_arguments_are_ints(as_int, device):
+    """NumPy integers are accepted as ints (converted once, so none reaches a Triton launch)."""
+    x = make((1, 6, 5, 4), torch.float32, device, "npint x")
+    w = make((6, 6, 3, 3), torch.float32, device, "npint w")
+    expected = fastgen.masked_conv2d(x, w, None, "B", 3)
+    assert torch.equal(fastgen.masked_conv2d(x, w, None, "B", as_int(3)), expected)
+    for module in (fastgen.nn.MaskedConv2d(6, 6, as_int(3), "A", as_int(3)),
+                   fastgen.nn.HorizontalStackConv2d(6, 6, as_int(3), "B", as_int(3)),
+                   fastgen.nn.VerticalStackConv2d(6, 6, as_int(3)),
+                   fastgen.nn.DownShiftedConv2d(6, 6, (as_int(2), as_int(3))),
+                   fastgen.nn.DownRightShiftedConv2d(6, 6, as_int(2))):
+        module = module.to(device)
+        assert all(type(v) is int for v in (*module.taps.kernel_size, *module.taps.padding, module.taps.n_taps,
+                                             module.taps.groups))
+        assert module(x).shape == (1, 6, 5, 4)
+    taps = masks.TapSet((as_int(3), as_int(3)), (as_int(1), as_int(1)), as_int(5))
+    assert taps == masks.masked(3, "B") and type(taps.n_taps) is int
+
+
+def test_float_integer_arguments_raise_named_errors(device):
+    """3.0 is not an int: a TypeError naming the argument (as torch's int arguments), never a Triton crash."""
+    x = torch.randn(1, 6, 4, 4, device=device)
+    w = torch.randn(6, 6, 3, 3, device=device)
+    cases = [
+        (lambda: fastgen.masked_conv2d(x, w, None, "B", 3.0), "data_channels"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 6, 3, "B", 3.0), "data_channels"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 6, 3.0), "kernel_size"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 6, (3.0, 3.0)), "kernel_size"),
+        (lambda: fastgen.nn.VerticalStackConv2d(6, 6, 3.0), "kernel_size"),
+        (lambda: fastgen.nn.DownShiftedConv2d(6, 6, 2.0), "kernel_size"),
+        (lambda: masks.TapSet((3, 3), (1, 1), 4.0), "n_taps"),
+    ]
+    for call, name in cases:
+        with pytest.raises(TypeError, match=f"{name} must be an int"):
+            call()

@@ -15,7 +15,7 @@ from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
 from fastgen.kernels import gumbel_softmax as kernels
 from fastgen import reference
-from fastgen.validation import check_float_tensor, check_like, check_seed
+from fastgen.validation import check_float_tensor, check_int, check_like, check_seed
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -165,12 +165,11 @@ def _check_tau(tau) -> float:
 
 
 def _check_dim(dim, ndim: int) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     size = max(ndim, 1)  # a 0-d tensor takes dim 0 or -1, as torch.softmax
+    dim = check_int("dim", dim)
     if not -size <= dim < size:
         raise ValueError(f"dim must be in [{-size}, {size - 1}] for a {ndim}-d tensor, got {dim}")
-    return int(dim) % size
+    return dim % size
 
 
 def _draw_seed() -> int:

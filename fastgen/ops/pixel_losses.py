@@ -21,7 +21,7 @@ from fastgen.dispatch import backend_for
 from fastgen.kernels import pixel_losses as kernels
 from fastgen.reference import pixel_losses as reference
 from fastgen.reference.pixel_losses import REDUCTIONS, bin_half_width, edge_threshold, logits_as_5d
-from fastgen.validation import check_choice, check_float_tensor, check_like, check_seed
+from fastgen.validation import check_choice, check_float_tensor, check_int, check_like, check_seed
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_INDEX = 2**31 - 1024  # sub-pixels, pixels and Philox offsets are int32 in the kernels (one tile of slack)
@@ -89,6 +89,8 @@ def bits_per_dim(nats, dims=1):
         dims = math.prod(dims)
     elif isinstance(dims, bool) or not isinstance(dims, numbers.Integral):
         raise TypeError(f"dims must be an int, a shape or a tensor, got {type(dims).__name__}")
+    else:
+        dims = check_int("dims", dims)
     if dims <= 0:
         raise ValueError(f"dims must be > 0, got {dims}")
     return nats / (math.log(2.0) * dims)
@@ -213,8 +215,7 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
     if logits.dim() not in (4, 5):
         raise ValueError(f"logits must be 4-D [B, C * levels, H, W] or 5-D [B, levels, C, H, W], got shape "
                          f"{tuple(logits.shape)}")
-    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, numbers.Integral)):
-        raise TypeError(f"levels must be an int or None, got {type(levels).__name__}")
+    levels = None if levels is None else check_int("levels", levels, low=1)
     check_choice("reduction", reduction, REDUCTIONS)
     levels = _check_targets(targets, logits, levels, check_targets)
     if backend_for(logits) == "reference":
@@ -285,25 +286,17 @@ def _scale_by_pixel(saved: torch.Tensor, grad_output: torch.Tensor, weight: floa
     return out
 
 
-def _check_positive_int(name: str, value, low: int = 1, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}" if high is not None else
-                         f"{name} must be >= {low}, got {value}")
-    return int(value)
-
-
-def _check_params(params, n_mixtures) -> int:
-    """Validates params [B, P, H, W] of a K-component mixture; returns C (3 for P = 10K, 1 for P = 3K)."""
+def _check_params(params, n_mixtures) -> tuple[int, int]:
+    """Validates params [B, P, H, W] of a K-component mixture; returns (K as an int, C): C = 3 for P = 10K,
+    1 for P = 3K."""
     check_float_tensor("params", params)
-    n_mixtures = _check_positive_int("n_mixtures", n_mixtures)
+    n_mixtures = check_int("n_mixtures", n_mixtures, low=1)
     if params.dim() != 4:
         raise ValueError(f"params must have shape [B, P, H, W], got {tuple(params.shape)}")
     if params.shape[1] == 10 * n_mixtures:
-        return 3
+        return n_mixtures, 3
     if params.shape[1] == 3 * n_mixtures:
-        return 1
+        return n_mixtures, 1
     raise ValueError(f"params must have 10 * n_mixtures (RGB) or 3 * n_mixtures (grayscale) channels, got "
                      f"{params.shape[1]} for n_mixtures = {n_mixtures}")
 
@@ -335,7 +328,7 @@ def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean", *, levels=None):
     Returns:
         float32 NLL (float64 for float64 params); gradients have params' (and x's) dtype and layout.
     """
-    channels = _check_params(params, n_mixtures)
+    n_mixtures, channels = _check_params(params, n_mixtures)
     check_float_tensor("x", x)
     if x.device != params.device:
         raise ValueError(f"x is on {x.device} but params is on {params.device}")
@@ -343,8 +336,8 @@ def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean", *, levels=None):
     if tuple(x.shape) != (batch, channels, height, width):
         raise ValueError(f"x has shape {tuple(x.shape)} but params of shape {tuple(params.shape)} with "
                          f"n_mixtures = {n_mixtures} need x of shape {(batch, channels, height, width)}")
-    bits = _check_positive_int("bits", bits, 1, 16)
-    levels = 2**bits if levels is None else _check_positive_int("levels", levels, 2, 2**16)
+    bits = check_int("bits", bits, low=1, high=16)
+    levels = 2**bits if levels is None else check_int("levels", levels, low=2, high=2**16)
     check_choice("reduction", reduction, REDUCTIONS)
     acc = compute_dtype(params.dtype)
     if backend_for(params) == "reference":
@@ -386,7 +379,7 @@ def dmol_sample(params, n_mixtures, seed=None, temperature=1.0, *, uniforms=None
     Returns:
         x [B, C, H, W] in [-1, 1], params' dtype, contiguous; no gradient.
     """
-    channels = _check_params(params, n_mixtures)
+    n_mixtures, channels = _check_params(params, n_mixtures)
     temperature = _check_temperature(temperature)
     seed = check_seed("seed", seed)
     batch, _, height, width = params.shape

@@ -16,6 +16,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from fastgen.validation import check_int
+
 MASK_TYPES = ("A", "B")
 DATA_CHANNELS = (1, 3)
 
@@ -38,6 +40,15 @@ class TapSet:
     strict: bool = False
 
     def __post_init__(self):
+        # plain ints (NumPy integers converted, floats refused): the Triton launches take these as arguments
+        for name in ("kernel_size", "padding"):
+            pair = getattr(self, name)
+            if not isinstance(pair, (tuple, list, torch.Size)) or len(pair) != 2:
+                raise ValueError(f"{name} must be a pair of ints, got {pair!r}")
+            object.__setattr__(self, name, tuple(check_int(name, v, low=0) for v in pair))
+        object.__setattr__(self, "n_taps", check_int("n_taps", self.n_taps))
+        object.__setattr__(self, "groups", check_int("groups", self.groups, low=1))
+        object.__setattr__(self, "strict", bool(self.strict))
         kh, kw = self.kernel_size
         if not 0 <= self.n_taps <= kh * kw:
             raise ValueError(f"n_taps must be in [0, {kh * kw}] for a {kh}x{kw} window, got {self.n_taps}")
