@@ -704,3 +704,30 @@ def test_float_integer_arguments_raise_named_errors(device):
     for call, name in cases:
         with pytest.raises(TypeError, match=f"{name} must be an int"):
             call()
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("bad", [2**32 + 2, 2**32, -(2**32) + 1, 2**31, 7, -1, -100], ids=str)
+def test_unchecked_out_of_range_target_is_never_a_finite_loss(bad, backend, device):
+    """check_targets=False: a target outside [0, levels) (compared as int64: 2**32 + 2 is not level 2, -100 is
+    not F.cross_entropy's ignore_index) gives a nan loss and a nan gradient at every level of its sub-pixel;
+    the other sub-pixels keep their exact terms and gradients, on both backends."""
+    levels = 4
+    logits = make_logits((2, 3 * levels, 2, 2), torch.float64, device).requires_grad_()
+    targets = make_targets((2, 3, 2, 2), levels, device)
+    wrong = targets.clone()
+    wrong[1, 2, 0, 1] = bad
+    with fastgen.use_backend(backend):
+        terms = fastgen.pixel_cross_entropy(logits, wrong, reduction="none", check_targets=False)
+        (grad,) = torch.autograd.grad(terms.sum(), logits)
+        for reduction in ("mean", "sum"):
+            assert torch.isnan(fastgen.pixel_cross_entropy(logits, wrong, reduction=reduction, check_targets=False))
+        exact = fastgen.pixel_cross_entropy(logits, targets, reduction="none")
+        (exact_grad,) = torch.autograd.grad(exact.sum(), logits)
+    bad_mask = torch.zeros_like(terms, dtype=torch.bool)
+    bad_mask[1, 2, 0, 1] = True
+    assert torch.isnan(terms[bad_mask]).all() and torch.equal(terms[~bad_mask], exact[~bad_mask])
+    grad_5d, exact_5d = (g.view(2, 3, levels, 2, 2).transpose(1, 2) for g in (grad, exact_grad))  # [B, L, C, H, W]
+    assert torch.isnan(grad_5d[1, :, 2, 0, 1]).all()
+    keep = ~bad_mask.unsqueeze(1).expand_as(grad_5d)
+    assert torch.equal(grad_5d[keep], exact_5d[keep])

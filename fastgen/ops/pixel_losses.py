@@ -205,8 +205,11 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
         levels: number of levels; None infers it from the shapes (4-D: dim 1 / C; 5-D: dim 1).
         reduction: "mean" over the B*C*H*W sub-pixels (nats/dim, as ``F.cross_entropy``), "sum", or "none"
             ([B, C, H, W]). ``bits_per_dim(loss)`` converts a mean to bits/dim.
-        check_targets: check that every target is in [0, levels) (one reduction and a device sync); with False a
-            target outside that range gives a nan loss instead of an error.
+        check_targets: check that every target is in [0, levels) (one reduction and a device sync) and raise a
+            ValueError if not. With False nothing is checked on the host and a target outside [0, levels) (any
+            integer value: compared as int64, never wrapped, so 2**32 + 2 is out of range too) makes that
+            sub-pixel's loss nan, hence a "mean" or "sum" loss nan, and that sub-pixel's gradient nan at every
+            level; the other sub-pixels' terms ("none") and gradients are unaffected.
 
     Returns:
         float32 loss (float64 for float64 logits); the gradient has the logits' dtype and layout.

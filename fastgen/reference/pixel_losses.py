@@ -39,7 +39,13 @@ def logits_as_5d(logits: torch.Tensor, channels: int, levels: int | None = None)
 def pixel_cross_entropy(logits, targets, levels=None, reduction="mean"):
     """Cross-entropy in nats of each sub-pixel (see :func:`fastgen.pixel_cross_entropy`): "none" [B, C, H, W],
     "sum", or "mean" over the sub-pixels (nats/dim)."""
-    terms = F.cross_entropy(logits_as_5d(logits, targets.shape[1], levels), targets.long(), reduction="none")
+    logits = logits_as_5d(logits, targets.shape[1], levels)
+    targets = targets.long()
+    valid = (targets >= 0) & (targets < logits.shape[1])
+    # a target outside [0, levels) (unchecked: check_targets=False) gives a nan loss and a nan gradient for its
+    # sub-pixel, as the kernels do, not F.cross_entropy's error (nor its ignore_index=-100 zero)
+    terms = F.cross_entropy(logits, torch.where(valid, targets, 0), reduction="none")
+    terms = terms * torch.where(valid, 1.0, math.nan).to(terms.dtype)
     if reduction == "mean":
         return terms.mean()
     if reduction == "sum":
