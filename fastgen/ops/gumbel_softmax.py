@@ -181,7 +181,9 @@ def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None
 
     Args:
         logits: unnormalized log-probabilities, any shape and strides, float16/bfloat16/float32/float64.
-        tau: temperature, a finite number > 0.
+        tau: temperature, a finite number > 0. Any such tau works, however small: the kernel divides
+            ``z - max(z)`` (z = logits + g) by tau, so nothing overflows, and below the smallest normal float
+            the result is the limit tau -> 0, the one-hot of each row's argmax (its gradient 0).
         hard: return the one-hot of each row's argmax (exactly 0 and 1) with the gradient of the soft sample
             (straight through), as ``F.gumbel_softmax(hard=True)``.
         dim: the dimension of the classes (keyword-only: torch's fourth positional argument is ``eps``).
@@ -194,6 +196,10 @@ def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None
     The noise is -log(-log(u)) with u an odd multiple of 2**-24 in (0, 1), so it is finite, in [-2.82, 16.7]:
     unlike torch's (pytorch issues #22442, #127749), no draw makes the result inf or NaN.
 
+    Empty tensors behave as ``F.gumbel_softmax``: an empty result, except that ``hard=True`` with no class
+    along ``dim`` (an empty row, e.g. shape [3, 0]) raises an IndexError (no argmax exists; torch raises one
+    too); no rows (e.g. shape [0, 5]) gives an empty result.
+
     Returns:
         y of logits' shape and dtype (logits' strides when dense). Math runs in float32 (float64 for float64).
     """
@@ -202,6 +208,10 @@ def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None
     if not isinstance(hard, bool):
         raise TypeError(f"hard must be a bool, got {type(hard).__name__}")
     dim = _check_dim(dim, logits.dim())
+    if hard and logits.dim() and logits.shape[dim] == 0:
+        raise IndexError(f"gumbel_softmax: hard=True needs at least one class along dim {dim}, got logits of "
+                         f"shape {tuple(logits.shape)}: an empty row has no argmax (F.gumbel_softmax raises an "
+                         f"IndexError too)")
     if noise is not None:
         check_like("noise", noise, "logits", logits)
     seed = check_seed("seed", seed)
