@@ -409,7 +409,12 @@ def dmol_sample_kernel(
         else:
             r = tl.rand(seed, philox + k).to(COMPUTE)
         u = u_lo + u_span * r
-        score = tl.load(PARAMS + offsets, mask=mask, other=0.0).to(COMPUTE) / temp - tl.log(-tl.log(u))
+        logit = tl.load(PARAMS + offsets, mask=mask, other=0.0).to(COMPUTE)
+        neg_gumbel = tl.log(-tl.log(u))
+        # argmax of logit / T + g, as argmax of logit + T g below T = 1: the same choice, but logit / T cannot
+        # overflow to +-inf (ties at inf, or nan) for a small T, and T -> 0 (T * g rounding to 0) is the argmax
+        # of the logits, the limit
+        score = tl.where(temp >= 1.0, logit / temp - neg_gumbel, logit - temp * neg_gumbel)
         better = score > best  # strictly: the first maximum wins, as torch.argmax
         best = tl.where(better, score, best)
         mean0 = tl.where(better, tl.load(PARAMS + offsets + block, mask=mask, other=0.0).to(COMPUTE), mean0)

@@ -731,3 +731,35 @@ def test_unchecked_out_of_range_target_is_never_a_finite_loss(bad, backend, devi
     assert torch.isnan(grad_5d[1, :, 2, 0, 1]).all()
     keep = ~bad_mask.unsqueeze(1).expand_as(grad_5d)
     assert torch.equal(grad_5d[keep], exact_5d[keep])
+
+
+def _dmol_mode_of_the_top_component(params, k, channels):
+    """The limit temperature -> 0 of dmol_sample: the means of the argmax-logit component, RGB-shifted, clamped."""
+    logits, means, _, coefficients = split_mixture_params(params.double().cpu(), k, channels)
+    index = logits.argmax(1, keepdim=True).unsqueeze(1).expand(-1, channels, -1, -1, -1)  # [B, C, 1, H, W]
+    pick = lambda t: t.gather(2, index).squeeze(2)  # noqa: E731
+    mean = pick(means)
+    x0 = mean[:, 0].clamp(-1, 1)
+    if channels == 1:
+        return x0.unsqueeze(1)
+    coef = torch.tanh(pick(coefficients))
+    x1 = (mean[:, 1] + coef[:, 0] * x0).clamp(-1, 1)
+    x2 = (mean[:, 2] + coef[:, 1] * x0 + coef[:, 2] * x1).clamp(-1, 1)
+    return torch.stack([x0, x1, x2], 1)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("temperature", [1e-20, 1e-39, 1e-45, 5e-324], ids=str)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_dmol_sample_tiny_temperature_gives_the_mode(temperature, channels, backend, device):
+    """A temperature below the smallest normal float32 samples the limit T -> 0: the mode of the component with
+    the largest logit (logits / T overflowed to ties at +-inf before, picking the first positive one)."""
+    k = 4
+    gen = generator("tiny temperature", channels)
+    params = (torch.randn(2, (10 if channels == 3 else 3) * k, 3, 3, generator=gen) * 0.5).to(device)
+    params[:, :k] = torch.randn(2, k, 3, 3, generator=gen).abs().to(device) + 0.1  # positive logits: the old ties
+    expected = _dmol_mode_of_the_top_component(params, k, channels)
+    with fastgen.use_backend(backend):
+        for dtype in (torch.float32, torch.float64):
+            sample = fastgen.dmol_sample(params.to(dtype), k, seed=3, temperature=temperature)
+            torch.testing.assert_close(sample.double().cpu(), expected, rtol=0, atol=1e-6)

@@ -375,7 +375,11 @@ def dmol_sample(params, n_mixtures, seed=None, temperature=1.0, *, uniforms=None
         seed: Philox seed in [0, 2**31) of the in-kernel uniforms (None: one drawn from torch's default
             generator, so ``torch.manual_seed`` makes runs repeatable). Draw i of pixel p = (b * H + h) * W + w
             is Philox's uniform at offset p * (K + C) + i, whatever the strides.
-        temperature: > 0; scales the mixture logits (1 / T) and the logistic scales (T).
+        temperature: > 0; scales the mixture logits (1 / T) and the logistic scales (T). Any finite T > 0
+            works, however small: the component is picked as the argmax of ``logits + T * g`` (the same choice
+            as ``logits / T + g``, with nothing to overflow), so as T -> 0 the sample tends to the mode of the
+            most likely component (its means, shifted and clamped as above), which is what a T below the
+            smallest normal float gives.
         uniforms: [B, K + C, H, W] U[0, 1) draws of params' dtype to use instead (K for the component choice,
             then C for the logistics); as openai, each u is mapped to 1e-5 + (1 - 2e-5) u.
 
