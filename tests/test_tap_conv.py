@@ -414,3 +414,35 @@ def test_float_integer_arguments_raise_named_errors(device):
     for call, name in cases:
         with pytest.raises(TypeError, match=f"{name} must be an int"):
             call()
+
+
+@pytest.mark.parametrize("taps", [masks.masked(5, "A", 3), masks.masked(3, "B", 1), masks.horizontal_stack(5, "A", 3),
+                                  masks.vertical_stack(3, "A")], ids=lambda t: t.diagram().replace("\n", "/"))
+def test_nan_in_masked_taps_is_ignored_by_kernels_and_reference(taps, device):
+    """nan and inf written into the masked-out taps of the dense weight change nothing on either backend (the
+    kernels never read those taps; the reference takes torch.where(mask, weight, 0), not weight * mask), and
+    both give the output and gradients of the clean weight; the masked taps' gradient stays exactly 0."""
+    x, w, b = conv_inputs(taps, 2, 5, 6, 6, 6, torch.float64, device)
+    dead = taps.mask(w.shape[0], w.shape[1], torch.float64, device) == 0
+    poisoned = w.clone()
+    poisoned[dead] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=torch.float64,
+                                  device=device).repeat(int(dead.sum()))[:int(dead.sum())]
+    grad_y = make((2, 6, 5, 6), torch.float64, device, "nan taps grad_y")
+    results = {}
+    for backend in ("triton", "reference"):
+        for name, weight in (("clean", w), ("poisoned", poisoned)):
+            leaves = [t.detach().clone().requires_grad_() for t in (x, weight, b)]
+            with fastgen.use_backend(backend):
+                y = fastgen.tap_conv2d(*leaves, taps)
+            results[backend, name] = (y, *torch.autograd.grad(y, leaves, grad_y))
+    for backend in ("triton", "reference"):
+        for clean, poisoned_out in zip(results[backend, "clean"], results[backend, "poisoned"]):
+            assert torch.equal(clean, poisoned_out), backend
+        assert (results[backend, "poisoned"][2][dead] == 0).all()
+    for kernel_out, reference_out in zip(results["triton", "poisoned"], results["reference", "poisoned"]):
+        assert_close(kernel_out, reference_out, torch.float64)
+    w3 = make((6, 6, 3, 3), torch.float64, device, "nan taps w3")
+    w3_poisoned = torch.where(masks.masked(3, "B").mask(6, 6, torch.bool, device), w3, float("nan"))
+    for backend in ("triton", "reference"):  # and the masked_conv2d entry point
+        with fastgen.use_backend(backend):
+            assert torch.equal(fastgen.masked_conv2d(x, w3_poisoned), fastgen.masked_conv2d(x, w3)), backend

@@ -241,7 +241,9 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """Causal convolution of ``x`` [B, C_in, H, W] with the live taps of ``weight`` [C_out, C_in, kh, kw].
 
     Equals ``F.conv2d(F.pad(x, taps.pads()), weight * taps.mask(C_out, C_in), bias)``: stride 1, output of
-    x's height and width; entries of ``weight`` outside the tap set are ignored and get zero gradient. Build
+    x's height and width; entries of ``weight`` outside the tap set are ignored (never read: a nan or inf there
+    changes nothing, as ``torch.where(mask, weight, 0)``, where ``weight * mask`` would give nan) and get zero
+    gradient. Build
     ``taps`` with :mod:`fastgen.nn.masks` (masked, shifted and stack convolutions). Under ``torch.autocast``
     it runs in the autocast dtype, as ``F.conv2d`` does.
     """
@@ -282,8 +284,9 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
     Args:
         x: [B, C_in, H, W], any float dtype and strides (channels-last stays channels-last).
-        weight: the dense [C_out, C_in, k, k] weight, k odd from 1 to 7; masked entries are ignored and get
-            zero gradient.
+        weight: the dense [C_out, C_in, k, k] weight, k odd from 1 to 7; masked entries are ignored (never
+            read: nan or inf there does not reach the output, as ``torch.where(mask, weight, 0)``, unlike
+            ``weight * mask``; the reference backend matches) and get zero gradient.
         bias: [C_out] or None.
         mask_type: "A" (first layer: the centre pixel is not seen) or "B" (later layers).
         data_channels: 1, or 3 for RGB with the PixelRNN channel groups at the centre tap (channel c of C is
