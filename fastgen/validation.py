@@ -51,6 +51,31 @@ def check_nonnegative(name: str, value) -> float:
     return value
 
 
+def check_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as a Python int, checked once for every op and module: a Python int or a NumPy integer
+    (anything ``numbers.Integral``) is accepted and converted with ``int()``, so no NumPy scalar reaches a
+    Triton launch; bools, floats (``3.0`` too, as torch's integer arguments refuse them), tensors and anything
+    else raise a TypeError naming the argument; a value outside [low, high] a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+        if low is None:
+            raise ValueError(f"{name} must be <= {high}, got {value}")
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def check_int_choice(name: str, value, choices: tuple[int, ...]) -> int:
+    """An int argument (see :func:`check_int`) that must be one of ``choices``."""
+    value = check_int(name, value)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value}")
+    return value
+
+
 def check_choice(name: str, value, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -62,6 +87,5 @@ def check_seed(name: str, value) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
-    if not 0 <= int(value) < 2**31:  # one int32 kernel argument: keeps the compiled signature fixed
-        raise ValueError(f"{name} must be in [0, 2**31), got {value}")
-    return int(value)
+    # one int32 kernel argument: keeps the compiled signature fixed
+    return check_int(name, value, low=0, high=2**31 - 1)

@@ -47,8 +47,12 @@ def _logit_term(x, family, target):
         positive = x >= 0
         sig = tl.where(positive, r, e * r)  # sigmoid(x)
         sig_neg = tl.where(positive, e * r, r)  # sigmoid(-x), not 1 - sigmoid(x)
-        value = tl.where(positive, x, 0.0) - target * x + log1p(e)
-        grad = (1.0 - target) * sig - target * sig_neg
+        log1p_e = log1p(e)
+        # t softplus(-x) + (1 - t) softplus(x), a coefficient of 0 dropping its term: softplus(+-inf) = inf must
+        # not meet a 0 (max(x, 0) - t x is inf - inf at x = +inf, t = 1, and 0 * -inf at x = -inf, t = 0)
+        value = (tl.where(target == 1.0, 0.0, (1.0 - target) * (tl.where(positive, x, 0.0) + log1p_e))
+                 + tl.where(target == 0.0, 0.0, target * (tl.where(positive, 0.0, -x) + log1p_e)))
+        grad = (1.0 - target) * sig - target * sig_neg  # sigmoids in [0, 1]: 0 at the saturated side
     elif family == HINGE:
         y = 1.0 + target * x
         value = tl.where(y < 0, 0.0, y)  # relu that keeps NaN, like torch.relu
@@ -220,7 +224,9 @@ def gan_gradient_penalty_finish_kernel(
             norm = tl.sqrt(squares)
             excess = norm - 1.0
             penalty = gamma_c * excess * excess
-            coef = tl.where(norm > 0, 2.0 * gamma_c * excess / tl.where(norm > 0, norm, 1.0), 0.0)
+            # 0 at norm = 0 (as torch's norm); a nan row (nan or inf entries) keeps a nan coefficient: nan out
+            nonzero = norm != 0.0
+            coef = tl.where(nonzero, 2.0 * gamma_c * excess / tl.where(nonzero, norm, 1.0), 0.0)
         tl.store(PENALTY + rows, penalty, mask=row_mask)
         tl.store(COEF + rows, coef, mask=row_mask)
         total += tl.where(row_mask, penalty, 0.0)

@@ -42,9 +42,10 @@ def _gumbel_noise(seed, offsets, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _perturbed_logits(LOGITS, NOISE, x_rows, g_rows, noise_rows, row_mask, cols, n_cols, seed, inv_tau,
+def _perturbed_logits(LOGITS, NOISE, x_rows, g_rows, noise_rows, row_mask, cols, n_cols, seed,
                       stride_x_n, stride_g_n, has_noise, COMPUTE: tl.constexpr):
-    """z = (logits + g) / tau on a [BLOCK_R, BLOCK_N] tile; -inf outside the row (so it adds nothing)."""
+    """z = logits + g on a [BLOCK_R, BLOCK_N] tile (not yet divided by tau: see `_over_tau`); -inf outside the
+    row (so it adds nothing)."""
     col_mask = cols < n_cols
     mask = row_mask[:, None] & col_mask[None, :]
     cols64 = cols.to(tl.int64)
@@ -53,7 +54,16 @@ def _perturbed_logits(LOGITS, NOISE, x_rows, g_rows, noise_rows, row_mask, cols,
         g = tl.load(NOISE + g_rows[:, None] + cols64[None, :] * stride_g_n, mask=mask, other=0.0).to(COMPUTE)
     else:
         g = _gumbel_noise(seed, noise_rows[:, None] + cols64[None, :], COMPUTE)
-    return tl.where(col_mask[None, :], (x + g) * inv_tau, float("-inf"))
+    return tl.where(col_mask[None, :], x + g, float("-inf"))
+
+
+@triton.jit
+def _over_tau(d, inv_tau):
+    """d / tau for d = z - max(z) <= 0 (or a rescaling step m_old - m_new), as d * (1 / tau), and exactly 0 where
+    d = 0: with tau below the smallest normal float 1 / tau is inf, and 0 * inf must not be nan. exp of it is
+    then the limit tau -> 0: 1 at the row's maximum, 0 elsewhere. Dividing the difference rather than the
+    logits keeps (logits + g) / tau from overflowing for any tau > 0."""
+    return tl.where(d == 0.0, 0.0, d * inv_tau)
 
 
 @triton.jit
@@ -122,11 +132,11 @@ def gumbel_softmax_forward_kernel(
     inv_tau = 1.0 / tl.full([], tau, COMPUTE)
     if n_cols <= BLOCK_N:  # the whole row in registers: one pass, logits read once
         cols = tl.arange(0, BLOCK_N)
-        z = _perturbed_logits(LOGITS, NOISE, x_rows, g_rows, noise_rows, row_mask, cols, n_cols, seed, inv_tau,
+        z = _perturbed_logits(LOGITS, NOISE, x_rows, g_rows, noise_rows, row_mask, cols, n_cols, seed,
                               stride_x_n, stride_g_n, has_noise, COMPUTE)
         row_max = tl.max(z, axis=1)
         row_max = tl.where(row_max == float("-inf"), 0.0, row_max)  # a row of -inf: 0 / 0 = nan, as torch
-        p = tl.exp(z - row_max[:, None])
+        p = tl.exp(_over_tau(z - row_max[:, None], inv_tau))
         y_soft = p * (1.0 / tl.sum(p, axis=1))[:, None]
         if HARD:
             argmax = tl.argmax(z, axis=1, tie_break_left=True)
@@ -141,7 +151,7 @@ def gumbel_softmax_forward_kernel(
         for start in range(0, n_cols, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             z = _perturbed_logits(LOGITS, NOISE, x_rows, g_rows, noise_rows, row_mask, cols, n_cols, seed,
-                                  inv_tau, stride_x_n, stride_g_n, has_noise, COMPUTE)
+                                  stride_x_n, stride_g_n, has_noise, COMPUTE)
             block_max = tl.max(z, axis=1)
             if HARD:  # strictly greater: the first maximum of the row wins, as in one block
                 # the first column holding the block's maximum (tl.argmax here made ptxas spill on sm_80)
@@ -149,7 +159,8 @@ def gumbel_softmax_forward_kernel(
                 argmax = tl.where(block_max > m, block_argmax, argmax)
             m_new = tl.maximum(m, block_max)
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf) while the row is all -inf
-            s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(z - m_safe[:, None]), axis=1)
+            s = s * tl.exp(_over_tau(m - m_safe, inv_tau)) + tl.sum(tl.exp(_over_tau(z - m_safe[:, None], inv_tau)),
+                                                                    axis=1)
             m = m_new
         # pass 2: the same noise again (same Philox offsets), normalized
         m = tl.where(m == float("-inf"), 0.0, m)
@@ -157,8 +168,8 @@ def gumbel_softmax_forward_kernel(
         for start in range(0, n_cols, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             z = _perturbed_logits(LOGITS, NOISE, x_rows, g_rows, noise_rows, row_mask, cols, n_cols, seed,
-                                  inv_tau, stride_x_n, stride_g_n, has_noise, COMPUTE)
-            y_soft = tl.exp(z - m[:, None]) * inv_s[:, None]
+                                  stride_x_n, stride_g_n, has_noise, COMPUTE)
+            y_soft = tl.exp(_over_tau(z - m[:, None], inv_tau)) * inv_s[:, None]
             _store_rows(Y, Y_SOFT, y_rows, row_mask, cols, n_cols, stride_y_n, y_soft, argmax, write_soft, HARD)
 
 
@@ -178,7 +189,8 @@ def gumbel_softmax_backward_kernel(
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_N: tl.constexpr,  # classes per step along a row
 ):
-    """GRAD_LOGITS = y * (grad_y - sum(grad_y * y)) / tau: the softmax backward needs only y (no noise).
+    """GRAD_LOGITS = y * (grad_y - sum(grad_y * y)) / tau: the softmax backward needs only y (no noise); exactly
+    0 where y * (grad_y - sum) is 0, also for a tau whose 1 / tau is inf (the limit tau -> 0 of a one-hot y).
 
     The straight-through (hard) gradient is that of the soft sample, so both modes share this kernel.
     """
@@ -194,7 +206,7 @@ def gumbel_softmax_backward_kernel(
         y = tl.load(Y_SOFT + y_rows[:, None] + cols[None, :] * stride_y_n, mask=mask, other=0.0).to(COMPUTE)
         gy = tl.load(GRAD_Y + gy_rows[:, None] + cols[None, :] * stride_gy_n, mask=mask, other=0.0).to(COMPUTE)
         dot = tl.sum(y * gy, axis=1)
-        grad = y * (gy - dot[:, None]) * inv_tau
+        grad = _over_tau(y * (gy - dot[:, None]), inv_tau)
         tl.store(GRAD_LOGITS + gx_rows[:, None] + cols[None, :] * stride_gx_n,
                  grad.to(GRAD_LOGITS.dtype.element_ty), mask=mask)
     else:
@@ -212,7 +224,7 @@ def gumbel_softmax_backward_kernel(
             y = tl.load(Y_SOFT + y_rows[:, None] + cols[None, :] * stride_y_n, mask=mask, other=0.0).to(COMPUTE)
             gy = tl.load(GRAD_Y + gy_rows[:, None] + cols[None, :] * stride_gy_n, mask=mask,
                          other=0.0).to(COMPUTE)
-            grad = y * (gy - dot[:, None]) * inv_tau
+            grad = _over_tau(y * (gy - dot[:, None]), inv_tau)  # 0, not 0 * inf, where y or the rest is 0
             tl.store(GRAD_LOGITS + gx_rows[:, None] + cols[None, :] * stride_gx_n,
                      grad.to(GRAD_LOGITS.dtype.element_ty), mask=mask)
 

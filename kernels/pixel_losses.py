@@ -118,12 +118,16 @@ def pixel_cross_entropy_forward_kernel(
     BLOCK_L: tl.constexpr,  # levels per step
     BLOCK_N: tl.constexpr,  # sub-pixels per program
 ):
-    """loss_n = logsumexp(logits[n, :]) - logits[n, target_n] (nan for a target outside [0, L))."""
+    """loss_n = logsumexp(logits[n, :]) - logits[n, target_n] (nan for a target outside [0, L), checked on the
+    int64 value: no wrap-around)."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # int32: the launcher keeps N + BLOCK_N < 2**31
     n_mask = n < n_subpixels
     x_offsets = _subpixel_offsets(n, channels, height, width, stride_x_b, stride_x_c, stride_x_h, stride_x_w)
     t_offsets = _subpixel_offsets(n, channels, height, width, stride_t_b, stride_t_c, stride_t_h, stride_t_w)
-    targets = tl.load(TARGETS + t_offsets, mask=n_mask, other=0).to(tl.int32)
+    # checked in int64, then narrowed: an out-of-range target (2**32 + 2 included) becomes -1, no level's
+    targets = tl.load(TARGETS + t_offsets, mask=n_mask, other=0)
+    valid = (targets >= 0) & (targets < n_levels)
+    targets = tl.where(valid, targets, -1).to(tl.int32)
     m = tl.full([BLOCK_N], float("-inf"), COMPUTE)
     s = tl.zeros([BLOCK_N], COMPUTE)
     target_logit = tl.zeros([BLOCK_N], COMPUTE)
@@ -140,7 +144,6 @@ def pixel_cross_entropy_forward_kernel(
         target_logit += tl.sum(tl.where(levels[:, None] == targets[None, :], x, 0.0), axis=0)
     m = tl.where(m == float("-inf"), 0.0, m)
     log_s = tl.log(s)
-    valid = (targets >= 0) & (targets < n_levels)
     # (max - target) + log(sum): no rounding of a large max + log(sum) before the difference (as log_softmax)
     loss = tl.where(valid, (m - target_logit) + log_s, float("nan"))
     lse = m + log_s
@@ -169,16 +172,20 @@ def pixel_cross_entropy_backward_kernel(
     BLOCK_L: tl.constexpr,  # levels per step
     BLOCK_N: tl.constexpr,  # sub-pixels per program
 ):
-    """GRAD_LOGITS[n, l] = (exp(logits[n, l] - lse_n) - [l == target_n]) * grad_out_n * weight."""
+    """GRAD_LOGITS[n, l] = (exp(logits[n, l] - lse_n) - [l == target_n]) * grad_out_n * weight (nan for every
+    level of a sub-pixel whose target is outside [0, L))."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < n_subpixels
     x_offsets = _subpixel_offsets(n, channels, height, width, stride_x_b, stride_x_c, stride_x_h, stride_x_w)
     t_offsets = _subpixel_offsets(n, channels, height, width, stride_t_b, stride_t_c, stride_t_h, stride_t_w)
     go_offsets = _subpixel_offsets(n, channels, height, width, stride_go_b, stride_go_c, stride_go_h, stride_go_w)
     g_offsets = _subpixel_offsets(n, channels, height, width, stride_g_b, stride_g_c, stride_g_h, stride_g_w)
-    targets = tl.load(TARGETS + t_offsets, mask=n_mask, other=0).to(tl.int32)
+    targets = tl.load(TARGETS + t_offsets, mask=n_mask, other=0)
+    valid = (targets >= 0) & (targets < n_levels)
+    targets = targets.to(tl.int32)  # out-of-range ones get a nan gradient (scale), whatever they narrow to
     lse = tl.load(LSE + n, mask=n_mask, other=0.0).to(COMPUTE)
     scale = tl.load(GRAD_OUT + go_offsets, mask=n_mask, other=0.0).to(COMPUTE) * tl.full([], weight, COMPUTE)
+    scale = tl.where(valid, scale, float("nan"))
     for start in range(0, n_levels, BLOCK_L):
         levels = start + tl.arange(0, BLOCK_L)
         levels64 = levels.to(tl.int64)
@@ -402,7 +409,12 @@ def dmol_sample_kernel(
         else:
             r = tl.rand(seed, philox + k).to(COMPUTE)
         u = u_lo + u_span * r
-        score = tl.load(PARAMS + offsets, mask=mask, other=0.0).to(COMPUTE) / temp - tl.log(-tl.log(u))
+        logit = tl.load(PARAMS + offsets, mask=mask, other=0.0).to(COMPUTE)
+        neg_gumbel = tl.log(-tl.log(u))
+        # argmax of logit / T + g, as argmax of logit + T g below T = 1: the same choice, but logit / T cannot
+        # overflow to +-inf (ties at inf, or nan) for a small T, and T -> 0 (T * g rounding to 0) is the argmax
+        # of the logits, the limit
+        score = tl.where(temp >= 1.0, logit / temp - neg_gumbel, logit - temp * neg_gumbel)
         better = score > best  # strictly: the first maximum wins, as torch.argmax
         best = tl.where(better, score, best)
         mean0 = tl.where(better, tl.load(PARAMS + offsets + block, mask=mask, other=0.0).to(COMPUTE), mean0)

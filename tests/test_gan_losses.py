@@ -459,3 +459,101 @@ def test_compiles_without_graph_breaks(device):
                 fastgen.gradient_penalty(fake, "r1", 2.0))
 
     check_fullgraph(losses, real, fake)
+
+
+# ---------------------------------------------------------------------------------------------- issue 16: edges
+INF = float("inf")
+LIMIT_LOGITS = [-INF, -1e4, 0.0, 1e4, INF]
+
+
+def _softplus_limit(x: float) -> float:
+    return x if x == INF else 0.0 if x == -INF else math.log1p(math.exp(-abs(x))) + max(x, 0.0)
+
+
+def _sigmoid_limit(x: float) -> float:
+    return math.exp(-math.log1p(math.exp(-x))) if x >= 0 else math.exp(x - math.log1p(math.exp(x)))
+
+
+def _limits(kind: str, role: str, t: float = 1.0):
+    """(term, d term / dx) of one element as the mathematics gives them, at every x of LIMIT_LOGITS."""
+    def term(x):
+        if kind in ("minimax", "nonsaturating", "saturating"):
+            if role == "real":  # t softplus(-x) + (1 - t) softplus(x), a zero coefficient dropping its term
+                value = (t * _softplus_limit(-x) if t else 0.0) + ((1 - t) * _softplus_limit(x) if t != 1 else 0.0)
+                return value, (1 - t) * _sigmoid_limit(x) - t * _sigmoid_limit(-x)
+            if kind == "nonsaturating":
+                return _softplus_limit(-x), -_sigmoid_limit(-x)
+            sign = -1.0 if kind == "saturating" else 1.0
+            return sign * _softplus_limit(x), sign * _sigmoid_limit(x)
+        if kind == "hinge":
+            if role == "real":
+                return max(1.0 - x, 0.0), -1.0 if 1.0 - x > 0 else 0.0
+            if role == "fake":
+                return max(1.0 + x, 0.0), 1.0 if 1.0 + x > 0 else 0.0
+            return -x, -1.0
+        if kind == "wgan":
+            return (-x, -1.0) if role != "fake" else (x, 1.0)
+        target = t if role == "real" else 1.0 if role == "g" else 0.0  # ls
+        return 0.5 * (x - target) ** 2, x - target
+    values, grads = zip(*(term(x) for x in LIMIT_LOGITS))
+    return torch.tensor(values, dtype=torch.float64), torch.tensor(grads, dtype=torch.float64)
+
+
+def _assert_limits(out, grad, expected, expected_grad, what):
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-6, atol=0, equal_nan=False, msg=what)
+    torch.testing.assert_close(grad.double().cpu(), expected_grad, rtol=1e-6, atol=0, equal_nan=False,
+                               msg=lambda m: f"{what} gradient: {m}")
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_infinite_logits_give_the_limits(backend, dtype, device):
+    """Every term and gradient at logits of +-inf (and +-1e4) is the mathematical limit: softplus(-inf) = 0,
+    softplus(inf) = inf, gradient 0 on the saturated side, for every D and G kind, on both backends."""
+    x = torch.tensor(LIMIT_LOGITS, dtype=dtype, device=device)
+    with fastgen.use_backend(backend):
+        for kind in D_KINDS:
+            for label in ((1.0, 0.9, 0.0) if kind in ("minimax", "ls") else (1.0,)):
+                real, fake = x.clone().requires_grad_(), x.clone().requires_grad_()
+                real_terms, fake_terms = fastgen.gan_d_loss(real, fake, kind, "none", label)
+                grad_real, grad_fake = torch.autograd.grad(real_terms.sum() + fake_terms.sum(), [real, fake])
+                _assert_limits(real_terms, grad_real, *_limits(kind, "real", label), f"D {kind} real t={label}")
+                _assert_limits(fake_terms, grad_fake, *_limits(kind, "fake"), f"D {kind} fake")
+        for kind in G_KINDS:
+            fake = x.clone().requires_grad_()
+            terms = fastgen.gan_g_loss(fake, kind, "none")
+            (grad,) = torch.autograd.grad(terms.sum(), fake)
+            _assert_limits(terms, grad, *_limits(kind, "g"), f"G {kind}")
+
+
+@pytest.mark.parametrize("kind, fake, expected", [("minimax", -INF, 0.0), ("minimax", INF, INF)])
+def test_infinite_fake_logit_in_a_reduced_d_loss(kind, fake, expected, device):
+    """gan_d_loss(real, fake=-inf) is the real part alone (no nan), with fake=+inf it is inf; gradients finite."""
+    real = torch.tensor([0.0, 2.0], device=device, requires_grad=True)
+    fake_logits = torch.tensor([fake, fake], device=device, requires_grad=True)
+    loss = fastgen.gan_d_loss(real, fake_logits, kind)
+    real_part = F.softplus(-real.detach().double()).mean().item()
+    assert loss.item() == pytest.approx(real_part + expected)
+    grad_real, grad_fake = torch.autograd.grad(loss, [real, fake_logits])
+    assert torch.isfinite(grad_real).all() and torch.isfinite(grad_fake).all()
+    assert torch.equal(grad_fake, torch.full_like(grad_fake, 0.0 if fake < 0 else 0.5))
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+@pytest.mark.parametrize("kind", PENALTY_KINDS)
+def test_penalty_nan_row_gives_a_nan_row_gradient(kind, create_graph, device):
+    """A nan in one sample's gradient: wgan-gp's norm is nan, so its whole row of the gradient is nan (nan in,
+    nan out, not the finite entries zeroed); r1's gradient gamma * g is nan at the nan only. Other rows exact."""
+    grads = torch.tensor([[1.0, float("nan"), 2.0], [3.0, 4.0, 0.0]], dtype=torch.float64, device=device)
+    grads.requires_grad_()
+    (grad,) = torch.autograd.grad(fastgen.gradient_penalty(grads, kind, 2.0, "sum"), grads,
+                                  create_graph=create_graph)
+    with fastgen.use_backend("reference"):
+        ref = grads.detach().cpu().requires_grad_()
+        (expected,) = torch.autograd.grad(fastgen.gradient_penalty(ref, kind, 2.0, "sum"), ref)
+    torch.testing.assert_close(grad.detach().cpu(), expected, equal_nan=True)
+    if kind == "wgan-gp":
+        assert torch.isnan(grad[0]).all()
+    else:
+        assert torch.isnan(grad[0]).tolist() == [False, True, False]
+    assert torch.isfinite(grad[1]).all()

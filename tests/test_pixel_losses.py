@@ -667,3 +667,99 @@ def test_dmol_log_scale_gradient_at_the_clamp_bound(mean_offset, device):
         params = single_component(mean, log_scale, device).requires_grad_()
         (grad,) = torch.autograd.grad(loss(params, x, 1, reduction="sum"), params)
         assert grad[0, 2].item() == pytest.approx(expected, rel=1e-9), name
+
+
+# ---------------------------------------------------------------------------------------------- issue 16: edges
+@pytest.mark.parametrize("as_int", [__import__("numpy").int64, __import__("numpy").int32], ids=str)
+def test_numpy_integer_arguments_are_ints(as_int, device):
+    """NumPy integers are accepted as ints (converted once, so none reaches a Triton launch)."""
+    gen = generator("npint")
+    logits = torch.randn(1, 2 * 5, 2, 3, generator=gen).to(device)
+    targets = torch.randint(0, 5, (1, 2, 2, 3), generator=gen).to(device)
+    assert torch.equal(fastgen.pixel_cross_entropy(logits, targets, levels=as_int(5)),
+                       fastgen.pixel_cross_entropy(logits, targets, levels=5))
+    params = torch.randn(1, 30, 2, 2, generator=gen).to(device)
+    x = (torch.rand(1, 3, 2, 2, generator=gen) * 2 - 1).to(device)
+    assert torch.equal(fastgen.dmol_nll(params, x, as_int(3), bits=as_int(5)), fastgen.dmol_nll(params, x, 3, bits=5))
+    assert torch.equal(fastgen.dmol_nll(params, x, as_int(3), levels=as_int(17)),
+                       fastgen.dmol_nll(params, x, 3, levels=17))
+    assert torch.equal(fastgen.dmol_sample(params, as_int(3), seed=as_int(4)), fastgen.dmol_sample(params, 3, seed=4))
+    assert fastgen.bits_per_dim(2.0, as_int(4)) == fastgen.bits_per_dim(2.0, 4)
+
+
+def test_float_integer_arguments_raise_named_errors(device):
+    """3.0 is not an int: a TypeError naming the argument (as torch's int arguments), never a Triton crash."""
+    logits = torch.randn(1, 6, 2, 2, device=device)
+    targets = torch.zeros(1, 2, 2, 2, dtype=torch.long, device=device)
+    params = torch.randn(1, 30, 2, 2, device=device)
+    x = torch.zeros(1, 3, 2, 2, device=device)
+    cases = [
+        (lambda: fastgen.pixel_cross_entropy(logits, targets, levels=3.0), "levels"),
+        (lambda: fastgen.dmol_nll(params, x, 3.0), "n_mixtures"),
+        (lambda: fastgen.dmol_nll(params, x, 3, bits=8.0), "bits"),
+        (lambda: fastgen.dmol_nll(params, x, 3, levels=256.0), "levels"),
+        (lambda: fastgen.dmol_sample(params, 3.0), "n_mixtures"),
+        (lambda: fastgen.dmol_sample(params, 3, seed=1.0), "seed"),
+    ]
+    for call, name in cases:
+        with pytest.raises(TypeError, match=f"{name} must be an int"):
+            call()
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("bad", [2**32 + 2, 2**32, -(2**32) + 1, 2**31, 7, -1, -100], ids=str)
+def test_unchecked_out_of_range_target_is_never_a_finite_loss(bad, backend, device):
+    """check_targets=False: a target outside [0, levels) (compared as int64: 2**32 + 2 is not level 2, -100 is
+    not F.cross_entropy's ignore_index) gives a nan loss and a nan gradient at every level of its sub-pixel;
+    the other sub-pixels keep their exact terms and gradients, on both backends."""
+    levels = 4
+    logits = make_logits((2, 3 * levels, 2, 2), torch.float64, device).requires_grad_()
+    targets = make_targets((2, 3, 2, 2), levels, device)
+    wrong = targets.clone()
+    wrong[1, 2, 0, 1] = bad
+    with fastgen.use_backend(backend):
+        terms = fastgen.pixel_cross_entropy(logits, wrong, reduction="none", check_targets=False)
+        (grad,) = torch.autograd.grad(terms.sum(), logits)
+        for reduction in ("mean", "sum"):
+            assert torch.isnan(fastgen.pixel_cross_entropy(logits, wrong, reduction=reduction, check_targets=False))
+        exact = fastgen.pixel_cross_entropy(logits, targets, reduction="none")
+        (exact_grad,) = torch.autograd.grad(exact.sum(), logits)
+    bad_mask = torch.zeros_like(terms, dtype=torch.bool)
+    bad_mask[1, 2, 0, 1] = True
+    assert torch.isnan(terms[bad_mask]).all() and torch.equal(terms[~bad_mask], exact[~bad_mask])
+    grad_5d, exact_5d = (g.view(2, 3, levels, 2, 2).transpose(1, 2) for g in (grad, exact_grad))  # [B, L, C, H, W]
+    assert torch.isnan(grad_5d[1, :, 2, 0, 1]).all()
+    keep = ~bad_mask.unsqueeze(1).expand_as(grad_5d)
+    assert torch.equal(grad_5d[keep], exact_5d[keep])
+
+
+def _dmol_mode_of_the_top_component(params, k, channels):
+    """The limit temperature -> 0 of dmol_sample: the means of the argmax-logit component, RGB-shifted, clamped."""
+    logits, means, _, coefficients = split_mixture_params(params.double().cpu(), k, channels)
+    index = logits.argmax(1, keepdim=True).unsqueeze(1).expand(-1, channels, -1, -1, -1)  # [B, C, 1, H, W]
+    pick = lambda t: t.gather(2, index).squeeze(2)  # noqa: E731
+    mean = pick(means)
+    x0 = mean[:, 0].clamp(-1, 1)
+    if channels == 1:
+        return x0.unsqueeze(1)
+    coef = torch.tanh(pick(coefficients))
+    x1 = (mean[:, 1] + coef[:, 0] * x0).clamp(-1, 1)
+    x2 = (mean[:, 2] + coef[:, 1] * x0 + coef[:, 2] * x1).clamp(-1, 1)
+    return torch.stack([x0, x1, x2], 1)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("temperature", [1e-20, 1e-39, 1e-45, 5e-324], ids=str)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_dmol_sample_tiny_temperature_gives_the_mode(temperature, channels, backend, device):
+    """A temperature below the smallest normal float32 samples the limit T -> 0: the mode of the component with
+    the largest logit (logits / T overflowed to ties at +-inf before, picking the first positive one)."""
+    k = 4
+    gen = generator("tiny temperature", channels)
+    params = (torch.randn(2, (10 if channels == 3 else 3) * k, 3, 3, generator=gen) * 0.5).to(device)
+    params[:, :k] = torch.randn(2, k, 3, 3, generator=gen).abs().to(device) + 0.1  # positive logits: the old ties
+    expected = _dmol_mode_of_the_top_component(params, k, channels)
+    with fastgen.use_backend(backend):
+        for dtype in (torch.float32, torch.float64):
+            sample = fastgen.dmol_sample(params.to(dtype), k, seed=3, temperature=temperature)
+            torch.testing.assert_close(sample.double().cpu(), expected, rtol=0, atol=1e-6)

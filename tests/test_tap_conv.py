@@ -375,3 +375,74 @@ def test_weight_grad_split():
     assert split > 1 and per_split % 32 == 0 and split * per_split >= 64 * 28 * 28
     assert (split - 1) * per_split < 64 * 28 * 28
     assert op.weight_grad_split(100, n_tiles=1000, block_m=32) == (1, 128)
+
+
+# ---------------------------------------------------------------------------------------------- issue 16: edges
+@pytest.mark.parametrize("as_int", [__import__("numpy").int64, __import__("numpy").int32], ids=str)
+def test_numpy_integer_arguments_are_ints(as_int, device):
+    """NumPy integers are accepted as ints (converted once, so none reaches a Triton launch)."""
+    x = make((1, 6, 5, 4), torch.float32, device, "npint x")
+    w = make((6, 6, 3, 3), torch.float32, device, "npint w")
+    expected = fastgen.masked_conv2d(x, w, None, "B", 3)
+    assert torch.equal(fastgen.masked_conv2d(x, w, None, "B", as_int(3)), expected)
+    for module in (fastgen.nn.MaskedConv2d(6, 6, as_int(3), "A", as_int(3)),
+                   fastgen.nn.HorizontalStackConv2d(6, 6, as_int(3), "B", as_int(3)),
+                   fastgen.nn.VerticalStackConv2d(6, 6, as_int(3)),
+                   fastgen.nn.DownShiftedConv2d(6, 6, (as_int(2), as_int(3))),
+                   fastgen.nn.DownRightShiftedConv2d(6, 6, as_int(2))):
+        module = module.to(device)
+        assert all(type(v) is int for v in (*module.taps.kernel_size, *module.taps.padding, module.taps.n_taps,
+                                             module.taps.groups))
+        assert module(x).shape == (1, 6, 5, 4)
+    taps = masks.TapSet((as_int(3), as_int(3)), (as_int(1), as_int(1)), as_int(5))
+    assert taps == masks.masked(3, "B") and type(taps.n_taps) is int
+
+
+def test_float_integer_arguments_raise_named_errors(device):
+    """3.0 is not an int: a TypeError naming the argument (as torch's int arguments), never a Triton crash."""
+    x = torch.randn(1, 6, 4, 4, device=device)
+    w = torch.randn(6, 6, 3, 3, device=device)
+    cases = [
+        (lambda: fastgen.masked_conv2d(x, w, None, "B", 3.0), "data_channels"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 6, 3, "B", 3.0), "data_channels"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 6, 3.0), "kernel_size"),
+        (lambda: fastgen.nn.MaskedConv2d(6, 6, (3.0, 3.0)), "kernel_size"),
+        (lambda: fastgen.nn.VerticalStackConv2d(6, 6, 3.0), "kernel_size"),
+        (lambda: fastgen.nn.DownShiftedConv2d(6, 6, 2.0), "kernel_size"),
+        (lambda: masks.TapSet((3, 3), (1, 1), 4.0), "n_taps"),
+    ]
+    for call, name in cases:
+        with pytest.raises(TypeError, match=f"{name} must be an int"):
+            call()
+
+
+@pytest.mark.parametrize("taps", [masks.masked(5, "A", 3), masks.masked(3, "B", 1), masks.horizontal_stack(5, "A", 3),
+                                  masks.vertical_stack(3, "A")], ids=lambda t: t.diagram().replace("\n", "/"))
+def test_nan_in_masked_taps_is_ignored_by_kernels_and_reference(taps, device):
+    """nan and inf written into the masked-out taps of the dense weight change nothing on either backend (the
+    kernels never read those taps; the reference takes torch.where(mask, weight, 0), not weight * mask), and
+    both give the output and gradients of the clean weight; the masked taps' gradient stays exactly 0."""
+    x, w, b = conv_inputs(taps, 2, 5, 6, 6, 6, torch.float64, device)
+    dead = taps.mask(w.shape[0], w.shape[1], torch.float64, device) == 0
+    poisoned = w.clone()
+    poisoned[dead] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=torch.float64,
+                                  device=device).repeat(int(dead.sum()))[:int(dead.sum())]
+    grad_y = make((2, 6, 5, 6), torch.float64, device, "nan taps grad_y")
+    results = {}
+    for backend in ("triton", "reference"):
+        for name, weight in (("clean", w), ("poisoned", poisoned)):
+            leaves = [t.detach().clone().requires_grad_() for t in (x, weight, b)]
+            with fastgen.use_backend(backend):
+                y = fastgen.tap_conv2d(*leaves, taps)
+            results[backend, name] = (y, *torch.autograd.grad(y, leaves, grad_y))
+    for backend in ("triton", "reference"):
+        for clean, poisoned_out in zip(results[backend, "clean"], results[backend, "poisoned"]):
+            assert torch.equal(clean, poisoned_out), backend
+        assert (results[backend, "poisoned"][2][dead] == 0).all()
+    for kernel_out, reference_out in zip(results["triton", "poisoned"], results["reference", "poisoned"]):
+        assert_close(kernel_out, reference_out, torch.float64)
+    w3 = make((6, 6, 3, 3), torch.float64, device, "nan taps w3")
+    w3_poisoned = torch.where(masks.masked(3, "B").mask(6, 6, torch.bool, device), w3, float("nan"))
+    for backend in ("triton", "reference"):  # and the masked_conv2d entry point
+        with fastgen.use_backend(backend):
+            assert torch.equal(fastgen.masked_conv2d(x, w3_poisoned), fastgen.masked_conv2d(x, w3)), backend

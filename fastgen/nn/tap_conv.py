@@ -11,6 +11,7 @@ from torch import nn
 
 from fastgen.nn import masks
 from fastgen.ops.tap_conv import check_mask_args, tap_conv2d
+from fastgen.validation import check_int
 
 
 def _check_conv_options(cls: str, stride=1, dilation=1, groups=1, padding_mode="zeros") -> None:
@@ -137,8 +138,9 @@ class HorizontalStackConv2d(TapConv2d):
 
 
 def _pair(kernel_size) -> tuple[int, int]:
-    if isinstance(kernel_size, int):
+    if not isinstance(kernel_size, (tuple, list, torch.Size)):
+        kernel_size = check_int("kernel_size", kernel_size, low=1)
         return (kernel_size, kernel_size)
-    if len(kernel_size) != 2 or not all(isinstance(k, int) and k >= 1 for k in kernel_size):
+    if len(kernel_size) != 2:
         raise ValueError(f"kernel_size must be an int or a pair of positive ints, got {kernel_size!r}")
-    return tuple(kernel_size)
+    return tuple(check_int("kernel_size", k, low=1) for k in kernel_size)

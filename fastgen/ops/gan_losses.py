@@ -377,6 +377,11 @@ def gan_d_loss(real_logits, fake_logits, kind="minimax", reduction="mean", real_
     * ``"ls"``: ``0.5 * (r - t)^2`` and ``0.5 * f^2`` (t = ``real_label``, 1 by default).
     * ``"wgan"``: ``-r`` and ``f``.
 
+    Infinite logits give the mathematical limits, terms and gradients alike: ``softplus(-inf) = 0`` with
+    gradient 0 (a saturated logit), ``softplus(inf) = inf`` with gradient +-1 (so ``fake_logits = -inf`` adds
+    0 to the minimax loss, never nan); hinge, ls and wgan terms are relu, square and linear in the logit, at
+    +-inf too. A nan logit gives a nan term and gradient.
+
     Args:
         real_logits, fake_logits: D's outputs, any shapes (e.g. [B] or [B, 1], PatchGAN maps [B, 1, H, W]) and
             sizes (the two batches may differ), same dtype and device, any strides.
@@ -412,7 +417,9 @@ def gan_g_loss(fake_logits, kind="nonsaturating", reduction="mean"):
 
     Per element, for fake logits f: ``"nonsaturating"`` ``softplus(-f)`` (StyleGAN2-ADA), ``"saturating"``
     ``-softplus(f)`` (the original minimax ``log(1 - D(G(z)))``), ``"hinge"`` and ``"wgan"`` ``-f``, ``"ls"``
-    ``0.5 * (f - 1)^2``.
+    ``0.5 * (f - 1)^2``. At ``f = +-inf`` each term and its gradient is the limit (``softplus(-inf) = 0`` with
+    gradient 0, ``softplus(inf) = inf``: nonsaturating 0 at ``+inf``, saturating 0 at ``-inf``, ``-inf`` at
+    ``+inf``), as for :func:`gan_d_loss`.
 
     Args:
         fake_logits: D's outputs on generated samples, any shape and strides.
@@ -587,7 +594,7 @@ def _penalty_backward_differentiable(grads, grad_output, kind, gamma, weight):
         scale = gamma * per_sample
     else:
         norm = torch.linalg.vector_norm(g.reshape(n_rows, -1), dim=1)
-        positive = norm > 0
+        positive = norm != 0  # a nan norm (a nan in the row) keeps the nan: nan in, nan out
         safe_norm = torch.where(positive, norm, torch.ones_like(norm))  # no 0/0 in the unselected branch
         scale = torch.where(positive, 2.0 * gamma * (safe_norm - 1.0) / safe_norm, torch.zeros_like(norm)) * per_sample
     return (g * scale.view((n_rows,) + (1,) * (g.dim() - 1))).to(grads.dtype)
@@ -601,7 +608,8 @@ def gradient_penalty(grads, kind="r1", gamma=10.0, reduction="mean"):
 
     ``||g_b||`` is the L2 norm of sample b's gradient over all its non-batch dims (not over the whole batch).
     The gradient w.r.t. ``grads`` is ``gamma * g_b`` (R1) or ``2 gamma (||g_b|| - 1) g_b / ||g_b||`` (WGAN-GP;
-    0 where ``||g_b|| = 0``, as torch's norm). Pass grads from ``torch.autograd.grad(..., create_graph=True)``
+    0 where ``||g_b|| = 0``, as torch's norm; a nan or inf entry in sample b makes WGAN-GP's whole row b of the
+    gradient nan, as the reference's norm does, R1's only at that entry). Pass grads from ``torch.autograd.grad(..., create_graph=True)``
     and ``loss.backward()`` reaches D's parameters through PyTorch's double backward of D.
 
     Args:

@@ -4,7 +4,6 @@ Function and the public op."""
 from __future__ import annotations
 
 import itertools
-import numbers
 
 import torch
 import triton
@@ -16,7 +15,7 @@ from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
 from fastgen.kernels import gated_activation as kernels
 from fastgen import reference
-from fastgen.validation import check_float_tensor, check_like
+from fastgen.validation import check_float_tensor, check_int, check_like
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -198,11 +197,7 @@ _gated_op.register_autograd(_gated_op_backward, setup_context=_setup_gated)
 
 
 def _check_groups(groups) -> int:
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
-        raise TypeError(f"groups must be an int, got {type(groups).__name__}")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    return int(groups)
+    return check_int("groups", groups, low=1)
 
 
 def gated_activation(t, other=None, bias=None, *, groups=1):

@@ -16,7 +16,7 @@ from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
 from fastgen.kernels import gumbel_softmax as kernels
 from fastgen import reference
-from fastgen.validation import check_float_tensor, check_like, check_seed
+from fastgen.validation import check_float_tensor, check_int, check_like, check_seed
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -248,12 +248,11 @@ def _check_tau(tau) -> float:
 
 
 def _check_dim(dim, ndim: int) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     size = max(ndim, 1)  # a 0-d tensor takes dim 0 or -1, as torch.softmax
+    dim = check_int("dim", dim)
     if not -size <= dim < size:
         raise ValueError(f"dim must be in [{-size}, {size - 1}] for a {ndim}-d tensor, got {dim}")
-    return int(dim) % size
+    return dim % size
 
 
 def _draw_seed() -> int:
@@ -265,7 +264,9 @@ def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None
 
     Args:
         logits: unnormalized log-probabilities, any shape and strides, float16/bfloat16/float32/float64.
-        tau: temperature, a finite number > 0.
+        tau: temperature, a finite number > 0. Any such tau works, however small: the kernel divides
+            ``z - max(z)`` (z = logits + g) by tau, so nothing overflows, and below the smallest normal float
+            the result is the limit tau -> 0, the one-hot of each row's argmax (its gradient 0).
         hard: return the one-hot of each row's argmax (exactly 0 and 1) with the gradient of the soft sample
             (straight through), as ``F.gumbel_softmax(hard=True)``.
         dim: the dimension of the classes (keyword-only: torch's fourth positional argument is ``eps``).
@@ -278,6 +279,10 @@ def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None
     The noise is -log(-log(u)) with u an odd multiple of 2**-24 in (0, 1), so it is finite, in [-2.82, 16.7]:
     unlike torch's (pytorch issues #22442, #127749), no draw makes the result inf or NaN.
 
+    Empty tensors behave as ``F.gumbel_softmax``: an empty result, except that ``hard=True`` with no class
+    along ``dim`` (an empty row, e.g. shape [3, 0]) raises an IndexError (no argmax exists; torch raises one
+    too); no rows (e.g. shape [0, 5]) gives an empty result.
+
     Returns:
         y of logits' shape and dtype (logits' strides when dense). Math runs in float32 (float64 for float64).
     """
@@ -286,6 +291,10 @@ def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None
     if not isinstance(hard, bool):
         raise TypeError(f"hard must be a bool, got {type(hard).__name__}")
     dim = _check_dim(dim, logits.dim())
+    if hard and logits.dim() and logits.shape[dim] == 0:
+        raise IndexError(f"gumbel_softmax: hard=True needs at least one class along dim {dim}, got logits of "
+                         f"shape {tuple(logits.shape)}: an empty row has no argmax (F.gumbel_softmax raises an "
+                         f"IndexError too)")
     if noise is not None:
         check_like("noise", noise, "logits", logits)
     seed = check_seed("seed", seed)

@@ -21,7 +21,7 @@ from fastgen.dispatch import backend_for
 from fastgen.kernels import pixel_losses as kernels
 from fastgen.reference import pixel_losses as reference
 from fastgen.reference.pixel_losses import REDUCTIONS, bin_half_width, edge_threshold, logits_as_5d
-from fastgen.validation import check_choice, check_float_tensor, check_like, check_seed
+from fastgen.validation import check_choice, check_float_tensor, check_int, check_like, check_seed
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_INDEX = 2**31 - 1024  # sub-pixels, pixels and Philox offsets are int32 in the kernels (one tile of slack)
@@ -89,6 +89,8 @@ def bits_per_dim(nats, dims=1):
         dims = math.prod(dims)
     elif isinstance(dims, bool) or not isinstance(dims, numbers.Integral):
         raise TypeError(f"dims must be an int, a shape or a tensor, got {type(dims).__name__}")
+    else:
+        dims = check_int("dims", dims)
     if dims <= 0:
         raise ValueError(f"dims must be > 0, got {dims}")
     return nats / (math.log(2.0) * dims)
@@ -203,8 +205,11 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
         levels: number of levels; None infers it from the shapes (4-D: dim 1 / C; 5-D: dim 1).
         reduction: "mean" over the B*C*H*W sub-pixels (nats/dim, as ``F.cross_entropy``), "sum", or "none"
             ([B, C, H, W]). ``bits_per_dim(loss)`` converts a mean to bits/dim.
-        check_targets: check that every target is in [0, levels) (one reduction and a device sync); with False a
-            target outside that range gives a nan loss instead of an error.
+        check_targets: check that every target is in [0, levels) (one reduction and a device sync) and raise a
+            ValueError if not. With False nothing is checked on the host and a target outside [0, levels) (any
+            integer value: compared as int64, never wrapped, so 2**32 + 2 is out of range too) makes that
+            sub-pixel's loss nan, hence a "mean" or "sum" loss nan, and that sub-pixel's gradient nan at every
+            level; the other sub-pixels' terms ("none") and gradients are unaffected.
 
     Returns:
         float32 loss (float64 for float64 logits); the gradient has the logits' dtype and layout.
@@ -213,8 +218,7 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
     if logits.dim() not in (4, 5):
         raise ValueError(f"logits must be 4-D [B, C * levels, H, W] or 5-D [B, levels, C, H, W], got shape "
                          f"{tuple(logits.shape)}")
-    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, numbers.Integral)):
-        raise TypeError(f"levels must be an int or None, got {type(levels).__name__}")
+    levels = None if levels is None else check_int("levels", levels, low=1)
     check_choice("reduction", reduction, REDUCTIONS)
     levels = _check_targets(targets, logits, levels, check_targets)
     if backend_for(logits) == "reference":
@@ -285,25 +289,17 @@ def _scale_by_pixel(saved: torch.Tensor, grad_output: torch.Tensor, weight: floa
     return out
 
 
-def _check_positive_int(name: str, value, low: int = 1, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}" if high is not None else
-                         f"{name} must be >= {low}, got {value}")
-    return int(value)
-
-
-def _check_params(params, n_mixtures) -> int:
-    """Validates params [B, P, H, W] of a K-component mixture; returns C (3 for P = 10K, 1 for P = 3K)."""
+def _check_params(params, n_mixtures) -> tuple[int, int]:
+    """Validates params [B, P, H, W] of a K-component mixture; returns (K as an int, C): C = 3 for P = 10K,
+    1 for P = 3K."""
     check_float_tensor("params", params)
-    n_mixtures = _check_positive_int("n_mixtures", n_mixtures)
+    n_mixtures = check_int("n_mixtures", n_mixtures, low=1)
     if params.dim() != 4:
         raise ValueError(f"params must have shape [B, P, H, W], got {tuple(params.shape)}")
     if params.shape[1] == 10 * n_mixtures:
-        return 3
+        return n_mixtures, 3
     if params.shape[1] == 3 * n_mixtures:
-        return 1
+        return n_mixtures, 1
     raise ValueError(f"params must have 10 * n_mixtures (RGB) or 3 * n_mixtures (grayscale) channels, got "
                      f"{params.shape[1]} for n_mixtures = {n_mixtures}")
 
@@ -335,7 +331,7 @@ def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean", *, levels=None):
     Returns:
         float32 NLL (float64 for float64 params); gradients have params' (and x's) dtype and layout.
     """
-    channels = _check_params(params, n_mixtures)
+    n_mixtures, channels = _check_params(params, n_mixtures)
     check_float_tensor("x", x)
     if x.device != params.device:
         raise ValueError(f"x is on {x.device} but params is on {params.device}")
@@ -343,8 +339,8 @@ def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean", *, levels=None):
     if tuple(x.shape) != (batch, channels, height, width):
         raise ValueError(f"x has shape {tuple(x.shape)} but params of shape {tuple(params.shape)} with "
                          f"n_mixtures = {n_mixtures} need x of shape {(batch, channels, height, width)}")
-    bits = _check_positive_int("bits", bits, 1, 16)
-    levels = 2**bits if levels is None else _check_positive_int("levels", levels, 2, 2**16)
+    bits = check_int("bits", bits, low=1, high=16)
+    levels = 2**bits if levels is None else check_int("levels", levels, low=2, high=2**16)
     check_choice("reduction", reduction, REDUCTIONS)
     acc = compute_dtype(params.dtype)
     if backend_for(params) == "reference":
@@ -379,14 +375,18 @@ def dmol_sample(params, n_mixtures, seed=None, temperature=1.0, *, uniforms=None
         seed: Philox seed in [0, 2**31) of the in-kernel uniforms (None: one drawn from torch's default
             generator, so ``torch.manual_seed`` makes runs repeatable). Draw i of pixel p = (b * H + h) * W + w
             is Philox's uniform at offset p * (K + C) + i, whatever the strides.
-        temperature: > 0; scales the mixture logits (1 / T) and the logistic scales (T).
+        temperature: > 0; scales the mixture logits (1 / T) and the logistic scales (T). Any finite T > 0
+            works, however small: the component is picked as the argmax of ``logits + T * g`` (the same choice
+            as ``logits / T + g``, with nothing to overflow), so as T -> 0 the sample tends to the mode of the
+            most likely component (its means, shifted and clamped as above), which is what a T below the
+            smallest normal float gives.
         uniforms: [B, K + C, H, W] U[0, 1) draws of params' dtype to use instead (K for the component choice,
             then C for the logistics); as openai, each u is mapped to 1e-5 + (1 - 2e-5) u.
 
     Returns:
         x [B, C, H, W] in [-1, 1], params' dtype, contiguous; no gradient.
     """
-    channels = _check_params(params, n_mixtures)
+    n_mixtures, channels = _check_params(params, n_mixtures)
     temperature = _check_temperature(temperature)
     seed = check_seed("seed", seed)
     batch, _, height, width = params.shape

@@ -19,7 +19,7 @@ from fastgen.dispatch import backend_for, interpreting
 from fastgen.kernels import tap_conv as kernels
 from fastgen.reference import tap_conv as reference
 from fastgen.reference.tap_conv import DATA_CHANNELS, MASK_TYPES, TapSet
-from fastgen.validation import check_choice, check_float_tensor, check_like
+from fastgen.validation import check_choice, check_float_tensor, check_int, check_int_choice, check_like
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -241,7 +241,9 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """Causal convolution of ``x`` [B, C_in, H, W] with the live taps of ``weight`` [C_out, C_in, kh, kw].
 
     Equals ``F.conv2d(F.pad(x, taps.pads()), weight * taps.mask(C_out, C_in), bias)``: stride 1, output of
-    x's height and width; entries of ``weight`` outside the tap set are ignored and get zero gradient. Build
+    x's height and width; entries of ``weight`` outside the tap set are ignored (never read: a nan or inf there
+    changes nothing, as ``torch.where(mask, weight, 0)``, where ``weight * mask`` would give nan) and get zero
+    gradient. Build
     ``taps`` with :mod:`fastgen.nn.masks` (masked, shifted and stack convolutions). Under ``torch.autocast``
     it runs in the autocast dtype, as ``F.conv2d`` does.
     """
@@ -261,12 +263,16 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 def check_mask_args(kernel_size, mask_type, data_channels) -> int:
     """Validates a masked convolution's arguments; returns the (odd, square) kernel size."""
     check_choice("mask_type", mask_type, MASK_TYPES)
-    check_choice("data_channels", data_channels, DATA_CHANNELS)
-    if isinstance(kernel_size, (tuple, list)):
-        if len(kernel_size) != 2 or kernel_size[0] != kernel_size[1]:
-            raise ValueError(f"kernel_size must be square for a masked convolution, got {tuple(kernel_size)}")
-        kernel_size = kernel_size[0]
-    if not isinstance(kernel_size, int) or kernel_size not in (1, 3, 5, 7):
+    check_int_choice("data_channels", data_channels, DATA_CHANNELS)
+    if isinstance(kernel_size, (tuple, list, torch.Size)):
+        if len(kernel_size) != 2:
+            raise ValueError(f"kernel_size must be an int or a square pair, got {tuple(kernel_size)}")
+        pair = tuple(check_int("kernel_size", k) for k in kernel_size)
+        if pair[0] != pair[1]:
+            raise ValueError(f"kernel_size must be square for a masked convolution, got {pair}")
+        kernel_size = pair[0]
+    kernel_size = check_int("kernel_size", kernel_size)
+    if kernel_size not in (1, 3, 5, 7):
         raise ValueError(f"kernel_size must be an odd size from 1 to 7 for a masked convolution, got "
                          f"{kernel_size!r} (even sizes have no centre pixel; use the shifted convolutions)")
     return kernel_size
@@ -278,8 +284,9 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
     Args:
         x: [B, C_in, H, W], any float dtype and strides (channels-last stays channels-last).
-        weight: the dense [C_out, C_in, k, k] weight, k odd from 1 to 7; masked entries are ignored and get
-            zero gradient.
+        weight: the dense [C_out, C_in, k, k] weight, k odd from 1 to 7; masked entries are ignored (never
+            read: nan or inf there does not reach the output, as ``torch.where(mask, weight, 0)``, unlike
+            ``weight * mask``; the reference backend matches) and get zero gradient.
         bias: [C_out] or None.
         mask_type: "A" (first layer: the centre pixel is not seen) or "B" (later layers).
         data_channels: 1, or 3 for RGB with the PixelRNN channel groups at the centre tap (channel c of C is
@@ -292,7 +299,7 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     k = check_mask_args(tuple(weight.shape[2:]), mask_type, data_channels)
     if padding not in (None, "same", k // 2, (k // 2, k // 2)):
         raise ValueError(f"padding must be None, 'same' or {k // 2} (same-size causal output), got {padding!r}")
-    return tap_conv2d(x, weight, bias, reference.masked(k, mask_type, data_channels))
+    return tap_conv2d(x, weight, bias, reference.masked(k, mask_type, int(data_channels)))
 
 
 # The layouts the compile check builds each GEMM kernel for: which stride Triton sees as the constant 1 (it

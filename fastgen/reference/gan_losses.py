@@ -25,9 +25,11 @@ def gan_d_loss(real_logits, fake_logits, kind="minimax", reduction="mean", real_
     if kind == "minimax":
         if real_label == 1.0:
             real_terms = F.softplus(-real_logits)  # StyleGAN2-ADA: -log(sigmoid(real))
-        else:  # one-sided label smoothing, as pix2pix/DCGAN code writes it
-            real_terms = F.binary_cross_entropy_with_logits(
-                real_logits, torch.full_like(real_logits, real_label), reduction="none")
+        elif real_label == 0.0:
+            real_terms = F.softplus(real_logits)
+        else:  # one-sided label smoothing: the BCE of pix2pix/DCGAN code against target t, written as
+            # t softplus(-r) + (1 - t) softplus(r) (F.binary_cross_entropy_with_logits is nan at r = -inf)
+            real_terms = -real_label * F.logsigmoid(real_logits) - (1.0 - real_label) * F.logsigmoid(-real_logits)
         fake_terms = F.softplus(fake_logits)  # -log(1 - sigmoid(fake))
     elif kind == "hinge":
         real_terms = F.relu(1.0 - real_logits)

@@ -21,7 +21,15 @@ def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None
     (see :func:`fastgen.gumbel_softmax`). ``noise`` is the Gumbel noise g (drawn by :func:`sample_gumbel`
     when None)."""
     gumbels = sample_gumbel(logits, seed) if noise is None else noise
-    y_soft = ((logits + gumbels) / tau).softmax(dim)
+    z = logits + gumbels
+    # softmax(z / tau) as softmax((z - max z) / tau): the same function and gradient, but z / tau cannot
+    # overflow to inf (then nan) for a small tau; tau -> 0 gives the one-hot limit. Empty rows have no max.
+    if z.numel() and z.shape[dim]:
+        z = z - z.detach().amax(dim, keepdim=True)
+    if tau >= torch.finfo(z.dtype).tiny:
+        y_soft = (z / tau).softmax(dim)
+    else:  # tau would round to 0 (or a subnormal) in z's dtype: divide in float64, where it is exact
+        y_soft = (z.double() / tau).to(z.dtype).softmax(dim)
     if not hard:
         return y_soft
     # straight through, as torch: the value of the one-hot, the gradient of y_soft

@@ -39,7 +39,13 @@ def logits_as_5d(logits: torch.Tensor, channels: int, levels: int | None = None)
 def pixel_cross_entropy(logits, targets, levels=None, reduction="mean"):
     """Cross-entropy in nats of each sub-pixel (see :func:`fastgen.pixel_cross_entropy`): "none" [B, C, H, W],
     "sum", or "mean" over the sub-pixels (nats/dim)."""
-    terms = F.cross_entropy(logits_as_5d(logits, targets.shape[1], levels), targets.long(), reduction="none")
+    logits = logits_as_5d(logits, targets.shape[1], levels)
+    targets = targets.long()
+    valid = (targets >= 0) & (targets < logits.shape[1])
+    # a target outside [0, levels) (unchecked: check_targets=False) gives a nan loss and a nan gradient for its
+    # sub-pixel, as the kernels do, not F.cross_entropy's error (nor its ignore_index=-100 zero)
+    terms = F.cross_entropy(logits, torch.where(valid, targets, 0), reduction="none")
+    terms = terms * torch.where(valid, 1.0, math.nan).to(terms.dtype)
     if reduction == "mean":
         return terms.mean()
     if reduction == "sum":
@@ -141,7 +147,11 @@ def dmol_sample(params, n_mixtures, seed=None, temperature=1.0, uniforms=None):
         uniforms = dmol_uniforms(params, n_mixtures, seed)
     u = UNIFORM_MIN + (1.0 - 2.0 * UNIFORM_MIN) * uniforms.to(params.dtype)
     logits, means, log_scales, coefficients = split_mixture_params(params, n_mixtures, channels)
-    choice = torch.argmax(logits / temperature - torch.log(-torch.log(u[:, :n_mixtures])), dim=1, keepdim=True)
+    neg_gumbel = torch.log(-torch.log(u[:, :n_mixtures]))
+    # argmax of logits / T + g; below T = 1 as argmax of logits + T g (the same choice, no overflow of logits / T
+    # for a tiny T, whose limit is the argmax of the logits), as the kernel computes it
+    scores = logits / temperature - neg_gumbel if temperature >= 1.0 else logits - temperature * neg_gumbel
+    choice = torch.argmax(scores, dim=1, keepdim=True)
     sel = F.one_hot(choice, n_mixtures).movedim(-1, 1).to(params.dtype)  # [B, K, 1, H, W]
     sel = sel.transpose(1, 2)  # [B, 1, K, H, W]
     means = (means * sel).sum(2)  # [B, C, H, W]

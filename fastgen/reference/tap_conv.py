@@ -16,6 +16,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from fastgen.validation import check_int
+
 MASK_TYPES = ("A", "B")
 DATA_CHANNELS = (1, 3)
 
@@ -38,6 +40,15 @@ class TapSet:
     strict: bool = False
 
     def __post_init__(self):
+        # plain ints (NumPy integers converted, floats refused): the Triton launches take these as arguments
+        for name in ("kernel_size", "padding"):
+            pair = getattr(self, name)
+            if not isinstance(pair, (tuple, list, torch.Size)) or len(pair) != 2:
+                raise ValueError(f"{name} must be a pair of ints, got {pair!r}")
+            object.__setattr__(self, name, tuple(check_int(name, v, low=0) for v in pair))
+        object.__setattr__(self, "n_taps", check_int("n_taps", self.n_taps))
+        object.__setattr__(self, "groups", check_int("groups", self.groups, low=1))
+        object.__setattr__(self, "strict", bool(self.strict))
         kh, kw = self.kernel_size
         if not 0 <= self.n_taps <= kh * kw:
             raise ValueError(f"n_taps must be in [0, {kh * kw}] for a {kh}x{kw} window, got {self.n_taps}")
@@ -145,13 +156,19 @@ def horizontal_stack(kernel_size: int, mask_type: str = "B", data_channels: int 
 
 def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
                mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.conv2d`` of the zero-padded input with ``weight * mask`` (``mask`` from ``taps`` when not given)."""
+    """``F.conv2d`` of the zero-padded input with the masked weight (``mask`` from ``taps`` when not given).
+
+    The masked weight is ``torch.where(mask != 0, weight, 0)``, ``weight * mask`` for finite weights: a nan or
+    inf in a masked-out tap is dropped, not turned into nan (0 * nan), as the kernels never read those taps.
+    Its gradient is ``weight * mask``'s: 0 at the masked taps.
+    """
     if mask is None:
         mask = taps.mask(weight.shape[0], weight.shape[1], weight.dtype, weight.device)
+    masked_weight = torch.where(mask != 0, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
     left, right, top, bottom = taps.pads()
     if left == right and top == bottom:
-        return F.conv2d(x, weight * mask, bias, padding=(top, left))
-    return F.conv2d(F.pad(x, (left, right, top, bottom)), weight * mask, bias)
+        return F.conv2d(x, masked_weight, bias, padding=(top, left))
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), masked_weight, bias)
 
 
 def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, mask=None):
