@@ -749,6 +749,8 @@ def test_compiled_sample_draws_its_seed_from_torch(device):
     torch.manual_seed(1)
     assert torch.equal(first, fastgen.dmol_sample(params, 2))
     assert not torch.equal(sample(params), first)
+    # read on the host at launch, the seed would be frozen by a CUDA-graph replay: Inductor keeps the op out
+    assert torch.Tag.cudagraph_unsafe in torch.ops.fastgen.dmol_sample.default.tags
 
 
 def test_compiled_cross_entropy_checks_targets(device):

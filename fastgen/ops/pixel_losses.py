@@ -220,7 +220,8 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
         reduction: "mean" over the B*C*H*W sub-pixels (nats/dim, as ``F.cross_entropy``), "sum", or "none"
             ([B, C, H, W]). ``bits_per_dim(loss)`` converts a mean to bits/dim.
         check_targets: check that every target is in [0, levels) (one reduction and a device sync); with False a
-            target outside that range gives a nan loss instead of an error.
+            target outside that range gives a nan loss instead of an error. Under torch.compile the custom op
+            checks (the reference: ``F.cross_entropy``'s own index check).
 
     Returns:
         float32 loss (float64 for float64 logits); the gradient has the logits' dtype and layout.
@@ -412,7 +413,9 @@ def dmol_sample(params, n_mixtures, seed=None, temperature=1.0, *, uniforms=None
         n_mixtures: K >= 1.
         seed: Philox seed in [0, 2**31) of the in-kernel uniforms (None: one drawn from torch's default
             generator, so ``torch.manual_seed`` makes runs repeatable). Draw i of pixel p = (b * H + h) * W + w
-            is Philox's uniform at offset p * (K + C) + i, whatever the strides.
+            is Philox's uniform at offset p * (K + C) + i, whatever the strides. Under torch.compile the seed is
+            drawn in the graph (``torch.randint`` on the CPU), and the op stays out of CUDA graphs (a replay
+            would repeat the captured seed).
         temperature: > 0; scales the mixture logits (1 / T) and the logistic scales (T).
         uniforms: [B, K + C, H, W] U[0, 1) draws of params' dtype to use instead (K for the component choice,
             then C for the logistics); as openai, each u is mapped to 1e-5 + (1 - 2e-5) u.
@@ -566,12 +569,18 @@ def _dmol_op_backward(ctx, grad_output, _grad_params_saved, _grad_x_saved):
 _dmol_op.register_autograd(_dmol_op_backward, setup_context=_setup_dmol)
 
 
-@library.custom_op("dmol_sample", "(Tensor params, Tensor? uniforms, Tensor seed, int n_mixtures, "
-                   "float temperature) -> Tensor")
-def _dmol_sample_op(params, uniforms, seed, n_mixtures, temperature):
+def _dmol_sample_impl(params, uniforms, seed, n_mixtures, temperature):
     """``seed``: a 0-d int64 CPU tensor (read on the host: no device sync), unused when ``uniforms`` is given.
     No autograd: the sample has no gradient."""
     return _dmol_sample(params, uniforms, n_mixtures, int(seed), temperature)
+
+
+# cudagraph_unsafe: the seed is read on the host when the kernel is launched, so a CUDA-graph replay would repeat
+# the captured draws; Inductor runs the op outside its CUDA graphs (graph partition) instead.
+# (torch.library directly: library.custom_op takes no tags.)
+_dmol_sample_op = torch.library.custom_op(
+    f"{library.NAMESPACE}::dmol_sample", _dmol_sample_impl, mutates_args=(), tags=(torch.Tag.cudagraph_unsafe,),
+    schema="(Tensor params, Tensor? uniforms, Tensor seed, int n_mixtures, float temperature) -> Tensor")
 
 
 @_dmol_sample_op.register_fake
