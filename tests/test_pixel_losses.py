@@ -763,3 +763,112 @@ def test_dmol_sample_tiny_temperature_gives_the_mode(temperature, channels, back
         for dtype in (torch.float32, torch.float64):
             sample = fastgen.dmol_sample(params.to(dtype), k, seed=3, temperature=temperature)
             torch.testing.assert_close(sample.double().cpu(), expected, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+@pytest.mark.parametrize("logits_shape, targets_shape, reduction, needs_grad", [
+    ((2, 3 * 4, 2, 3), (2, 3, 2, 3), "mean", True),  # RGB 4-D
+    ((1, 4, 3, 2, 3), (1, 3, 2, 3), "none", True),  # 5-D
+    ((2, 4, 3, 2), (2, 1, 3, 2), "sum", False),  # grayscale, no gradient: no logsumexp kept
+], ids=str)
+def test_cross_entropy_custom_ops_pass_opcheck(logits_shape, targets_shape, reduction, needs_grad, device):
+    from library_checks import check_opcheck
+
+    logits = make_logits(logits_shape, torch.float32, device).requires_grad_(needs_grad)
+    targets = make_targets(targets_shape, 4, device)
+    check_opcheck(torch.ops.fastgen.pixel_cross_entropy.default, logits, targets, 4, reduction, needs_grad, True)
+    if needs_grad:  # the backward op on its own (a 0-d or a per-sub-pixel upstream gradient)
+        _, lse = torch.ops.fastgen.pixel_cross_entropy(logits.detach(), targets, 4, reduction, True, False)
+        grad_output = torch.full((), 2.5) if reduction != "none" else random_grad_like(targets.float())
+        check_opcheck(torch.ops.fastgen.pixel_cross_entropy_backward.default, logits.detach(), targets, lse,
+                      grad_output.to(device), 4, 0.5)
+
+
+@pytest.mark.parametrize("k, channels, reduction, grad_params, grad_x, channels_last", [
+    (2, 3, "mean", True, True, False),
+    (2, 3, "none", True, False, True),  # channels-last params: their gradient keeps the layout
+    (3, 1, "sum", False, True, False),
+    (1, 1, "none", False, False, False),
+], ids=str)
+def test_dmol_custom_ops_pass_opcheck(k, channels, reduction, grad_params, grad_x, channels_last, device):
+    from library_checks import check_opcheck
+
+    params = make_params(2, k, channels, 2, 3, torch.float32, device)
+    if channels_last:
+        params = params.to(memory_format=torch.channels_last)
+    params.requires_grad_(grad_params)
+    x = make_images(2, channels, 2, 3, device).requires_grad_(grad_x)
+    check_opcheck(torch.ops.fastgen.dmol_nll.default, params, x, k, 256, reduction, grad_params, grad_x)
+    _, saved, saved_x = torch.ops.fastgen.dmol_nll(params.detach(), x.detach(), k, 256, reduction, True, True)
+    grad_output = torch.full((), 2.5) if reduction != "none" else random_grad_like(x[:, 0].detach())
+    check_opcheck(torch.ops.fastgen.dmol_nll_backward.default, saved, saved_x, grad_output.to(device), 0.25,
+                  grad_params, grad_x)
+
+
+@pytest.mark.parametrize("k, channels", [(2, 3), (3, 1)], ids=str)
+def test_sample_custom_ops_pass_opcheck(k, channels, device):
+    from library_checks import check_opcheck
+
+    params = make_params(1, k, channels, 2, 3, torch.float32, device)
+    uniforms = torch.rand((1, k + channels, 2, 3), generator=generator("u", k)).to(device)
+    check_opcheck(torch.ops.fastgen.dmol_sample.default, params, None, torch.tensor(7), k, 1.0)
+    check_opcheck(torch.ops.fastgen.dmol_sample.default, params, uniforms, torch.tensor(0), k, 0.5)
+    check_opcheck(torch.ops.fastgen.dmol_reference_uniforms.default, params, k, 3)
+
+
+def test_compiles_without_graph_breaks(device):
+    from library_checks import check_fullgraph
+
+    logits = make_logits((2, 3 * 4, 2, 3), torch.float32, device).requires_grad_()
+    targets = make_targets((2, 3, 2, 3), 4, device)
+    params = make_params(2, 2, 3, 2, 3, torch.float32, device).requires_grad_()
+    x = make_images(2, 3, 2, 3, device).requires_grad_()
+
+    def losses(logits, targets, params, x):
+        return (fastgen.bits_per_dim(fastgen.pixel_cross_entropy(logits, targets)),
+                fastgen.pixel_cross_entropy(logits.view(2, 3, 4, 2, 3).transpose(1, 2), targets, reduction="none"),
+                fastgen.dmol_nll(params, x, 2), fastgen.dmol_nll(params, x.half(), 2, reduction="none"),
+                fastgen.dmol_sample(params, 2, seed=3), fastgen.dmol_sample(params, 2, temperature=0.5,
+                                                                            uniforms=torch.sigmoid(params[:, :5])))
+
+    check_fullgraph(losses, logits, targets, params, x)
+
+
+def test_compiled_sample_draws_its_seed_from_torch(device):
+    """Without a seed the compiled op draws one from torch's generator, as eager: the same sample after the same
+    torch.manual_seed, a new one on each call."""
+    params = make_params(1, 2, 3, 2, 3, torch.float32, device)
+    torch._dynamo.reset()
+    sample = torch.compile(lambda p: fastgen.dmol_sample(p, 2), fullgraph=True, backend="aot_eager")
+    torch.manual_seed(1)
+    first = sample(params)
+    torch.manual_seed(1)
+    assert torch.equal(first, fastgen.dmol_sample(params, 2))
+    assert not torch.equal(sample(params), first)
+    # read on the host at launch, the seed would be frozen by a CUDA-graph replay: Inductor keeps the op out
+    assert torch.Tag.cudagraph_unsafe in torch.ops.fastgen.dmol_sample.default.tags
+
+
+def test_compiled_cross_entropy_checks_targets(device):
+    logits = make_logits((1, 3 * 4, 2, 2), torch.float32, device)
+    targets = make_targets((1, 3, 2, 2), 4, device)
+    targets[0, 1, 1, 0] = 4
+    torch._dynamo.reset()
+    loss = torch.compile(lambda l, t, check: fastgen.pixel_cross_entropy(l, t, check_targets=check), fullgraph=True,
+                         backend="aot_eager")
+    with pytest.raises(ValueError, match="targets must be in"):
+        loss(logits, targets, True)
+    assert loss(logits, targets, False).isnan()
+
+
+def test_reference_backend_compiles_without_graph_breaks(device):
+    from library_checks import check_fullgraph
+
+    logits = make_logits((1, 3 * 4, 2, 2), torch.float32, device).requires_grad_()
+    targets = make_targets((1, 3, 2, 2), 4, device)
+    params = make_params(1, 2, 3, 2, 2, torch.float32, device).requires_grad_()
+    x = make_images(1, 3, 2, 2, device)
+    with fastgen.use_backend("reference"):
+        check_fullgraph(lambda logits, targets, params, x: (
+            fastgen.pixel_cross_entropy(logits, targets), fastgen.dmol_nll(params, x, 2),
+            fastgen.dmol_sample(params, 2, seed=1)), logits, targets, params, x)

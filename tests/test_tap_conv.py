@@ -446,3 +446,105 @@ def test_nan_in_masked_taps_is_ignored_by_kernels_and_reference(taps, device):
     for backend in ("triton", "reference"):  # and the masked_conv2d entry point
         with fastgen.use_backend(backend):
             assert torch.equal(fastgen.masked_conv2d(x, w3_poisoned), fastgen.masked_conv2d(x, w3)), backend
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+# (taps, bias, channels-last x, channels-last weight, x requires grad, batch)
+OPCHECK_CASES = {
+    "mask A RGB": (masks.masked(3, "A", 3), True, False, False, True, 1),
+    "mask B channels-last, no bias": (masks.masked(3, "B"), False, True, False, True, 1),
+    "down-shifted channels-last weight, weight only": (masks.down_shifted(), True, False, True, False, 2),
+    "horizontal B RGB channels-last": (masks.horizontal_stack(3, "B", 3), True, True, False, True, 1),
+    "1x1 mask A: no live tap": (masks.masked(1, "A"), True, False, False, True, 1),
+    "empty batch": (masks.masked(3, "B", 3), True, True, False, True, 0),
+}
+
+
+def _taps_args(taps):
+    return list(taps.kernel_size), list(taps.padding), taps.n_taps, taps.groups, taps.strict
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+def test_custom_ops_pass_opcheck(case, device):
+    from library_checks import check_opcheck
+
+    taps, bias, x_last, w_last, x_grad, batch = OPCHECK_CASES[case]
+    x, w, b = conv_inputs(taps, batch, 3, 4, 3, 6, torch.float32, device, bias)
+    if x_last:
+        x = x.to(memory_format=torch.channels_last)
+    if w_last:
+        w = w.to(memory_format=torch.channels_last)
+    x.requires_grad_(x_grad)
+    w.requires_grad_()
+    b = None if b is None else b.requires_grad_()
+    check_opcheck(torch.ops.fastgen.tap_conv2d.default, x, w, b, *_taps_args(taps))
+    # the backward op on its own, with the forward's packed weight
+    y, packed = torch.ops.fastgen.tap_conv2d(x.detach(), w.detach(), None if b is None else b.detach(),
+                                             *_taps_args(taps))
+    grad_y = make(y.shape, torch.float32, device, "grad_y").to(memory_format=torch.channels_last)
+    check_opcheck(torch.ops.fastgen.tap_conv2d_backward.default, grad_y, x.detach(), packed, list(w.shape), w_last,
+                  *_taps_args(taps), bias, x_grad, True)
+
+
+def test_compiles_without_graph_breaks(device):
+    from library_checks import check_fullgraph
+
+    taps = masks.masked(3, "A", 3)
+    x, w, b = conv_inputs(taps, 1, 3, 4, 3, 6, torch.float32, device)
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
+    w2 = make((6, 6, 3, 3), torch.float32, device, "w2", scale=0.2).requires_grad_()
+
+    def convs(x, w, b, w2):
+        h = fastgen.masked_conv2d(x, w, b, "A", data_channels=3)
+        return h, fastgen.tap_conv2d(torch.relu(h), w2, None, masks.masked(3, "B", 3))
+
+    check_fullgraph(convs, x, w.requires_grad_(), b.requires_grad_(), w2)
+
+
+def _check_module_compiles(model, x, dtype=torch.float32):
+    """The module's output, input gradient and parameter gradients, compiled with fullgraph=True and eager."""
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (model, compiled):
+        leaf = x.detach().clone().requires_grad_()
+        y = fn(leaf)
+        grads = torch.autograd.grad(y.float().sum(), [leaf, *model.parameters()])
+        results.append((y, grads))
+    (y, grads), (y_compiled, grads_compiled) = results
+    assert y_compiled.dtype == y.dtype and y_compiled.stride() == y.stride()
+    for got, expected in zip((y_compiled, *grads_compiled), (y, *grads), strict=True):
+        assert got.dtype == expected.dtype and got.stride() == expected.stride()
+        assert_close(got, expected.double(), dtype)
+    return y_compiled, grads_compiled
+
+
+def test_modules_compile_without_graph_breaks(device):
+    """A stack of the fastgen.nn convolutions, channels-last activations and weights: the compiled forward keeps
+    channels-last and gives the eager values and gradients."""
+    model = torch.nn.Sequential(
+        fastgen.nn.MaskedConv2d(3, 6, 3, "A", data_channels=3), torch.nn.ReLU(),
+        fastgen.nn.MaskedConv2d(6, 6, 1, "B", data_channels=3), fastgen.nn.DownShiftedConv2d(6, 3),
+        fastgen.nn.HorizontalStackConv2d(3, 3, 3, "B", bias=False),
+    ).to(device).to(memory_format=torch.channels_last)
+    x = make((1, 3, 3, 4), torch.float32, device, "x").to(memory_format=torch.channels_last)
+    y, _ = _check_module_compiles(model, x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_autocast_compiles_without_graph_breaks(device):
+    """Under autocast the compiled module convolves in the autocast dtype, as eager (and F.conv2d)."""
+    model = fastgen.nn.MaskedConv2d(3, 6, 3, "B", data_channels=3).to(device)
+    x = make((1, 3, 3, 4), torch.float32, device, "x")
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y, grads = _check_module_compiles(model, x, torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and grads[1].dtype == torch.float32
+
+
+def test_reference_backend_compiles_without_graph_breaks(device):
+    from library_checks import check_fullgraph
+
+    x, w, b = conv_inputs(masks.masked(3, "A", 3), 1, 3, 4, 3, 6, torch.float32, device)
+    with fastgen.use_backend("reference"):
+        check_fullgraph(lambda x, w, b: fastgen.masked_conv2d(x, w, b, "A", 3), x.requires_grad_(), w.requires_grad_(),
+                        b)

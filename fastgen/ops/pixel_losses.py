@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from fastgen import library
 from fastgen.autotune import configs_for
 from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for
@@ -97,6 +98,52 @@ def bits_per_dim(nats, dims=1):
 
 
 # ---------------------------------------------------------------------------------------------- cross-entropy
+def _ce_weight(n_subpixels: int, reduction: str) -> float:
+    return (1.0 / n_subpixels if n_subpixels else math.nan) if reduction == "mean" else 1.0
+
+
+def _ce_forward(logits, targets, levels, reduction, needs_grad):
+    """(loss: 0-d, or [B, C, H, W] for "none"; the logsumexp per sub-pixel the backward reads, or None)."""
+    acc = compute_dtype(logits.dtype)
+    batch, channels, height, width = targets.shape
+    n_subpixels = targets.numel()
+    weight = _ce_weight(n_subpixels, reduction)
+    terms = torch.empty(targets.shape, dtype=acc, device=logits.device) if reduction == "none" else None
+    lse = torch.empty(n_subpixels, dtype=acc, device=logits.device) if needs_grad else None
+    if n_subpixels == 0:
+        return (terms if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=logits.device)), lse
+    view = logits_as_5d(logits, channels, levels)
+    programs = triton.cdiv(n_subpixels, CE_BLOCK_N)
+    partial = torch.empty(programs, dtype=acc, device=logits.device)
+    _ce_forward_kernel[(programs,)](
+        view, targets, partial if terms is None else terms, partial if lse is None else lse, partial,
+        n_subpixels, levels, channels, height, width, *view.stride(), *targets.stride(),
+        int(terms is not None), int(needs_grad), weight,
+        COMPUTE=_tl_dtype(logits.dtype), BLOCK_L=ce_block_l(logits.dtype), BLOCK_N=CE_BLOCK_N,
+    )
+    if terms is not None:
+        return terms, lse
+    return (partial.view(()) if programs == 1 else partial.sum()), lse
+
+
+def _ce_backward(logits, targets, lse, grad_output, levels, weight):
+    """d loss / d logits, laid out like ``logits`` (``torch.empty_like``)."""
+    grad = torch.empty_like(logits)
+    n_subpixels = targets.numel()
+    if n_subpixels == 0 or levels == 0:
+        return grad.zero_()
+    batch, channels, height, width = targets.shape
+    view = logits_as_5d(logits, channels, levels)
+    grad_view = logits_as_5d(grad, channels, levels)
+    grad_out_strides = grad_output.stride() if grad_output.dim() else (0, 0, 0, 0)
+    _ce_backward_kernel[(triton.cdiv(n_subpixels, CE_BLOCK_N),)](
+        view, targets, lse, grad_output, grad_view, n_subpixels, levels, channels, height, width,
+        *view.stride(), *targets.stride(), *grad_out_strides, *grad_view.stride(), weight,
+        COMPUTE=_tl_dtype(logits.dtype), BLOCK_L=ce_block_l(logits.dtype), BLOCK_N=CE_BLOCK_N,
+    )
+    return grad
+
+
 class PixelCrossEntropy(torch.autograd.Function):
     """(logits, targets [B, C, H, W] int64, levels, reduction) -> loss: 0-d, or [B, C, H, W] for "none"
     (float32; float64 for float64 logits). The forward keeps the logsumexp per sub-pixel, the backward reads
@@ -104,29 +151,11 @@ class PixelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, levels, reduction):
-        acc = compute_dtype(logits.dtype)
-        batch, channels, height, width = targets.shape
-        n_subpixels = targets.numel()
-        weight = (1.0 / n_subpixels if n_subpixels else math.nan) if reduction == "mean" else 1.0
-        ctx.levels, ctx.reduction, ctx.weight = levels, reduction, weight
         needs_grad = ctx.needs_input_grad[0]
-        terms = torch.empty(targets.shape, dtype=acc, device=logits.device) if reduction == "none" else None
-        lse = torch.empty(n_subpixels, dtype=acc, device=logits.device) if needs_grad else None
+        ctx.levels, ctx.weight = levels, _ce_weight(targets.numel(), reduction)
+        loss, lse = _ce_forward(logits, targets, levels, reduction, needs_grad)
         ctx.save_for_backward(*((logits, targets, lse) if needs_grad else (None, None, None)))
-        if n_subpixels == 0:
-            return terms if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=logits.device)
-        view = logits_as_5d(logits, channels, levels)
-        programs = triton.cdiv(n_subpixels, CE_BLOCK_N)
-        partial = torch.empty(programs, dtype=acc, device=logits.device)
-        _ce_forward_kernel[(programs,)](
-            view, targets, partial if terms is None else terms, partial if lse is None else lse, partial,
-            n_subpixels, levels, channels, height, width, *view.stride(), *targets.stride(),
-            int(terms is not None), int(needs_grad), weight,
-            COMPUTE=_tl_dtype(logits.dtype), BLOCK_L=ce_block_l(logits.dtype), BLOCK_N=CE_BLOCK_N,
-        )
-        if terms is not None:
-            return terms
-        return partial.view(()) if programs == 1 else partial.sum()
+        return loss
 
     @staticmethod
     @once_differentiable
@@ -134,20 +163,7 @@ class PixelCrossEntropy(torch.autograd.Function):
         logits, targets, lse = ctx.saved_tensors
         if logits is None:
             return None, None, None, None
-        grad = torch.empty_like(logits)
-        n_subpixels = targets.numel()
-        if n_subpixels == 0 or ctx.levels == 0:
-            return grad.zero_(), None, None, None
-        batch, channels, height, width = targets.shape
-        view = logits_as_5d(logits, channels, ctx.levels)
-        grad_view = logits_as_5d(grad, channels, ctx.levels)
-        grad_out_strides = grad_output.stride() if grad_output.dim() else (0, 0, 0, 0)
-        _ce_backward_kernel[(triton.cdiv(n_subpixels, CE_BLOCK_N),)](
-            view, targets, lse, grad_output, grad_view, n_subpixels, ctx.levels, channels, height, width,
-            *view.stride(), *targets.stride(), *grad_out_strides, *grad_view.stride(), ctx.weight,
-            COMPUTE=_tl_dtype(logits.dtype), BLOCK_L=ce_block_l(logits.dtype), BLOCK_N=CE_BLOCK_N,
-        )
-        return grad, None, None, None
+        return _ce_backward(logits, targets, lse, grad_output, ctx.levels, ctx.weight), None, None, None
 
 
 def _check_targets(targets, logits, levels, check_range: bool) -> int:
@@ -206,10 +222,11 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
         reduction: "mean" over the B*C*H*W sub-pixels (nats/dim, as ``F.cross_entropy``), "sum", or "none"
             ([B, C, H, W]). ``bits_per_dim(loss)`` converts a mean to bits/dim.
         check_targets: check that every target is in [0, levels) (one reduction and a device sync) and raise a
-            ValueError if not. With False nothing is checked on the host and a target outside [0, levels) (any
-            integer value: compared as int64, never wrapped, so 2**32 + 2 is out of range too) makes that
-            sub-pixel's loss nan, hence a "mean" or "sum" loss nan, and that sub-pixel's gradient nan at every
-            level; the other sub-pixels' terms ("none") and gradients are unaffected.
+            ValueError if not (under torch.compile the custom op checks; on the reference backend
+            ``F.cross_entropy``'s own index check). With False nothing is checked on the host and a target outside
+            [0, levels) (any integer value: compared as int64, never wrapped, so 2**32 + 2 is out of range too)
+            makes that sub-pixel's loss nan, hence a "mean" or "sum" loss nan, and that sub-pixel's gradient nan
+            at every level; the other sub-pixels' terms ("none") and gradients are unaffected.
 
     Returns:
         float32 loss (float64 for float64 logits); the gradient has the logits' dtype and layout.
@@ -220,16 +237,54 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
                          f"{tuple(logits.shape)}")
     levels = None if levels is None else check_int("levels", levels, low=1)
     check_choice("reduction", reduction, REDUCTIONS)
-    levels = _check_targets(targets, logits, levels, check_targets)
+    # traced code cannot read the targets: the custom op checks their range (the reference: F.cross_entropy)
+    levels = _check_targets(targets, logits, levels, check_targets and not library.traced())
     if backend_for(logits) == "reference":
         return reference.pixel_cross_entropy(logits.to(compute_dtype(logits.dtype)), targets, levels, reduction)
     _check_index_range("targets", targets.numel() + CE_BLOCK_N, "sub-pixels")
     if not torch.is_grad_enabled():
         logits = logits.detach()
+    if library.traced():
+        return torch.ops.fastgen.pixel_cross_entropy(logits, targets.long(), levels, reduction,
+                                                     logits.requires_grad, check_targets)[0]
     return PixelCrossEntropy.apply(logits, targets.long(), levels, reduction)
 
 
 # ---------------------------------------------------------------------------------------------- DMOL
+def _dmol_weight(numel: int, reduction: str) -> float:
+    return (1.0 / numel if numel else math.nan) if reduction == "mean" else 1.0
+
+
+def _dmol_forward(params, x, n_mixtures, levels, reduction, write_grad, write_grad_x):
+    """(NLL: 0-d, or [B, H, W] for "none"; the gradients of params and of x the kernel writes, or None)."""
+    acc = compute_dtype(params.dtype)
+    batch, channels, height, width = x.shape
+    n_pixels = batch * height * width
+    weight = _dmol_weight(x.numel(), reduction)
+    # the kernel writes the gradients through the inputs' strides: dense inputs keep theirs, others are copied
+    params, grad = _like(params) if write_grad else (params, None)
+    x, grad_x = _like(x) if write_grad_x else (x, None)
+    nll = torch.empty((batch, height, width), dtype=acc, device=params.device) if reduction == "none" else None
+    if n_pixels == 0:
+        grad, grad_x = (None if g is None else g.zero_() for g in (grad, grad_x))
+        loss = nll if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=params.device)
+        return loss, grad, grad_x
+    programs = triton.cdiv(n_pixels, DMOL_BLOCK_P)
+    partial = torch.empty(programs, dtype=acc, device=params.device)
+    half_bin = bin_half_width(levels)
+    _dmol_forward_kernel[(programs,)](
+        params, x, params if grad is None else grad, x if grad_x is None else grad_x,
+        partial if nll is None else nll, partial,
+        n_pixels, n_mixtures, height, width, *params.stride(), *x.stride(),
+        int(write_grad), int(write_grad_x), int(nll is not None),
+        half_bin, math.log(2.0 * half_bin), edge_threshold(levels), weight,
+        CHANNELS=channels, COMPUTE=_tl_dtype(params.dtype), BLOCK_P=DMOL_BLOCK_P,
+    )
+    if nll is not None:
+        return nll, grad, grad_x
+    return (partial.view(()) if programs == 1 else partial.sum()), grad, grad_x
+
+
 class DiscretizedLogisticMixtureNLL(torch.autograd.Function):
     """(params [B, P, H, W], x [B, C, H, W] in params' compute dtype, n_mixtures, levels, reduction) -> NLL:
     0-d, or per pixel [B, H, W] for "none" (float32; float64 for float64 params). The forward writes the
@@ -237,34 +292,10 @@ class DiscretizedLogisticMixtureNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, params, x, n_mixtures, levels, reduction):
-        acc = compute_dtype(params.dtype)
-        batch, channels, height, width = x.shape
-        n_pixels = batch * height * width
-        weight = (1.0 / x.numel() if x.numel() else math.nan) if reduction == "mean" else 1.0
-        ctx.weight = weight
-        write_grad, write_grad_x = ctx.needs_input_grad[:2]
-        # the kernel writes the gradients through the inputs' strides: dense inputs keep theirs, others are copied
-        params, grad = _like(params) if write_grad else (params, None)
-        x, grad_x = _like(x) if write_grad_x else (x, None)
-        nll = torch.empty((batch, height, width), dtype=acc, device=params.device) if reduction == "none" else None
-        if n_pixels == 0:
-            ctx.save_for_backward(*(None if g is None else g.zero_() for g in (grad, grad_x)))
-            return nll if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=params.device)
-        programs = triton.cdiv(n_pixels, DMOL_BLOCK_P)
-        partial = torch.empty(programs, dtype=acc, device=params.device)
-        half_bin = bin_half_width(levels)
-        _dmol_forward_kernel[(programs,)](
-            params, x, params if grad is None else grad, x if grad_x is None else grad_x,
-            partial if nll is None else nll, partial,
-            n_pixels, n_mixtures, height, width, *params.stride(), *x.stride(),
-            int(write_grad), int(write_grad_x), int(nll is not None),
-            half_bin, math.log(2.0 * half_bin), edge_threshold(levels), weight,
-            CHANNELS=channels, COMPUTE=_tl_dtype(params.dtype), BLOCK_P=DMOL_BLOCK_P,
-        )
+        ctx.weight = _dmol_weight(x.numel(), reduction)
+        loss, grad, grad_x = _dmol_forward(params, x, n_mixtures, levels, reduction, *ctx.needs_input_grad[:2])
         ctx.save_for_backward(grad, grad_x)
-        if nll is not None:
-            return nll
-        return partial.view(()) if programs == 1 else partial.sum()
+        return loss
 
     @staticmethod
     @once_differentiable
@@ -349,6 +380,10 @@ def dmol_nll(params, x, n_mixtures, bits=8, reduction="mean", *, levels=None):
     if not torch.is_grad_enabled():
         params, x = params.detach(), x.detach()
     # x is read in the compute dtype: a float32 copy of float16/bfloat16 data (a view for float32 data)
+    if library.traced():
+        x = x.to(acc)
+        return torch.ops.fastgen.dmol_nll(params, x, n_mixtures, levels, reduction, params.requires_grad,
+                                          x.requires_grad)[0]
     return DiscretizedLogisticMixtureNLL.apply(params, x.to(acc), n_mixtures, levels, reduction)
 
 
@@ -374,7 +409,9 @@ def dmol_sample(params, n_mixtures, seed=None, temperature=1.0, *, uniforms=None
         n_mixtures: K >= 1.
         seed: Philox seed in [0, 2**31) of the in-kernel uniforms (None: one drawn from torch's default
             generator, so ``torch.manual_seed`` makes runs repeatable). Draw i of pixel p = (b * H + h) * W + w
-            is Philox's uniform at offset p * (K + C) + i, whatever the strides.
+            is Philox's uniform at offset p * (K + C) + i, whatever the strides. Under torch.compile the seed is
+            drawn in the graph (``torch.randint`` on the CPU), and the op stays out of CUDA graphs (a replay
+            would repeat the captured seed).
         temperature: > 0; scales the mixture logits (1 / T) and the logistic scales (T). Any finite T > 0
             works, however small: the component is picked as the argmax of ``logits + T * g`` (the same choice
             as ``logits / T + g``, with nothing to overflow), so as T -> 0 the sample tends to the mode of the
@@ -397,25 +434,174 @@ def dmol_sample(params, n_mixtures, seed=None, temperature=1.0, *, uniforms=None
     params = params.detach()
     if backend_for(params) == "reference":
         acc = compute_dtype(params.dtype)
-        if uniforms is None:
+        if uniforms is None and seed is not None and library.traced():  # dynamo cannot build a torch.Generator
+            uniforms = torch.ops.fastgen.dmol_reference_uniforms(params.to(acc), n_mixtures, seed)
+        elif uniforms is None:
             uniforms = reference.dmol_uniforms(params.to(acc), n_mixtures, seed)
         return reference.dmol_sample(params.to(acc), n_mixtures, temperature=temperature,
                                      uniforms=uniforms.to(acc)).to(params.dtype)
     n_pixels = batch * height * width
     _check_index_range("params", (n_pixels + DMOL_BLOCK_P) * (n_mixtures + channels), "pixels x draws")
+    uniforms = None if uniforms is None else uniforms.detach()
+    if library.traced():  # the seed drawn in the graph, as a tensor: a Python int would be traced as a constant
+        if uniforms is None and seed is None and n_pixels:
+            seed = torch.randint(0, 2**31 - 1, ())
+        else:
+            seed = torch.full((), 0 if seed is None else seed, dtype=torch.int64)
+        return torch.ops.fastgen.dmol_sample(params, uniforms, seed, n_mixtures, temperature)
+    if uniforms is None and seed is None and n_pixels:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
+    return _dmol_sample(params, uniforms, n_mixtures, seed, temperature)
+
+
+def _dmol_sample(params, uniforms, n_mixtures, seed, temperature):
+    """x [B, C, H, W] (params' dtype, contiguous) in one launch; the kernel draws from Philox with ``seed`` (an
+    int) when ``uniforms`` is None."""
+    batch, _, height, width = params.shape
+    channels = 3 if params.shape[1] == 10 * n_mixtures else 1
+    n_pixels = batch * height * width
     out = torch.empty((batch, channels, height, width), dtype=params.dtype, device=params.device)
     if n_pixels == 0:
         return out
-    if uniforms is None and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
-    u = params if uniforms is None else uniforms.detach()  # a pointer of params' dtype, never read without draws
+    u = params if uniforms is None else uniforms  # a pointer of params' dtype, never read without draws
     _sample_kernel[(triton.cdiv(n_pixels, DMOL_BLOCK_P),)](
         params, u, out, n_pixels, n_mixtures, height, width, *params.stride(),
         *(u.stride() if uniforms is not None else (0, 0, 0, 0)), *out.stride(),
-        seed if seed is not None else 0, int(uniforms is not None), temperature,
+        seed if uniforms is None else 0, int(uniforms is not None), temperature,
         CHANNELS=channels, COMPUTE=_tl_dtype(params.dtype), BLOCK_P=DMOL_BLOCK_P,
     )
     return out
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+# The same launches as torch.ops.fastgen.* for torch.compile (see fastgen.library). The forward ops also return
+# what their backward op reads (the logsumexp per sub-pixel; the gradients the DMOL forward writes), placeholders
+# where no gradient is wanted; the public functions drop them.
+@library.custom_op("pixel_cross_entropy", "(Tensor logits, Tensor targets, int levels, str reduction, "
+                   "bool needs_grad, bool check_targets) -> (Tensor, Tensor)")
+def _ce_op(logits, targets, levels, reduction, needs_grad, check_targets):
+    """(loss or terms, the logsumexp per sub-pixel) for int64 ``targets``. ``check_targets``: the range check of
+    the public op (a device sync), here where traced code cannot read the values."""
+    if check_targets:
+        _check_targets(targets, logits, levels, True)
+    loss, lse = _ce_forward(logits, targets, levels, reduction, needs_grad)
+    return loss, library.nothing(logits) if lse is None else lse
+
+
+@_ce_op.register_fake
+def _(logits, targets, levels, reduction, needs_grad, check_targets):
+    acc = compute_dtype(logits.dtype)
+    loss = logits.new_empty(targets.shape if reduction == "none" else (), dtype=acc)
+    return loss, logits.new_empty(targets.numel(), dtype=acc) if needs_grad else library.nothing(logits)
+
+
+@library.custom_op("pixel_cross_entropy_backward", "(Tensor logits, Tensor targets, Tensor lse, "
+                   "Tensor grad_output, int levels, float weight) -> Tensor")
+def _ce_backward_op(logits, targets, lse, grad_output, levels, weight):
+    return _ce_backward(logits, targets, lse, grad_output, levels, weight)
+
+
+@_ce_backward_op.register_fake
+def _(logits, targets, lse, grad_output, levels, weight):
+    return torch.empty_like(logits)
+
+
+def _setup_ce(ctx, inputs, output):
+    logits, targets, levels, reduction, needs_grad, _ = inputs
+    ctx.save_for_backward(logits, targets, output[1])
+    ctx.levels, ctx.weight, ctx.needs_grad = levels, _ce_weight(targets.numel(), reduction), needs_grad
+
+
+def _ce_op_backward(ctx, grad_output, _grad_lse):
+    if not ctx.needs_grad:
+        return None, None, None, None, None, None
+    logits, targets, lse = ctx.saved_tensors
+    grad = torch.ops.fastgen.pixel_cross_entropy_backward(logits, targets, lse, grad_output, ctx.levels, ctx.weight)
+    return grad, None, None, None, None, None
+
+
+_ce_op.register_autograd(_ce_op_backward, setup_context=_setup_ce)
+
+
+@library.custom_op("dmol_nll", "(Tensor params, Tensor x, int n_mixtures, int levels, str reduction, "
+                   "bool grad_params, bool grad_x) -> (Tensor, Tensor, Tensor)")
+def _dmol_op(params, x, n_mixtures, levels, reduction, grad_params, grad_x):
+    """(NLL, the gradient of params, the gradient of x): the gradients the kernel wrote, placeholders if unwanted."""
+    loss, grad, grad_x_saved = _dmol_forward(params, x, n_mixtures, levels, reduction, grad_params, grad_x)
+    return (loss, library.nothing(params) if grad is None else grad,
+            library.nothing(x) if grad_x_saved is None else grad_x_saved)
+
+
+@_dmol_op.register_fake
+def _(params, x, n_mixtures, levels, reduction, grad_params, grad_x):
+    batch, _, height, width = x.shape
+    loss = params.new_empty((batch, height, width) if reduction == "none" else (), dtype=compute_dtype(params.dtype))
+    return (loss, _like(params)[1] if grad_params else library.nothing(params),
+            _like(x)[1] if grad_x else library.nothing(x))
+
+
+@library.custom_op("dmol_nll_backward", "(Tensor saved_params, Tensor saved_x, Tensor grad_output, float weight, "
+                   "bool want_params, bool want_x) -> (Tensor, Tensor)")
+def _dmol_backward_op(saved_params, saved_x, grad_output, weight, want_params, want_x):
+    """The saved gradients scaled by ``grad_output * weight`` (one launch each); placeholders where unwanted."""
+    return tuple(_scale_by_pixel(s, grad_output, weight) if want else library.nothing(s)
+                 for s, want in ((saved_params, want_params), (saved_x, want_x)))
+
+
+@_dmol_backward_op.register_fake
+def _(saved_params, saved_x, grad_output, weight, want_params, want_x):
+    return tuple(torch.empty_like(s) if want else library.nothing(s)
+                 for s, want in ((saved_params, want_params), (saved_x, want_x)))
+
+
+def _setup_dmol(ctx, inputs, output):
+    params, x, _, _, reduction, grad_params, grad_x = inputs
+    ctx.save_for_backward(output[1], output[2])
+    ctx.weight, ctx.wanted = _dmol_weight(x.numel(), reduction), (grad_params, grad_x)
+
+
+def _dmol_op_backward(ctx, grad_output, _grad_params_saved, _grad_x_saved):
+    grad_params, grad_x = torch.ops.fastgen.dmol_nll_backward(*ctx.saved_tensors, grad_output, ctx.weight,
+                                                               *ctx.wanted)
+    return (grad_params if ctx.wanted[0] else None), (grad_x if ctx.wanted[1] else None), None, None, None, None, None
+
+
+_dmol_op.register_autograd(_dmol_op_backward, setup_context=_setup_dmol)
+
+
+def _dmol_sample_impl(params, uniforms, seed, n_mixtures, temperature):
+    """``seed``: a 0-d int64 CPU tensor (read on the host: no device sync), unused when ``uniforms`` is given.
+    No autograd: the sample has no gradient."""
+    return _dmol_sample(params, uniforms, n_mixtures, int(seed), temperature)
+
+
+# cudagraph_unsafe: the seed is read on the host when the kernel is launched, so a CUDA-graph replay would repeat
+# the captured draws; Inductor runs the op outside its CUDA graphs (graph partition) instead.
+# (torch.library directly: library.custom_op takes no tags.)
+_dmol_sample_op = torch.library.custom_op(
+    f"{library.NAMESPACE}::dmol_sample", _dmol_sample_impl, mutates_args=(), tags=(torch.Tag.cudagraph_unsafe,),
+    schema="(Tensor params, Tensor? uniforms, Tensor seed, int n_mixtures, float temperature) -> Tensor")
+
+
+@_dmol_sample_op.register_fake
+def _(params, uniforms, seed, n_mixtures, temperature):
+    batch, _, height, width = params.shape
+    channels = 3 if params.shape[1] == 10 * n_mixtures else 1
+    return params.new_empty((batch, channels, height, width))
+
+
+@library.custom_op("dmol_reference_uniforms", "(Tensor params, int n_mixtures, int seed) -> Tensor")
+def _reference_uniforms_op(params, n_mixtures, seed):
+    """The reference sampler's seeded draws, opaque to dynamo (it seeds a ``torch.Generator``): what the public
+    op on the reference backend calls under torch.compile when given a seed."""
+    return reference.dmol_uniforms(params, n_mixtures, seed)
+
+
+@_reference_uniforms_op.register_fake
+def _(params, n_mixtures, seed):
+    batch, _, height, width = params.shape
+    channels = 3 if params.shape[1] == 10 * n_mixtures else 1
+    return params.new_empty((batch, n_mixtures + channels, height, width))
 
 
 # ---------------------------------------------------------------------------------------------- compile check

@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
 import triton
 import triton.language as tl
 
+from fastgen import library
 from fastgen.autotune import configs_for
 from fastgen.launch import Kernel
 from fastgen.dispatch import backend_for, interpreting
@@ -165,6 +167,35 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     return grad_weight, grad_bias
 
 
+def _tap_conv_forward(x, weight, bias, taps: TapSet):
+    """(y, the packed live taps the backward reads; None without work: y is then the bias, no kernel runs)."""
+    if x.numel() == 0 or weight.numel() == 0 or taps.n_taps == 0:
+        y = _like_input(x, weight.shape[0])
+        return (y.zero_() if bias is None else y.copy_(bias.view(1, -1, 1, 1).expand(y.shape))), None
+    packed = pack_weight(weight, taps)
+    return forward(x, packed, bias, taps), packed
+
+
+def _tap_conv_backward(grad_y, x, packed, taps: TapSet, weight_like, has_bias, want_x, want_params):
+    """(grad of x, grad of weight, grad of bias), None where not wanted. ``packed``: the forward's, None
+    without work; ``weight_like``: (shape, empty's keywords) of the weight gradient; ``want_params``: the weight
+    and bias gradients (one kernel computes both)."""
+    grad_x = grad_weight = grad_bias = None
+    if packed is None:
+        if want_x:
+            grad_x = torch.zeros_like(x)
+        if want_params:
+            grad_weight = torch.empty(weight_like[0], **weight_like[1]).zero_()
+            grad_bias = grad_y.sum((0, 2, 3)) if has_bias else None
+        return grad_x, grad_weight, grad_bias
+    if want_x:
+        grad_x = input_grad(grad_y, packed, taps, x)
+    if want_params:
+        grad_weight, grad_bias = weight_grad(x, grad_y, taps, torch.empty(weight_like[0], **weight_like[1]),
+                                             has_bias)
+    return grad_x, grad_weight, grad_bias
+
+
 class TapConv(torch.autograd.Function):
     """(x, weight, bias, taps) -> the causal convolution of x with the live taps of weight.
 
@@ -181,33 +212,103 @@ class TapConv(torch.autograd.Function):
         # the backward needs the packed live taps, not the dense weight: keep only how to allocate its gradient
         ctx.weight_like = (weight.shape, dict(dtype=weight.dtype, device=weight.device,
                                               memory_format=_memory_format(weight)))
-        ctx.no_work = x.numel() == 0 or weight.numel() == 0 or taps.n_taps == 0
-        if ctx.no_work:
-            ctx.save_for_backward(x)
-            y = _like_input(x, weight.shape[0])
-            return y.zero_() if bias is None else y.copy_(bias.view(1, -1, 1, 1).expand(y.shape))
-        packed = pack_weight(weight, taps)
+        y, packed = _tap_conv_forward(x, weight, bias, taps)
         ctx.save_for_backward(x, packed)
-        return forward(x, packed, bias, taps)
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, *packed = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        if ctx.no_work:
-            if ctx.needs_input_grad[0]:
-                grad_x = torch.zeros_like(x)
-            if ctx.needs_input_grad[1]:
-                grad_weight = torch.empty(ctx.weight_like[0], **ctx.weight_like[1]).zero_()
-            if ctx.needs_input_grad[2]:
-                grad_bias = grad_y.sum((0, 2, 3))
-            return grad_x, grad_weight, grad_bias, None
-        if ctx.needs_input_grad[0]:
-            grad_x = input_grad(grad_y, packed[0], ctx.taps, x)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_weight, grad_bias = weight_grad(x, grad_y, ctx.taps, torch.empty(ctx.weight_like[0], **ctx.weight_like[1]),
-                                                 ctx.has_bias)
+        x, packed = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = _tap_conv_backward(
+            grad_y, x, packed, ctx.taps, ctx.weight_like, ctx.has_bias, ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
         return grad_x, grad_weight, grad_bias, None
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+# The same launches as torch.ops.fastgen.* for torch.compile (see fastgen.library). A TapSet is no schema type:
+# the ops take its fields and rebuild it (cached). The forward op also returns the packed live taps, which its
+# backward op reads as the Function's backward does (no repack: the same launches as eager; a placeholder
+# without work); the public function drops them.
+_TAPS_SCHEMA = "int[] kernel_size, int[] padding, int n_taps, int groups, bool strict"
+
+
+@functools.lru_cache(maxsize=None)
+def _tap_set(kernel_size: tuple[int, ...], padding: tuple[int, ...], n_taps: int, groups: int,
+             strict: bool) -> TapSet:
+    return TapSet(kernel_size, padding, n_taps, groups, strict)
+
+
+def _taps_of(kernel_size, padding, n_taps, groups, strict) -> TapSet:
+    return _tap_set(tuple(kernel_size), tuple(padding), n_taps, groups, strict)
+
+
+def _tap_fields(taps: TapSet) -> tuple:
+    """``taps`` as the custom ops' arguments (see ``_TAPS_SCHEMA``)."""
+    return list(taps.kernel_size), list(taps.padding), taps.n_taps, taps.groups, taps.strict
+
+
+@library.custom_op("tap_conv2d", f"(Tensor x, Tensor weight, Tensor? bias, {_TAPS_SCHEMA}) -> (Tensor, Tensor)")
+def _tap_conv_op(x, weight, bias, kernel_size, padding, n_taps, groups, strict):
+    """(y, the packed live taps [n_taps, C_in, C_out] or a placeholder without work)."""
+    y, packed = _tap_conv_forward(x, weight, bias, _taps_of(kernel_size, padding, n_taps, groups, strict))
+    return y, library.nothing(weight) if packed is None else packed
+
+
+@_tap_conv_op.register_fake
+def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict):
+    c_out, c_in = weight.shape[:2]
+    no_work = x.numel() == 0 or weight.numel() == 0 or n_taps == 0
+    return (_like_input(x, c_out),
+            library.nothing(weight) if no_work else weight.new_empty((n_taps, c_in, c_out)))
+
+
+@library.custom_op("tap_conv2d_backward", "(Tensor grad_y, Tensor x, Tensor packed, SymInt[] weight_shape, "
+                   f"bool weight_channels_last, {_TAPS_SCHEMA}, bool has_bias, bool grad_x, bool grad_params) "
+                   "-> (Tensor, Tensor, Tensor)")
+def _tap_conv_backward_op(grad_y, x, packed, weight_shape, weight_channels_last, kernel_size, padding, n_taps,
+                          groups, strict, has_bias, grad_x, grad_params):
+    """(grad of x, grad of weight, grad of bias), placeholders where not wanted; an empty ``packed``: no work."""
+    grads = _tap_conv_backward(
+        grad_y, x, packed if packed.numel() else None, _taps_of(kernel_size, padding, n_taps, groups, strict),
+        _weight_like(weight_shape, weight_channels_last, x), has_bias, grad_x, grad_params)
+    return tuple(library.nothing(x) if g is None else g for g in grads)
+
+
+@_tap_conv_backward_op.register_fake
+def _(grad_y, x, packed, weight_shape, weight_channels_last, kernel_size, padding, n_taps, groups, strict,
+      has_bias, grad_x, grad_params):
+    shape, like = _weight_like(weight_shape, weight_channels_last, x)
+    grad_input = library.nothing(x)
+    if grad_x:  # as the launch: zeros_like without work, else an empty tensor in x's memory format
+        grad_input = torch.empty_like(x) if packed.numel() == 0 else _like_input(x, x.shape[1])
+    return (grad_input, torch.empty(shape, **like) if grad_params else library.nothing(x),
+            x.new_empty(weight_shape[0]) if grad_params and has_bias else library.nothing(x))
+
+
+def _weight_like(weight_shape, channels_last: bool, x: torch.Tensor):
+    """(shape, empty's keywords) of the weight gradient: x's dtype and device (the weight's, as checked)."""
+    return tuple(weight_shape), dict(dtype=x.dtype, device=x.device,
+                                     memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _setup_tap_conv(ctx, inputs, output):
+    x, weight, bias, kernel_size, padding, n_taps, groups, strict = inputs
+    ctx.save_for_backward(x, output[1])
+    ctx.args = (list(weight.shape), _memory_format(weight) == torch.channels_last, kernel_size, padding, n_taps,
+                groups, strict, bias is not None)
+
+
+def _tap_conv_op_backward(ctx, grad_y, _grad_packed):
+    x, packed = ctx.saved_tensors
+    want_x, want_weight, want_bias = ctx.needs_input_grad[:3]
+    grad_x, grad_weight, grad_bias = torch.ops.fastgen.tap_conv2d_backward(
+        grad_y, x, packed, *ctx.args, want_x, want_weight or want_bias)
+    return ((grad_x if want_x else None), (grad_weight if want_weight else None),
+            (grad_bias if want_bias else None), None, None, None, None, None)
+
+
+_tap_conv_op.register_autograd(_tap_conv_op_backward, setup_context=_setup_tap_conv)
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
@@ -257,6 +358,8 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     _check_arguments(x, weight, bias, taps)
     if backend_for(x) == "reference":
         return reference.tap_conv2d(x, weight, bias, taps)
+    if library.traced():
+        return torch.ops.fastgen.tap_conv2d(x, weight, bias, *_tap_fields(taps))[0]
     return TapConv.apply(x, weight, bias, taps)
 
 
