@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -246,6 +247,13 @@ def _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior: bool) -> torch
     return column_kl
 
 
+def _promoted(*tensors):
+    """The floating tensors among ``tensors`` cast to their promoted dtype (others, and None, unchanged)."""
+    floating = [t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in floating))
+    return [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors]
+
+
 def reparameterize_kl(mu, logvar, eps=None, *, seed=None, prior_mu=None, prior_logvar=None, beta=1.0,
                       free_bits=0.0, reduction="none"):
     """Sample ``z = mu + exp(logvar / 2) * eps`` and return it with ``beta * KL(q || prior)`` per sample.
@@ -268,8 +276,14 @@ def reparameterize_kl(mu, logvar, eps=None, *, seed=None, prior_mu=None, prior_l
     Returns:
         ``(z, kl)``: z has mu's shape and dtype; kl is float32 (float64 for float64 inputs), so sums over
         many latent dims do not overflow half precision.
+
+    Under ``torch.autocast`` the tensors may differ in dtype (mu and logvar from a bf16 layer, eps or a prior
+    in float32): they are computed in their promoted dtype, as the eager formula's type promotion does, so z
+    has that dtype (float32 in that example). Outside autocast the dtypes must match.
     """
     check_float_tensor("mu", mu)
+    if torch.is_autocast_enabled(mu.device.type):
+        mu, logvar, eps, prior_mu, prior_logvar = _promoted(mu, logvar, eps, prior_mu, prior_logvar)
     if mu.dim() == 0:
         raise ValueError("mu must have a batch dimension: shape [B, ...], got a 0-d tensor")
     check_like("logvar", logvar, "mu", mu)
