@@ -46,7 +46,7 @@ from fastgen.benchmarks.bench_sampling import CPU_THREADS, FAMILIES, SHAPES, Sha
 from fastgen.models import DCGAN, VAE, scale_pixels
 from fastgen.reference import pixel_losses as reference_losses
 
-PROVIDERS = ("fastgen", "eager", "torch.compile", "fastgen reduce-overhead", "torch.compile reduce-overhead")
+PROVIDERS = ("fastgen", "eager", "fastgen reduce-overhead", "torch.compile reduce-overhead", "torch.compile")
 CUDA_ONLY = ("fastgen reduce-overhead", "torch.compile reduce-overhead")  # CUDA graphs need CUDA
 INTERPRETER_BATCH = 1  # batch of the interpreted (CPU) correctness / launch-count step
 TRAIN_SHAPES = {"8x8 grey": 64, "32x32x3": 16}  # shape -> batch
@@ -118,15 +118,22 @@ def compiled(provider: str) -> bool:
     return "compile" in provider or "reduce-overhead" in provider
 
 
-def loss_of(model, x: torch.Tensor, reference: bool) -> torch.Tensor:
+def fixed_noise(model, x: torch.Tensor) -> torch.Tensor | None:
+    """The seeded noise of the VAE (eps) and the DCGAN (z) for a batch like x, made once, outside every compiled
+    function (a torch.Generator cannot be created inside one); None for the PixelCNN families."""
+    return _seeded_normal(len(x), model.latent_dim, x) if isinstance(model, (VAE, DCGAN)) else None
+
+
+def loss_of(model, x: torch.Tensor, reference: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of integer images x [B, C, H, W] under ``model``: nats per sub-pixel for the PixelCNN
     families, the negative ELBO (nats per image) for the VAE, D loss + G loss for the DCGAN; the noise of the
     VAE and the DCGAN is fixed and seeded."""
+    if isinstance(model, (VAE, DCGAN)) and noise is None:
+        noise = fixed_noise(model, x)
     if isinstance(model, VAE):
-        return model.loss(x, eps=_seeded_normal(len(x), model.latent_dim, x))
+        return model.loss(x, eps=noise)
     if isinstance(model, DCGAN):
-        z = _seeded_normal(len(x), model.latent_dim, x)
-        return model.d_loss(x, z).loss + model.g_loss(z)
+        return model.d_loss(x, noise).loss + model.g_loss(noise)
     out = model(x)
     if model.output_kind == "dmol":
         target = scale_pixels(x, model.levels, out.dtype)
@@ -143,9 +150,11 @@ def training_step(model, x: torch.Tensor, provider: str) -> Callable[[], torch.T
     model.use_reference(reference)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
+    noise = fixed_noise(model, x)
+
     def forward_loss(x):
         with fastgen.use_backend("reference") if reference else contextlib.nullcontext():
-            return loss_of(model, x, reference)
+            return loss_of(model, x, reference, noise)
 
     graphs = provider.endswith("reduce-overhead")
     if compiled(provider):
@@ -264,8 +273,22 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", pro
                 continue
             interpreted = device == "cpu" and provider == "fastgen"
             measured = dataclasses.replace(case, tiny=True) if interpreted else case
-            row = measure(measured, provider, device, timed=not interpreted,
-                          batch=INTERPRETER_BATCH if interpreted else None)
+            try:
+                row = measure(measured, provider, device, timed=not interpreted,
+                              batch=INTERPRETER_BATCH if interpreted else None)
+            except Exception as error:  # noqa: BLE001  (a compiler failure is a row, not the end of the suite)
+                if not compiled(provider):
+                    raise
+                print(f"training step: {case.label} {provider} failed: {type(error).__name__}: {error}",
+                      file=sys.stderr, flush=True)
+                row = dict(suite="train", model=case.family, size=case.shape.name, batch=case.batch,
+                           provider=provider, params_m=None, tiny=case.tiny, launches=None, p20_ms=None,
+                           p50_ms=None, p80_ms=None, images_per_s=None, peak_mb=None, max_rel_err_vs_eager=None)
+                row["status"] = f"failed: {type(error).__name__}: {str(error)[:200]}"
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+                continue
             row["status"] = "interpreted, tiny model (correctness + counts, not timed)" if interpreted else "timed"
             row["threads"] = torch.get_num_threads() if device == "cpu" else None
             row["load"] = bench_sampling.load()

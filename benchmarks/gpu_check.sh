@@ -26,7 +26,7 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" \
   | tee "$out/versions.txt"
 # Each stage has its own time limit, so one slow stage cannot eat the others; all together under 8 minutes
-# (~30 s of start-up + 160 + 85 + 120 + 70 s = 465 s at the very worst). The benchmark stages also get a budget
+# (~30 s of start-up + 150 + 45 + 75 + 110 + 70 s = 480 s at the very worst). The benchmark stages also get a budget
 # (--budget, a little under their limit): past it they start no new job and still write their markdown and
 # plots; every row is appended to its CSV and results.jsonl as soon as it is measured, so even a stage cut
 # short by its limit leaves every row it finished. torch.compile jobs run last in each stage (each case's graphs
@@ -37,17 +37,22 @@ stage() { local now; now=$(date +%s); echo "[gpu_check] $1 ($((now - stage_start
 : > "$out/status.txt"
 # tests on the compiled kernels (the sm_90/80 compile check runs in CI already); no -x: every failure is listed
 stage "tests"
-timeout 160 python3 -m pytest tests -q -p no:cacheprovider -m "not compile_check" 2>&1 | tee "$out/tests.log"
+timeout 150 python3 -m pytest tests -q -p no:cacheprovider -m "not compile_check" 2>&1 | tee "$out/tests.log"
 tests_rc=${PIPESTATUS[0]}
+# host cost per call of every op, fastgen vs eager, and a bare launch through fastgen's launch path vs Triton's
+stage "host"
+timeout 45 python3 -m fastgen.benchmarks.runner --suite host --out "$out" 2>&1 | tee "$out/bench-host.log"
+host_rc=${PIPESTATUS[0]}
+[ -f "$out/results.md" ] && mv "$out/results.md" "$out/results-host.md"
 # op micro-benchmarks (quick set: every op, fastgen vs eager, then torch.compile)
 stage "ops"
-timeout 85 python3 -m fastgen.benchmarks.runner --suite ops --budget 65 --out "$out" 2>&1 | tee "$out/bench-ops.log"
+timeout 75 python3 -m fastgen.benchmarks.runner --suite ops --budget 55 --out "$out" 2>&1 | tee "$out/bench-ops.log"
 ops_rc=${PIPESTATUS[0]}
 [ -f "$out/results.md" ] && mv "$out/results.md" "$out/results-ops.md"  # each stage writes its own results.md
 # training steps of every model (PixelCNN, Gated, PixelCNN++, VAE, DCGAN at 8x8 and 32x32x3): fastgen and eager
 # of every case, then torch.compile while the budget lasts (no compile job starts in its last 45 s)
 stage "train"
-timeout 120 python3 -m fastgen.benchmarks.runner --suite train --all --budget 90 --out "$out" 2>&1 \
+timeout 110 python3 -m fastgen.benchmarks.runner --suite train --all --budget 80 --out "$out" 2>&1 \
   | tee "$out/bench-train.log"
 train_rc=${PIPESTATUS[0]}
 [ -f "$out/results.md" ] && mv "$out/results.md" "$out/results-train.md"
@@ -58,5 +63,5 @@ timeout 70 python3 -m fastgen.benchmarks.bench_sampling --all --naive-cap 5 --bu
   | tee "$out/bench-sample.log"
 sample_rc=${PIPESTATUS[0]}
 stage "done"
-echo "tests rc=$tests_rc ops rc=$ops_rc train rc=$train_rc sample rc=$sample_rc (124 = stage timed out)" \
+echo "tests rc=$tests_rc host rc=$host_rc ops rc=$ops_rc train rc=$train_rc sample rc=$sample_rc (124 = stage timed out)" \
   | tee -a "$out/status.txt"

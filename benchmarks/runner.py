@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import importlib
 import json
 import os
 import platform
@@ -21,19 +20,14 @@ import triton
 
 from fastgen.benchmarks import harness
 
-CASE_MODULES = [
-    "fastgen.benchmarks.bench_reparameterize_kl",
-    "fastgen.benchmarks.bench_tap_conv",
-    "fastgen.benchmarks.bench_gan_losses",
-    "fastgen.benchmarks.bench_gumbel_softmax",
-    "fastgen.benchmarks.bench_pixel_losses",
-    "fastgen.benchmarks.bench_gated_activation",
-]
 INTERPRETER_BATCH = 1  # batch of the interpreted correctness/launch-count runs (keeps the quick CPU run short)
 
 
 def all_cases():
-    return [case for name in CASE_MODULES for case in importlib.import_module(name).CASES]
+    """The op cases of every registered family (:mod:`fastgen.registry`)."""
+    from fastgen import registry
+
+    return [case for family in registry.families() for case in family.benchmark_cases()]
 
 
 def device_name(device: str) -> str:
@@ -219,8 +213,8 @@ def run_suites(device: str, suites=SUITES, quick: bool = True, full: bool = Fals
                budget_s: float | None = None) -> dict[str, list[dict]]:
     """The chosen suites; rows per suite. Files in ``out_dir``: results.jsonl (every row of every suite with its
     ``suite``, appended: the one results file), results.md (one device line, then a section per suite), the op
-    rows in results.csv (+ results.png), the host-cost rows in host.csv, the training rows in training.csv (+ training.png where a provider
-    other than eager was timed), the sampling rows in sampling.csv with the speed-up plot sampling.png (CSVs
+    rows in results.csv (+ results.png), the host-cost rows in host.csv, the training rows in training.csv
+    (+ training.png where a provider other than eager was timed), the sampling rows in sampling.csv with the speed-up plot sampling.png (CSVs
     appended, header written once). Every row is appended to results.jsonl and its CSV as soon as it is
     measured (a run stopped part-way keeps what it measured); the markdown and the plots are written as each
     suite ends. ``budget_s``: each suite starts no job after that many seconds of its own."""

@@ -5,8 +5,8 @@ Triton's interpreter accepts code that a GPU rejects (a non-power-of-2 ``tl.aran
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` and reads the register and spill
 report of the ptxas that ships in the triton wheel.
 
-Each op module lists its launch space in a ``kernel_launches()`` generator; an op joins the check with one
-line in ``OP_MODULES``. Run it as ``fastgen verify`` or ``python -m fastgen.compile_check``.
+Each op module lists its launch space in a ``kernel_launches()`` generator; every family registered in
+:mod:`fastgen.registry` is checked. Run it as ``fastgen verify`` or ``python -m fastgen.compile_check``.
 """
 
 from __future__ import annotations
@@ -26,14 +26,6 @@ import time
 
 import torch
 
-OP_MODULES = [
-    "fastgen.ops.reparameterize_kl",
-    "fastgen.ops.tap_conv",
-    "fastgen.ops.gan_losses",
-    "fastgen.ops.gumbel_softmax",
-    "fastgen.ops.pixel_losses",
-    "fastgen.ops.gated_activation",
-]
 
 _TORCH_TO_TRITON = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
@@ -98,10 +90,9 @@ def _short(value) -> str:
 
 def registered_launches() -> list[KernelLaunch]:
     """Every launch configuration of every registered op."""
-    launches = []
-    for name in OP_MODULES:
-        launches.extend(importlib.import_module(name).kernel_launches())
-    return launches
+    from fastgen import registry
+
+    return [launch for family in registry.families() for launch in family.kernel_launches()]
 
 
 def _nvidia_tool(name: str) -> str:

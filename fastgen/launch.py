@@ -40,7 +40,7 @@ class Kernel:
 
     ``key``: the argument names that select a configuration when the kernel has several (``triton.autotune``'s
     key); unused with one configuration. ``configs``: only for kernels outside the ops (benchmark probes); an
-    op's kernels take theirs from :data:`fastgen.autotune.KERNEL_CONFIGS`.
+    op's kernels take theirs from their family's registration (:mod:`fastgen.registry`).
     """
 
     def __init__(self, fn, key: list[str] | tuple[str, ...] = (), configs: list[triton.Config] | None = None):

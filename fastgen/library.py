@@ -12,7 +12,8 @@ Every public op has two entry points that run the same launch code:
 
 Ops whose backward needs what the forward computed (the gradients the fused losses write in their forward,
 a soft sample) return it as extra outputs of the forward custom op; the public function drops them.
-``torch.library.opcheck`` checks every op (``tests/test_library.py``).
+``torch.library.opcheck`` checks every op in its family's tests; ``tests/test_library.py`` checks that every
+public op has its custom op and that the training loss of every model compiles whole.
 
 On CPU without ``TRITON_INTERPRET=1`` the public functions run the plain-PyTorch reference before any op is
 reached, eager or compiled (dynamo traces the reference); the custom ops themselves run the Triton kernels.
@@ -27,10 +28,11 @@ import torch
 NAMESPACE = "fastgen"
 
 
-def custom_op(name: str, schema: str) -> Callable:
+def custom_op(name: str, schema: str, tags: tuple = ()) -> Callable:
     """Decorator: registers ``fn`` as ``torch.ops.fastgen.<name>`` with ``schema`` (e.g. ``"(Tensor x, float
-    beta) -> Tensor"``), a functional op (it mutates no input)."""
-    return lambda fn: torch.library.custom_op(f"{NAMESPACE}::{name}", fn, mutates_args=(), schema=schema)
+    beta) -> Tensor"``), a functional op (it mutates no input), with ``tags`` (e.g. ``torch.Tag.cudagraph_unsafe``
+    for an op that a CUDA-graph replay would get wrong)."""
+    return lambda fn: torch.library.custom_op(f"{NAMESPACE}::{name}", fn, mutates_args=(), schema=schema, tags=tags)
 
 
 def traced() -> bool:

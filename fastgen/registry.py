@@ -44,12 +44,13 @@ def _kernel_name(kernel) -> str:
 def register_family(name: str, module: str, configs: dict, benchmarks: str | None = None) -> Family:
     """Registers a family once; ``configs`` maps each of its kernels (the @triton.jit function or its name) to
     its launch configurations."""
-    if name in _FAMILIES:
+    if name in _FAMILIES and _FAMILIES[name].module != module:
         raise ValueError(f"op family {name!r} is already registered (by {_FAMILIES[name].module})")
     table = {_kernel_name(k): list(v) for k, v in configs.items()}
     for kernel in table:
-        if kernel in _CONFIGS:
-            raise ValueError(f"kernel {kernel!r} of family {name!r} is already registered")
+        owner = next((f.name for f in _FAMILIES.values() if kernel in f.configs), name)
+        if owner != name:
+            raise ValueError(f"kernel {kernel!r} of family {name!r} is already registered by {owner!r}")
     family = Family(name, module, table, benchmarks)
     _FAMILIES[name] = family
     _CONFIGS.update(table)

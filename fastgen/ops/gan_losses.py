@@ -14,6 +14,7 @@ from fastgen import library
 from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for
 from fastgen.launch import Kernel, plan_cache
+from fastgen.registry import register_family
 from fastgen.kernels import gan_losses as kernels
 from fastgen.reference import gan_losses as reference
 from fastgen.reference.gan_losses import D_KINDS, G_KINDS, PENALTY_KINDS
@@ -41,6 +42,20 @@ COLUMN_BLOCKS = (16, 64, 256, 1024)
 MIN_PROGRAMS = 512
 FINISH_BLOCK = 512
 PENALTY_CODES = {"r1": kernels.R1.value, "wgan-gp": kernels.WGAN_GP.value}
+
+# The family, registered once: its kernels' launch configurations (each kernel launches with its first on
+# the interpreter, and is autotuned over them on a GPU when there are several) and its benchmark cases.
+FAMILY = register_family(
+    "gan_losses", __name__, benchmarks="fastgen.benchmarks.bench_gan_losses",
+    configs={
+        # GAN losses on logits (launch-bound at usual sizes; 512-element steps, 256 for float64) and gradient
+        # penalties (memory-bound row sums of squares in 1024-element tiles): 4 warps, at most 72 registers.
+        kernels.gan_logit_loss_forward_kernel: [triton.Config({}, num_warps=4)],
+        kernels.gan_logit_loss_backward_kernel: [triton.Config({}, num_warps=4)],
+        kernels.gan_gradient_penalty_sum_squares_kernel: [triton.Config({}, num_warps=4)],
+        kernels.gan_gradient_penalty_finish_kernel: [triton.Config({}, num_warps=4)],
+        kernels.gan_gradient_penalty_backward_kernel: [triton.Config({}, num_warps=4)],
+    })
 
 _logit_forward_kernel = Kernel(kernels.gan_logit_loss_forward_kernel, key=["n_real", "n_fake", "BLOCK"])
 _logit_backward_kernel = Kernel(kernels.gan_logit_loss_backward_kernel, key=["n_real", "n_fake", "BLOCK"])
@@ -558,7 +573,8 @@ def _(grads, kind, gamma, reduction):
     return grads.new_empty((n_rows,) if reduction == "none" else (), dtype=acc), grads.new_empty(n_rows, dtype=acc)
 
 
-@library.custom_op("gradient_penalty_backward", "(Tensor grads, Tensor coef, Tensor grad_output, float weight) -> Tensor")
+@library.custom_op("gradient_penalty_backward",
+                   "(Tensor grads, Tensor coef, Tensor grad_output, float weight) -> Tensor")
 def _penalty_backward_op(grads, coef, grad_output, weight):
     return _penalty_backward(grads, coef, grad_output, weight)
 

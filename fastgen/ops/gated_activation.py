@@ -12,6 +12,7 @@ import triton.language as tl
 from fastgen import library
 from fastgen.autotune import configs_for
 from fastgen.launch import Kernel
+from fastgen.registry import register_family
 from fastgen.dispatch import backend_for
 from fastgen.kernels import gated_activation as kernels
 from fastgen import reference
@@ -26,6 +27,17 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # tile 32 contiguous pixels per channel, so both layouts load whole cache lines.
 CHANNEL_BLOCKS = (8, 32)
 MAX_PROGRAMS = 2**31 - 1  # programs on grid axis 0 (rows * pixel blocks), numbered in int32 by the kernels
+
+# The family, registered once: its kernels' launch configurations (each kernel launches with its first on
+# the interpreter, and is autotuned over them on a GPU when there are several) and its benchmark cases.
+FAMILY = register_family(
+    "gated_activation", __name__, benchmarks="fastgen.benchmarks.bench_gated_activation",
+    configs={
+        # Gated activation: elementwise on [32 channels, 32 pixels] tiles (1024 outputs, 512 in float64), 8 outputs
+        # per thread at 4 warps. Add configs once a GPU measurement shows they pay.
+        kernels.gated_activation_forward_kernel: [triton.Config({}, num_warps=4)],
+        kernels.gated_activation_backward_kernel: [triton.Config({}, num_warps=4)],
+    })
 
 _forward_kernel = Kernel(kernels.gated_activation_forward_kernel, key=["n_out", "BLOCK_C", "BLOCK_P"])
 _backward_kernel = Kernel(kernels.gated_activation_backward_kernel, key=["n_out", "BLOCK_C", "BLOCK_P"])

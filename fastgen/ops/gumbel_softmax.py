@@ -10,9 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgen import library
+from fastgen import library, seeds
 from fastgen.autotune import configs_for
 from fastgen.launch import Kernel
+from fastgen.registry import register_family
 from fastgen.dispatch import backend_for
 from fastgen.kernels import gumbel_softmax as kernels
 from fastgen import reference
@@ -31,6 +32,18 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 COLUMN_BLOCKS = (16, 64, 256, 512, 1024)
 MAX_ROWS = 2**31 - 1024  # the kernels number rows (not elements) in int32, one tile past the last row included
 NOISE_BLOCK = 1024  # elements per program of gumbel_noise_kernel
+
+# The family, registered once: its kernels' launch configurations (each kernel launches with its first on
+# the interpreter, and is autotuned over them on a GPU when there are several) and its benchmark cases.
+FAMILY = register_family(
+    "gumbel_softmax", __name__, benchmarks="fastgen.benchmarks.bench_gumbel_softmax",
+    configs={
+        # Gumbel-softmax rows: 512-element tiles (256 in float64; one row of up to 1024), 4 elements per thread;
+        # Philox and two logs per element, then a row softmax. Add configs once a GPU measurement shows they pay.
+        kernels.gumbel_softmax_forward_kernel: [triton.Config({}, num_warps=4)],
+        kernels.gumbel_softmax_backward_kernel: [triton.Config({}, num_warps=4)],
+        kernels.gumbel_noise_kernel: [triton.Config({}, num_warps=4)],
+    })
 
 _forward_kernel = Kernel(kernels.gumbel_softmax_forward_kernel, key=["n_cols", "BLOCK_N", "HARD"])
 _backward_kernel = Kernel(kernels.gumbel_softmax_backward_kernel, key=["n_cols", "BLOCK_N"])
@@ -186,22 +199,11 @@ class GumbelSoftmax(torch.autograd.Function):
 # give is drawn in the graph as a 0-d int64 CPU tensor (``drawn_seed``, from torch's default generator, the
 # stream eager's draw reads: under torch.compile's aot_eager backend the same seeds as eager); an explicit
 # ``seed`` is an int. The forward op returns the soft sample of a hard y (a placeholder otherwise) for the backward.
-def _seed_value(seed, drawn_seed) -> int:
-    return seed if drawn_seed is None else int(drawn_seed)  # a CPU tensor: no device sync
-
-
-def _traced_seed(seed, noise):
-    """(seed, drawn_seed) for the custom ops: a seed the caller did not give, drawn in the graph."""
-    if noise is None and seed is None:
-        return 0, torch.randint(0, 2**31 - 1, ())
-    return (0 if seed is None else seed), None
-
-
 @library.custom_op("gumbel_softmax", "(Tensor logits, Tensor? noise, SymInt seed, Tensor? drawn_seed, float tau, "
                    "bool hard, int dim, bool keep_soft) -> (Tensor, Tensor)")
 def _gumbel_op(logits, noise, seed, drawn_seed, tau, hard, dim, keep_soft):
     """(y, the soft sample of a hard y kept for the backward, or a placeholder)."""
-    y, y_soft = _gumbel_forward(logits, noise, _seed_value(seed, drawn_seed), tau, hard, dim, keep_soft)
+    y, y_soft = _gumbel_forward(logits, noise, seeds.seed_value(seed, drawn_seed), tau, hard, dim, keep_soft)
     return y, library.nothing(y) if y_soft is None else y_soft
 
 
@@ -253,10 +255,6 @@ def _check_dim(dim, ndim: int) -> int:
     if not -size <= dim < size:
         raise ValueError(f"dim must be in [{-size}, {size - 1}] for a {ndim}-d tensor, got {dim}")
     return dim % size
-
-
-def _draw_seed() -> int:
-    return int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
 
 
 def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None):
@@ -314,10 +312,11 @@ def gumbel_softmax(logits, tau=1.0, hard=False, *, dim=-1, seed=None, noise=None
     keep_soft = hard and torch.is_grad_enabled() and (
         logits.requires_grad or (noise is not None and noise.requires_grad))
     if library.traced():
-        return torch.ops.fastgen.gumbel_softmax(logits, noise, *_traced_seed(seed, noise), tau, hard, dim,
+        seed_args = seeds.traced_seed(seed, noise is not None)
+        return torch.ops.fastgen.gumbel_softmax(logits, noise, *seed_args, tau, hard, dim,
                                                 keep_soft)[0]
     if noise is None and seed is None:
-        seed = _draw_seed()
+        seed = seeds.draw_seed()
     return GumbelSoftmax.apply(logits, noise, seed, tau, hard, dim, keep_soft)
 
 
@@ -333,9 +332,9 @@ def gumbel_noise(logits: torch.Tensor, *, dim: int = -1, seed: int | None = None
     if backend_for(logits) == "reference":
         return reference.sample_gumbel(logits, seed)
     if library.traced():  # logits only give the shape, dtype and device: no gradient
-        return torch.ops.fastgen.gumbel_noise(logits.detach(), dim, *_traced_seed(seed, None))
+        return torch.ops.fastgen.gumbel_noise(logits.detach(), dim, *seeds.traced_seed(seed, False))
     if seed is None:
-        seed = _draw_seed()
+        seed = seeds.draw_seed()
     return _gumbel_noise(logits, dim, seed)
 
 
@@ -358,7 +357,7 @@ def _gumbel_noise(logits, dim, seed):
 @library.custom_op("gumbel_noise", "(Tensor logits, int dim, SymInt seed, Tensor? drawn_seed) -> Tensor")
 def _gumbel_noise_op(logits, dim, seed, drawn_seed):
     """The noise gumbel_softmax adds for ``seed``; logits give only its shape, dtype and device."""
-    return _gumbel_noise(logits, dim, _seed_value(seed, drawn_seed))
+    return _gumbel_noise(logits, dim, seeds.seed_value(seed, drawn_seed))
 
 
 @_gumbel_noise_op.register_fake

@@ -15,9 +15,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from fastgen import library
+from fastgen import library, seeds
 from fastgen.autotune import configs_for
 from fastgen.launch import Kernel
+from fastgen.registry import register_family
 from fastgen.dispatch import backend_for
 from fastgen.kernels import pixel_losses as kernels
 from fastgen.reference import pixel_losses as reference
@@ -42,6 +43,20 @@ CE_BLOCK_L_FP64 = 8
 DMOL_BLOCK_P = 128
 SCALE_BLOCK_J = 8  # the backward's channels per step; SCALE_BLOCK_P pixels per program
 SCALE_BLOCK_P = 128
+
+# The family, registered once: its kernels' launch configurations (each kernel launches with its first on
+# the interpreter, and is autotuned over them on a GPU when there are several) and its benchmark cases.
+FAMILY = register_family(
+    "pixel_losses", __name__, benchmarks="fastgen.benchmarks.bench_pixel_losses",
+    configs={
+        # PixelCNN losses: one sub-pixel (cross-entropy) or pixel (DMOL: [16 components, 64 pixels] tiles) per
+        # thread at 4 warps, so that reductions over the levels/components stay in registers or within a warp.
+        kernels.pixel_cross_entropy_forward_kernel: [triton.Config({}, num_warps=4)],
+        kernels.pixel_cross_entropy_backward_kernel: [triton.Config({}, num_warps=4)],
+        kernels.dmol_nll_forward_kernel: [triton.Config({}, num_warps=4)],
+        kernels.pixel_losses_scale_kernel: [triton.Config({}, num_warps=4)],
+        kernels.dmol_sample_kernel: [triton.Config({}, num_warps=4)],
+    })
 
 _ce_forward_kernel = Kernel(kernels.pixel_cross_entropy_forward_kernel, key=["n_levels", "BLOCK_L"])
 _ce_backward_kernel = Kernel(kernels.pixel_cross_entropy_backward_kernel, key=["n_levels", "BLOCK_L"])
@@ -445,12 +460,12 @@ def dmol_sample(params, n_mixtures, seed=None, temperature=1.0, *, uniforms=None
     uniforms = None if uniforms is None else uniforms.detach()
     if library.traced():  # the seed drawn in the graph, as a tensor: a Python int would be traced as a constant
         if uniforms is None and seed is None and n_pixels:
-            seed = torch.randint(0, 2**31 - 1, ())
+            seed = seeds.draw_seed_tensor()
         else:
             seed = torch.full((), 0 if seed is None else seed, dtype=torch.int64)
         return torch.ops.fastgen.dmol_sample(params, uniforms, seed, n_mixtures, temperature)
     if uniforms is None and seed is None and n_pixels:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
+        seed = seeds.draw_seed()
     return _dmol_sample(params, uniforms, n_mixtures, seed, temperature)
 
 
@@ -577,10 +592,9 @@ def _dmol_sample_impl(params, uniforms, seed, n_mixtures, temperature):
 
 # cudagraph_unsafe: the seed is read on the host when the kernel is launched, so a CUDA-graph replay would repeat
 # the captured draws; Inductor runs the op outside its CUDA graphs (graph partition) instead.
-# (torch.library directly: library.custom_op takes no tags.)
-_dmol_sample_op = torch.library.custom_op(
-    f"{library.NAMESPACE}::dmol_sample", _dmol_sample_impl, mutates_args=(), tags=(torch.Tag.cudagraph_unsafe,),
-    schema="(Tensor params, Tensor? uniforms, Tensor seed, int n_mixtures, float temperature) -> Tensor")
+_dmol_sample_op = library.custom_op(
+    "dmol_sample", "(Tensor params, Tensor? uniforms, Tensor seed, int n_mixtures, float temperature) -> Tensor",
+    tags=(torch.Tag.cudagraph_unsafe,))(_dmol_sample_impl)
 
 
 @_dmol_sample_op.register_fake

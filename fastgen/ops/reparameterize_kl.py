@@ -9,9 +9,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgen import library, reference
+from fastgen import library, reference, seeds
 from fastgen.autotune import configs_for
 from fastgen.launch import Kernel
+from fastgen.registry import register_family
 from fastgen.dispatch import backend_for
 from fastgen.kernels import reparameterize_kl as kernels
 from fastgen.reference.reparameterize_kl import reduce_batch
@@ -29,6 +30,19 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # per SM of an H100/H200), long rows are split over several programs whose partial sums are added after.
 LATENT_BLOCKS = (16, 64, 256, 512)
 MIN_PROGRAMS = 512
+
+# The family, registered once: its kernels' launch configurations (each kernel launches with its first on
+# the interpreter, and is autotuned over them on a GPU when there are several) and its benchmark cases.
+FAMILY = register_family(
+    "reparameterize_kl", __name__, benchmarks="fastgen.benchmarks.bench_reparameterize_kl",
+    configs={
+        # Memory-bound tiles of 512 elements, 4 per thread. 1024-element tiles at 4 and 8 warps were tried
+        # first: the Philox variants then took up to 255 registers with small spills on sm_90/sm_80, and every
+        # extra config doubles the compile check. Add a config here once a GPU measurement shows it pays.
+        kernels.reparameterize_kl_forward_kernel: [triton.Config({}, num_warps=4)],
+        kernels.reparameterize_kl_backward_kernel: [triton.Config({}, num_warps=4)],
+        kernels.reparameterize_kl_column_kernel: [triton.Config({}, num_warps=4)],
+    })
 
 _forward_kernel = Kernel(kernels.reparameterize_kl_forward_kernel,
                          key=["n_rows", "n_cols", "BLOCK_N", "HAS_EPS", "HAS_PRIOR"])
@@ -167,23 +181,13 @@ class ReparameterizeKL(torch.autograd.Function):
 # give is drawn in the graph as a 0-d int64 CPU tensor (``drawn_seed``, from torch's default generator, the
 # stream eager's draw reads: under torch.compile's aot_eager backend the same seeds as eager); an explicit
 # ``seed`` is an int. The forward op also returns the KL's column sums (free bits; a placeholder otherwise).
-def _seed_value(seed, drawn_seed) -> int:
-    return seed if drawn_seed is None else int(drawn_seed)  # a CPU tensor: no device sync
-
-
-def _traced_seed(seed, eps):
-    """(seed, drawn_seed) for the custom ops: a seed the caller did not give, drawn in the graph."""
-    if eps is None and seed is None:
-        return 0, torch.randint(0, 2**31 - 1, ())
-    return (0 if seed is None else seed), None
-
-
 @library.custom_op("reparameterize_kl", "(Tensor mu, Tensor logvar, Tensor? eps, Tensor? prior_mu, "
                    "Tensor? prior_logvar, SymInt seed, Tensor? drawn_seed, float beta, float free_bits) "
                    "-> (Tensor, Tensor, Tensor)")
 def _rkl_op(mu, logvar, eps, prior_mu, prior_logvar, seed, drawn_seed, beta, free_bits):
     """(z, beta * KL per sample, the KL's column sums or a placeholder)."""
-    z, kl, column_kl = _rkl_forward(mu, logvar, eps, prior_mu, prior_logvar, _seed_value(seed, drawn_seed), beta,
+    seed = seeds.seed_value(seed, drawn_seed)
+    z, kl, column_kl = _rkl_forward(mu, logvar, eps, prior_mu, prior_logvar, seed, beta,
                                     free_bits)
     return z, kl, library.nothing(mu) if column_kl is None else column_kl
 
@@ -204,7 +208,7 @@ def _rkl_backward_op(mu, logvar, eps, prior_mu, prior_logvar, column_kl, grad_z,
                      free_bits, grad_of_eps):
     """(grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar), placeholders for those not computed."""
     grads = _rkl_backward(mu, logvar, eps, prior_mu, prior_logvar, column_kl, grad_z, grad_kl,
-                          _seed_value(seed, drawn_seed), beta, free_bits, grad_of_eps)
+                          seeds.seed_value(seed, drawn_seed), beta, free_bits, grad_of_eps)
     return tuple(library.nothing(mu) if g is None else g for g in grads)
 
 
@@ -310,10 +314,10 @@ def reparameterize_kl(mu, logvar, eps=None, *, seed=None, prior_mu=None, prior_l
         prior_logvar = (mu.new_zeros(()) if prior_logvar is None else prior_logvar).expand(mu.shape)
     if library.traced():
         z, kl, _ = torch.ops.fastgen.reparameterize_kl(mu, logvar, eps, prior_mu, prior_logvar,
-                                                       *_traced_seed(seed, eps), beta, free_bits)
+                                                       *seeds.traced_seed(seed, eps is not None), beta, free_bits)
         return z, reduce_batch(kl, reduction)
     if eps is None and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # torch's CPU generator: no device sync
+        seed = seeds.draw_seed()
     z, kl = ReparameterizeKL.apply(mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits)
     return z, reduce_batch(kl, reduction)
 

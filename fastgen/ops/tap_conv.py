@@ -17,6 +17,7 @@ import triton.language as tl
 from fastgen import library
 from fastgen.autotune import configs_for
 from fastgen.launch import Kernel
+from fastgen.registry import register_family
 from fastgen.dispatch import backend_for, interpreting
 from fastgen.kernels import tap_conv as kernels
 from fastgen.reference import tap_conv as reference
@@ -42,6 +43,19 @@ WEIGHT_GRAD_BLOCK_M = {(16, True): 32, (16, False): 16, (32, True): 32, (32, Fal
 MIN_PROGRAMS = 528
 MIN_STEPS_PER_SPLIT = 8  # pixel blocks each weight-gradient program reduces at least
 PACK_BLOCK = 32  # [32, 32] tiles of the weight pack/unpack kernels
+
+# The family, registered once: its kernels' launch configurations (each kernel launches with its first on
+# the interpreter, and is autotuned over them on a GPU when there are several) and its benchmark cases.
+FAMILY = register_family(
+    "tap_conv", __name__, benchmarks="fastgen.benchmarks.bench_tap_conv",
+    configs={
+        # Implicit-GEMM convolutions: tiles come from the channel counts (fastgen.ops.tap_conv); 4 warps are one
+        # Hopper warpgroup (one HGMMA per [64, N] tile), 3 stages let the loads of the next taps run ahead.
+        kernels.tap_conv_gemm_kernel: [triton.Config({}, num_warps=4, num_stages=3)],
+        kernels.tap_conv_weight_grad_kernel: [triton.Config({}, num_warps=4, num_stages=3)],
+        kernels.tap_conv_pack_weight_kernel: [triton.Config({}, num_warps=4)],
+        kernels.tap_conv_unpack_grad_kernel: [triton.Config({}, num_warps=4)],
+    })
 
 _gemm_kernel = Kernel(kernels.tap_conv_gemm_kernel, key=["n_red", "n_out", "BACKWARD", "BLOCK_N", "BLOCK_K"])
 _weight_grad_kernel = Kernel(kernels.tap_conv_weight_grad_kernel, key=["c_in", "c_out", "BLOCK_C", "BLOCK_O"])
