@@ -477,6 +477,8 @@ def _row_view(grads: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     taken in memory order (largest stride first), so any dense layout (channels-last too) is a view, not a
     copy: a sum of squares does not care about the order of a row."""
     perm = _memory_order(grads)
+    if grads.is_contiguous():
+        return grads.view(grads.shape[0], -1), perm
     return grads.permute(perm).reshape(grads.shape[0], math.prod(grads.shape[1:])), perm
 
 
@@ -496,6 +498,15 @@ def _penalty_weight(n_rows: int, reduction: str) -> float:
     return (1.0 / n_rows if n_rows else math.nan) if reduction == "mean" else 1.0
 
 
+@plan_cache
+def _penalty_plan(n_rows: int, n_cols: int, dtype: torch.dtype) -> tuple:
+    """(grid, columns per program, splits per row, constexprs) of the row sums of squares."""
+    block_b, block_n = tile_for(n_cols, dtype)
+    n_split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
+    return ((triton.cdiv(n_rows, block_b), n_split), cols_per_program, n_split,
+            dict(COMPUTE=_tl_dtype(dtype), BLOCK_B=block_b, BLOCK_N=block_n))
+
+
 def _penalty_forward(grads, kind, gamma, reduction):
     """(penalty: 0-d, or [B] for "none"; coef [B], what the backward multiplies each row by)."""
     n_rows, n_cols = grads.shape[0], math.prod(grads.shape[1:])
@@ -505,22 +516,18 @@ def _penalty_forward(grads, kind, gamma, reduction):
     coef = torch.empty(n_rows, dtype=acc, device=grads.device)
     if n_rows == 0:
         return (penalty if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=grads.device)), coef
-    loss = torch.empty(1, dtype=acc, device=grads.device)
+    loss = torch.empty((), dtype=acc, device=grads.device)
     partial, n_split = penalty, 0  # zero-size rows: no sum to take, every row's sum of squares is 0
     if n_cols > 0:
-        rows, _ = _row_view(grads)
-        block_b, block_n = tile_for(n_cols, grads.dtype)
-        n_split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
+        rows = grads if grads.dim() == 2 else _row_view(grads)[0]  # a [B, N] matrix is read through its strides
+        grid, cols_per_program, n_split, constexprs = _penalty_plan(n_rows, n_cols, grads.dtype)
         partial = torch.empty((n_rows, n_split), dtype=acc, device=grads.device)
-        _sum_squares_kernel[(triton.cdiv(n_rows, block_b), n_split)](
-            rows, partial, n_rows, n_cols, cols_per_program, *rows.stride(),
-            COMPUTE=_tl_dtype(grads.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
-        )
+        _sum_squares_kernel[grid](rows, partial, n_rows, n_cols, cols_per_program, *rows.stride(), **constexprs)
     _finish_kernel[(1,)](
         partial, penalty, coef, loss, n_rows, n_split, PENALTY_CODES[kind], gamma, weight,
         COMPUTE=_tl_dtype(grads.dtype), BLOCK_B=FINISH_BLOCK,
     )
-    return (penalty if reduction == "none" else loss.view(())), coef
+    return (penalty if reduction == "none" else loss), coef
 
 
 def _penalty_backward(grads, coef, grad_output, weight):
