@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import fastgen
 from fastgen import reference
 import fastgen.ops.gan_losses as op
-from fastgen.reference.gan_losses import D_KINDS, G_KINDS, PENALTY_KINDS
+from fastgen.gan_kinds import D_KINDS, G_KINDS, PENALTY_KINDS
 from tolerances import assert_close
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]

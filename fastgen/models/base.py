@@ -25,7 +25,7 @@ from torch import nn
 
 from fastgen.dispatch import use_backend
 from fastgen.nn import MaskedConv2d
-from fastgen.reference.tap_conv import DATA_CHANNELS
+from fastgen.taps import DATA_CHANNELS
 from fastgen.validation import check_choice
 
 

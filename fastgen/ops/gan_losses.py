@@ -7,21 +7,20 @@ import math
 
 import torch
 import triton
-import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from fastgen import library
 from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for
-from fastgen.launch import Kernel, plan_cache
-from fastgen.registry import register_family
+from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
+from fastgen.gan_kinds import D_KINDS, G_KINDS, PENALTY_KINDS
 from fastgen.kernels import gan_losses as kernels
+from fastgen.launch import Kernel, plan_cache
+from fastgen.reductions import REDUCTIONS
 from fastgen.reference import gan_losses as reference
-from fastgen.reference.gan_losses import D_KINDS, G_KINDS, PENALTY_KINDS
+from fastgen.registry import register_family
 from fastgen.validation import check_choice, check_float_tensor, check_nonnegative
 
-REDUCTIONS = ("none", "sum", "mean")
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Logit losses. A loop step covers LOGIT_BLOCK elements of each segment (4 per thread at 4 warps: 72 registers on
 # sm_80/sm_90, against 110-128 at 8 per thread; 2 for float64, whose exp, log and division are subroutine calls).
@@ -62,15 +61,6 @@ _logit_backward_kernel = Kernel(kernels.gan_logit_loss_backward_kernel, key=["n_
 _sum_squares_kernel = Kernel(kernels.gan_gradient_penalty_sum_squares_kernel, key=["n_rows", "n_cols", "BLOCK_N"])
 _finish_kernel = Kernel(kernels.gan_gradient_penalty_finish_kernel, key=["n_rows"])
 _penalty_backward_kernel = Kernel(kernels.gan_gradient_penalty_backward_kernel, key=["n_rows", "n_cols", "BLOCK_N"])
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Arithmetic and loss dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 # ---------------------------------------------------------------------------------------------- logit losses
@@ -157,7 +147,7 @@ def _logit_plan(n_first: int, n_second: int, dtype: torch.dtype, rules: tuple, r
     flags = [int(bool(need)) for need in needs_grad] + [0] * (2 - len(needs_grad))
     scalars = (*(r.family for r in rules), *(r.sign for r in rules), *flags, int(reduction == "none"),
                *(float(r.target) for r in rules), *weights, *[0.0] * (2 - len(weights)))
-    return programs, elements_per_program, weights, scalars, dict(COMPUTE=_tl_dtype(dtype), BLOCK=logit_block(dtype))
+    return programs, elements_per_program, weights, scalars, dict(COMPUTE=tl_compute_dtype(dtype), BLOCK=logit_block(dtype))
 
 
 def _logit_loss_forward(first, second, rules, reduction, needs_grad):
@@ -231,7 +221,7 @@ def _logit_loss_backward(saved, grad_outputs, weights):
             segment_weights.append(1.0)
     block = logit_block(dtype)
     _logit_backward_kernel[(triton.cdiv(max(counts), block),)](
-        *flats, *grad_outs, *outs, *counts, *strides, *segment_weights, COMPUTE=_tl_dtype(dtype), BLOCK=block,
+        *flats, *grad_outs, *outs, *counts, *strides, *segment_weights, COMPUTE=tl_compute_dtype(dtype), BLOCK=block,
     )
     return grads
 
@@ -504,7 +494,7 @@ def _penalty_plan(n_rows: int, n_cols: int, dtype: torch.dtype) -> tuple:
     block_b, block_n = tile_for(n_cols, dtype)
     n_split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
     return ((triton.cdiv(n_rows, block_b), n_split), cols_per_program, n_split,
-            dict(COMPUTE=_tl_dtype(dtype), BLOCK_B=block_b, BLOCK_N=block_n))
+            dict(COMPUTE=tl_compute_dtype(dtype), BLOCK_B=block_b, BLOCK_N=block_n))
 
 
 def _penalty_forward(grads, kind, gamma, reduction):
@@ -525,7 +515,7 @@ def _penalty_forward(grads, kind, gamma, reduction):
         _sum_squares_kernel[grid](rows, partial, n_rows, n_cols, cols_per_program, *rows.stride(), **constexprs)
     _finish_kernel[(1,)](
         partial, penalty, coef, loss, n_rows, n_split, PENALTY_CODES[kind], gamma, weight,
-        COMPUTE=_tl_dtype(grads.dtype), BLOCK_B=FINISH_BLOCK,
+        COMPUTE=tl_compute_dtype(grads.dtype), BLOCK_B=FINISH_BLOCK,
     )
     return (penalty if reduction == "none" else loss), coef
 
@@ -541,7 +531,7 @@ def _penalty_backward(grads, coef, grad_output, weight):
     _penalty_backward_kernel[(triton.cdiv(n_rows, block_b), triton.cdiv(n_cols, block_n))](
         rows, coef, grad_output, grad_rows, n_rows, n_cols, *rows.stride(),
         0 if grad_output.dim() == 0 else grad_output.stride(0), weight,
-        COMPUTE=_tl_dtype(grads.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+        COMPUTE=tl_compute_dtype(grads.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
     )
     return grad
 
@@ -671,12 +661,12 @@ def kernel_launches():
         for config in configs_for(kernel):
             yield KernelLaunch.build(kernel, dtype, pointers, ones=ones, divisible=divisible,
                                      num_warps=config.num_warps, variant="contiguous" if contiguous else "",
-                                     constexprs=dict(constexprs, COMPUTE=_tl_dtype(dtype)))
+                                     constexprs=dict(constexprs, COMPUTE=tl_compute_dtype(dtype)))
 
     logit_forward = (("stride_real", "stride_fake"), ("n_real", "n_fake", "elements_per_program"))
     logit_backward = (("stride_grad_out_real", "stride_grad_out_fake"), ("n_real", "n_fake"))
     penalty = (("stride_g_n",), ("n_cols", "cols_per_program", "stride_g_b"))
-    for dtype in DTYPES:
+    for dtype in FLOAT_DTYPES:
         acc = compute_dtype(dtype)
         block = logit_block(dtype)
         for contiguous in (None, logit_forward):

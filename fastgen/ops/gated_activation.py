@@ -7,18 +7,17 @@ import itertools
 
 import torch
 import triton
-import triton.language as tl
 
-from fastgen import library
+from fastgen import library, reference
 from fastgen.autotune import configs_for
-from fastgen.launch import Kernel
-from fastgen.registry import register_family
 from fastgen.dispatch import backend_for
+from fastgen.dtypes import FLOAT_DTYPES, tl_compute_dtype
 from fastgen.kernels import gated_activation as kernels
-from fastgen import reference
+from fastgen.launch import Kernel
+from fastgen.layout import memory_format_of
+from fastgen.registry import register_family
 from fastgen.validation import check_float_tensor, check_int, check_like
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Launch space. A program takes [BLOCK_C output channels, BLOCK_P pixels] of one image row: BLOCK_C is 8 for at
 # most 8 output channels, else 32 (two programs per 64 channels); BLOCK_P fills a tile of tile_elements(dtype):
@@ -53,10 +52,6 @@ def tile_for(n_out: int, dtype: torch.dtype) -> tuple[int, int]:
     return block_c, tile_elements(dtype) // block_c
 
 
-def _tl_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def pixel_layout(tensors: list[torch.Tensor]):
     """The pixels of [B, C, H, W] tensors (one H and W) as rows: (n_rows_h, n_pixels, strides) with
     ``strides[i] = (b, c, h, pixel)`` of tensor i. One row of H * W pixels when every tensor steps over H as over
@@ -67,13 +62,6 @@ def pixel_layout(tensors: list[torch.Tensor]):
     if height == 1 or all(x.stride(2) == x.stride(3) * width for x in tensors):
         return 1, height * width, [(x.stride(0), x.stride(1), 0, x.stride(3)) for x in tensors]
     return height, width, [(x.stride(0), x.stride(1), x.stride(2), x.stride(3)) for x in tensors]
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    """channels_last for a channels-last input, else contiguous (the output's layout)."""
-    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _grid(batch: int, n_rows_h: int, n_pixels: int, n_out: int, block_c: int, block_p: int):
@@ -88,7 +76,7 @@ def _empty_output(t: torch.Tensor) -> torch.Tensor:
     """The uninitialised [B, n, H, W] output: t's dtype, channels-last when t is."""
     batch, channels, height, width = t.shape
     return torch.empty((batch, channels // 2, height, width), dtype=t.dtype, device=t.device,
-                       memory_format=_memory_format(t))
+                       memory_format=memory_format_of(t))
 
 
 def _gated_forward(t, other, bias, groups, keep_sum):
@@ -111,7 +99,7 @@ def _gated_forward(t, other, bias, groups, keep_sum):
         n_pixels, n_rows_h, n_pixel_blocks, n_out, n_out // groups, int(other is not None), int(bias is not None),
         int(write_sum), *strides[0], *(strides[0] if other is None else strides[3]),
         *((0, 0) if bias is None else bias.stride()), *strides[1], *strides[2],
-        COMPUTE=_tl_dtype(t.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
+        COMPUTE=tl_compute_dtype(t.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
     )
     return out, (s if write_sum else None)
 
@@ -129,7 +117,7 @@ def _gated_backward(t, bias, grad_out, groups):
         t, t, t if bias is None else bias, grad_out, grad_s,
         n_pixels, n_rows_h, n_pixel_blocks, n_out, n_out // groups, 0, int(bias is not None),
         *strides[0], *strides[0], *((0, 0) if bias is None else bias.stride()), *strides[1], *strides[2],
-        COMPUTE=_tl_dtype(t.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
+        COMPUTE=tl_compute_dtype(t.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
     )
     return grad_s
 
@@ -261,10 +249,10 @@ def kernel_launches():
         "channels_last": dict(forward=("stride_t_c", "stride_o_c", "stride_y_c", "stride_s_c", "stride_bias_c"),
                               backward=("stride_t_c", "stride_o_c", "stride_gy_c", "stride_gs_c", "stride_bias_c")),
     }
-    for dtype in DTYPES:
+    for dtype in FLOAT_DTYPES:
         tiles = sorted({tile_for(n, dtype) for n in CHANNEL_BLOCKS})
         for (block_c, block_p), (layout, ones) in itertools.product(tiles, layouts.items()):
-            constexprs = dict(COMPUTE=_tl_dtype(dtype), BLOCK_C=block_c, BLOCK_P=block_p)
+            constexprs = dict(COMPUTE=tl_compute_dtype(dtype), BLOCK_C=block_c, BLOCK_P=block_p)
             for kernel, direction in ((kernels.gated_activation_forward_kernel, "forward"),
                                       (kernels.gated_activation_backward_kernel, "backward")):
                 for config in configs_for(kernel):

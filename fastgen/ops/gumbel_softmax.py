@@ -8,18 +8,16 @@ import numbers
 
 import torch
 import triton
-import triton.language as tl
 
-from fastgen import library, seeds
+from fastgen import library, reference, seeds
 from fastgen.autotune import configs_for
+from fastgen.dispatch import backend_for
+from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
+from fastgen.kernels import gumbel_softmax as kernels
 from fastgen.launch import Kernel
 from fastgen.registry import register_family
-from fastgen.dispatch import backend_for
-from fastgen.kernels import gumbel_softmax as kernels
-from fastgen import reference
 from fastgen.validation import check_float_tensor, check_int, check_like, check_seed
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Launch space. A program works on [BLOCK_R, BLOCK_N] tiles: BLOCK_N is the smallest of COLUMN_BLOCKS that holds
 # a row (capped at MAX_BLOCK_N), BLOCK_R fills a tile of tile_elements(dtype) with rows: 512 elements (4 per
@@ -63,15 +61,6 @@ def tile_for(n_cols: int, dtype: torch.dtype) -> tuple[int, int]:
     blocks = [b for b in COLUMN_BLOCKS if b <= max_block_n(dtype)]
     block_n = next((b for b in blocks if b >= n_cols), blocks[-1])
     return max(1, tile_elements(dtype) // block_n), block_n
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Arithmetic (and noise) dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def row_layout(tensors: list[torch.Tensor], dim: int, block_r: int = 1):
@@ -141,7 +130,7 @@ def _gumbel_forward(logits, noise, seed, tau, hard, dim, keep_soft):
         x, x if g is None else g, y, y_soft,
         n_rows, n_cols, n_inner, seed if seed is not None else 0, tau, int(write_soft), int(g is not None),
         *strides[0], *(strides[0] if g is None else strides[2]), *strides[1],
-        HARD=hard, COMPUTE=_tl_dtype(x.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
+        HARD=hard, COMPUTE=tl_compute_dtype(x.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
     )
     return y, (y_soft if write_soft else None)
 
@@ -153,7 +142,7 @@ def _gumbel_backward(y_soft, grad_y, tau, dim):
     _backward_kernel[(triton.cdiv(n_rows, block_r),)](
         y_soft, grad_y, grad_logits, n_rows, n_cols, n_inner, tau,
         *strides[0], *strides[1], *strides[2],
-        COMPUTE=_tl_dtype(y_soft.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
+        COMPUTE=tl_compute_dtype(y_soft.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
     )
     return grad_logits
 
@@ -350,7 +339,7 @@ def _gumbel_noise(logits, dim, seed):
     noise, out = _noise_buffer(logits, dim)
     if noise.numel():
         _noise_kernel[(triton.cdiv(noise.numel(), NOISE_BLOCK),)](
-            noise, noise.numel(), seed, COMPUTE=_tl_dtype(logits.dtype), BLOCK=NOISE_BLOCK)
+            noise, noise.numel(), seed, COMPUTE=tl_compute_dtype(logits.dtype), BLOCK=NOISE_BLOCK)
     return out
 
 
@@ -375,10 +364,10 @@ def kernel_launches():
     # of them 1 (e.g. the channel dim of an NCHW tensor).
     forward_ones = ("stride_x_n", "stride_g_n", "stride_y_n")
     backward_ones = ("stride_y_n", "stride_gy_n", "stride_gx_n")
-    for dtype in DTYPES:
+    for dtype in FLOAT_DTYPES:
         tiles = sorted({tile_for(n, dtype) for n in COLUMN_BLOCKS})
         for (block_r, block_n), layout in itertools.product(tiles, ("rows", "strided")):
-            constexprs = dict(COMPUTE=_tl_dtype(dtype), BLOCK_R=block_r, BLOCK_N=block_n)
+            constexprs = dict(COMPUTE=tl_compute_dtype(dtype), BLOCK_R=block_r, BLOCK_N=block_n)
             kernel = kernels.gumbel_softmax_forward_kernel
             for config, hard in itertools.product(configs_for(kernel), (False, True)):
                 yield KernelLaunch.build(kernel, dtype, constexprs=dict(constexprs, HARD=hard),
@@ -392,5 +381,5 @@ def kernel_launches():
     for acc in (torch.float32, torch.float64):  # the noise is written in the compute dtype
         for config in configs_for(kernels.gumbel_noise_kernel):
             yield KernelLaunch.build(kernels.gumbel_noise_kernel, acc,
-                                     constexprs=dict(COMPUTE=_tl_dtype(acc), BLOCK=NOISE_BLOCK),
+                                     constexprs=dict(COMPUTE=tl_compute_dtype(acc), BLOCK=NOISE_BLOCK),
                                      num_warps=config.num_warps)

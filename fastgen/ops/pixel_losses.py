@@ -12,20 +12,20 @@ import numbers
 
 import torch
 import triton
-import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from fastgen import library, seeds
 from fastgen.autotune import configs_for
-from fastgen.launch import Kernel
-from fastgen.registry import register_family
 from fastgen.dispatch import backend_for
+from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import pixel_losses as kernels
+from fastgen.launch import Kernel
+from fastgen.levels import bin_half_width, edge_threshold, logits_as_5d
+from fastgen.reductions import REDUCTIONS
 from fastgen.reference import pixel_losses as reference
-from fastgen.reference.pixel_losses import REDUCTIONS, bin_half_width, edge_threshold, logits_as_5d
+from fastgen.registry import register_family
 from fastgen.validation import check_choice, check_float_tensor, check_int, check_like, check_seed
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_INDEX = 2**31 - 1024  # sub-pixels, pixels and Philox offsets are int32 in the kernels (one tile of slack)
 
 # Cross-entropy: a program takes CE_BLOCK_N sub-pixels, one per thread at 4 warps, so the max/sum over the levels
@@ -63,15 +63,6 @@ _ce_backward_kernel = Kernel(kernels.pixel_cross_entropy_backward_kernel, key=["
 _dmol_forward_kernel = Kernel(kernels.dmol_nll_forward_kernel, key=["n_mixtures", "CHANNELS"])
 _scale_kernel = Kernel(kernels.pixel_losses_scale_kernel, key=["n_channels"])
 _sample_kernel = Kernel(kernels.dmol_sample_kernel, key=["n_mixtures", "CHANNELS"])
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Arithmetic and loss dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def ce_block_l(dtype: torch.dtype) -> int:
@@ -134,7 +125,7 @@ def _ce_forward(logits, targets, levels, reduction, needs_grad):
         view, targets, partial if terms is None else terms, partial if lse is None else lse, partial,
         n_subpixels, levels, channels, height, width, *view.stride(), *targets.stride(),
         int(terms is not None), int(needs_grad), weight,
-        COMPUTE=_tl_dtype(logits.dtype), BLOCK_L=ce_block_l(logits.dtype), BLOCK_N=CE_BLOCK_N,
+        COMPUTE=tl_compute_dtype(logits.dtype), BLOCK_L=ce_block_l(logits.dtype), BLOCK_N=CE_BLOCK_N,
     )
     if terms is not None:
         return terms, lse
@@ -154,7 +145,7 @@ def _ce_backward(logits, targets, lse, grad_output, levels, weight):
     _ce_backward_kernel[(triton.cdiv(n_subpixels, CE_BLOCK_N),)](
         view, targets, lse, grad_output, grad_view, n_subpixels, levels, channels, height, width,
         *view.stride(), *targets.stride(), *grad_out_strides, *grad_view.stride(), weight,
-        COMPUTE=_tl_dtype(logits.dtype), BLOCK_L=ce_block_l(logits.dtype), BLOCK_N=CE_BLOCK_N,
+        COMPUTE=tl_compute_dtype(logits.dtype), BLOCK_L=ce_block_l(logits.dtype), BLOCK_N=CE_BLOCK_N,
     )
     return grad
 
@@ -293,7 +284,7 @@ def _dmol_forward(params, x, n_mixtures, levels, reduction, write_grad, write_gr
         n_pixels, n_mixtures, height, width, *params.stride(), *x.stride(),
         int(write_grad), int(write_grad_x), int(nll is not None),
         half_bin, math.log(2.0 * half_bin), edge_threshold(levels), weight,
-        CHANNELS=channels, COMPUTE=_tl_dtype(params.dtype), BLOCK_P=DMOL_BLOCK_P,
+        CHANNELS=channels, COMPUTE=tl_compute_dtype(params.dtype), BLOCK_P=DMOL_BLOCK_P,
     )
     if nll is not None:
         return nll, grad, grad_x
@@ -330,7 +321,7 @@ def _scale_by_pixel(saved: torch.Tensor, grad_output: torch.Tensor, weight: floa
     grad_out_strides = grad_output.stride() if grad_output.dim() else (0, 0, 0)
     _scale_kernel[(triton.cdiv(n_pixels, SCALE_BLOCK_P),)](
         saved, grad_output, out, n_pixels, n_channels, height, width, *saved.stride(), *grad_out_strides, weight,
-        COMPUTE=_tl_dtype(saved.dtype), BLOCK_J=SCALE_BLOCK_J, BLOCK_P=SCALE_BLOCK_P,
+        COMPUTE=tl_compute_dtype(saved.dtype), BLOCK_J=SCALE_BLOCK_J, BLOCK_P=SCALE_BLOCK_P,
     )
     return out
 
@@ -483,7 +474,7 @@ def _dmol_sample(params, uniforms, n_mixtures, seed, temperature):
         params, u, out, n_pixels, n_mixtures, height, width, *params.stride(),
         *(u.stride() if uniforms is not None else (0, 0, 0, 0)), *out.stride(),
         seed if uniforms is None else 0, int(uniforms is not None), temperature,
-        CHANNELS=channels, COMPUTE=_tl_dtype(params.dtype), BLOCK_P=DMOL_BLOCK_P,
+        CHANNELS=channels, COMPUTE=tl_compute_dtype(params.dtype), BLOCK_P=DMOL_BLOCK_P,
     )
     return out
 
@@ -632,7 +623,7 @@ def kernel_launches():
         for config in configs_for(kernel):
             launch = KernelLaunch.build(kernel, dtype, pointers, ones=ones, divisible=divisible,
                                         num_warps=config.num_warps, variant="contiguous" if contiguous else "",
-                                        constexprs=dict(constexprs, COMPUTE=_tl_dtype(dtype)))
+                                        constexprs=dict(constexprs, COMPUTE=tl_compute_dtype(dtype)))
             if "TARGETS" in dict(launch.signature):  # int64 targets (KernelLaunch.build knows float pointers)
                 launch = dataclasses.replace(launch, signature=tuple(
                     (n, "*i64" if n == "TARGETS" else k) for n, k in launch.signature))
@@ -646,7 +637,7 @@ def kernel_launches():
     dmol = (("stride_p_w", "stride_x_w"), ("n_pixels", "stride_p_b", "stride_p_j", "stride_x_b", "stride_x_c"))
     sample = (("stride_p_w", "stride_o_w"), ("n_pixels", "stride_p_b", "stride_p_j", "stride_o_b", "stride_o_c"))
     scale = (("stride_s_w",), ("n_pixels", "stride_s_b", "stride_s_j"))
-    for dtype in DTYPES:
+    for dtype in FLOAT_DTYPES:
         acc = compute_dtype(dtype)
         ce = dict(BLOCK_L=ce_block_l(dtype), BLOCK_N=CE_BLOCK_N)
         for contiguous in (None, ce_forward):

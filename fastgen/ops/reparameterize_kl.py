@@ -7,20 +7,18 @@ import math
 
 import torch
 import triton
-import triton.language as tl
 
 from fastgen import library, reference, seeds
 from fastgen.autotune import configs_for
-from fastgen.launch import Kernel
-from fastgen.registry import register_family
 from fastgen.dispatch import backend_for
+from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import reparameterize_kl as kernels
-from fastgen.reference.reparameterize_kl import reduce_batch
+from fastgen.launch import Kernel
+from fastgen.reductions import REDUCTIONS, reduce_batch
+from fastgen.registry import register_family
 from fastgen.validation import (check_choice, check_float_tensor, check_like, check_nonnegative,
                                 check_seed)
 
-REDUCTIONS = ("none", "sum", "mean")
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Launch space. Each program works on [BLOCK_B, BLOCK_N] tiles of tile_elements(dtype) elements: 512 (4 per
 # thread at 4 warps: one 16-byte load per fp32 tensor), or 256 for float64, whose exp calls a slow-path
@@ -71,15 +69,6 @@ def row_split(n_rows: int, n_cols: int, block_b: int, block_n: int) -> tuple[int
     return triton.cdiv(n_cols, cols_per_program), cols_per_program
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Arithmetic (and KL output) dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _row_views(mu, logvar, eps, prior_mu, prior_logvar):
     """The inputs as [B, N] views (a copy only when a tensor's strides cannot be flattened); an absent
     tensor is replaced by mu's view, a pointer of the right dtype that the kernel never reads."""
@@ -112,7 +101,7 @@ def _rkl_forward(mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits)
         column_kl if column_kl is not None else kl, z, kl,
         n_rows, n_cols, cols_per_program, seed if seed is not None else 0, beta, free_bits,
         *mu2.stride(), *logvar2.stride(), *eps2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
-        HAS_EPS=has_eps, HAS_PRIOR=has_prior, COMPUTE=_tl_dtype(mu.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+        HAS_EPS=has_eps, HAS_PRIOR=has_prior, COMPUTE=tl_compute_dtype(mu.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
     )
     return z, (kl.view(n_rows) if split == 1 else kl.sum(1)), column_kl
 
@@ -147,7 +136,7 @@ def _rkl_backward(mu, logvar, eps, prior_mu, prior_logvar, column_kl, grad_z, gr
         *mu2.stride(), *logvar2.stride(), *eps2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
         *grad_z2.stride(), grad_kl.stride(0),
         HAS_EPS=has_eps, GRAD_OF_EPS=grad_of_eps, HAS_PRIOR=has_prior,
-        COMPUTE=_tl_dtype(mu.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+        COMPUTE=tl_compute_dtype(mu.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
     )
     return grad_mu, grad_logvar, grad_eps, grad_prior_mu, grad_prior_logvar
 
@@ -246,7 +235,7 @@ def _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior: bool) -> torch
     _column_kernel[(triton.cdiv(n_cols, block_n),)](
         mu2, logvar2, prior_mu2, prior_logvar2, column_kl, n_rows, n_cols,
         *mu2.stride(), *logvar2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
-        HAS_PRIOR=has_prior, COMPUTE=_tl_dtype(mu2.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
+        HAS_PRIOR=has_prior, COMPUTE=tl_compute_dtype(mu2.dtype), BLOCK_B=block_b, BLOCK_N=block_n,
     )
     return column_kl
 
@@ -336,7 +325,7 @@ def kernel_launches():
         kernels.reparameterize_kl_column_kernel: [dict(HAS_PRIOR=p) for p in (False, True)],
     }
     for kernel, flag_sets in flags.items():
-        for dtype in DTYPES:
+        for dtype in FLOAT_DTYPES:
             acc = compute_dtype(dtype)
             pointers = {"COLUMN_KL": acc, "KL": acc, "GRAD_KL": acc}
             tiles = sorted({tile_for(n, dtype) for n in LATENT_BLOCKS})
@@ -344,6 +333,6 @@ def kernel_launches():
                     (t, c, f) for t in tiles for c in configs_for(kernel) for f in flag_sets):
                 yield KernelLaunch.build(
                     kernel, dtype, pointers,
-                    constexprs=dict(flag_set, COMPUTE=_tl_dtype(dtype), BLOCK_B=block_b, BLOCK_N=block_n),
+                    constexprs=dict(flag_set, COMPUTE=tl_compute_dtype(dtype), BLOCK_B=block_b, BLOCK_N=block_n),
                     num_warps=config.num_warps,
                 )

@@ -12,19 +12,19 @@ import itertools
 
 import torch
 import triton
-import triton.language as tl
 
 from fastgen import library
 from fastgen.autotune import configs_for
-from fastgen.launch import Kernel
-from fastgen.registry import register_family
 from fastgen.dispatch import backend_for, interpreting
+from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import tap_conv as kernels
+from fastgen.launch import Kernel
+from fastgen.layout import memory_format_of
 from fastgen.reference import tap_conv as reference
-from fastgen.reference.tap_conv import DATA_CHANNELS, MASK_TYPES, TapSet
+from fastgen.registry import register_family
+from fastgen.taps import DATA_CHANNELS, MASK_TYPES, TapSet, masked
 from fastgen.validation import check_choice, check_float_tensor, check_int, check_int_choice, check_like
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Launch space. A GEMM program computes a [BLOCK_M pixels, BLOCK_N channels] tile and steps over the reduced
 # channels BLOCK_K at a time, for every live tap; the weight gradient tiles [BLOCK_C, BLOCK_O] and reduces
@@ -83,14 +83,6 @@ def weight_grad_split(n_pixels: int, n_tiles: int, block_m: int) -> tuple[int, i
     return triton.cdiv(n_pixels, per_split), per_split
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _upcast(dtype: torch.dtype) -> bool:
     """Under the interpreter bf16 tl.dot multiplies bit patterns: multiply the bf16 operands in fp32 there."""
     return interpreting() and dtype == torch.bfloat16
@@ -99,7 +91,7 @@ def _upcast(dtype: torch.dtype) -> bool:
 def _like_input(x: torch.Tensor, channels: int) -> torch.Tensor:
     """An empty [B, channels, H, W] tensor in x's memory format (channels-last stays channels-last)."""
     return torch.empty((x.shape[0], channels, *x.shape[2:]), dtype=x.dtype, device=x.device,
-                       memory_format=_memory_format(x))
+                       memory_format=memory_format_of(x))
 
 
 def _tap_args(taps: TapSet) -> tuple[int, int, int, int]:
@@ -135,7 +127,7 @@ def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
         source, packed, bias if bias is not None else packed, out,
         n_pixels, height, width, n_red, n_out, *_tap_args(taps), *source.stride(), *out.stride(),
         *((1, c_out) if backward else (c_out, 1)),
-        BACKWARD=backward, HAS_BIAS=bias is not None, UPCAST=_upcast(source.dtype), ACC=_acc(source.dtype),
+        BACKWARD=backward, HAS_BIAS=bias is not None, UPCAST=_upcast(source.dtype), ACC=tl_compute_dtype(source.dtype),
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k,
     )
     return out
@@ -156,7 +148,7 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     batch, c_in, height, width = x.shape
     c_out = grad_y.shape[1]
     n_pixels = batch * height * width
-    acc_dtype = _acc_dtype(x.dtype)
+    acc_dtype = compute_dtype(x.dtype)
     block_c, block_o = channel_block(c_in, x.dtype), channel_block(c_out, x.dtype)
     n_tiles = taps.n_taps * triton.cdiv(c_in, block_c) * triton.cdiv(c_out, block_o)
     block_m = WEIGHT_GRAD_BLOCK_M[x.dtype.itemsize * 8, x.stride(1) == 1]  # channels-last: channels contiguous
@@ -167,7 +159,7 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     _weight_grad_kernel[grid](
         x, grad_y, partial, bias_partial,
         n_pixels, height, width, c_in, c_out, *_tap_args(taps), per_split, *x.stride(), *grad_y.stride(),
-        HAS_BIAS=has_bias, UPCAST=_upcast(x.dtype), ACC=_acc(x.dtype),
+        HAS_BIAS=has_bias, UPCAST=_upcast(x.dtype), ACC=tl_compute_dtype(x.dtype),
         BLOCK_C=block_c, BLOCK_O=block_o, BLOCK_M=block_m,
     )
     grad_bias = torch.empty(c_out, dtype=x.dtype, device=x.device) if has_bias else None
@@ -176,7 +168,7 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     _unpack_kernel[grid](
         partial, bias_partial, grad_weight, grad_bias if has_bias else grad_weight,
         split, taps.n_taps, c_in, c_out, kw, *_group_args(taps), *grad_weight.stride(),
-        HAS_BIAS=has_bias, ACC=_acc(x.dtype), BLOCK_C=PACK_BLOCK, BLOCK_O=PACK_BLOCK,
+        HAS_BIAS=has_bias, ACC=tl_compute_dtype(x.dtype), BLOCK_C=PACK_BLOCK, BLOCK_O=PACK_BLOCK,
     )
     return grad_weight, grad_bias
 
@@ -225,7 +217,7 @@ class TapConv(torch.autograd.Function):
         ctx.taps, ctx.has_bias = taps, bias is not None
         # the backward needs the packed live taps, not the dense weight: keep only how to allocate its gradient
         ctx.weight_like = (weight.shape, dict(dtype=weight.dtype, device=weight.device,
-                                              memory_format=_memory_format(weight)))
+                                              memory_format=memory_format_of(weight)))
         y, packed = _tap_conv_forward(x, weight, bias, taps)
         ctx.save_for_backward(x, packed)
         return y
@@ -309,7 +301,7 @@ def _weight_like(weight_shape, channels_last: bool, x: torch.Tensor):
 def _setup_tap_conv(ctx, inputs, output):
     x, weight, bias, kernel_size, padding, n_taps, groups, strict = inputs
     ctx.save_for_backward(x, output[1])
-    ctx.args = (list(weight.shape), _memory_format(weight) == torch.channels_last, kernel_size, padding, n_taps,
+    ctx.args = (list(weight.shape), memory_format_of(weight) == torch.channels_last, kernel_size, padding, n_taps,
                 groups, strict, bias is not None)
 
 
@@ -323,12 +315,6 @@ def _tap_conv_op_backward(ctx, grad_y, _grad_packed):
 
 
 _tap_conv_op.register_autograd(_tap_conv_op_backward, setup_context=_setup_tap_conv)
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _check_arguments(x, weight, bias, taps: TapSet) -> None:
@@ -416,7 +402,7 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     k = check_mask_args(tuple(weight.shape[2:]), mask_type, data_channels)
     if padding not in (None, "same", k // 2, (k // 2, k // 2)):
         raise ValueError(f"padding must be None, 'same' or {k // 2} (same-size causal output), got {padding!r}")
-    return tap_conv2d(x, weight, bias, reference.masked(k, mask_type, int(data_channels)))
+    return tap_conv2d(x, weight, bias, masked(k, mask_type, int(data_channels)))
 
 
 # The layouts the compile check builds each GEMM kernel for: which stride Triton sees as the constant 1 (it
@@ -440,9 +426,9 @@ def kernel_launches():
     """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check."""
     from fastgen.compile_check import KernelLaunch
 
-    for dtype in DTYPES:
-        acc = _acc_dtype(dtype)
-        common = dict(UPCAST=False, ACC=_acc(dtype))
+    for dtype in FLOAT_DTYPES:
+        acc = compute_dtype(dtype)
+        common = dict(UPCAST=False, ACC=tl_compute_dtype(dtype))
         tensor_cores = dtype.itemsize == 2  # 16-bit tiles must run on HGMMA/HMMA
         layouts = ("nchw", "nhwc") if tensor_cores else ("nchw",)
         channel_blocks, reduce_blocks = CHANNEL_BLOCKS[dtype.itemsize * 8], REDUCE_BLOCKS[dtype.itemsize * 8]
@@ -480,6 +466,6 @@ def kernel_launches():
             for config in configs_for(kernels.tap_conv_unpack_grad_kernel):
                 yield KernelLaunch.build(kernels.tap_conv_unpack_grad_kernel, dtype,
                                          {"PARTIAL": acc, "BIAS_PARTIAL": acc},
-                                         constexprs=dict(HAS_BIAS=has_bias, ACC=_acc(dtype), BLOCK_C=PACK_BLOCK,
+                                         constexprs=dict(HAS_BIAS=has_bias, ACC=tl_compute_dtype(dtype), BLOCK_C=PACK_BLOCK,
                                                          BLOCK_O=PACK_BLOCK),
                                          num_warps=config.num_warps, ones=("stride_ww",))

@@ -12,11 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastgen.reference.reparameterize_kl import reduce_batch
-
-D_KINDS = ("minimax", "hinge", "ls", "wgan")
-G_KINDS = ("nonsaturating", "saturating", "hinge", "wgan", "ls")
-PENALTY_KINDS = ("r1", "wgan-gp")
+from fastgen.gan_kinds import D_KINDS, G_KINDS, PENALTY_KINDS
+from fastgen.reductions import reduce_batch
 
 
 def gan_d_loss(real_logits, fake_logits, kind="minimax", reduction="mean", real_label=1.0):

@@ -6,14 +6,7 @@ import math
 
 import torch
 
-
-def reduce_batch(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Per-sample values [B] -> "none" [B], "sum" or "mean" (a scalar; the mean of an empty batch is nan)."""
-    if reduction == "sum":
-        return values.sum()
-    if reduction == "mean":
-        return values.mean()
-    return values
+from fastgen.reductions import reduce_batch
 
 
 def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None):
