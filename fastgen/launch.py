@@ -30,6 +30,11 @@ from fastgen.autotune import configs_for, kernel_name
 PLAN_CACHE_SIZE = 4096  # launch plans kept per planning function (one per distinct size/dtype signature)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of positive ints on the host (``triton.cdiv`` is a constexpr function: slower per call)."""
+    return -(-a // b)
+
+
 def plan_cache(fn: Callable) -> Callable:
     """Caches a launch-planning function of hashable arguments (sizes, dtypes, flags): one lookup per call."""
     return functools.lru_cache(maxsize=PLAN_CACHE_SIZE)(fn)

@@ -15,7 +15,7 @@ from fastgen.dispatch import backend_for
 from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.gan_kinds import D_KINDS, G_KINDS, PENALTY_KINDS
 from fastgen.kernels import gan_losses as kernels
-from fastgen.launch import Kernel, plan_cache
+from fastgen.launch import cdiv, Kernel, plan_cache
 from fastgen.reductions import REDUCTIONS
 from fastgen.reference import gan_losses as reference
 from fastgen.registry import register_family
@@ -104,11 +104,11 @@ def logit_block(dtype: torch.dtype) -> int:
 def logit_grid(n_max: int, dtype: torch.dtype) -> tuple[int, int]:
     """(programs, elements of each segment per program) for segments of at most ``n_max`` elements."""
     block = logit_block(dtype)
-    blocks = triton.cdiv(n_max, block)
+    blocks = cdiv(n_max, block)
     if blocks <= SINGLE_PROGRAM_BLOCKS:
         return 1, max(blocks, 1) * block
-    elements_per_program = triton.cdiv(blocks, min(blocks, MAX_LOGIT_PROGRAMS)) * block
-    return triton.cdiv(n_max, elements_per_program), elements_per_program
+    elements_per_program = cdiv(blocks, min(blocks, MAX_LOGIT_PROGRAMS)) * block
+    return cdiv(n_max, elements_per_program), elements_per_program
 
 
 def _flat_with_stride(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -220,7 +220,7 @@ def _logit_loss_backward(saved, grad_outputs, weights):
             strides.append(0)
             segment_weights.append(1.0)
     block = logit_block(dtype)
-    _logit_backward_kernel[(triton.cdiv(max(counts), block),)](
+    _logit_backward_kernel[(cdiv(max(counts), block),)](
         *flats, *grad_outs, *outs, *counts, *strides, *segment_weights, COMPUTE=tl_compute_dtype(dtype), BLOCK=block,
     )
     return grads
@@ -456,10 +456,10 @@ def tile_for(n_cols: int, dtype: torch.dtype) -> tuple[int, int]:
 
 def row_split(n_rows: int, n_cols: int, block_b: int, block_n: int) -> tuple[int, int]:
     """(programs per row block, columns per program) so that small batches of long rows fill the GPU."""
-    col_blocks = triton.cdiv(n_cols, block_n)
-    wanted = max(1, triton.cdiv(MIN_PROGRAMS, triton.cdiv(n_rows, block_b)))
-    cols_per_program = triton.cdiv(col_blocks, min(col_blocks, wanted)) * block_n
-    return triton.cdiv(n_cols, cols_per_program), cols_per_program
+    col_blocks = cdiv(n_cols, block_n)
+    wanted = max(1, cdiv(MIN_PROGRAMS, cdiv(n_rows, block_b)))
+    cols_per_program = cdiv(col_blocks, min(col_blocks, wanted)) * block_n
+    return cdiv(n_cols, cols_per_program), cols_per_program
 
 
 def _row_view(grads: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -493,7 +493,7 @@ def _penalty_plan(n_rows: int, n_cols: int, dtype: torch.dtype) -> tuple:
     """(grid, columns per program, splits per row, constexprs) of the row sums of squares."""
     block_b, block_n = tile_for(n_cols, dtype)
     n_split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
-    return ((triton.cdiv(n_rows, block_b), n_split), cols_per_program, n_split,
+    return ((cdiv(n_rows, block_b), n_split), cols_per_program, n_split,
             dict(COMPUTE=tl_compute_dtype(dtype), BLOCK_B=block_b, BLOCK_N=block_n))
 
 
@@ -528,7 +528,7 @@ def _penalty_backward(grads, coef, grad_output, weight):
     rows, _ = _row_view(grads)
     grad_rows, grad = _empty_in_memory_order(grads)
     block_b, block_n = tile_for(n_cols, grads.dtype)
-    _penalty_backward_kernel[(triton.cdiv(n_rows, block_b), triton.cdiv(n_cols, block_n))](
+    _penalty_backward_kernel[(cdiv(n_rows, block_b), cdiv(n_cols, block_n))](
         rows, coef, grad_output, grad_rows, n_rows, n_cols, *rows.stride(),
         0 if grad_output.dim() == 0 else grad_output.stride(0), weight,
         COMPUTE=tl_compute_dtype(grads.dtype), BLOCK_B=block_b, BLOCK_N=block_n,

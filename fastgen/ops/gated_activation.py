@@ -13,7 +13,7 @@ from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for
 from fastgen.dtypes import FLOAT_DTYPES, tl_compute_dtype
 from fastgen.kernels import gated_activation as kernels
-from fastgen.launch import Kernel
+from fastgen.launch import cdiv, Kernel
 from fastgen.layout import memory_format_of
 from fastgen.registry import register_family
 from fastgen.validation import check_float_tensor, check_int, check_like
@@ -65,11 +65,11 @@ def pixel_layout(tensors: list[torch.Tensor]):
 
 
 def _grid(batch: int, n_rows_h: int, n_pixels: int, n_out: int, block_c: int, block_p: int):
-    n_pixel_blocks = triton.cdiv(n_pixels, block_p)
+    n_pixel_blocks = cdiv(n_pixels, block_p)
     programs = batch * n_rows_h * n_pixel_blocks
     if programs > MAX_PROGRAMS:
         raise ValueError(f"t: at most {MAX_PROGRAMS} tiles of {block_p} pixels are supported, got {programs}")
-    return (programs, triton.cdiv(n_out, block_c)), n_pixel_blocks
+    return (programs, cdiv(n_out, block_c)), n_pixel_blocks
 
 
 def _empty_output(t: torch.Tensor) -> torch.Tensor:

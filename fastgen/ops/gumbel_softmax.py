@@ -14,7 +14,7 @@ from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for
 from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import gumbel_softmax as kernels
-from fastgen.launch import Kernel
+from fastgen.launch import cdiv, Kernel
 from fastgen.registry import register_family
 from fastgen.validation import check_float_tensor, check_int, check_like, check_seed
 
@@ -126,7 +126,7 @@ def _gumbel_forward(logits, noise, seed, tau, hard, dim, keep_soft):
     x, g, y, (n_rows, n_cols, n_inner, strides) = _forward_layout(logits, noise, dim, block_r)
     write_soft = hard and keep_soft
     y_soft = torch.empty_like(y) if write_soft else y  # Y's strides
-    _forward_kernel[(triton.cdiv(n_rows, block_r),)](
+    _forward_kernel[(cdiv(n_rows, block_r),)](
         x, x if g is None else g, y, y_soft,
         n_rows, n_cols, n_inner, seed if seed is not None else 0, tau, int(write_soft), int(g is not None),
         *strides[0], *(strides[0] if g is None else strides[2]), *strides[1],
@@ -139,7 +139,7 @@ def _gumbel_backward(y_soft, grad_y, tau, dim):
     """grad_logits of a sample whose soft sample is ``y_soft``."""
     block_r, block_n = tile_for(y_soft.shape[dim], y_soft.dtype)
     y_soft, grad_y, grad_logits, (n_rows, n_cols, n_inner, strides) = _backward_layout(y_soft, grad_y, dim, block_r)
-    _backward_kernel[(triton.cdiv(n_rows, block_r),)](
+    _backward_kernel[(cdiv(n_rows, block_r),)](
         y_soft, grad_y, grad_logits, n_rows, n_cols, n_inner, tau,
         *strides[0], *strides[1], *strides[2],
         COMPUTE=tl_compute_dtype(y_soft.dtype), BLOCK_R=block_r, BLOCK_N=block_n,
@@ -338,7 +338,7 @@ def _noise_buffer(logits, dim):
 def _gumbel_noise(logits, dim, seed):
     noise, out = _noise_buffer(logits, dim)
     if noise.numel():
-        _noise_kernel[(triton.cdiv(noise.numel(), NOISE_BLOCK),)](
+        _noise_kernel[(cdiv(noise.numel(), NOISE_BLOCK),)](
             noise, noise.numel(), seed, COMPUTE=tl_compute_dtype(logits.dtype), BLOCK=NOISE_BLOCK)
     return out
 

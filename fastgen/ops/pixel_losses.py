@@ -19,7 +19,7 @@ from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for
 from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import pixel_losses as kernels
-from fastgen.launch import Kernel
+from fastgen.launch import cdiv, Kernel
 from fastgen.levels import bin_half_width, edge_threshold, logits_as_5d
 from fastgen.reductions import REDUCTIONS
 from fastgen.reference import pixel_losses as reference
@@ -119,7 +119,7 @@ def _ce_forward(logits, targets, levels, reduction, needs_grad):
     if n_subpixels == 0:
         return (terms if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=logits.device)), lse
     view = logits_as_5d(logits, channels, levels)
-    programs = triton.cdiv(n_subpixels, CE_BLOCK_N)
+    programs = cdiv(n_subpixels, CE_BLOCK_N)
     partial = torch.empty(programs, dtype=acc, device=logits.device)
     _ce_forward_kernel[(programs,)](
         view, targets, partial if terms is None else terms, partial if lse is None else lse, partial,
@@ -142,7 +142,7 @@ def _ce_backward(logits, targets, lse, grad_output, levels, weight):
     view = logits_as_5d(logits, channels, levels)
     grad_view = logits_as_5d(grad, channels, levels)
     grad_out_strides = grad_output.stride() if grad_output.dim() else (0, 0, 0, 0)
-    _ce_backward_kernel[(triton.cdiv(n_subpixels, CE_BLOCK_N),)](
+    _ce_backward_kernel[(cdiv(n_subpixels, CE_BLOCK_N),)](
         view, targets, lse, grad_output, grad_view, n_subpixels, levels, channels, height, width,
         *view.stride(), *targets.stride(), *grad_out_strides, *grad_view.stride(), weight,
         COMPUTE=tl_compute_dtype(logits.dtype), BLOCK_L=ce_block_l(logits.dtype), BLOCK_N=CE_BLOCK_N,
@@ -275,7 +275,7 @@ def _dmol_forward(params, x, n_mixtures, levels, reduction, write_grad, write_gr
         grad, grad_x = (None if g is None else g.zero_() for g in (grad, grad_x))
         loss = nll if reduction == "none" else torch.full((), 0.0 * weight, dtype=acc, device=params.device)
         return loss, grad, grad_x
-    programs = triton.cdiv(n_pixels, DMOL_BLOCK_P)
+    programs = cdiv(n_pixels, DMOL_BLOCK_P)
     partial = torch.empty(programs, dtype=acc, device=params.device)
     half_bin = bin_half_width(levels)
     _dmol_forward_kernel[(programs,)](
@@ -319,7 +319,7 @@ def _scale_by_pixel(saved: torch.Tensor, grad_output: torch.Tensor, weight: floa
     if out.numel() == 0:
         return out
     grad_out_strides = grad_output.stride() if grad_output.dim() else (0, 0, 0)
-    _scale_kernel[(triton.cdiv(n_pixels, SCALE_BLOCK_P),)](
+    _scale_kernel[(cdiv(n_pixels, SCALE_BLOCK_P),)](
         saved, grad_output, out, n_pixels, n_channels, height, width, *saved.stride(), *grad_out_strides, weight,
         COMPUTE=tl_compute_dtype(saved.dtype), BLOCK_J=SCALE_BLOCK_J, BLOCK_P=SCALE_BLOCK_P,
     )
@@ -470,7 +470,7 @@ def _dmol_sample(params, uniforms, n_mixtures, seed, temperature):
     if n_pixels == 0:
         return out
     u = params if uniforms is None else uniforms  # a pointer of params' dtype, never read without draws
-    _sample_kernel[(triton.cdiv(n_pixels, DMOL_BLOCK_P),)](
+    _sample_kernel[(cdiv(n_pixels, DMOL_BLOCK_P),)](
         params, u, out, n_pixels, n_mixtures, height, width, *params.stride(),
         *(u.stride() if uniforms is not None else (0, 0, 0, 0)), *out.stride(),
         seed if uniforms is None else 0, int(uniforms is not None), temperature,

@@ -13,7 +13,7 @@ from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for
 from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import reparameterize_kl as kernels
-from fastgen.launch import Kernel
+from fastgen.launch import cdiv, Kernel
 from fastgen.reductions import REDUCTIONS, reduce_batch
 from fastgen.registry import register_family
 from fastgen.validation import (check_choice, check_float_tensor, check_like, check_nonnegative,
@@ -62,11 +62,11 @@ def tile_for(n_cols: int, dtype: torch.dtype) -> tuple[int, int]:
 
 def row_split(n_rows: int, n_cols: int, block_b: int, block_n: int) -> tuple[int, int]:
     """(programs per row block, latent dims per program) so that small batches of long rows fill the GPU."""
-    col_blocks = triton.cdiv(n_cols, block_n)
-    wanted = max(1, triton.cdiv(MIN_PROGRAMS, triton.cdiv(n_rows, block_b)))
-    blocks_per_program = triton.cdiv(col_blocks, min(col_blocks, wanted))
+    col_blocks = cdiv(n_cols, block_n)
+    wanted = max(1, cdiv(MIN_PROGRAMS, cdiv(n_rows, block_b)))
+    blocks_per_program = cdiv(col_blocks, min(col_blocks, wanted))
     cols_per_program = blocks_per_program * block_n
-    return triton.cdiv(n_cols, cols_per_program), cols_per_program
+    return cdiv(n_cols, cols_per_program), cols_per_program
 
 
 def _row_views(mu, logvar, eps, prior_mu, prior_logvar):
@@ -95,7 +95,7 @@ def _rkl_forward(mu, logvar, eps, prior_mu, prior_logvar, seed, beta, free_bits)
     block_b, block_n = tile_for(n_cols, mu.dtype)
     split, cols_per_program = row_split(n_rows, n_cols, block_b, block_n)
     kl = torch.empty((n_rows, split), dtype=acc_dtype, device=mu.device)
-    grid = (triton.cdiv(n_rows, block_b), split)
+    grid = (cdiv(n_rows, block_b), split)
     _forward_kernel[grid](
         mu2, logvar2, eps2, prior_mu2, prior_logvar2,
         column_kl if column_kl is not None else kl, z, kl,
@@ -124,7 +124,7 @@ def _rkl_backward(mu, logvar, eps, prior_mu, prior_logvar, column_kl, grad_z, gr
     mu2, logvar2, eps2, prior_mu2, prior_logvar2 = _row_views(mu, logvar, eps, prior_mu, prior_logvar)
     grad_z2 = grad_z.reshape(n_rows, n_cols)
     block_b, block_n = tile_for(n_cols, mu.dtype)
-    grid = (triton.cdiv(n_rows, block_b), triton.cdiv(n_cols, block_n))
+    grid = (cdiv(n_rows, block_b), cdiv(n_cols, block_n))
     _backward_kernel[grid](
         mu2, logvar2, eps2, prior_mu2, prior_logvar2,
         column_kl if column_kl is not None else grad_kl, grad_z2, grad_kl,
@@ -232,7 +232,7 @@ def _column_kl(mu2, logvar2, prior_mu2, prior_logvar2, has_prior: bool) -> torch
     n_rows, n_cols = mu2.shape
     column_kl = torch.empty(n_cols, dtype=compute_dtype(mu2.dtype), device=mu2.device)
     block_b, block_n = tile_for(n_cols, mu2.dtype)
-    _column_kernel[(triton.cdiv(n_cols, block_n),)](
+    _column_kernel[(cdiv(n_cols, block_n),)](
         mu2, logvar2, prior_mu2, prior_logvar2, column_kl, n_rows, n_cols,
         *mu2.stride(), *logvar2.stride(), *prior_mu2.stride(), *prior_logvar2.stride(),
         HAS_PRIOR=has_prior, COMPUTE=tl_compute_dtype(mu2.dtype), BLOCK_B=block_b, BLOCK_N=block_n,

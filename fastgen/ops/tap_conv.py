@@ -18,7 +18,7 @@ from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for, interpreting
 from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import tap_conv as kernels
-from fastgen.launch import Kernel
+from fastgen.launch import cdiv, Kernel
 from fastgen.layout import memory_format_of
 from fastgen.reference import tap_conv as reference
 from fastgen.registry import register_family
@@ -77,10 +77,10 @@ def reduce_block(n: int, dtype: torch.dtype) -> int:
 
 def weight_grad_split(n_pixels: int, n_tiles: int, block_m: int) -> tuple[int, int]:
     """(splits, pixels per split) of the weight gradient's reduction over ``n_pixels`` pixels."""
-    pixel_blocks = triton.cdiv(n_pixels, block_m)
-    wanted = max(1, min(triton.cdiv(MIN_PROGRAMS, n_tiles), pixel_blocks // MIN_STEPS_PER_SPLIT))
-    per_split = triton.cdiv(pixel_blocks, wanted) * block_m
-    return triton.cdiv(n_pixels, per_split), per_split
+    pixel_blocks = cdiv(n_pixels, block_m)
+    wanted = max(1, min(cdiv(MIN_PROGRAMS, n_tiles), pixel_blocks // MIN_STEPS_PER_SPLIT))
+    per_split = cdiv(pixel_blocks, wanted) * block_m
+    return cdiv(n_pixels, per_split), per_split
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -107,7 +107,7 @@ def pack_weight(weight: torch.Tensor, taps: TapSet) -> torch.Tensor:
     """The live taps of ``weight`` as [n_taps, C_in, C_out] (the centre tap's channel groups masked)."""
     c_out, c_in = weight.shape[:2]
     packed = torch.empty((taps.n_taps, c_in, c_out), dtype=weight.dtype, device=weight.device)
-    grid = (triton.cdiv(c_out, PACK_BLOCK), triton.cdiv(c_in, PACK_BLOCK), taps.n_taps)
+    grid = (cdiv(c_out, PACK_BLOCK), cdiv(c_in, PACK_BLOCK), taps.n_taps)
     _pack_kernel[grid](weight, packed, c_in, c_out, taps.kernel_size[1], *_group_args(taps), *weight.stride(),
                        BLOCK_C=PACK_BLOCK, BLOCK_O=PACK_BLOCK)
     return packed
@@ -122,7 +122,7 @@ def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
     out = _like_input(like, n_out)
     block_n, block_k = channel_block(n_out, source.dtype), reduce_block(n_red, source.dtype)
     n_pixels = batch * height * width
-    grid = (triton.cdiv(n_pixels, BLOCK_M), triton.cdiv(n_out, block_n))
+    grid = (cdiv(n_pixels, BLOCK_M), cdiv(n_out, block_n))
     _gemm_kernel[grid](
         source, packed, bias if bias is not None else packed, out,
         n_pixels, height, width, n_red, n_out, *_tap_args(taps), *source.stride(), *out.stride(),
@@ -150,12 +150,12 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     n_pixels = batch * height * width
     acc_dtype = compute_dtype(x.dtype)
     block_c, block_o = channel_block(c_in, x.dtype), channel_block(c_out, x.dtype)
-    n_tiles = taps.n_taps * triton.cdiv(c_in, block_c) * triton.cdiv(c_out, block_o)
+    n_tiles = taps.n_taps * cdiv(c_in, block_c) * cdiv(c_out, block_o)
     block_m = WEIGHT_GRAD_BLOCK_M[x.dtype.itemsize * 8, x.stride(1) == 1]  # channels-last: channels contiguous
     split, per_split = weight_grad_split(n_pixels, n_tiles, block_m)
     partial = torch.empty((split, taps.n_taps, c_in, c_out), dtype=acc_dtype, device=x.device)
     bias_partial = torch.empty((split, c_out) if has_bias else (0,), dtype=acc_dtype, device=x.device)
-    grid = (triton.cdiv(c_out, block_o), taps.n_taps * triton.cdiv(c_in, block_c) + has_bias, split)
+    grid = (cdiv(c_out, block_o), taps.n_taps * cdiv(c_in, block_c) + has_bias, split)
     _weight_grad_kernel[grid](
         x, grad_y, partial, bias_partial,
         n_pixels, height, width, c_in, c_out, *_tap_args(taps), per_split, *x.stride(), *grad_y.stride(),
@@ -164,7 +164,7 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     )
     grad_bias = torch.empty(c_out, dtype=x.dtype, device=x.device) if has_bias else None
     kh, kw = taps.kernel_size
-    grid = (triton.cdiv(c_out, PACK_BLOCK), triton.cdiv(c_in, PACK_BLOCK), kh * kw)
+    grid = (cdiv(c_out, PACK_BLOCK), cdiv(c_in, PACK_BLOCK), kh * kw)
     _unpack_kernel[grid](
         partial, bias_partial, grad_weight, grad_bias if has_bias else grad_weight,
         split, taps.n_taps, c_in, c_out, kw, *_group_args(taps), *grad_weight.stride(),
@@ -363,6 +363,10 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return TapConv.apply(x, weight, bias, taps)
 
 
+# the tap set of a validated (kernel size, mask type, data channels): built once, not on every call
+_masked_taps = functools.lru_cache(maxsize=64)(masked)
+
+
 def check_mask_args(kernel_size, mask_type, data_channels) -> int:
     """Validates a masked convolution's arguments; returns the (odd, square) kernel size."""
     check_choice("mask_type", mask_type, MASK_TYPES)
@@ -402,7 +406,7 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     k = check_mask_args(tuple(weight.shape[2:]), mask_type, data_channels)
     if padding not in (None, "same", k // 2, (k // 2, k // 2)):
         raise ValueError(f"padding must be None, 'same' or {k // 2} (same-size causal output), got {padding!r}")
-    return tap_conv2d(x, weight, bias, masked(k, mask_type, int(data_channels)))
+    return tap_conv2d(x, weight, bias, _masked_taps(k, mask_type, int(data_channels)))
 
 
 # The layouts the compile check builds each GEMM kernel for: which stride Triton sees as the constant 1 (it
