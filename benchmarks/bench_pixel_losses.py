@@ -33,8 +33,9 @@ def _ce_inputs(channels, size, dtype, device, batch=None, check=False):
 
 
 def _ce_fastgen(**inputs):
-    # no host-side range check of the targets (one aminmax + a sync), as F.cross_entropy, which asserts on device
-    return fastgen.pixel_cross_entropy(**inputs, check_targets=False)
+    # no host-side range check of the targets (one aminmax + a sync), as F.cross_entropy, which asserts on device;
+    # the RGB logits are a masked convolution's channel groups (channel-major), as the reference reads them
+    return fastgen.pixel_cross_entropy(**inputs, check_targets=False, logits_layout="channel-major")
 
 
 def _ce_bytes_forward(inputs):  # read the logits and targets, write the logsumexp per sub-pixel (kept for backward)

@@ -5,6 +5,7 @@ closed forms written here from the paper's formulas, independently of the refere
 with the reference on the same uniforms (``uniforms=``); statistics tests check the in-kernel Philox draws.
 """
 
+import functools
 import math
 import zlib
 
@@ -22,6 +23,10 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 REDUCTIONS = ["mean", "sum", "none"]
 # "sum" only weighs the terms differently from "mean": checked in float32 and float64 (the interpreter is slow)
 DTYPE_REDUCTIONS = [(d, r) for d in DTYPES for r in REDUCTIONS if r != "sum" or d in (torch.float32, torch.float64)]
+
+# The RGB 4-D logits of these tests are channel-major (C groups of levels: a masked convolution's channel groups),
+# as the reference reads 4-D logits; 1-channel and 5-D logits are unambiguous and ignore the argument.
+pixel_ce = functools.partial(fastgen.pixel_cross_entropy, logits_layout="channel-major")
 
 
 def generator(*key):
@@ -88,7 +93,7 @@ CE_LAYOUTS = [((2, 60, 3, 4), (2, 3, 3, 4)), ((2, 20, 3, 3, 4), (2, 3, 3, 4)), (
 def test_cross_entropy_matches_reference(shapes, dtype, reduction, device):
     logits = make_logits(shapes[0], dtype, device).requires_grad_()
     targets = make_targets(shapes[1], 20, device)
-    check_against_reference(lambda x, t: fastgen.pixel_cross_entropy(x, t, reduction=reduction),
+    check_against_reference(lambda x, t: pixel_ce(x, t, reduction=reduction),
                             lambda x, t: reference.pixel_cross_entropy(x, t, reduction=reduction),
                             [logits, targets], dtype)
 
@@ -97,7 +102,7 @@ def test_cross_entropy_256_levels_is_f_cross_entropy(device):
     """van den Oord's 256-way softmax on grayscale: the same as F.cross_entropy on [B, 256, H, W]."""
     logits = make_logits((2, 256, 3, 3), torch.float32, device).requires_grad_()
     targets = make_targets((2, 1, 3, 3), 256, device, torch.uint8)
-    loss = fastgen.pixel_cross_entropy(logits, targets)
+    loss = pixel_ce(logits, targets)
     expected = F.cross_entropy(logits.double(), targets[:, 0].long())
     assert_close(loss, expected, torch.float32)
     (grad,) = torch.autograd.grad(loss, logits)
@@ -109,7 +114,7 @@ def test_cross_entropy_layout_is_channel_groups(device):
     """4-D logits [B, C * L, H, W] are C groups of L levels: the loss of channel c reads channels c*L:(c+1)*L."""
     logits = make_logits((2, 3 * 5, 2, 2), torch.float64, device)
     targets = make_targets((2, 3, 2, 2), 5, device)
-    terms = fastgen.pixel_cross_entropy(logits, targets, reduction="none")
+    terms = pixel_ce(logits, targets, reduction="none")
     for c in range(3):
         expected = F.cross_entropy(logits[:, 5 * c:5 * (c + 1)], targets[:, c], reduction="none")
         torch.testing.assert_close(terms[:, c], expected)
@@ -122,29 +127,29 @@ def test_cross_entropy_non_contiguous(device):
     five_d = base.view(2, 3, 17, 5, 6).transpose(1, 2).detach().requires_grad_()  # [B, L, C, H, W] view
     targets = make_targets((2, 3, 6, 5), 17, device).transpose(2, 3)  # transposed targets [2, 3, 5, 6]
     for logits in (channels_last, five_d):
-        check_against_reference(lambda x, t: fastgen.pixel_cross_entropy(x, t, reduction="none"),
+        check_against_reference(lambda x, t: pixel_ce(x, t, reduction="none"),
                                 lambda x, t: reference.pixel_cross_entropy(x, t, reduction="none"),
                                 [logits, targets], torch.float32)
-    check_against_reference(lambda x, t: fastgen.pixel_cross_entropy(x, t),
+    check_against_reference(lambda x, t: pixel_ce(x, t),
                             lambda x, t: reference.pixel_cross_entropy(x, t),
                             [sliced, targets[:, :, 1:, ::2]], torch.float32)
-    (grad,) = torch.autograd.grad(fastgen.pixel_cross_entropy(channels_last, targets), channels_last)
+    (grad,) = torch.autograd.grad(pixel_ce(channels_last, targets), channels_last)
     assert grad.is_contiguous(memory_format=torch.channels_last)  # the gradient keeps the logits' layout
     with torch.no_grad():
-        assert_close(fastgen.pixel_cross_entropy(five_d, targets), reference.pixel_cross_entropy(five_d.double(),
+        assert_close(pixel_ce(five_d, targets), reference.pixel_cross_entropy(five_d.double(),
                                                                                                targets), torch.float32)
 
 
 def test_cross_entropy_bits_per_dim(device):
     logits = make_logits((2, 3 * 8, 3, 3), torch.float64, device)
     targets = make_targets((2, 3, 3, 3), 8, device)
-    mean = fastgen.pixel_cross_entropy(logits, targets)
-    total = fastgen.pixel_cross_entropy(logits, targets, reduction="sum")
+    mean = pixel_ce(logits, targets)
+    total = pixel_ce(logits, targets, reduction="sum")
     torch.testing.assert_close(fastgen.bits_per_dim(mean), mean / math.log(2))
     torch.testing.assert_close(fastgen.bits_per_dim(total, targets), mean / math.log(2))
     torch.testing.assert_close(fastgen.bits_per_dim(total, targets.shape), mean / math.log(2))
     uniform = torch.zeros_like(logits)  # uniform over 8 levels: 3 bits/dim
-    torch.testing.assert_close(fastgen.bits_per_dim(fastgen.pixel_cross_entropy(uniform, targets)).item(), 3.0)
+    torch.testing.assert_close(fastgen.bits_per_dim(pixel_ce(uniform, targets)).item(), 3.0)
     with pytest.raises(ValueError, match="dims"):
         fastgen.bits_per_dim(total, 0)
     with pytest.raises(TypeError, match="dims"):
@@ -157,7 +162,7 @@ def test_cross_entropy_extreme_logits(value, device):
     logits[:, ::3] = value
     logits.requires_grad_()
     targets = make_targets((1, 2, 2, 2), 6, device)
-    out = fastgen.pixel_cross_entropy(logits, targets, reduction="none")
+    out = pixel_ce(logits, targets, reduction="none")
     expected = reference.pixel_cross_entropy(logits.double(), targets, reduction="none")
     assert torch.isfinite(out).all()
     assert_close(out, expected, torch.float32)
@@ -172,37 +177,37 @@ def test_cross_entropy_targets_are_checked(device):
         wrong = targets.clone()
         wrong[1, 2, 0, 1] = bad
         with pytest.raises(ValueError, match=r"targets must be in \[0, levels\)"):
-            fastgen.pixel_cross_entropy(logits, wrong)
+            pixel_ce(logits, wrong)
         # unchecked (no device sync): a nan loss where the target is out of range, the others intact
-        terms = fastgen.pixel_cross_entropy(logits, wrong, reduction="none", check_targets=False)
+        terms = pixel_ce(logits, wrong, reduction="none", check_targets=False)
         assert torch.isnan(terms[1, 2, 0, 1]) and torch.isnan(terms).sum() == 1
     with pytest.raises(TypeError, match="targets"):
-        fastgen.pixel_cross_entropy(logits, targets.float())
+        pixel_ce(logits, targets.float())
     with pytest.raises(TypeError, match="targets"):
-        fastgen.pixel_cross_entropy(logits, targets.bool())
+        pixel_ce(logits, targets.bool())
     with pytest.raises(ValueError, match="targets"):
-        fastgen.pixel_cross_entropy(logits, targets[0])
+        pixel_ce(logits, targets[0])
     with pytest.raises(ValueError, match="logits"):
-        fastgen.pixel_cross_entropy(logits[:, :11], targets)  # 11 is not 3 * levels
+        pixel_ce(logits[:, :11], targets)  # 11 is not 3 * levels
     with pytest.raises(ValueError, match="logits"):
-        fastgen.pixel_cross_entropy(logits, targets, levels=5)
+        pixel_ce(logits, targets, levels=5)
     with pytest.raises(ValueError, match="logits"):
-        fastgen.pixel_cross_entropy(logits[0], targets)
+        pixel_ce(logits[0], targets)
     with pytest.raises(ValueError, match="logits"):
-        fastgen.pixel_cross_entropy(logits[:, :, :1], targets)
+        pixel_ce(logits[:, :, :1], targets)
     with pytest.raises(TypeError, match="logits"):
-        fastgen.pixel_cross_entropy(targets, targets)
+        pixel_ce(targets, targets)
     with pytest.raises(TypeError, match="levels"):
-        fastgen.pixel_cross_entropy(logits, targets, levels=4.0)
+        pixel_ce(logits, targets, levels=4.0)
     with pytest.raises(ValueError, match="reduction"):
-        fastgen.pixel_cross_entropy(logits, targets, reduction="avg")
+        pixel_ce(logits, targets, reduction="avg")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_cross_entropy_empty_batch(reduction, device):
     logits = make_logits((0, 3 * 4, 2, 2), torch.float32, device).requires_grad_()
     targets = make_targets((0, 3, 2, 2), 4, device)
-    out = fastgen.pixel_cross_entropy(logits, targets, reduction=reduction)
+    out = pixel_ce(logits, targets, reduction=reduction)
     expected = reference.pixel_cross_entropy(logits.double(), targets, reduction=reduction)
     assert out.shape == expected.shape
     torch.testing.assert_close(out.double(), expected, equal_nan=True)
@@ -214,7 +219,7 @@ def test_cross_entropy_gradcheck(device):
     logits = make_logits((2, 2 * 3, 1, 2), torch.float64, device).requires_grad_()
     targets = make_targets((2, 2, 1, 2), 3, device)
     for reduction in REDUCTIONS:
-        assert torch.autograd.gradcheck(lambda x: fastgen.pixel_cross_entropy(x, targets, reduction=reduction),
+        assert torch.autograd.gradcheck(lambda x: pixel_ce(x, targets, reduction=reduction),
                                         [logits], eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=reduction != "none")
 
 
@@ -633,11 +638,11 @@ def test_reference_backend_runs_the_same_api(device):
     targets = make_targets((1, 3, 2, 2), 4, device)
     with fastgen.use_backend("reference"):
         loss = fastgen.dmol_nll(params, x, 2)
-        ce = fastgen.pixel_cross_entropy(logits, targets)
+        ce = pixel_ce(logits, targets)
         sample = fastgen.dmol_sample(params, 2, seed=1)
     # the eager float32 formulas: to their own precision
     torch.testing.assert_close(loss.double(), fastgen.dmol_nll(params.double(), x.double(), 2), rtol=1e-4, atol=1e-4)
-    assert_close(ce, fastgen.pixel_cross_entropy(logits.double(), targets), torch.float32)
+    assert_close(ce, pixel_ce(logits.double(), targets), torch.float32)
     assert sample.shape == (1, 3, 2, 2) and sample.abs().max() <= 1
 
 
@@ -676,8 +681,8 @@ def test_numpy_integer_arguments_are_ints(as_int, device):
     gen = generator("npint")
     logits = torch.randn(1, 2 * 5, 2, 3, generator=gen).to(device)
     targets = torch.randint(0, 5, (1, 2, 2, 3), generator=gen).to(device)
-    assert torch.equal(fastgen.pixel_cross_entropy(logits, targets, levels=as_int(5)),
-                       fastgen.pixel_cross_entropy(logits, targets, levels=5))
+    assert torch.equal(pixel_ce(logits, targets, levels=as_int(5)),
+                       pixel_ce(logits, targets, levels=5))
     params = torch.randn(1, 30, 2, 2, generator=gen).to(device)
     x = (torch.rand(1, 3, 2, 2, generator=gen) * 2 - 1).to(device)
     assert torch.equal(fastgen.dmol_nll(params, x, as_int(3), bits=as_int(5)), fastgen.dmol_nll(params, x, 3, bits=5))
@@ -694,7 +699,7 @@ def test_float_integer_arguments_raise_named_errors(device):
     params = torch.randn(1, 30, 2, 2, device=device)
     x = torch.zeros(1, 3, 2, 2, device=device)
     cases = [
-        (lambda: fastgen.pixel_cross_entropy(logits, targets, levels=3.0), "levels"),
+        (lambda: pixel_ce(logits, targets, levels=3.0), "levels"),
         (lambda: fastgen.dmol_nll(params, x, 3.0), "n_mixtures"),
         (lambda: fastgen.dmol_nll(params, x, 3, bits=8.0), "bits"),
         (lambda: fastgen.dmol_nll(params, x, 3, levels=256.0), "levels"),
@@ -718,11 +723,11 @@ def test_unchecked_out_of_range_target_is_never_a_finite_loss(bad, backend, devi
     wrong = targets.clone()
     wrong[1, 2, 0, 1] = bad
     with fastgen.use_backend(backend):
-        terms = fastgen.pixel_cross_entropy(logits, wrong, reduction="none", check_targets=False)
+        terms = pixel_ce(logits, wrong, reduction="none", check_targets=False)
         (grad,) = torch.autograd.grad(terms.sum(), logits)
         for reduction in ("mean", "sum"):
-            assert torch.isnan(fastgen.pixel_cross_entropy(logits, wrong, reduction=reduction, check_targets=False))
-        exact = fastgen.pixel_cross_entropy(logits, targets, reduction="none")
+            assert torch.isnan(pixel_ce(logits, wrong, reduction=reduction, check_targets=False))
+        exact = pixel_ce(logits, targets, reduction="none")
         (exact_grad,) = torch.autograd.grad(exact.sum(), logits)
     bad_mask = torch.zeros_like(terms, dtype=torch.bool)
     bad_mask[1, 2, 0, 1] = True
@@ -825,8 +830,8 @@ def test_compiles_without_graph_breaks(device):
     x = make_images(2, 3, 2, 3, device).requires_grad_()
 
     def losses(logits, targets, params, x):
-        return (fastgen.bits_per_dim(fastgen.pixel_cross_entropy(logits, targets)),
-                fastgen.pixel_cross_entropy(logits.view(2, 3, 4, 2, 3).transpose(1, 2), targets, reduction="none"),
+        return (fastgen.bits_per_dim(pixel_ce(logits, targets)),
+                pixel_ce(logits.view(2, 3, 4, 2, 3).transpose(1, 2), targets, reduction="none"),
                 fastgen.dmol_nll(params, x, 2), fastgen.dmol_nll(params, x.half(), 2, reduction="none"),
                 fastgen.dmol_sample(params, 2, seed=3), fastgen.dmol_sample(params, 2, temperature=0.5,
                                                                             uniforms=torch.sigmoid(params[:, :5])))
@@ -854,7 +859,7 @@ def test_compiled_cross_entropy_checks_targets(device):
     targets = make_targets((1, 3, 2, 2), 4, device)
     targets[0, 1, 1, 0] = 4
     torch._dynamo.reset()
-    loss = torch.compile(lambda l, t, check: fastgen.pixel_cross_entropy(l, t, check_targets=check), fullgraph=True,
+    loss = torch.compile(lambda l, t, check: pixel_ce(l, t, check_targets=check), fullgraph=True,
                          backend="aot_eager")
     with pytest.raises(ValueError, match="targets must be in"):
         loss(logits, targets, True)
@@ -870,5 +875,34 @@ def test_reference_backend_compiles_without_graph_breaks(device):
     x = make_images(1, 3, 2, 2, device)
     with fastgen.use_backend("reference"):
         check_fullgraph(lambda logits, targets, params, x: (
-            fastgen.pixel_cross_entropy(logits, targets), fastgen.dmol_nll(params, x, 2),
+            pixel_ce(logits, targets), fastgen.dmol_nll(params, x, 2),
             fastgen.dmol_sample(params, 2, seed=1)), logits, targets, params, x)
+
+
+# ---------------------------------------------------------------------------------------------- 4-D layouts
+def test_rgb_4d_logits_need_their_layout(device):
+    """4-D logits of several channels are read two ways: without logits_layout the op raises, never guesses."""
+    logits = make_logits((2, 3 * 5, 2, 3), torch.float64, device)
+    targets = make_targets((2, 3, 2, 3), 5, device)
+    with pytest.raises(ValueError, match="logits_layout"):
+        fastgen.pixel_cross_entropy(logits, targets)
+    with pytest.raises(ValueError, match="logits_layout must be one of"):
+        fastgen.pixel_cross_entropy(logits, targets, logits_layout="levels-first")
+    grey = make_logits((2, 5, 2, 3), torch.float64, device)  # one channel: unambiguous
+    assert torch.equal(fastgen.pixel_cross_entropy(grey, targets[:, :1]),
+                       fastgen.pixel_cross_entropy(grey.unsqueeze(2), targets[:, :1]))
+
+
+@pytest.mark.parametrize("layout, view", [("channel-major", (3, 5)), ("level-major", (5, 3))])
+def test_4d_layouts_read_as_their_views(layout, view, device):
+    """Each layout equals the 5-D logits [B, levels, C, H, W] that its view gives, values and gradients."""
+    logits = make_logits((2, 15, 2, 3), torch.float64, device).requires_grad_()
+    targets = make_targets((2, 3, 2, 3), 5, device)
+    five_d = logits.unflatten(1, view)
+    five_d = five_d.transpose(1, 2) if layout == "channel-major" else five_d
+    loss = fastgen.pixel_cross_entropy(logits, targets, reduction="sum", logits_layout=layout)
+    expected = reference.pixel_cross_entropy(five_d, targets, reduction="sum")
+    assert_close(loss, expected, torch.float64)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    assert_close(grad, expected_grad, torch.float64)

@@ -210,16 +210,23 @@ def _check_targets(targets, logits, levels, check_range: bool) -> int:
     return levels
 
 
-def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check_targets=True):
+def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check_targets=True,
+                        logits_layout=None):
     """Cross-entropy (nats) of PixelCNN's softmax over ``levels`` intensity levels per sub-pixel.
 
     Layouts (any strides, no copy):
 
-    * 4-D logits [B, C * levels, H, W], the output of PixelCNN's last (masked 1x1) convolution: C groups of
-      ``levels`` channels, R's logits first, then G's, then B's (the channel groups of
-      :class:`fastgen.nn.MaskedConv2d` with ``data_channels=3``); the same as
-      ``logits.view(B, C, levels, H, W)``. van den Oord et al.'s 256-way softmax is levels = 256.
-    * 5-D logits [B, levels, C, H, W], the layout of ``F.cross_entropy(logits, targets)``.
+    * 5-D logits [B, levels, C, H, W], the layout of ``F.cross_entropy(logits, targets)``: unambiguous.
+    * 4-D logits [B, C * levels, H, W], the output of PixelCNN's last (masked 1x1) convolution. With C = 1 it is
+      [B, levels, H, W]. With C > 1 dim 1 can be read two ways, so ``logits_layout`` must say which (a 4-D
+      RGB input without it raises, rather than guessing):
+
+      - ``"channel-major"``: C groups of ``levels`` channels, R's logits first, then G's, then B's (the channel
+        groups of :class:`fastgen.nn.MaskedConv2d` with ``data_channels=3``), as ``logits.view(B, C, levels,
+        H, W)`` reads them;
+      - ``"level-major"``: ``levels`` groups of C channels, as ``logits.view(B, levels, C, H, W)`` reads them.
+
+    van den Oord et al.'s 256-way softmax is levels = 256.
 
     Args:
         logits: float16/bfloat16/float32/float64 logits in one of those layouts.
@@ -227,6 +234,7 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
         levels: number of levels; None infers it from the shapes (4-D: dim 1 / C; 5-D: dim 1).
         reduction: "mean" over the B*C*H*W sub-pixels (nats/dim, as ``F.cross_entropy``), "sum", or "none"
             ([B, C, H, W]). ``bits_per_dim(loss)`` converts a mean to bits/dim.
+        logits_layout: "channel-major" or "level-major", for 4-D logits of more than one channel (see above).
         check_targets: check that every target is in [0, levels) (one reduction and a device sync) and raise a
             ValueError if not (under torch.compile the custom op checks; on the reference backend
             ``F.cross_entropy``'s own index check). With False nothing is checked on the host and a target outside
@@ -243,6 +251,7 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
                          f"{tuple(logits.shape)}")
     levels = None if levels is None else check_int("levels", levels, low=1)
     check_choice("reduction", reduction, REDUCTIONS)
+    logits = _unambiguous_logits(logits, targets, logits_layout)
     # traced code cannot read the targets: the custom op checks their range (the reference: F.cross_entropy)
     levels = _check_targets(targets, logits, levels, check_targets and not library.traced())
     if backend_for(logits) == "reference":
@@ -254,6 +263,27 @@ def pixel_cross_entropy(logits, targets, levels=None, reduction="mean", *, check
         return torch.ops.fastgen.pixel_cross_entropy(logits, targets.long(), levels, reduction,
                                                      logits.requires_grad, check_targets)[0]
     return PixelCrossEntropy.apply(logits, targets.long(), levels, reduction)
+
+
+LOGITS_LAYOUTS = ("channel-major", "level-major")
+
+
+def _unambiguous_logits(logits, targets, logits_layout):
+    """The logits as the op reads them: 4-D channel-major (or one channel) or 5-D. 4-D logits of several channels
+    need ``logits_layout``; level-major ones become their 5-D view [B, levels, C, H, W]."""
+    if logits_layout is not None:
+        check_choice("logits_layout", logits_layout, LOGITS_LAYOUTS)
+    channels = targets.shape[1] if isinstance(targets, torch.Tensor) and targets.dim() == 4 else None
+    if logits.dim() != 4 or channels is None or channels <= 1:
+        return logits
+    if logits_layout is None:
+        raise ValueError(f"logits_layout: 4-D logits {tuple(logits.shape)} of {channels} channels can be read two "
+                         "ways: pass logits_layout='channel-major' (C groups of levels channels, a masked "
+                         "convolution's channel groups) or 'level-major' (levels groups of C channels, as "
+                         "logits.view(B, levels, C, H, W) reads them), or pass 5-D logits [B, levels, C, H, W]")
+    if logits_layout == "level-major" and logits.shape[1] % channels == 0:
+        return logits.unflatten(1, (logits.shape[1] // channels, channels))
+    return logits
 
 
 # ---------------------------------------------------------------------------------------------- DMOL
