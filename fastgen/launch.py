@@ -36,8 +36,19 @@ def cdiv(a: int, b: int) -> int:
 
 
 def plan_cache(fn: Callable) -> Callable:
-    """Caches a launch-planning function of hashable arguments (sizes, dtypes, flags): one lookup per call."""
-    return functools.lru_cache(maxsize=PLAN_CACHE_SIZE)(fn)
+    """Caches a launch-planning function of sizes, dtypes and flags: one lookup per call. Symbolic sizes (a
+    fake implementation traced with dynamic shapes) are not hashable: those calls are computed, not cached."""
+    cached = functools.lru_cache(maxsize=PLAN_CACHE_SIZE)(fn)
+
+    @functools.wraps(fn)
+    def plan(*args):
+        try:
+            return cached(*args)
+        except TypeError:  # unhashable (symbolic) arguments
+            return fn(*args)
+
+    plan.cache_info = cached.cache_info
+    return plan
 
 
 class Kernel:

@@ -13,7 +13,7 @@ from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for
 from fastgen.dtypes import FLOAT_DTYPES, tl_compute_dtype
 from fastgen.kernels import gated_activation as kernels
-from fastgen.launch import cdiv, Kernel
+from fastgen.launch import cdiv, Kernel, plan_cache
 from fastgen.layout import memory_format_of
 from fastgen.registry import register_family
 from fastgen.validation import check_float_tensor, check_int, check_like
@@ -46,6 +46,7 @@ def tile_elements(dtype: torch.dtype) -> int:
     return 512 if dtype == torch.float64 else 1024
 
 
+@plan_cache
 def tile_for(n_out: int, dtype: torch.dtype) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_P) for ``n_out`` output channels of ``dtype``."""
     block_c = CHANNEL_BLOCKS[0] if n_out <= CHANNEL_BLOCKS[0] else CHANNEL_BLOCKS[1]
@@ -64,6 +65,7 @@ def pixel_layout(tensors: list[torch.Tensor]):
     return height, width, [(x.stride(0), x.stride(1), x.stride(2), x.stride(3)) for x in tensors]
 
 
+@plan_cache
 def _grid(batch: int, n_rows_h: int, n_pixels: int, n_out: int, block_c: int, block_p: int):
     n_pixel_blocks = cdiv(n_pixels, block_p)
     programs = batch * n_rows_h * n_pixel_blocks

@@ -14,7 +14,7 @@ from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for
 from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import gumbel_softmax as kernels
-from fastgen.launch import cdiv, Kernel
+from fastgen.launch import cdiv, Kernel, plan_cache
 from fastgen.registry import register_family
 from fastgen.validation import check_float_tensor, check_int, check_like, check_seed
 
@@ -56,6 +56,7 @@ def max_block_n(dtype: torch.dtype) -> int:
     return 512 if dtype == torch.float64 else 1024
 
 
+@plan_cache
 def tile_for(n_cols: int, dtype: torch.dtype) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_N) for rows of ``n_cols`` classes of ``dtype``."""
     blocks = [b for b in COLUMN_BLOCKS if b <= max_block_n(dtype)]

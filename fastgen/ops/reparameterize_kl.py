@@ -13,7 +13,7 @@ from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for
 from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import reparameterize_kl as kernels
-from fastgen.launch import cdiv, Kernel
+from fastgen.launch import cdiv, Kernel, plan_cache
 from fastgen.reductions import REDUCTIONS, reduce_batch
 from fastgen.registry import register_family
 from fastgen.validation import (check_choice, check_float_tensor, check_like, check_nonnegative,
@@ -53,6 +53,7 @@ def tile_elements(dtype: torch.dtype) -> int:
     return 256 if dtype == torch.float64 else 512
 
 
+@plan_cache
 def tile_for(n_cols: int, dtype: torch.dtype) -> tuple[int, int]:
     """(BLOCK_B, BLOCK_N) for rows of ``n_cols`` latent dims of ``dtype``."""
     tile = tile_elements(dtype)
@@ -60,6 +61,7 @@ def tile_for(n_cols: int, dtype: torch.dtype) -> tuple[int, int]:
     return tile // block_n, block_n
 
 
+@plan_cache
 def row_split(n_rows: int, n_cols: int, block_b: int, block_n: int) -> tuple[int, int]:
     """(programs per row block, latent dims per program) so that small batches of long rows fill the GPU."""
     col_blocks = cdiv(n_cols, block_n)
