@@ -38,3 +38,10 @@ def test_ci_runs_the_readme_commands():
     assert install.startswith('pip install -e ".[test]" --extra-index-url https://download.pytorch.org/whl/cpu')
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert test in ci  # the README's test command, exactly, as a line of the CI script
+
+
+def test_convert_example_runs(capsys):
+    (block,) = code_blocks(section("Converting an existing PixelCNN (`fastgen.nn.convert`)"), "python")
+    exec(compile(block, "README.md (convert)", "exec"), {"__name__": "__readme__"})
+    out = capsys.readouterr().out
+    assert "2 masked convolution(s) converted, 0 left alone" in out, out

@@ -3,6 +3,7 @@
 from fastgen.nn import masks
 from fastgen.nn.tap_conv import (DownRightShiftedConv2d, DownShiftedConv2d, HorizontalStackConv2d, MaskedConv2d,
                                  TapConv2d, VerticalStackConv2d)
+from fastgen.nn.convert import ConversionReport, convert  # noqa: E402  (after the modules it converts to)
 
-__all__ = ["DownRightShiftedConv2d", "DownShiftedConv2d", "HorizontalStackConv2d", "MaskedConv2d", "TapConv2d",
-           "VerticalStackConv2d", "masks"]
+__all__ = ["ConversionReport", "DownRightShiftedConv2d", "DownShiftedConv2d", "HorizontalStackConv2d",
+           "MaskedConv2d", "TapConv2d", "VerticalStackConv2d", "convert", "masks"]
