@@ -105,6 +105,42 @@ class SamplingCase:
         return self.shape.height * self.shape.width * per_pixel
 
 
+def step_launches(model, n: int = 1, width: int = 5, column: int = 2) -> int:
+    """Kernels that one sub-pixel step of the cached sampler starts (one pixel step for a DMOL model), counted
+    with :func:`fastgen.benchmarks.harness.count_launches`: every Triton launch (compiled or interpreted) and
+    every ATen op that would start a kernel on a GPU. The step counted is the last sub-pixel of pixel ``column``
+    of the second row, after the sampler has filled the first row and the columns before it."""
+    from fastgen.benchmarks.harness import count_launches
+
+    labels = None if model.n_classes is None else torch.zeros(n, dtype=torch.long, device=next(model.parameters()).device)
+    training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            steps = model.incremental_sampler(n, width, labels)
+            device = next(model.parameters()).device
+            pixels = torch.zeros((n, model.data_channels, width), dtype=torch.long, device=device)
+            draws = sampling.uniforms_shape(model, n, (1, width))[1]
+            u = torch.full((n, draws), 0.5, dtype=next(model.parameters()).dtype, device=device)
+            channels = [None] if model.output_kind == "dmol" else list(range(model.data_channels))
+            steps.start_row(True)
+            for col in range(width):
+                steps.fill(col, pixels[:, :, col])
+            steps.start_row(False)
+
+            def sub_pixel(col, channel):
+                steps.sample(col, channel, u if channel is None else u[:, channel], pixels[:, :, col])
+
+            for col in range(column):
+                for channel in channels:
+                    sub_pixel(col, channel)
+            for channel in channels[:-1]:
+                sub_pixel(column, channel)
+            return count_launches(lambda: sub_pixel(column, channels[-1]))[0]
+    finally:
+        model.train(training)
+
+
 def cases(device: str, quick: bool = True) -> list[SamplingCase]:
     """The cases of a run. CUDA: every family x size x batch. CPU: quick = PixelCNN 8x8 grey at batch 16 (~3 s);
     all = 8x8 grey at batch 1, 16, 64 and 28x28 grey at batch 16 (the issue's >= 50x point)."""

@@ -21,10 +21,12 @@ import contextlib
 import numbers
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from fastgen.dispatch import use_backend
+from fastgen.dispatch import backend_for, use_backend
 from fastgen.nn import MaskedConv2d
+from fastgen.nn.tap_conv import TapConv2d
 from fastgen.taps import DATA_CHANNELS
 from fastgen.validation import check_choice
 
@@ -129,3 +131,220 @@ class PixelModel(ReferenceSwitch):
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
+
+    def incremental_sampler(self, n: int, width: int, labels: torch.Tensor | None = None,
+                            temperature: float = 1.0) -> "IncrementalSampler":
+        """The model's cached per-pixel evaluation for :func:`fastgen.sampling.sample`: an
+        :class:`IncrementalSampler` over ``n`` images of ``width`` columns (``labels`` [n] for a conditional
+        model, already checked), drawing at ``temperature``. A model without one cannot be sampled with the cached
+        sampler (``fastgen.sampling.sample_naive`` still works)."""
+        raise NotImplementedError(f"{type(self).__name__} has no incremental sampler; use sample_naive")
+
+    def _kernel_steps(self) -> bool:
+        """Whether an incremental sampler runs fastgen's step kernels (compiled on CUDA, interpreted under
+        ``TRITON_INTERPRET=1``) or plain PyTorch: the model's backend, as its forward."""
+        return not self.reference and backend_for(next(self.parameters())) == "triton"
+
+
+# ------------------------------------------------------------------------------------------------ sampling draws
+
+
+def draw_categorical(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Inverse-CDF draw from softmax(logits / temperature): logits [n, L], u [n] in [0, 1) -> [n] long, the
+    first level whose CDF exceeds u (softmax in float32 for 16-bit logits)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)
+    below = cdf < (u.to(cdf.dtype) * cdf[:, -1])[:, None]
+    return below.sum(-1).clamp_(max=logits.shape[-1] - 1)
+
+
+def draw_dmol(params: torch.Tensor, u: torch.Tensor, n_mixtures: int, levels: int,
+              temperature: float = 1.0) -> torch.Tensor:
+    """A DMOL draw at one pixel: params [n, P], u [n, K + C] (:func:`fastgen.dmol_sample`'s draws) -> [n, C]
+    long, the sample rounded to the nearest of the ``levels`` values."""
+    from fastgen.ops.pixel_losses import dmol_sample  # the op module imports nothing of the models
+
+    n = params.shape[0]
+    values = dmol_sample(params.reshape(n, -1, 1, 1), n_mixtures, temperature=temperature,
+                         uniforms=u.reshape(n, -1, 1, 1))
+    return torch.round((values.view(n, -1) + 1.0) * (0.5 * (levels - 1))).long()
+
+
+# ------------------------------------------------------------------------------------- incremental evaluation
+#
+# Every cache keeps the last ROWS rows of one activation map, the current row last; ``advance`` moves them up by
+# one when a row starts. The step code then never depends on the row index: the same sequence of operations
+# samples every row (after the first), which is what lets CUDA replay a row as one graph.
+
+
+class RowCache:
+    """The last ``rows`` rows of an activation map, zero-padded: data [n, C, rows, pad + W + pad], the current
+    row at index rows - 1, pixel x of a row at column pad + x. Zeros stand for the convolutions' zero padding
+    (above the image and beside it) and for pixels not computed yet, which every live tap skips. ``data`` may be
+    a view into a larger buffer (the step kernels keep a model's caches of one shape stacked)."""
+
+    def __init__(self, n: int, channels: int, width: int, rows: int, pad: int, like: torch.Tensor,
+                 data: torch.Tensor | None = None):
+        self.pad, self.width = pad, width
+        self.data = like.new_zeros((n, channels, rows, pad + width + pad)) if data is None else data
+
+    def advance(self) -> None:
+        """Starts a new row: rows move up by one, the new current row is zeros."""
+        self.data[:, :, :-1] = self.data[:, :, 1:].clone()
+        self.data[:, :, -1] = 0
+
+    def put(self, x: int, value: torch.Tensor) -> None:
+        """value [n, C'] into the first C' channels of pixel x of the current row."""
+        self.data[:, :value.shape[1], -1, self.pad + x] = value
+
+    def put_row(self, value: torch.Tensor) -> None:
+        """value [n, C, W] as the current row."""
+        self.data[:, :, -1, self.pad:self.pad + self.width] = value
+
+
+def masked_weight(conv: TapConv2d) -> torch.Tensor:
+    """``weight * mask`` of a tap convolution (its dead taps exactly zero)."""
+    return conv.weight * conv.taps.mask(conv.out_channels, conv.in_channels, conv.weight.dtype, conv.weight.device)
+
+
+def live_rows(conv: TapConv2d) -> int:
+    """The window rows of a causal convolution that hold a live tap (causal sets never pass the centre row)."""
+    return -(-conv.taps.n_taps // conv.taps.kernel_size[1])
+
+
+class CausalWindow:
+    """One causal convolution (a :class:`fastgen.nn.TapConv2d`) evaluated at one pixel, or on one row, from a
+    :class:`RowCache` of its input: the rows of its window that hold live taps, with ``weight * mask``."""
+
+    def __init__(self, conv: TapConv2d, pad: int):
+        taps = conv.taps
+        (_, kw), (top, left) = taps.kernel_size, taps.padding
+        self.rows = live_rows(conv)
+        self.kw, self.top, self.col0 = kw, top, pad - left
+        weight = masked_weight(conv)
+        self.weight = weight[:, :, :self.rows].contiguous()  # [C_out, C_in, rows, kw]
+        self.matrix = self.weight.flatten(1).t().contiguous()  # [C_in * rows * kw, C_out]
+        self.bias = conv.bias if conv.bias is not None else weight.new_zeros(conv.out_channels)
+
+    def _row_slice(self, cache: RowCache, rows_back: int) -> slice:
+        first = cache.data.shape[2] - 1 - rows_back - self.top
+        return slice(first, first + self.rows)
+
+    def at(self, cache: RowCache, x: int) -> torch.Tensor:
+        """The convolution's output at pixel x of the current row: [n, C_out]."""
+        n = cache.data.shape[0]
+        if self.rows == 0:
+            return self.bias.expand(n, -1).clone()
+        window = cache.data[:, :, self._row_slice(cache, 0), x + self.col0:x + self.col0 + self.kw]
+        return torch.addmm(self.bias, window.reshape(n, self.matrix.shape[0]), self.matrix)
+
+    def row(self, cache: RowCache, rows_back: int = 0) -> torch.Tensor:
+        """The convolution's output on the current row (``rows_back=1``: the row above): [n, C_out, W]."""
+        n, width = cache.data.shape[0], cache.width
+        if self.rows == 0:
+            return self.bias[None, :, None].expand(n, -1, width).clone()
+        window = cache.data[:, :, self._row_slice(cache, rows_back), self.col0:self.col0 + width + self.kw - 1]
+        return F.conv2d(window, self.weight, self.bias)[:, :, 0]
+
+
+class Linear1x1:
+    """A 1x1 convolution (:func:`conv1x1`, channel groups masked) as matrix [C_in, C_out] and bias [C_out]."""
+
+    def __init__(self, conv: TapConv2d):
+        weight = masked_weight(conv)
+        self.matrix = weight[:, :, 0, 0].t().contiguous()
+        self.bias = conv.bias if conv.bias is not None else weight.new_zeros(conv.out_channels)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """At one pixel: v [n, C_in] -> [n, C_out]."""
+        return torch.addmm(self.bias, v, self.matrix)
+
+    def row(self, v: torch.Tensor) -> torch.Tensor:
+        """On a row: v [n, C_in, W] -> [n, W, C_out] (one pixel's outputs contiguous)."""
+        return torch.matmul(v.transpose(1, 2), self.matrix) + self.bias
+
+
+def cache_shape(model: nn.Module) -> tuple[int, int]:
+    """(rows, pad) that hold every convolution's window: the rows above the current one that a window reaches,
+    plus the current row, plus one more for PixelCNN++'s first convolutions, which read the row above's window;
+    and the columns a window reaches left or right."""
+    tops, pads = [0], [0]
+    for module in model.modules():
+        if isinstance(module, TapConv2d):
+            (_, kw), (top, left) = module.taps.kernel_size, module.taps.padding
+            tops.append(top)
+            pads += [left, kw - 1 - left]
+    return max(tops) + 2, max(pads)
+
+
+def embedding_of(module: nn.Module, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """A layer's class embedding of the labels [n, D], or None."""
+    return None if module.class_embedding is None else module.class_embedding(labels)
+
+
+class IncrementalSampler:
+    """A model's cached evaluation for sequential sampling, one pixel (or sub-pixel) at a time.
+
+    The sampler (:func:`fastgen.sampling.sample`) drives it in raster order: ``start_row(first)`` when a row
+    starts (every cache moves up one row; the work that depends on the rows above only runs here, batched over
+    the row; ``first``: row 0), then per column x either ``fill(x, pixels)`` (a given pixel, image completion)
+    or ``sample(x, channel, u, out)`` per sub-pixel (``channel`` None for a DMOL model, whose channels are drawn
+    together). The randomness comes from the sampler (``u``), the temperature is fixed at construction.
+
+    A subclass creates its caches with :meth:`cache` (``self.image`` caches the model's input) and implements
+    ``start_row`` and ``output(x)``: the model's output at pixel x of the current row ([n, C * levels] logits or
+    [n, P] DMOL parameters), filling its caches at x. This base class draws from that output in plain PyTorch;
+    a subclass running fused step kernels overrides ``sample`` and ``fill``. No method may depend on the row
+    index: on CUDA the sampler captures one row's calls as a graph and replays it.
+    """
+
+    def __init__(self, model: PixelModel, n: int, width: int, temperature: float = 1.0,
+                 image_channels: int | None = None):
+        self.model, self.n, self.width, self.temperature = model, n, width, float(temperature)
+        self.rows, self.pad = cache_shape(model)
+        self.like = next(model.parameters())
+        self.dtype = self.like.dtype
+        self.caches: list[RowCache] = []
+        self.image = self.cache(model.data_channels if image_channels is None else image_channels)
+
+    def cache(self, channels: int) -> RowCache:
+        cache = RowCache(self.n, channels, self.width, self.rows, self.pad, self.like)
+        self.caches.append(cache)
+        return cache
+
+    def window(self, conv: TapConv2d) -> CausalWindow:
+        return CausalWindow(conv, self.pad)
+
+    def advance(self) -> None:
+        for cache in self.caches:
+            cache.advance()
+
+    def start_row(self, first: bool) -> None:
+        self.advance()
+
+    def output(self, x: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scaled(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel values as the model sees them: in [-1, 1], the model's dtype."""
+        return scale_pixels(pixels, self.model.levels, self.dtype)
+
+    def fill(self, x: int, pixels: torch.Tensor) -> None:
+        """A given pixel [n, C] (long) at column x: fills every cache there."""
+        self.image.put(x, self.scaled(pixels))
+        self.output(x)
+
+    def sample(self, x: int, channel: int | None, u: torch.Tensor, out: torch.Tensor) -> None:
+        """Draws sub-pixel ``channel`` of pixel x (every channel when None: DMOL) from the draws ``u`` ([n], or
+        [n, K + C]) into ``out`` [n, C] (long) and feeds the drawn value(s) back into the image cache."""
+        model, out_x = self.model, self.output(x)
+        if channel is None:
+            values = draw_dmol(out_x, u, model.n_mixtures, model.levels, self.temperature)
+            out.copy_(values)
+            self.image.put(x, self.scaled(values))
+            return
+        levels = model.levels
+        value = draw_categorical(out_x[:, channel * levels:(channel + 1) * levels], u, self.temperature)
+        out[:, channel] = value
+        self.image.data[:, channel, -1, self.image.pad + x] = self.scaled(value)

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.models.base import PixelModel, check_divisible, check_positive_int, conv1x1
+from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, check_divisible, check_positive_int,
+                                 conv1x1, embedding_of)
 from fastgen.nn import HorizontalStackConv2d, VerticalStackConv2d
 from fastgen.ops.gated_activation import gated_activation as fused_gated_activation
 from fastgen.reference.gated_activation import gated_activation as reference_gated_activation
@@ -110,3 +111,49 @@ class GatedPixelCNN(PixelModel):
             v, h = layer(v, h, y)
         out = self.output_conv(F.relu(self.head(h)))
         return out.unflatten(1, (self.data_channels, self.levels)).transpose(1, 2)
+
+    def incremental_sampler(self, n: int, width: int, labels: torch.Tensor | None = None,
+                            temperature: float = 1.0) -> IncrementalSampler:
+        """The cached per-pixel evaluation (see :class:`GatedSteps`)."""
+        return GatedSteps(self, n, width, labels, temperature)
+
+
+class GatedSteps(IncrementalSampler):
+    """Gated PixelCNN: the vertical stack (and its 1x1 into the horizontal stack) depends on the rows above
+    only: computed for a whole row when the row starts; the horizontal stack per sub-pixel."""
+
+    def __init__(self, model: GatedPixelCNN, n: int, width: int, labels, temperature: float = 1.0):
+        super().__init__(model, n, width, temperature)
+        self.groups = model.data_channels
+        self.layers = []
+        for layer in model.layers:
+            hidden = layer.horizontal_out.out_channels
+            self.layers.append(dict(
+                vertical=self.window(layer.vertical), horizontal=self.window(layer.horizontal),
+                vertical_to_horizontal=Linear1x1(layer.vertical_to_horizontal),
+                horizontal_out=Linear1x1(layer.horizontal_out), embedding=embedding_of(layer, labels),
+                residual=layer.residual, v=self.cache(hidden), h=self.cache(hidden), v_to_h=None))
+        self.head, self.output_conv = Linear1x1(model.head), Linear1x1(model.output_conv)
+
+    def start_row(self, first: bool) -> None:
+        self.advance()
+        v = self.image
+        for layer in self.layers:
+            v_pre = layer["vertical"].row(v)  # [n, 2h, W]
+            v_to_h = layer["vertical_to_horizontal"].row(v_pre)  # [n, W, 2h]
+            if layer["embedding"] is not None:
+                v_pre = v_pre + layer["embedding"][:, :, None]
+                v_to_h += layer["embedding"][:, None, :]
+            layer["v"].put_row(gated_activation(v_pre, self.groups))
+            layer["v_to_h"] = v_to_h
+            v = layer["v"]
+
+    def output(self, x: int) -> torch.Tensor:
+        h_cache, h = self.image, None
+        for layer in self.layers:
+            h_pre = layer["horizontal"].at(h_cache, x) + layer["v_to_h"][:, x]
+            h_out = layer["horizontal_out"](gated_activation(h_pre, self.groups))
+            h = h_out + h if layer["residual"] else h_out
+            layer["h"].put(x, h)
+            h_cache = layer["h"]
+        return self.output_conv(torch.relu_(self.head(h)))

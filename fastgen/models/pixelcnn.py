@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.models.base import PixelModel, check_divisible, check_positive_int, conv1x1
+from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, check_divisible, check_positive_int,
+                                 conv1x1, embedding_of)
 from fastgen.nn import MaskedConv2d
 
 
@@ -87,3 +88,31 @@ class PixelCNN(PixelModel):
             t = block(t, y)
         out = self.output_conv(F.relu(self.head(F.relu(t))))
         return out.unflatten(1, (self.data_channels, self.levels)).transpose(1, 2)
+
+    def incremental_sampler(self, n: int, width: int, labels: torch.Tensor | None = None,
+                            temperature: float = 1.0) -> IncrementalSampler:
+        """The cached per-pixel evaluation (see :class:`PixelCNNSteps`)."""
+        return PixelCNNSteps(self, n, width, labels, temperature)
+
+
+class PixelCNNSteps(IncrementalSampler):
+    """PixelCNN: every layer depends on raster-earlier positions (and lower channel groups) only, so each
+    sub-pixel step evaluates every layer at that pixel. Caches: the scaled image, and each block's masked-conv
+    input."""
+
+    def __init__(self, model: PixelCNN, n: int, width: int, labels, temperature: float = 1.0):
+        super().__init__(model, n, width, temperature)
+        self.input_conv = self.window(model.input_conv)
+        self.blocks = [(Linear1x1(b.reduce), self.window(b.conv), Linear1x1(b.expand), embedding_of(b, labels),
+                        self.cache(b.conv.in_channels)) for b in model.blocks]
+        self.head, self.output_conv = Linear1x1(model.head), Linear1x1(model.output_conv)
+
+    def output(self, x: int) -> torch.Tensor:
+        t = self.input_conv.at(self.image, x)
+        for reduce, conv, expand, embedding, cache in self.blocks:
+            cache.put(x, torch.relu_(reduce(torch.relu(t))))
+            s = conv.at(cache, x)
+            if embedding is not None:
+                s += embedding
+            t = t + expand(torch.relu_(s))
+        return self.output_conv(torch.relu_(self.head(torch.relu(t))))

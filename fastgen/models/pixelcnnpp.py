@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.models.base import PixelModel, check_positive_int, conv1x1
+from fastgen.models.base import IncrementalSampler, Linear1x1, PixelModel, check_positive_int, conv1x1, embedding_of
 from fastgen.nn import DownRightShiftedConv2d, DownShiftedConv2d
 
 
@@ -126,4 +126,70 @@ class PixelCNNpp(PixelModel):
         for u_block, ul_block in zip(self.u_blocks, self.ul_blocks):
             u = u_block(u, y=y)
             ul = ul_block(ul, u, y)
+        return self.output_conv(F.elu(ul))
+
+    def incremental_sampler(self, n: int, width: int, labels: torch.Tensor | None = None,
+                            temperature: float = 1.0) -> IncrementalSampler:
+        """The cached per-pixel evaluation (see :class:`PixelCNNppSteps`)."""
+        return PixelCNNppSteps(self, n, width, labels, temperature)
+
+
+class PixelCNNppSteps(IncrementalSampler):
+    """PixelCNN++-lite: the up stream u depends on the rows above only (computed per row); the up-left stream
+    ul per pixel. Caches: the image with its ones channel (x_pad), and each block's two concat_elu inputs."""
+
+    def __init__(self, model: PixelCNNpp, n: int, width: int, labels, temperature: float = 1.0):
+        super().__init__(model, n, width, temperature, image_channels=model.data_channels + 1)  # x_pad
+        self.channels = model.data_channels
+        self.u_input, self.ul_input_up = self.window(model.u_input), self.window(model.ul_input_up)
+        self.ul_input_left = self.window(model.ul_input_left)
+        f = model.u_input.out_channels
+
+        def block(b):
+            return dict(conv_input=self.window(b.conv_input), conv_out=self.window(b.conv_out),
+                        skip=None if b.skip is None else Linear1x1(b.skip), embedding=embedding_of(b, labels),
+                        a=self.cache(2 * f), c=self.cache(2 * f))
+
+        self.u_blocks = [block(b) for b in model.u_blocks]
+        self.ul_blocks = [block(b) for b in model.ul_blocks]
+        self.output_conv = Linear1x1(model.output_conv)
+
+    def _gated_row(self, block, x_row: torch.Tensor) -> torch.Tensor:
+        block["a"].put_row(concat_elu(x_row))
+        c = block["conv_input"].row(block["a"])
+        block["c"].put_row(concat_elu(c))
+        c = block["conv_out"].row(block["c"])
+        if block["embedding"] is not None:
+            c = c + block["embedding"][:, :, None]
+        value, gate = c.chunk(2, 1)
+        return x_row + value * torch.sigmoid(gate)
+
+    def start_row(self, first: bool) -> None:
+        self.advance()
+        pad = self.image.pad
+        self.image.data[:, self.channels, -1, pad:pad + self.width] = 1.0  # x_pad's ones channel
+        if first:  # down_shift: row 0 of u and of ul's up part is zeros
+            u = self.image.data.new_zeros((self.n, self.u_input.bias.shape[0], self.width))
+            self.ul_up = u.transpose(1, 2)
+        else:
+            u = self.u_input.row(self.image, rows_back=1)
+            self.ul_up = self.ul_input_up.row(self.image, rows_back=1).transpose(1, 2).contiguous()
+        self.skips = []
+        for block, ul_block in zip(self.u_blocks, self.ul_blocks):
+            u = self._gated_row(block, u)
+            self.skips.append(ul_block["skip"].row(concat_elu(u)))  # [n, W, F]
+
+    def output(self, x: int) -> torch.Tensor:
+        ul = self.ul_up[:, x]
+        if x > 0:  # right_shift of the down-right-shifted 2x1 input convolution
+            ul = ul + self.ul_input_left.at(self.image, x - 1)
+        for block, skip in zip(self.ul_blocks, self.skips):
+            block["a"].put(x, concat_elu(ul))
+            c = block["conv_input"].at(block["a"], x) + skip[:, x]
+            block["c"].put(x, concat_elu(c))
+            c = block["conv_out"].at(block["c"], x)
+            if block["embedding"] is not None:
+                c += block["embedding"]
+            value, gate = c.chunk(2, 1)
+            ul = ul + value * torch.sigmoid(gate)
         return self.output_conv(F.elu(ul))
