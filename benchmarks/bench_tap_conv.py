@@ -88,6 +88,22 @@ CASES = [
     _case("B=64 C=128 28x28 7x7 B fp32", 64, 128, 128, 28, 7, "B", dtype=torch.float32),
 ]
 
+# Issue 12's cases (the targets against cuDNN on an H200), bf16 and float32, channels-last. float32 runs with
+# PyTorch's default torch.backends.cudnn.allow_tf32 = True, so both sides multiply on TF32 tensor cores ("tf32"
+# in the name); with the switch off both multiply in exact FP32. benchmarks/tune_tap_conv.py sweeps the kernel
+# configs over the same shapes (ISSUE_SHAPES).
+ISSUE_SHAPES = [  # (name, batch, c_in, c_out, size, k, mask type, data channels, input grad)
+    ("3x3 B B=64 128->128 32x32", 64, 128, 128, 32, 3, "B", 1, True),
+    ("3x3 B B=64 256->256 32x32", 64, 256, 256, 32, 3, "B", 1, True),
+    ("rgb 3x3 B B=64 384->384 32x32", 64, 384, 384, 32, 3, "B", 3, True),
+    ("7x7 B B=32 128->128 32x32", 32, 128, 128, 32, 7, "B", 1, True),
+    ("rgb input 7x7 A B=64 3->192 32x32", 64, 3, 192, 32, 7, "A", 3, False),
+]
+for _dtype, _suffix in ((torch.bfloat16, "bf16"), (torch.float32, "fp32 tf32")):
+    for _name, _batch, _c_in, _c_out, _size, _k, _mask, _groups, _input_grad in ISSUE_SHAPES:
+        CASES.append(_case(f"{_name} {_suffix}", _batch, _c_in, _c_out, _size, _k, _mask, data_channels=_groups,
+                           dtype=_dtype, input_grad=_input_grad, quick=False))
+
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)

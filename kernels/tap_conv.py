@@ -17,6 +17,9 @@ GEMM view (M = B*H*W pixels):
 * weight grad  dP[t, c, o] = sum_m X[m + shift_t, c] * dY[m, o]            (tap_conv_weight_grad_kernel)
 Each GEMM loop runs over (tap, channel block) pairs flattened into one loop, so the software pipeliner sees a
 single loop however many taps are live. Accumulation is in ACC (float32, or float64 for float64 inputs).
+PRECISION is ``tl.dot``'s input precision: "tf32" (float32 on TF32 tensor cores, chosen by the host when PyTorch
+would use TF32 for a convolution) or "ieee" (exact float32 products on FMA units; 16-bit and float64 tiles
+ignore it). The bias is a runtime flag (``has_bias``), not a constexpr: one compiled forward serves both.
 Pixel indices are int32 (fewer than 2**31 pixels); the batch offset b * stride_b is int64, so a tensor may
 hold more than 2**31 elements.
 """
@@ -40,13 +43,15 @@ def _pixel_coordinates(offs_m, height, width):
 
 
 @triton.jit
-def _mma(a, b, acc, UPCAST: tl.constexpr):
+def _mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """acc += a @ b. UPCAST (bfloat16 under Triton's interpreter, whose bf16 tl.dot is wrong) multiplies in
-    float32: bf16 x bf16 products are exact in float32, as in the tensor-core MMA, which accumulates in fp32."""
+    float32: bf16 x bf16 products are exact in float32, as in the tensor-core MMA, which accumulates in fp32.
+    PRECISION: "tf32" or "ieee" for float32 operands (the interpreter multiplies exactly either way)."""
     if UPCAST:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
 @triton.jit
@@ -57,22 +62,23 @@ def _centre_live(offs_c, offs_o, c_in, c_out, groups, strict):
     return in_group[:, None] < out_group[None, :] + 1 - strict
 
 
-@triton.jit(do_not_specialize=_TAP_SET_ARGS)
+@triton.jit(do_not_specialize=_TAP_SET_ARGS + ["has_bias"])
 def tap_conv_gemm_kernel(
     A,  # activations read: the input x [B, C_in, H, W] (forward) or the output gradient [B, C_out, H, W]
     P,  # packed weight [n_taps, C_in, C_out], contiguous
-    BIAS,  # bias [C_out] (read only when HAS_BIAS)
+    BIAS,  # bias [C_out] (read only when has_bias)
     OUT,  # written: the output y [B, C_out, H, W] (forward) or the input gradient [B, C_in, H, W]
     n_pixels, height, width, n_red, n_out,  # n_pixels = B * H * W; channels reduced (of A) and produced (of OUT)
     n_taps, kernel_w, pad_top, pad_left,  # the tap set
+    has_bias,  # 1: add BIAS in the epilogue (a runtime flag: one compiled variant with and without)
     stride_ab, stride_ac, stride_ah, stride_aw,
     stride_ob, stride_oc, stride_oh, stride_ow,
     stride_pk, stride_pn,  # P's strides over the reduced and the produced channels: (C_out, 1) or (1, C_out)
     BACKWARD: tl.constexpr,  # the input gradient: pixel m gathers A at m - shift instead of m + shift
-    HAS_BIAS: tl.constexpr,
     UPCAST: tl.constexpr,  # multiply in float32 (bfloat16 under the interpreter)
+    PRECISION: tl.constexpr,  # tl.dot input precision of float32 operands: "tf32" or "ieee"
     ACC: tl.constexpr,  # accumulator dtype
-    BLOCK_M: tl.constexpr,  # pixels per program
+    BLOCK_M: tl.constexpr,  # pixels per program (the tiles and warps come from the autotuned configs)
     BLOCK_N: tl.constexpr,  # produced channels per program
     BLOCK_K: tl.constexpr,  # reduced channels per step
 ):
@@ -106,33 +112,34 @@ def tap_conv_gemm_kernel(
                     mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(P + tap.to(tl.int64) * n_red * n_out + ks[:, None] * stride_pk + offs_n[None, :] * stride_pn,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _mma(a, w, acc, UPCAST)
+        acc = _mma(a, w, acc, UPCAST, PRECISION)
 
-    if HAS_BIAS:
+    if has_bias != 0:
         acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
     out = OUT + (b.to(tl.int64) * stride_ob + y * stride_oh + x * stride_ow)[:, None] + offs_n[None, :] * stride_oc
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit(do_not_specialize=_TAP_SET_ARGS + ["pixels_per_split"])
+@triton.jit(do_not_specialize=_TAP_SET_ARGS + ["pixels_per_split", "has_bias"])
 def tap_conv_weight_grad_kernel(
     X,  # input [B, C_in, H, W]
     GRAD_Y,  # output gradient [B, C_out, H, W]
     PARTIAL,  # partial weight gradients [split, n_taps, C_in, C_out] in ACC (written)
-    BIAS_PARTIAL,  # partial bias gradients [split, C_out] in ACC (written when HAS_BIAS)
+    BIAS_PARTIAL,  # partial bias gradients [split, C_out] in ACC (written when has_bias)
     n_pixels, height, width, c_in, c_out,
     n_taps, kernel_w, pad_top, pad_left,
     pixels_per_split,  # a multiple of BLOCK_M
+    has_bias,  # 1: the last row of programs sums the bias gradient (a runtime flag)
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_gb, stride_gc, stride_gh, stride_gw,
-    HAS_BIAS: tl.constexpr,
     UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_C: tl.constexpr,  # input channels per program
     BLOCK_O: tl.constexpr,  # output channels per program
     BLOCK_M: tl.constexpr,  # pixels per step
 ):
-    """Grid (output channel blocks, n_taps * input channel blocks (+1 with HAS_BIAS), split)."""
+    """Grid (output channel blocks, n_taps * input channel blocks (+1 with has_bias), split)."""
     pid_o = tl.program_id(0)
     pid_tc = tl.program_id(1)  # tap * c_blocks + input channel block; the last one sums the bias gradient
     pid_s = tl.program_id(2)  # pixel split
@@ -160,10 +167,10 @@ def tap_conv_weight_grad_kernel(
                          + offs_c[:, None] * stride_xc, mask=c_ok[:, None] & pixel_ok[None, :], other=0.0)
             g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                         + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
-            acc = _mma(xt, g, acc, UPCAST)
+            acc = _mma(xt, g, acc, UPCAST, PRECISION)
         tile = ((pid_s * n_taps + tap) * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :]
         tl.store(PARTIAL + tile, acc, mask=c_ok[:, None] & o_ok[None, :])
-    elif HAS_BIAS:
+    elif has_bias != 0:
         # programs of their own: summing dY inside the GEMM loop pulled its tile into registers (+90 regs)
         bias = tl.zeros((BLOCK_O,), dtype=ACC)
         for m0 in range(start, end, BLOCK_M):

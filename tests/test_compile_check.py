@@ -26,6 +26,9 @@ def test_every_launch_compiles_for_sm90_and_sm80_without_spills(tmp_path):
     assert {r["arch"] for r in reports} == {90, 80}
     assert len(reports) == 2 * len(compile_check.registered_launches())
     bad = [f"sm_{r['arch']} {r['label']}: {p}" for r in reports for p in compile_check.problems(r)]
+    launches = {launch.label(): launch for launch in compile_check.registered_launches()}
+    bad += [f"sm_90 {r['label']}: no HGMMA (warpgroup MMA) in a Hopper tensor-core tile" for r in reports
+            if r["arch"] == 90 and r["ok"] and _needs_hgmma(launches[r["label"]]) and not r["hgmma"]]
     assert not bad, "\n".join(bad)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -42,13 +45,29 @@ def test_registry_covers_every_kernel_of_every_op():
         assert {name for name in dir(kernels) if name.endswith("_kernel")} <= launched, module.name
 
 
-def test_matmul_shaped_kernels_must_use_tensor_cores_in_16_bit():
-    """The check requires HGMMA/HMMA in every 16-bit variant of the convolution GEMMs (forward and backward)."""
-    gemms = ("tap_conv_gemm_kernel", "tap_conv_weight_grad_kernel")
-    for launch in compile_check.registered_launches():
-        if launch.kernel in gemms:
-            sixteen_bit = launch.signature[0][1] in ("*fp16", "*bf16")
-            assert launch.tensor_cores == sixteen_bit, launch.label()
+_CONV_GEMMS = ("tap_conv_gemm_kernel", "tap_conv_weight_grad_kernel")
+
+
+def _needs_hgmma(launch) -> bool:
+    """A convolution GEMM on tensor cores whose MMA tile has at least 64 rows (a warpgroup's HGMMA): on sm_90
+    it must use HGMMA, not the older HMMA. The weight gradient's 16-row tiles (1- or 3-channel inputs) may not."""
+    if launch.kernel not in _CONV_GEMMS or not launch.tensor_cores:
+        return False
+    constexprs = dict(launch.constexprs)
+    return constexprs.get("BLOCK_C", constexprs.get("BLOCK_M")) >= 64
+
+
+def test_matmul_shaped_kernels_must_use_tensor_cores_in_16_bit_and_tf32():
+    """The check requires HGMMA/HMMA in every 16-bit and every TF32 variant of the convolution GEMMs (forward and
+    backward), and HGMMA on sm_90 for tiles of 64 rows or more; exact float32 and float64 run on FMA units."""
+    gemms = [launch for launch in compile_check.registered_launches() if launch.kernel in _CONV_GEMMS]
+    for launch in gemms:
+        sixteen_bit = launch.signature[0][1] in ("*fp16", "*bf16")
+        tf32 = dict(launch.constexprs).get("PRECISION") == "tf32"
+        assert tf32 <= (launch.signature[0][1] == "*fp32"), launch.label()
+        assert launch.tensor_cores == (sixteen_bit or tf32), launch.label()
+    assert any(dict(l.constexprs).get("PRECISION") == "tf32" for l in gemms)
+    assert sum(_needs_hgmma(l) for l in gemms) > len(gemms) // 2
 
 
 def test_problems_flags_spills_errors_and_missing_tensor_cores():

@@ -1,5 +1,6 @@
 """fastgen.masked_conv2d / tap_conv2d and the fastgen.nn convolutions against ``F.conv2d(x, weight * mask)``."""
 
+import contextlib
 import itertools
 import zlib
 
@@ -34,8 +35,51 @@ def conv_inputs(taps, batch, height, width, c_in, c_out, dtype, device, bias=Tru
     return x, w, b
 
 
-def check_against_reference(x, w, b, taps, dtype):
-    """Output and the gradients of x, weight and bias (grad_output random) against the float64 reference."""
+@contextlib.contextmanager
+def cudnn_tf32(enabled: bool):
+    """PyTorch's TF32 switch for convolutions (``torch.backends.cudnn.allow_tf32``) set, then restored."""
+    cudnn = torch.backends.cudnn
+    saved = [(m, m.fp32_precision) for m in (getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None)) if m]
+    legacy = None if saved else cudnn.allow_tf32
+    cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        for module, precision in saved:
+            module.fp32_precision = precision
+        if legacy is not None:
+            cudnn.allow_tf32 = legacy
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32(request):
+    """float32 convolutions multiply in exact FP32 in this file (the tight float32 tolerance), on a GPU too,
+    unless a test takes the ``tf32`` parameter and sets PyTorch's switch itself."""
+    if "tf32" in request.fixturenames:
+        yield
+        return
+    with cudnn_tf32(False):
+        yield
+
+
+# TF32 keeps 10 of float32's 23 mantissa bits of each operand (truncated or rounded): each product is off by
+# less than 2 * 2**-10 of |x| |w|, so every output (and gradient) is within TF32_BOUND * (the same sum over
+# the absolute values) of the exact result, plus float32's own tolerance. The bound holds for any inputs.
+TF32_BOUND = 2.0 ** -9 * 1.01
+
+
+def _assert_within_tf32(actual, expected, bound, msg):
+    error = (actual.double() - expected).abs()
+    allowed = TF32_BOUND * bound + 1e-5 + 1e-5 * expected.abs()
+    assert (error <= allowed).all(), f"{msg}: error {(error - allowed).max().item():.3g} above the TF32 bound"
+
+
+def check_against_reference(x, w, b, taps, dtype, tf32=False):
+    """Output and the gradients of x, weight and bias (grad_output random) against the float64 reference.
+
+    ``tf32``: float32 multiplied on TF32 tensor cores: within the TF32 bound of each value instead of float32's
+    tolerance (under the interpreter, which multiplies exactly either way, this holds trivially; on a GPU it
+    checks the TF32 kernels)."""
     leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
     y = fastgen.tap_conv2d(x, w, b, taps)
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
@@ -43,13 +87,22 @@ def check_against_reference(x, w, b, taps, dtype):
     b64 = leaves64[2] if b is not None else None
     y_ref = ref.tap_conv2d(x64, w64, b64, taps)
     assert y.dtype == dtype and y.shape == y_ref.shape
-    assert_close(y, y_ref, dtype, "output")
     grad_y = make(y.shape, dtype, y.device, "grad_y")  # rounded to dtype, then the same values in float64
     grads = torch.autograd.grad(y, leaves, grad_y)
     grads_ref = torch.autograd.grad(y_ref, leaves64, grad_y.double())
-    for name, grad, grad_ref in zip(("x", "weight", "bias"), grads, grads_ref):
+    if tf32:  # the same sums over |x|, |w| and |grad_y|: the scale of each value's TF32 error
+        abs64 = [t.detach().abs().requires_grad_() for t in leaves64[:2]]
+        y_abs = ref.tap_conv2d(*abs64, None, taps)
+        bounds = (y_abs, *torch.autograd.grad(y_abs, abs64, grad_y.double().abs()), torch.zeros_like(y_ref[0, :, 0, 0]))
+        _assert_within_tf32(y, y_ref, bounds[0], "output")
+    else:
+        assert_close(y, y_ref, dtype, "output")
+    for i, (name, grad, grad_ref) in enumerate(zip(("x", "weight", "bias"), grads, grads_ref)):
         assert grad.dtype == dtype and grad.shape == grad_ref.shape
-        assert_close(grad, grad_ref, dtype, f"grad of {name}")
+        if tf32:
+            _assert_within_tf32(grad, grad_ref, bounds[1 + i], f"grad of {name}")
+        else:
+            assert_close(grad, grad_ref, dtype, f"grad of {name}")
     # the gradient of a masked weight entry is exactly zero
     dead = taps.mask(w.shape[0], w.shape[1], device=w.device) == 0
     assert (grads[1][dead] == 0).all()
@@ -358,15 +411,125 @@ def test_bf16_interpreter_upcast():
 
 
 def test_launch_space_covers_the_heuristics():
-    """Every tile the launchers pick is a tile the compile check builds."""
-    launched = {(l.signature[0][1], *(dict(l.constexprs).get(k) for k in ("BACKWARD", "BLOCK_N", "BLOCK_K")))
-                for l in op.kernel_launches() if l.kernel == "tap_conv_gemm_kernel"}
+    """Every config of every class the launchers pick is a configuration the compile check builds, with the
+    precision (TF32 or exact) of its math."""
+    def launch_key(kernel, dtype_name, constexprs, num_warps, num_stages):
+        return (kernel, dtype_name, tuple(sorted((k, str(v)) for k, v in constexprs.items() if k.startswith("BLOCK")
+                                                 or k in ("PRECISION", "BACKWARD"))), num_warps, num_stages)
+
+    launched = {launch_key(l.kernel, l.signature[0][1], dict(l.constexprs), l.num_warps, l.num_stages)
+                for l in op.kernel_launches()}
     names = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
-    for dtype, c_in, c_out in itertools.product(op.FLOAT_DTYPES, (1, 3, 16, 17, 64, 100, 256), (3, 32, 128, 768)):
-        tile = (op.channel_block(c_out, dtype), op.reduce_block(c_in, dtype))
-        assert (names[dtype], False, *tile) in launched
-        tile = (op.channel_block(c_in, dtype), op.reduce_block(c_out, dtype))
-        assert (names[dtype], True, *tile) in launched
+    for dtype, tf32, layout, c_in, c_out in itertools.product(op.FLOAT_DTYPES, (False, True), ("nchw", "nhwc"),
+                                                                (1, 3, 16, 17, 64, 100, 256), (3, 32, 128, 768)):
+        math = op.math_of(dtype, tf32)
+        precision = "tf32" if math == "tf32" else "ieee"
+        for backward, (n_red, n_out) in ((False, (c_in, c_out)), (True, (c_out, c_in))):
+            for config in op.GEMM_CONFIGS[math, layout][op.gemm_class(n_red, n_out)]:
+                key = launch_key("tap_conv_gemm_kernel", names[dtype],
+                                 dict(config.kwargs, PRECISION=precision, BACKWARD=backward),
+                                 config.num_warps, config.num_stages)
+                assert key in launched, key
+        wmath = op._weight_grad_math(dtype, tf32)
+        for config in op.WEIGHT_GRAD_CONFIGS[wmath, layout][op.weight_grad_class(c_in, c_out, wmath)]:
+            key = launch_key("tap_conv_weight_grad_kernel", names[dtype], dict(config.kwargs, PRECISION=precision),
+                             config.num_warps, config.num_stages)
+            assert key in launched, key
+
+
+def _every_config(table):
+    return op._unique(c for classes in table.values() for configs in classes.values() for c in configs)
+
+
+@pytest.mark.parametrize("kind,config", [("gemm", c) for c in _every_config(op.GEMM_CONFIGS)]
+                         + [("weight_grad", c) for c in _every_config(op.WEIGHT_GRAD_CONFIGS)],
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={n}" for k, n in v.kwargs.items())
+                         + f",w{v.num_warps}s{v.num_stages}")
+def test_every_config_computes_the_convolution(device, monkeypatch, kind, config):
+    """Under the interpreter each class launches its first config only: here every config of every class runs
+    (all classes forced to it), forward and all three gradients, channels-last and NCHW, with channel counts
+    that leave partial tiles (RGB groups at the centre tap)."""
+    table = op.GEMM_CONFIGS if kind == "gemm" else op.WEIGHT_GRAD_CONFIGS
+    forced = {key: {name: [config] for name in classes} for key, classes in table.items()}
+    monkeypatch.setattr(op, "GEMM_CONFIGS" if kind == "gemm" else "WEIGHT_GRAD_CONFIGS", forced)
+    op._launcher.cache_clear()
+    op._weight_grad_plan.cache_clear()
+    try:
+        taps = masks.masked(3, "B", 3)
+        for channels_last in (False, True):
+            x, w, b = conv_inputs(taps, 2, 5, 7, 18, 21, torch.float32, device)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            check_against_reference(x, w, b, taps, torch.float32)
+    finally:
+        monkeypatch.undo()
+        op._launcher.cache_clear()
+        op._weight_grad_plan.cache_clear()
+
+
+def _spy_precisions(monkeypatch):
+    """Records (kernel kind, dtype, PRECISION) of every GEMM and weight-gradient launch."""
+    launched = []
+    real = op._launcher
+
+    class Spy:
+        def __init__(self, kind, kernel):
+            self.kind, self.kernel = kind, kernel
+
+        def __getitem__(self, grid):
+            run = self.kernel[grid]
+
+            def call(*args, **kwargs):
+                launched.append((self.kind, args[0].dtype, kwargs["PRECISION"]))
+                return run(*args, **kwargs)
+            return call
+
+    monkeypatch.setattr(op, "_launcher", lambda kind, *rest: Spy(kind, real(kind, *rest)))
+    return launched
+
+
+@pytest.mark.parametrize("tf32", [False, True], ids=["allow_tf32=False", "allow_tf32=True"])
+def test_float32_uses_tf32_exactly_when_pytorch_convolutions_do(device, monkeypatch, tf32):
+    """float32 multiplies on TF32 tensor cores when torch.backends.cudnn.allow_tf32 (PyTorch's switch for
+    convolutions, default True) is on, exactly otherwise; 16-bit and float64 launches never ask for TF32.
+
+    Under the interpreter tl.dot multiplies float32 exactly whatever the precision, so this checks the launched
+    PRECISION constexpr and that the values are within the TF32 bound of each value (TF32_BOUND); the compile
+    check shows the TF32 variants on HGMMA (sm_90) / HMMA (sm_80); on a GPU the same test checks real TF32."""
+    launched = _spy_precisions(monkeypatch)
+    with cudnn_tf32(tf32):
+        assert op.conv_uses_tf32() == tf32
+        for k, mask_type, data_channels, c_in, c_out, channels_last in [(7, "B", 3, 66, 36, True),
+                                                                        (3, "A", 1, 18, 9, False)]:
+            taps = masks.masked(k, mask_type, data_channels)
+            x, w, b = conv_inputs(taps, 1, 5, 6, c_in, c_out, torch.float32, device)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            launched.clear()
+            check_against_reference(x, w, b, taps, torch.float32, tf32=tf32)
+            assert {kind for kind, _, _ in launched} == {"gemm", "weight_grad"}
+            assert {p for _, _, p in launched} == {"tf32" if tf32 else "ieee"}
+        for dtype in (torch.float64, torch.float16):
+            launched.clear()
+            taps = masks.masked(3, "B")
+            x, w, b = conv_inputs(taps, 1, 4, 5, 6, 9, dtype, device)
+            check_against_reference(x, w, b, taps, dtype)
+            assert launched and {p for _, _, p in launched} == {"ieee"}
+
+
+def test_tf32_switch_is_read_on_every_call(device):
+    """The switch can change between calls (no stale cached plan): the next launch follows it."""
+    with cudnn_tf32(True):
+        assert op.conv_uses_tf32()
+        with cudnn_tf32(False):
+            assert not op.conv_uses_tf32()
+        assert op.conv_uses_tf32()
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: the per-operation precision, and its inheritance
+        with cudnn_tf32(True):
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
+            assert not op.conv_uses_tf32()
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+            assert op.conv_uses_tf32()
 
 
 def test_weight_grad_split():

@@ -18,7 +18,7 @@ from fastgen.autotune import configs_for
 from fastgen.dispatch import backend_for, interpreting
 from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import tap_conv as kernels
-from fastgen.launch import cdiv, Kernel
+from fastgen.launch import cdiv, Kernel, plan_cache
 from fastgen.layout import memory_format_of
 from fastgen.reference import tap_conv as reference
 from fastgen.registry import register_family
@@ -28,55 +28,172 @@ from fastgen.validation import check_choice, check_float_tensor, check_int, chec
 
 # Launch space. A GEMM program computes a [BLOCK_M pixels, BLOCK_N channels] tile and steps over the reduced
 # channels BLOCK_K at a time, for every live tap; the weight gradient tiles [BLOCK_C, BLOCK_O] and reduces
-# over pixels, split over programs until there are about MIN_PROGRAMS of them (four per SM of an H100/H200).
-# Channel tiles are 16 (the smallest tl.dot tile: the RGB input layer, small outputs) or the largest tile of
-# the dtype. The compile check's register report chose them: 16-bit tiles up to 64x64x32 use HGMMA and stay
-# under 160 registers; float32/float64 multiply on FMA units, where 64x64 weight-gradient tiles reached 255
-# registers and spilled, so their tiles stop at 32 (float64 steps of 32 channels spilled too).
-CHANNEL_BLOCKS = {16: (16, 64), 32: (16, 32), 64: (16, 32)}  # by dtype bits
-REDUCE_BLOCKS = {16: (16, 32), 32: (16,), 64: (16,)}
-BLOCK_M = 64
-# Pixels per step of the weight gradient, by dtype bits and (16-bit) layout. Steps of 32 spilled in float64;
-# 16-bit NCHW 64x64 tiles took 254 registers at 32 (119 at 16), channels-last ones 68 (pipelined, 3 stages).
-WEIGHT_GRAD_BLOCK_M = {(16, True): 32, (16, False): 16, (32, True): 32, (32, False): 32, (64, True): 16,
-                       (64, False): 16}
+# over pixels (BLOCK_M per step), split over programs until there are about MIN_PROGRAMS of them (four per SM
+# of an H100/H200). The tiles, warps and stages are triton.Configs, a small list per *class*: the math (16-bit
+# tensor cores "mma", float32 on TF32 tensor cores "tf32", exact float32 and float64 on FMA units "fma"), the
+# layout of the reduced channels ("nhwc": contiguous, the fast path; "nchw": anything else) and the shape
+# class of the channel counts. Each class is one autotuned launcher (fastgen.launch.Kernel: timed once per
+# key on the GPU, its first config under the interpreter), so a 3-channel layer is never timed on 128-wide
+# reductions. The channels-last tensor-core lists add Hopper-sized tiles (128 pixels x up to 128 channels x
+# 32/64 reduced channels, 8 warps = two warpgroups sharing the accumulator, 3-4 stages) to the 64x64 tiles
+# of the first version; every config is compiled for sm_90 and sm_80 by the compile check, which shows 0
+# spill bytes and HGMMA for each (see kernel_launches()). UNMEASURED on a GPU: chosen from what is known to
+# be fast for Hopper GEMMs; benchmarks/tune_tap_conv.py sweeps them. FMA tiles stop at 32 channels: 64x64
+# float32 weight-gradient tiles reached 255 registers and spilled (float64 steps of 32 channels spilled too).
+#
+# GEMM shape classes, from the produced (n_out) and reduced (n_red) channel counts:
+#   narrow   n_out <= 16                 (the input gradient of a 1- or 3-channel input layer)
+#   shallow  n_red <= 16                 (the forward of a 1- or 3-channel input layer)
+#   mid      n_out <= 64 or n_red <= 32
+#   wide     the rest                    (PixelCNN hidden layers: 128..384 channels)
+def _tiles(m, n, k, warps, stages, names=("BLOCK_M", "BLOCK_N", "BLOCK_K")) -> triton.Config:
+    return triton.Config(dict(zip(names, (m, n, k))), num_warps=warps, num_stages=stages)
+
+
+_NCHW_GEMM = {"narrow": [_tiles(64, 16, 32, 4, 3)], "shallow": [_tiles(64, 64, 16, 4, 3)],
+              "mid": [_tiles(64, 64, 32, 4, 3)], "wide": [_tiles(64, 64, 32, 4, 3)]}
+_FMA_GEMM = {"narrow": [_tiles(64, 16, 16, 4, 3)], "shallow": [_tiles(64, 32, 16, 4, 3)],
+             "mid": [_tiles(64, 32, 16, 4, 3)], "wide": [_tiles(64, 32, 16, 4, 3)]}
+GEMM_CONFIGS = {  # (math, layout) -> shape class -> configs (the first: the interpreter's)
+    ("mma", "nhwc"): {
+        "narrow": [_tiles(64, 16, 32, 4, 3), _tiles(128, 16, 64, 4, 3)],
+        "shallow": [_tiles(64, 64, 16, 4, 3), _tiles(128, 128, 16, 8, 3)],
+        # (128, 64, 32) with 4 warps and 4 stages spilled 4 bytes in the sm_80 input gradient: dropped
+        "mid": [_tiles(64, 64, 32, 4, 3), _tiles(128, 64, 64, 4, 3)],
+        "wide": [_tiles(128, 128, 64, 8, 3), _tiles(128, 128, 32, 8, 4), _tiles(128, 64, 64, 4, 4),
+                 _tiles(64, 128, 64, 4, 4)],
+    },
+    # float32 tiles take twice the shared memory per element: reduction steps of 32 (3 stages of 128x128x32
+    # are 96 KiB; steps of 64 would not fit an A100's 164 KiB)
+    ("tf32", "nhwc"): {
+        "narrow": [_tiles(64, 16, 32, 4, 3), _tiles(128, 16, 32, 4, 3)],
+        "shallow": [_tiles(64, 64, 16, 4, 3), _tiles(128, 128, 16, 8, 3)],
+        "mid": [_tiles(64, 64, 32, 4, 3), _tiles(128, 64, 32, 4, 3)],
+        "wide": [_tiles(128, 128, 32, 8, 3), _tiles(128, 64, 32, 4, 4), _tiles(64, 128, 32, 4, 4)],
+    },
+    ("mma", "nchw"): _NCHW_GEMM, ("tf32", "nchw"): _NCHW_GEMM,
+    ("fma", "nhwc"): _FMA_GEMM, ("fma", "nchw"): _FMA_GEMM,
+}
+
+
+# Weight-gradient shape classes: the channel tiles of today's single config ("16x64": C_in <= 16 < C_out, ...),
+# and "wide" (C_in and C_out both above 64) with Hopper tiles on channels-last tensor cores.
+def _wtiles(c, o, m, warps=4, stages=3) -> triton.Config:
+    return _tiles(c, o, m, warps, stages, names=("BLOCK_C", "BLOCK_O", "BLOCK_M"))
+
+
+def _small_weight_grad(blocks, block_m):
+    return {f"{c}x{o}": [_wtiles(c, o, block_m)] for c in blocks for o in blocks}
+
+
+# Pixels per step of the small tiles, by layout: 16-bit NCHW 64x64 tiles took 254 registers at 32 pixels (119
+# at 16), channels-last ones 68 (pipelined, 3 stages); float64 steps of 32 spilled.
+WEIGHT_GRAD_CONFIGS = {
+    ("mma", "nhwc"): dict(_small_weight_grad((16, 64), 32),
+                          wide=[_wtiles(128, 128, 64, 8, 3), _wtiles(128, 128, 32, 8, 4), _wtiles(64, 128, 64, 4, 3),
+                                _wtiles(64, 64, 32, 4, 3)]),
+    ("mma", "nchw"): dict(_small_weight_grad((16, 64), 16), wide=[_wtiles(64, 64, 16)]),
+    ("tf32", "nhwc"): dict(_small_weight_grad((16, 64), 32),
+                           wide=[_wtiles(128, 128, 32, 8, 3), _wtiles(64, 128, 32, 4, 3), _wtiles(64, 64, 32, 4, 3)]),
+    ("tf32", "nchw"): dict(_small_weight_grad((16, 64), 16), wide=[_wtiles(64, 64, 16)]),
+    ("fma32", "nhwc"): dict(_small_weight_grad((16, 32), 32), wide=[_wtiles(32, 32, 32)]),
+    ("fma32", "nchw"): dict(_small_weight_grad((16, 32), 32), wide=[_wtiles(32, 32, 32)]),
+    ("fma64", "nhwc"): dict(_small_weight_grad((16, 32), 16), wide=[_wtiles(32, 32, 16)]),
+    ("fma64", "nchw"): dict(_small_weight_grad((16, 32), 16), wide=[_wtiles(32, 32, 16)]),
+}
 MIN_PROGRAMS = 528
 MIN_STEPS_PER_SPLIT = 8  # pixel blocks each weight-gradient program reduces at least
 PACK_BLOCK = 32  # [32, 32] tiles of the weight pack/unpack kernels
 
-# The family, registered once: its kernels' launch configurations (each kernel launches with its first on
-# the interpreter, and is autotuned over them on a GPU when there are several) and its benchmark cases.
+
+def _unique(configs):
+    seen = {}
+    for config in configs:
+        seen.setdefault(str(config), config)
+    return list(seen.values())
+
+
+# The family, registered once: every config its kernels can launch with (the per-class lists above, for
+# the compile check and the autotune table; each class's launcher takes its own list) and its benchmark cases.
 FAMILY = register_family(
     "tap_conv", __name__, benchmarks="fastgen.benchmarks.bench_tap_conv",
     configs={
-        # Implicit-GEMM convolutions: tiles come from the channel counts (fastgen.ops.tap_conv); 4 warps are one
-        # Hopper warpgroup (one HGMMA per [64, N] tile), 3 stages let the loads of the next taps run ahead.
-        kernels.tap_conv_gemm_kernel: [triton.Config({}, num_warps=4, num_stages=3)],
-        kernels.tap_conv_weight_grad_kernel: [triton.Config({}, num_warps=4, num_stages=3)],
+        kernels.tap_conv_gemm_kernel: _unique(c for classes in GEMM_CONFIGS.values() for cs in classes.values()
+                                              for c in cs),
+        kernels.tap_conv_weight_grad_kernel: _unique(c for classes in WEIGHT_GRAD_CONFIGS.values()
+                                                     for cs in classes.values() for c in cs),
         kernels.tap_conv_pack_weight_kernel: [triton.Config({}, num_warps=4)],
         kernels.tap_conv_unpack_grad_kernel: [triton.Config({}, num_warps=4)],
     })
 
-_gemm_kernel = Kernel(kernels.tap_conv_gemm_kernel, key=["n_red", "n_out", "BACKWARD", "BLOCK_N", "BLOCK_K"])
-_weight_grad_kernel = Kernel(kernels.tap_conv_weight_grad_kernel, key=["c_in", "c_out", "BLOCK_C", "BLOCK_O"])
 _pack_kernel = Kernel(kernels.tap_conv_pack_weight_kernel, key=[])
 _unpack_kernel = Kernel(kernels.tap_conv_unpack_grad_kernel, key=[])
+# autotune keys: the exact channel counts (and the pass); the tensors' dtypes are part of every key
+_KEYS = {"gemm": ["n_red", "n_out", "BACKWARD"], "weight_grad": ["c_in", "c_out"]}
 
 
-def channel_block(n: int, dtype: torch.dtype) -> int:
-    """Tile of ``n`` output-side channels: the smallest block that holds them, capped by the dtype's largest."""
-    blocks = CHANNEL_BLOCKS[dtype.itemsize * 8]
-    return next((b for b in blocks if b >= n), blocks[-1])
+@functools.lru_cache(maxsize=None)
+def _launcher(kind: str, math: str, layout: str, shape_class: str) -> Kernel:
+    """The autotuned launcher of one class (its first config alone under the interpreter, which cannot time)."""
+    fn, table = ((kernels.tap_conv_gemm_kernel, GEMM_CONFIGS) if kind == "gemm"
+                 else (kernels.tap_conv_weight_grad_kernel, WEIGHT_GRAD_CONFIGS))
+    configs = table[math, layout][shape_class]
+    return Kernel(fn, key=_KEYS[kind], configs=configs[:1] if interpreting() else configs)
 
 
-def reduce_block(n: int, dtype: torch.dtype) -> int:
-    """Step over ``n`` reduced channels."""
-    blocks = REDUCE_BLOCKS[dtype.itemsize * 8]
-    return next((b for b in blocks if b >= n), blocks[-1])
+def gemm_class(n_red: int, n_out: int) -> str:
+    """The GEMM shape class of ``n_red`` reduced and ``n_out`` produced channels (see GEMM_CONFIGS)."""
+    if n_out <= 16:
+        return "narrow"
+    if n_red <= 16:
+        return "shallow"
+    return "mid" if n_out <= 64 or n_red <= 32 else "wide"
+
+
+def weight_grad_class(c_in: int, c_out: int, math: str) -> str:
+    if c_in > 64 and c_out > 64:
+        return "wide"
+    top = 32 if math.startswith("fma") else 64
+    return f"{16 if c_in <= 16 else top}x{16 if c_out <= 16 else top}"
+
+
+_FP32_PRECISION = getattr(torch._C, "_get_fp32_precision_getter", None)  # torch >= 2.9
+
+
+def conv_uses_tf32() -> bool:
+    """Whether PyTorch multiplies a float32 convolution on TF32 tensor cores now: cuDNN's convolution precision
+    (``torch.backends.cudnn.conv.fp32_precision``, inherited from ``torch.backends.cudnn.fp32_precision`` and
+    ``torch.backends.fp32_precision`` when "none"; ``torch.backends.cudnn.allow_tf32`` sets it, default True).
+    Read on every call (one C++ getter, ~0.2 us), so a change of the flag applies to the next call."""
+    if _FP32_PRECISION is None:
+        return bool(torch.backends.cudnn.allow_tf32)
+    for backend, op in (("cuda", "conv"), ("cuda", "all"), ("generic", "all")):
+        precision = _FP32_PRECISION(backend, op)
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
+def math_of(dtype: torch.dtype, tf32: bool) -> str:
+    """"mma" (16-bit tensor cores), "tf32" (float32 on TF32 tensor cores) or "fma" (exact float32, float64)."""
+    if dtype.itemsize == 2:
+        return "mma"
+    return "tf32" if dtype == torch.float32 and tf32 else "fma"
+
+
+def _weight_grad_math(dtype: torch.dtype, tf32: bool) -> str:
+    math = math_of(dtype, tf32)
+    return math if math != "fma" else f"fma{dtype.itemsize * 8}"
+
+
+def _layout(t: torch.Tensor) -> str:
+    """"nhwc" when the channels are contiguous (channels-last), else "nchw"."""
+    return "nhwc" if t.stride(1) == 1 else "nchw"
 
 
 def weight_grad_split(n_pixels: int, n_tiles: int, block_m: int) -> tuple[int, int]:
-    """(splits, pixels per split) of the weight gradient's reduction over ``n_pixels`` pixels."""
+    """(splits, pixels per split) of the weight gradient's reduction over ``n_pixels`` pixels; ``block_m``: a
+    multiple of the pixel step of every config that may run (pixels per split is a multiple of it)."""
     pixel_blocks = cdiv(n_pixels, block_m)
     wanted = max(1, min(cdiv(MIN_PROGRAMS, n_tiles), pixel_blocks // MIN_STEPS_PER_SPLIT))
     per_split = cdiv(pixel_blocks, wanted) * block_m
@@ -120,15 +237,15 @@ def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
     c_in, c_out = packed.shape[1:]
     n_out = c_in if backward else c_out
     out = _like_input(like, n_out)
-    block_n, block_k = channel_block(n_out, source.dtype), reduce_block(n_red, source.dtype)
     n_pixels = batch * height * width
-    grid = (cdiv(n_pixels, BLOCK_M), cdiv(n_out, block_n))
-    _gemm_kernel[grid](
+    tf32 = source.dtype == torch.float32 and conv_uses_tf32()
+    kernel = _launcher("gemm", math_of(source.dtype, tf32), _layout(source), gemm_class(n_red, n_out))
+    kernel[lambda meta: (cdiv(n_pixels, meta["BLOCK_M"]), cdiv(n_out, meta["BLOCK_N"]))](
         source, packed, bias if bias is not None else packed, out,
-        n_pixels, height, width, n_red, n_out, *_tap_args(taps), *source.stride(), *out.stride(),
-        *((1, c_out) if backward else (c_out, 1)),
-        BACKWARD=backward, HAS_BIAS=bias is not None, UPCAST=_upcast(source.dtype), ACC=tl_compute_dtype(source.dtype),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k,
+        n_pixels, height, width, n_red, n_out, *_tap_args(taps), int(bias is not None),
+        *source.stride(), *out.stride(), *((1, c_out) if backward else (c_out, 1)),
+        BACKWARD=backward, UPCAST=_upcast(source.dtype), PRECISION="tf32" if tf32 else "ieee",
+        ACC=tl_compute_dtype(source.dtype),
     )
     return out
 
@@ -141,6 +258,18 @@ def input_grad(grad_y: torch.Tensor, packed: torch.Tensor, taps: TapSet, like: t
     return _gemm(grad_y, packed, None, taps, backward=True, like=like)
 
 
+@plan_cache
+def _weight_grad_plan(n_pixels: int, c_in: int, c_out: int, n_taps: int, math: str, layout: str):
+    """(shape class, splits, pixels per split): the split is fixed before autotuning picks a tile, from the
+    class's first config, in multiples of every config's pixel step."""
+    shape_class = weight_grad_class(c_in, c_out, math)
+    configs = WEIGHT_GRAD_CONFIGS[math, layout][shape_class]
+    first = configs[0].kwargs
+    step = max(c.kwargs["BLOCK_M"] for c in configs)
+    n_tiles = n_taps * cdiv(c_in, first["BLOCK_C"]) * cdiv(c_out, first["BLOCK_O"])
+    return (shape_class, *weight_grad_split(n_pixels, n_tiles, step))
+
+
 def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight: torch.Tensor,
                 has_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Writes the dense weight's gradient into ``grad_weight`` (zero at dead taps and masked channel pairs);
@@ -149,18 +278,18 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     c_out = grad_y.shape[1]
     n_pixels = batch * height * width
     acc_dtype = compute_dtype(x.dtype)
-    block_c, block_o = channel_block(c_in, x.dtype), channel_block(c_out, x.dtype)
-    n_tiles = taps.n_taps * cdiv(c_in, block_c) * cdiv(c_out, block_o)
-    block_m = WEIGHT_GRAD_BLOCK_M[x.dtype.itemsize * 8, x.stride(1) == 1]  # channels-last: channels contiguous
-    split, per_split = weight_grad_split(n_pixels, n_tiles, block_m)
+    tf32 = x.dtype == torch.float32 and conv_uses_tf32()
+    math, layout = _weight_grad_math(x.dtype, tf32), _layout(x)
+    shape_class, split, per_split = _weight_grad_plan(n_pixels, c_in, c_out, taps.n_taps, math, layout)
+    kernel = _launcher("weight_grad", math, layout, shape_class)
     partial = torch.empty((split, taps.n_taps, c_in, c_out), dtype=acc_dtype, device=x.device)
     bias_partial = torch.empty((split, c_out) if has_bias else (0,), dtype=acc_dtype, device=x.device)
-    grid = (cdiv(c_out, block_o), taps.n_taps * cdiv(c_in, block_c) + has_bias, split)
-    _weight_grad_kernel[grid](
+    n_taps = taps.n_taps
+    kernel[lambda meta: (cdiv(c_out, meta["BLOCK_O"]), n_taps * cdiv(c_in, meta["BLOCK_C"]) + has_bias, split)](
         x, grad_y, partial, bias_partial,
-        n_pixels, height, width, c_in, c_out, *_tap_args(taps), per_split, *x.stride(), *grad_y.stride(),
-        HAS_BIAS=has_bias, UPCAST=_upcast(x.dtype), ACC=tl_compute_dtype(x.dtype),
-        BLOCK_C=block_c, BLOCK_O=block_o, BLOCK_M=block_m,
+        n_pixels, height, width, c_in, c_out, *_tap_args(taps), per_split, int(has_bias),
+        *x.stride(), *grad_y.stride(),
+        UPCAST=_upcast(x.dtype), PRECISION="tf32" if tf32 else "ieee", ACC=tl_compute_dtype(x.dtype),
     )
     grad_bias = torch.empty(c_out, dtype=x.dtype, device=x.device) if has_bias else None
     kh, kw = taps.kernel_size
@@ -347,6 +476,12 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     gradient. Build
     ``taps`` with :mod:`fastgen.nn.masks` (masked, shifted and stack convolutions). Under ``torch.autocast``
     it runs in the autocast dtype, as ``F.conv2d`` does.
+
+    Precision: float32 multiplies on TF32 tensor cores exactly when PyTorch would for a convolution
+    (``torch.backends.cudnn.allow_tf32``, default True; ``torch.backends.cudnn.conv.fp32_precision`` on torch
+    >= 2.9, see :func:`conv_uses_tf32`), read on every call; then each product keeps 10 mantissa bits of each
+    operand (error up to about 2**-9 of |x| |w| per product), accumulated in float32. Otherwise float32 is
+    exact FP32. float64 is always exact; float16/bfloat16 multiply on tensor cores with float32 accumulation.
     """
     if not isinstance(taps, TapSet):
         raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
@@ -399,6 +534,10 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         data_channels: 1, or 3 for RGB with the PixelRNN channel groups at the centre tap (channel c of C is
             in group c*3//C; output group g sees input groups < g under A, <= g under B).
         padding: None, "same" or k // 2 (the output keeps x's size; nothing else is supported).
+
+    float32 inputs multiply on TF32 tensor cores when ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's
+    default for convolutions, so this rounds as ``F.conv2d`` does), in exact FP32 when it is False; float64
+    is exact. See :func:`tap_conv2d`.
     """
     check_float_tensor("weight", weight)
     if weight.dim() != 4:
@@ -426,41 +565,45 @@ def _layout_hints(kernel, layout: str) -> dict:
                 divisible=tuple(n for n in strides if n[-1] in divisible) + channels, variant=layout)
 
 
+def _class_configs(table, math: str, layout: str) -> list[triton.Config]:
+    """Every config of every shape class of (math, layout), each once."""
+    return _unique(c for configs in table[math, layout].values() for c in configs)
+
+
 def kernel_launches():
-    """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check."""
+    """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check: each config of each
+    class (GEMM_CONFIGS, WEIGHT_GRAD_CONFIGS), with the math (16-bit, TF32 or exact FP32/FP64) and layout it
+    serves. 16-bit and TF32 tiles must run on tensor cores (HGMMA on sm_90, HMMA on sm_80)."""
     from fastgen.compile_check import KernelLaunch
 
     for dtype in FLOAT_DTYPES:
         acc = compute_dtype(dtype)
-        common = dict(UPCAST=False, ACC=tl_compute_dtype(dtype))
-        tensor_cores = dtype.itemsize == 2  # 16-bit tiles must run on HGMMA/HMMA
-        layouts = ("nchw", "nhwc") if tensor_cores else ("nchw",)
-        channel_blocks, reduce_blocks = CHANNEL_BLOCKS[dtype.itemsize * 8], REDUCE_BLOCKS[dtype.itemsize * 8]
-        kernel = kernels.tap_conv_gemm_kernel
-        passes = [dict(BACKWARD=False, HAS_BIAS=False), dict(BACKWARD=False, HAS_BIAS=True),
-                  dict(BACKWARD=True, HAS_BIAS=False)]
-        for flags, n, k, layout in itertools.product(passes, channel_blocks, reduce_blocks, layouts):
-            hints = _layout_hints(kernel, layout)
-            # P is contiguous: its other stride is C_out
-            unit, other = ("stride_pk", "stride_pn") if flags["BACKWARD"] else ("stride_pn", "stride_pk")
-            hints["ones"] += (unit,)
-            hints["divisible"] += (other,)
-            for config in configs_for(kernel):
-                yield KernelLaunch.build(kernel, dtype, constexprs=dict(flags, **common, BLOCK_M=BLOCK_M, BLOCK_N=n,
-                                                                        BLOCK_K=k),
-                                         num_warps=config.num_warps, num_stages=config.num_stages,
-                                         tensor_cores=tensor_cores, **hints)
-        kernel = kernels.tap_conv_weight_grad_kernel
-        for block_c, block_o, has_bias, layout in itertools.product(channel_blocks, channel_blocks, (False, True),
-                                                                     layouts):
-            for config in configs_for(kernel):
-                yield KernelLaunch.build(kernel, dtype, {"PARTIAL": acc, "BIAS_PARTIAL": acc},
-                                         constexprs=dict(HAS_BIAS=has_bias, **common, BLOCK_C=block_c,
-                                                         BLOCK_O=block_o,
-                                                         BLOCK_M=WEIGHT_GRAD_BLOCK_M[dtype.itemsize * 8,
-                                                                                     layout == "nhwc"]),
-                                         num_warps=config.num_warps, num_stages=config.num_stages,
-                                         tensor_cores=tensor_cores, **_layout_hints(kernel, layout))
+        maths = {2: ("mma",), 4: ("tf32", "fma"), 8: ("fma",)}[dtype.itemsize]
+        for math in maths:
+            tensor_cores = math != "fma"
+            common = dict(UPCAST=False, PRECISION="tf32" if math == "tf32" else "ieee", ACC=tl_compute_dtype(dtype))
+            # channels-last puts the reduced channels contiguous: the layout the fast path is built for; exact
+            # float32 and float64 are compiled for the default NCHW layout only
+            layouts = ("nchw", "nhwc") if tensor_cores else ("nchw",)
+            kernel = kernels.tap_conv_gemm_kernel
+            for backward, layout in itertools.product((False, True), layouts):
+                hints = _layout_hints(kernel, layout)
+                # P is contiguous: its other stride is C_out
+                unit, other = ("stride_pk", "stride_pn") if backward else ("stride_pn", "stride_pk")
+                hints["ones"] += (unit,)
+                hints["divisible"] += (other,)
+                for config in _class_configs(GEMM_CONFIGS, math, layout):
+                    yield KernelLaunch.build(kernel, dtype, constexprs=dict(BACKWARD=backward, **common, **config.kwargs),
+                                             num_warps=config.num_warps, num_stages=config.num_stages,
+                                             tensor_cores=tensor_cores, **hints)
+            kernel = kernels.tap_conv_weight_grad_kernel
+            wmath = math if tensor_cores else f"fma{dtype.itemsize * 8}"
+            for layout in layouts:
+                for config in _class_configs(WEIGHT_GRAD_CONFIGS, wmath, layout):
+                    yield KernelLaunch.build(kernel, dtype, {"PARTIAL": acc, "BIAS_PARTIAL": acc},
+                                             constexprs=dict(common, **config.kwargs),
+                                             num_warps=config.num_warps, num_stages=config.num_stages,
+                                             tensor_cores=tensor_cores, **_layout_hints(kernel, layout))
         # the dense weight and its gradient are contiguous [C_out, C_in, kh, kw] parameters
         for config in configs_for(kernels.tap_conv_pack_weight_kernel):
             yield KernelLaunch.build(kernels.tap_conv_pack_weight_kernel, dtype,
