@@ -47,7 +47,7 @@ def plan_cache(fn: Callable) -> Callable:
         except TypeError:  # unhashable (symbolic) arguments
             return fn(*args)
 
-    plan.cache_info = cached.cache_info
+    plan.cache_info, plan.cache_clear = cached.cache_info, cached.cache_clear
     return plan
 
 

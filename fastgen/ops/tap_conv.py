@@ -545,7 +545,8 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     k = check_mask_args(tuple(weight.shape[2:]), mask_type, data_channels)
     if padding not in (None, "same", k // 2, (k // 2, k // 2)):
         raise ValueError(f"padding must be None, 'same' or {k // 2} (same-size causal output), got {padding!r}")
-    return tap_conv2d(x, weight, bias, _masked_taps(k, mask_type, int(data_channels)))
+    taps = (masked if library.traced() else _masked_taps)(k, mask_type, int(data_channels))  # dynamo: no cache
+    return tap_conv2d(x, weight, bias, taps)
 
 
 # The layouts the compile check builds each GEMM kernel for: which stride Triton sees as the constant 1 (it
