@@ -10,6 +10,8 @@ from fastgen.reference.gated_activation import gated_activation
 from fastgen.reference.gumbel_softmax import gumbel_softmax, sample_gumbel
 from fastgen.reference.pixel_losses import dmol_nll, dmol_sample, pixel_cross_entropy
 from fastgen.reference.reparameterize_kl import gaussian_kl, reparameterize_kl
+from fastgen.reference.row_lstm import row_lstm
 
 __all__ = ["dmol_nll", "dmol_sample", "gan_d_loss", "gan_g_loss", "gated_activation", "gaussian_kl", "gradient_penalty",
-           "gumbel_softmax", "pixel_cross_entropy", "reparameterize_kl", "sample_gumbel"]
+           "gumbel_softmax", "pixel_cross_entropy", "reparameterize_kl", "row_lstm",
+           "sample_gumbel"]
