@@ -1,0 +1,130 @@
+"""PixelRNN (Row LSTM): shapes, causality, the fastgen path against the reference path, the cached sampler
+against the naive one, and the nn.RowLSTM layer."""
+
+import pytest
+import torch
+
+import fastgen
+from fastgen.models import PixelRNN
+from fastgen.nn import RowLSTM
+from fastgen.sampling import sample_naive
+from tolerances import assert_close
+
+
+def small_model(data_channels=1, levels=5, n_classes=None, dtype=torch.float64, **kwargs):
+    kwargs = dict(dict(hidden_channels=3 * data_channels, n_layers=2, kernel_size=5, hidden_kernel_size=3), **kwargs)
+    torch.manual_seed(0)
+    model = PixelRNN("row", data_channels=data_channels, levels=levels, n_classes=n_classes, **kwargs)
+    with torch.no_grad():  # larger weights than the default init: saturating gates, visible dependencies
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model.to(dtype)
+
+
+def test_forward_shapes():
+    model = small_model(3, levels=7, n_classes=4, dtype=torch.float32)
+    x = torch.randint(0, 7, (2, 3, 4, 6))
+    assert model(x, torch.tensor([0, 3])).shape == (2, 7, 3, 4, 6)
+    assert PixelRNN(**model.config).config == model.config
+    assert "kind='row'" in repr(model)
+
+
+def _subpixel_logits(logits):
+    """[B, levels, C, H, W] -> [B, H * W * C, levels] in raster order (rows, columns, channels)."""
+    return logits.permute(0, 3, 4, 2, 1).flatten(1, 3)
+
+
+@pytest.mark.parametrize("data_channels", [1, 3])
+def test_causal(data_channels):
+    """Changing sub-pixel p changes the logits of sub-pixels after p only (and of the next one in its row)."""
+    model = small_model(data_channels).use_reference(True)
+    height, width, levels = 5, 5, model.levels
+    x = torch.randint(0, levels, (1, data_channels, height, width))
+    n_sub = height * width * data_channels
+    batch = x.repeat(n_sub + 1, 1, 1, 1)
+    for s in range(n_sub):  # image s + 1 has sub-pixel s changed
+        pixel, channel = divmod(s, data_channels)
+        row, col = divmod(pixel, width)
+        batch[s + 1, channel, row, col] = (x[0, channel, row, col] + 1 + s % (levels - 1)) % levels
+    with torch.no_grad():
+        logits = _subpixel_logits(model(batch))
+    changed = (logits[1:] - logits[:1]).abs().amax(-1) > 1e-12  # [perturbed sub-pixel, sub-pixel]
+    after = torch.arange(n_sub)[None, :] > torch.arange(n_sub)[:, None]
+    assert not (changed & ~after).any(), "a logit depends on its own or a later sub-pixel"
+    in_row = torch.arange(n_sub - 1)
+    in_row = in_row[(in_row // data_channels) % width != width - 1]  # not the last sub-pixel of a row
+    assert changed[in_row, in_row + 1].all(), "a sub-pixel does not see the one before it in its row"
+    # the Row LSTM's triangular context (the paper's figure 2): the state-to-state 1 x 3 window widens it by one
+    # column per row and layer, so the last pixel of row 0 is not seen from the start of row 1 ...
+    sub = lambda row, col: (row * width + col) * data_channels  # noqa: E731
+    assert not changed[sub(0, width - 1), sub(1, 0)]
+    # ... but two rows down
+    assert changed[sub(0, width - 1), sub(2, 1)]
+
+
+@pytest.mark.parametrize("data_channels", [1, 3])
+def test_kernels_match_the_reference_path(data_channels, device):
+    """The model on fastgen's kernels (compiled, or interpreted on CPU) against the same parameters on the
+    reference layers: logits and parameter gradients, float64."""
+    model = small_model(data_channels, n_classes=2).to(device)
+    x = torch.randint(0, model.levels, (2, data_channels, 3, 4), device=device)
+    y = torch.tensor([0, 1], device=device)
+    out = model(x, y)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    model.use_reference(True)
+    out_ref = model(x, y)
+    grads_ref = torch.autograd.grad(out_ref.square().sum(), list(model.parameters()))
+    assert_close(out, out_ref, torch.float64)
+    for g, g_ref in zip(grads, grads_ref):
+        assert_close(g, g_ref, torch.float64)
+
+
+@pytest.mark.parametrize("data_channels, n_classes", [(1, None), (3, None), (1, 3)])
+def test_cached_sampler_equals_naive(data_channels, n_classes):
+    model = small_model(data_channels, n_classes=n_classes).use_reference(True)
+    n, size = 3, (4, 5)
+    uniforms = torch.rand((n, data_channels, *size), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = None if n_classes is None else torch.tensor([0, 2, 1])
+    cached = model.sample_cached(y=y, uniforms=uniforms)
+    naive = sample_naive(model, y=y, uniforms=uniforms)
+    assert cached.dtype == torch.long and cached.shape == (n, data_channels, *size)
+    assert torch.equal(cached, naive)
+    assert len(cached.unique()) > 1
+    # the same seed gives the same draws
+    a = model.sample_cached(2, size=(2, 3), y=None if y is None else y[:2],
+                            generator=torch.Generator().manual_seed(5))
+    b = model.sample_cached(2, size=(2, 3), y=None if y is None else y[:2],
+                            generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_cached_sampler_errors():
+    model = small_model(1, n_classes=2)
+    with pytest.raises(ValueError, match="give n and size"):
+        model.sample_cached(2)
+    with pytest.raises(ValueError, match="y .* is required"):
+        model.sample_cached(2, size=(2, 2))
+    with pytest.raises(ValueError, match=r"uniforms must have shape \[n, 1, H, W\]"):
+        model.sample_cached(uniforms=torch.rand(2, 3, 2, 2, dtype=torch.float64), y=torch.tensor([0, 1]))
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        PixelRNN("column")
+    with pytest.raises(ValueError, match=r"hidden_channels \(4\) must be divisible by data_channels \(3\)"):
+        PixelRNN(data_channels=3, hidden_channels=4)
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        RowLSTM(4, 4, kernel_size=2)
+    with pytest.raises(ValueError, match="x must have shape"):
+        small_model(3)(torch.zeros(1, 1, 2, 2, dtype=torch.long))
+
+
+def test_row_lstm_module(device):
+    """nn.RowLSTM = the masked 1 x k input-to-state conv, then fastgen.row_lstm with its state-to-state weight;
+    mask A leaves out the current column."""
+    layer = RowLSTM(3, 6, 3, "A", data_channels=3).double().to(device)
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device)
+    expected = fastgen.reference.row_lstm(layer.input_to_state(x), layer.state_to_state.weight, groups=3)
+    assert_close(layer(x), expected, torch.float64)
+    assert layer.input_to_state.taps.diagram() == "xc"  # columns x-1 and x (x: the lower channel groups only)
+    assert "mask_type='A'" in repr(layer)
