@@ -211,8 +211,10 @@ def _write_samples(model, meta, n, path, *, device, seed, temperature=1.0, naive
     y = _sample_labels(model, n, label)
     generator = torch.Generator(device=device).manual_seed(seed)
     draw = sampling.sample_naive if naive else sampling.sample
-    if not naive and hasattr(model, "sample_cached"):  # a model with its own cached sampler (PixelRNN)
+    if not naive and getattr(model, "has_cached_sampler", False):  # a model with its own (PixelRNN's Row LSTM)
         draw = _own_sampler
+    elif not naive and getattr(model, "kind", None) == "diagonal":
+        raise UsageError("the Diagonal BiLSTM PixelRNN has no cached sampler yet: pass --naive")
     with torch.no_grad():
         pixels = draw(model.to(device).eval(), n, size=tuple(meta["image_size"]),
                       y=None if y is None else y.to(device), temperature=temperature, generator=generator,

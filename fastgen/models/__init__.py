@@ -15,9 +15,9 @@ from fastgen.models.dcgan import DCGAN, DLoss
 from fastgen.models.gated_pixelcnn import GatedLayer, GatedPixelCNN, gated_activation
 from fastgen.models.pixelcnn import PixelCNN, ResidualBlock
 from fastgen.models.pixelcnnpp import GatedResnet, PixelCNNpp, concat_elu, dmol_channels, down_shift, right_shift
-from fastgen.models.pixelrnn import PixelRNN, RowLSTMLayer
+from fastgen.models.pixelrnn import PixelRNN, PixelRNNLayer
 from fastgen.models.vae import VAE, NegativeELBO, VAEOutput
 
 __all__ = ["DCGAN", "DLoss", "GatedLayer", "GatedPixelCNN", "GatedResnet", "NegativeELBO", "PixelCNN", "PixelCNNpp",
-           "PixelModel", "PixelRNN", "ResidualBlock", "RowLSTMLayer", "VAE", "VAEOutput", "concat_elu",
+           "PixelModel", "PixelRNN", "PixelRNNLayer", "ResidualBlock", "VAE", "VAEOutput", "concat_elu",
            "dmol_channels", "down_shift", "gated_activation", "right_shift", "scale_pixels"]

@@ -1,18 +1,23 @@
-"""PixelRNN (van den Oord et al. 2016, "Pixel Recurrent Neural Networks"): the Row LSTM model.
+"""PixelRNN (van den Oord et al. 2016, "Pixel Recurrent Neural Networks"): the Row LSTM and Diagonal BiLSTM
+models.
 
-    x [B, C, H, W] -> k x k mask A (C -> 2h) -> n_layers Row LSTM layers with residual connections (2h)
+    x [B, C, H, W] -> k x k mask A (C -> 2h) -> n_layers LSTM layers with residual connections (2h)
     -> ReLU -> 1x1 (2h -> head) -> ReLU -> 1x1 (head -> C * levels) -> logits [B, levels, C, H, W]
 
-One residual layer (the paper's figure 4 and section 3.4): t + 1x1(RowLSTM(t)), the Row LSTM reading the
-2h-channel input with a 1 x k mask-B input-to-state convolution and producing h channels, the 1x1 mapping them
-back to 2h. As in the paper's table 4, the first layer is a 7 x 7 mask-A convolution and the LSTM layers are
-mask B (k = 3). With ``data_channels=3`` every layer splits its channels into the R, G, B groups (the LSTM's
+One residual layer (the paper's figure 4 and section 3.4): t + 1x1(LSTM(t)), the LSTM reading the 2h-channel
+input with a mask-B input-to-state convolution and producing h channels, the 1x1 mapping them back to 2h.
+``kind="row"``: a Row LSTM (:class:`fastgen.nn.RowLSTM`, 1 x k input-to-state and state-to-state convolutions,
+k = 3); ``kind="diagonal"``: a Diagonal BiLSTM (:class:`fastgen.nn.DiagonalBiLSTM`, 1x1 input-to-state, 2 x 1
+state-to-state on the skewed map, both directions). As in the paper's table 4, the first layer is a 7 x 7
+mask-A convolution and the LSTM layers are mask B. With ``data_channels=3`` every layer splits its channels into the R, G, B groups (the LSTM's
 gates per group, see :class:`fastgen.nn.RowLSTM`), so the logits of channel c at pixel p depend on the pixels
 before p and on channels < c of p only.
 
-The recurrence runs on :func:`fastgen.row_lstm` (fused per row; the reference's Python loop on CPU), the
-convolutions on fastgen's tap-conv kernels. :meth:`PixelRNN.sample_cached` samples with the LSTM state of the
-previous row and the current row's prefix cached: one column step per sub-pixel instead of a full forward.
+The Row LSTM's recurrence runs on :func:`fastgen.row_lstm` (fused per row; the reference's Python loop on CPU),
+the Diagonal BiLSTM's on the plain-PyTorch loop over skewed columns (no fused kernel yet), the convolutions on
+fastgen's tap-conv kernels. :meth:`PixelRNN.sample_cached` (Row LSTM) samples with the LSTM state of the
+previous row and the current row's prefix cached: one column step per sub-pixel instead of a full forward; the
+Diagonal BiLSTM samples with :func:`fastgen.sampling.sample_naive` for now.
 """
 
 from __future__ import annotations
@@ -22,21 +27,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgen.models.base import PixelModel, check_divisible, check_positive_int, conv1x1
-from fastgen.nn import MaskedConv2d, RowLSTM
+from fastgen.nn import DiagonalBiLSTM, MaskedConv2d, RowLSTM
 from fastgen.nn.tap_conv import TapConv2d
 from fastgen.reference.row_lstm import lstm_cell
 from fastgen.validation import check_choice
 
-KINDS = ("row",)
+KINDS = ("row", "diagonal")
 
 
-class RowLSTMLayer(nn.Module):
-    """t [B, 2h, H, W] -> t + 1x1(RowLSTM(t)) (+ a class embedding added to the LSTM's gates)."""
+class PixelRNNLayer(nn.Module):
+    """t [B, 2h, H, W] -> t + 1x1(LSTM(t)) (+ a class embedding added to the LSTM's gates); the LSTM a
+    :class:`fastgen.nn.RowLSTM` (``kind="row"``) or a :class:`fastgen.nn.DiagonalBiLSTM` (``"diagonal"``)."""
 
-    def __init__(self, hidden_channels: int, kernel_size: int, data_channels: int, n_classes: int | None):
+    def __init__(self, hidden_channels: int, kernel_size: int, data_channels: int, n_classes: int | None,
+                 kind: str = "row"):
         super().__init__()
         h = hidden_channels
-        self.lstm = RowLSTM(2 * h, h, kernel_size, "B", data_channels)
+        if kind == "row":
+            self.lstm = RowLSTM(2 * h, h, kernel_size, "B", data_channels)
+        else:
+            self.lstm = DiagonalBiLSTM(2 * h, h, "B", data_channels)
         self.out = conv1x1(h, 2 * h, data_channels)
         self.class_embedding = nn.Embedding(n_classes, 4 * h) if n_classes is not None else None
 
@@ -49,14 +59,15 @@ class PixelRNN(PixelModel):
     """PixelRNN with a ``levels``-way softmax per sub-pixel.
 
     Args:
-        kind: "row" (the Row LSTM).
+        kind: "row" (Row LSTM) or "diagonal" (Diagonal BiLSTM).
         data_channels: 1 (grey) or 3 (RGB, channel groups in every layer).
         levels: number of pixel values (256 for 8-bit images).
         hidden_channels: the paper's h: the residual stream carries 2h channels, each LSTM h (divisible by 3
             for RGB).
         n_layers: Row LSTM layers.
         kernel_size: the input layer's mask-A kernel (7 in the paper).
-        hidden_kernel_size: k of the LSTM's 1 x k input-to-state and state-to-state convolutions (3).
+        hidden_kernel_size: k of the Row LSTM's 1 x k input-to-state and state-to-state convolutions (3; unused
+            by the Diagonal BiLSTM, whose windows are fixed).
         head_channels: width of the hidden 1x1 output layer (default 2h; divisible by 3 for RGB).
         n_classes: class-conditional: each layer adds a learnt embedding of the label to its LSTM's gates.
 
@@ -79,7 +90,7 @@ class PixelRNN(PixelModel):
                            n_layers=n_layers, kernel_size=kernel_size, hidden_kernel_size=hidden_kernel_size,
                            head_channels=head, n_classes=self.n_classes)
         self.input_conv = MaskedConv2d(data_channels, 2 * h, kernel_size, "A", data_channels)
-        self.layers = nn.ModuleList(RowLSTMLayer(h, hidden_kernel_size, data_channels, self.n_classes)
+        self.layers = nn.ModuleList(PixelRNNLayer(h, hidden_kernel_size, data_channels, self.n_classes, kind)
                                     for _ in range(n_layers))
         self.head = conv1x1(2 * h, head, data_channels)
         self.output_conv = conv1x1(head, data_channels * self.levels, data_channels)
@@ -92,6 +103,11 @@ class PixelRNN(PixelModel):
         return out.unflatten(1, (self.data_channels, self.levels)).transpose(1, 2)
 
     # ------------------------------------------------------------------------------------------- sampling
+    @property
+    def has_cached_sampler(self) -> bool:
+        """True for the Row LSTM (:meth:`sample_cached`); the Diagonal BiLSTM has none yet."""
+        return self.kind == "row"
+
     @torch.no_grad()
     def sample_cached(self, n: int | None = None, *, size=None, y=None, temperature: float = 1.0, uniforms=None,
                       generator=None, progress: bool = False) -> torch.Tensor:
@@ -102,6 +118,10 @@ class PixelRNN(PixelModel):
         (``uniforms`` [n, C, H, W] in [0, 1), or from ``generator``) give the same pixels: exactly in float64.
         """
         from fastgen.sampling import draw_categorical, sampling_uniforms  # the samplers import the models
+
+        if not self.has_cached_sampler:
+            raise NotImplementedError(f"sample_cached: no cached sampler for kind={self.kind!r} yet; use "
+                                      "fastgen.sampling.sample_naive")
 
         parameter = next(self.parameters())
         device, dtype = parameter.device, parameter.dtype

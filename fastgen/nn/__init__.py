@@ -4,6 +4,7 @@ from fastgen.nn import masks
 from fastgen.nn.tap_conv import (DownRightShiftedConv2d, DownShiftedConv2d, HorizontalStackConv2d, MaskedConv2d,
                                  TapConv2d, VerticalStackConv2d)
 from fastgen.nn.row_lstm import RowLSTM
+from fastgen.nn.diagonal_lstm import DiagonalBiLSTM
 
-__all__ = ["DownRightShiftedConv2d", "DownShiftedConv2d", "HorizontalStackConv2d", "MaskedConv2d", "RowLSTM",
-           "TapConv2d", "VerticalStackConv2d", "masks"]
+__all__ = ["DiagonalBiLSTM", "DownRightShiftedConv2d", "DownShiftedConv2d", "HorizontalStackConv2d", "MaskedConv2d",
+           "RowLSTM", "TapConv2d", "VerticalStackConv2d", "masks"]
