@@ -32,31 +32,45 @@ MAX_PROGRAMS = 2**31 - 1  # programs on grid axis 0 (B * column blocks)
 FAMILY = register_family(
     "row_lstm", __name__, benchmarks="fastgen.benchmarks.bench_row_lstm",
     configs={
-        # One row per launch: [BLOCK_W, BLOCK_N] tiles with four gate accumulators (forward) or one (backward);
-        # 4 warps. Add configs once a GPU measurement shows they pay.
-        kernels.row_lstm_forward_kernel: [triton.Config({}, num_warps=4, num_stages=2)],
+        # One row per launch: [BLOCK_W, BLOCK_N] tiles with four gate accumulators (forward) or one (backward).
+        # The forward's four [32, 32] float32 accumulators and its gate epilogue spilled at 4 warps (up to 24 B on
+        # sm_90, `fastgen verify`): 8 warps. Add configs once a GPU measurement shows they pay.
+        kernels.row_lstm_forward_kernel: [triton.Config({}, num_warps=8, num_stages=2)],
         kernels.row_lstm_backward_kernel: [triton.Config({}, num_warps=4, num_stages=2)],
     })
 
 _forward_kernel = Kernel(kernels.row_lstm_forward_kernel, key=["n_hidden", "BLOCK_W", "BLOCK_N", "BLOCK_K"])
 _backward_kernel = Kernel(kernels.row_lstm_backward_kernel, key=["n_hidden", "BLOCK_W", "BLOCK_N", "BLOCK_K"])
 
-TILE_BLOCKS = (16, 32)  # tl.dot needs every tile dimension >= 16 on a GPU
+# Tile sizes (tl.dot needs every tile dimension >= 16 on a GPU), chosen so that no variant spills on sm_90
+# (`fastgen verify`): the forward's four [32, 32] float32 accumulators spilled 12-24 B with float32 operands (an FMA
+# GEMM, no tensor cores) and float64 tiles of 32 hundreds of bytes, so float32 keeps 16 hidden units per program
+# and float64 16 of everything.
+COLUMN_BLOCKS = {torch.float16: (16, 32), torch.bfloat16: (16, 32), torch.float32: (16, 32), torch.float64: (16,)}
+UNIT_BLOCKS = {torch.float16: (16, 32), torch.bfloat16: (16, 32), torch.float32: (16,), torch.float64: (16,)}
 
 
-def _block(n: int) -> int:
-    return TILE_BLOCKS[0] if n <= TILE_BLOCKS[0] else TILE_BLOCKS[1]
+def _block(n: int, blocks: tuple[int, ...]) -> int:
+    """The smallest of ``blocks`` that holds ``n`` (columns, hidden units or gate channels), else the largest."""
+    return next((b for b in blocks if b >= n), blocks[-1])
 
 
 @plan_cache
-def plan(batch: int, n_hidden: int, width: int) -> tuple[tuple[int, int], int, tuple[int, int, int, int]]:
+def plan(batch: int, n_hidden: int, width: int, dtype: torch.dtype = torch.float32):
     """(grid, column blocks, (BLOCK_W, BLOCK_N, forward BLOCK_K, backward BLOCK_K)) of one row's launch."""
-    block_w, block_n = _block(width), _block(n_hidden)
+    block_w, block_n = _block(width, COLUMN_BLOCKS[dtype]), _block(n_hidden, UNIT_BLOCKS[dtype])
     n_w_blocks = cdiv(width, block_w)
     programs = batch * n_w_blocks
     if programs > MAX_PROGRAMS:
         raise ValueError(f"gates_in: at most {MAX_PROGRAMS} tiles of {block_w} columns are supported, got {programs}")
-    return (programs, cdiv(n_hidden, block_n)), n_w_blocks, (block_w, block_n, _block(n_hidden), _block(4 * n_hidden))
+    return (programs, cdiv(n_hidden, block_n)), n_w_blocks, (block_w, block_n, forward_block_k(block_n, dtype),
+                                                              _block(4 * n_hidden, COLUMN_BLOCKS[dtype]))
+
+
+def forward_block_k(block_n: int, dtype: torch.dtype) -> int:
+    """Hidden units of the row above reduced per step in the forward: BLOCK_N for 16-bit tiles (tensor cores),
+    16 for 32/64-bit ones (FMA GEMMs, whose [16, 32] x [32, 32] steps spilled on sm_90, `fastgen verify`)."""
+    return block_n if dtype.itemsize == 2 else 16
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -71,7 +85,7 @@ def _row_lstm_forward(gates_in: torch.Tensor, weight: torch.Tensor, groups: int,
     hidden = gates_in.new_empty((batch, n, height, width))
     cell = torch.empty((batch, n, height, width), dtype=compute_dtype(gates_in.dtype), device=gates_in.device)
     gates = torch.empty_like(gates_in, memory_format=torch.contiguous_format) if keep_gates else None
-    grid, n_w_blocks, (block_w, block_n, block_k, _) = plan(batch, n, width)
+    grid, n_w_blocks, (block_w, block_n, block_k, _) = plan(batch, n, width, gates_in.dtype)
     z = gates if gates is not None else hidden  # not written without keep_gates
     z_strides = gates.stride() if gates is not None else (0, 0, 0, 0)
     strides = (*gates_in.stride(), weight.stride(0), weight.stride(1), weight.stride(3), *hidden.stride(),
@@ -103,7 +117,7 @@ def _row_lstm_backward(grad_h, gates, cell, weight, hidden, groups: int, want_ga
     batch, n, height, width = hidden.shape
     grad_z = torch.empty_like(gates)
     dcell = torch.empty((batch, n, width), dtype=cell.dtype, device=cell.device)
-    grid, n_w_blocks, (block_w, block_n, _, block_k) = plan(batch, n, width)
+    grid, n_w_blocks, (block_w, block_n, _, block_k) = plan(batch, n, width, gates.dtype)
     strides = (*gates.stride(), *cell.stride(), weight.stride(0), weight.stride(1), weight.stride(3),
                *grad_h.stride(), *grad_z.stride(), *dcell.stride())
     for row in range(height - 1, -1, -1):
@@ -262,11 +276,14 @@ def kernel_launches():
     for dtype in FLOAT_DTYPES:
         acc = compute_dtype(dtype)
         tensor_cores = dtype.itemsize == 2
-        for block_w, block_n, layout in itertools.product(TILE_BLOCKS, TILE_BLOCKS, given):
-            # forward: BLOCK_K = BLOCK_N (both follow n); backward: BLOCK_K follows 4n (16 only when n <= 4)
-            for kernel, direction, block_ks in ((kernels.row_lstm_forward_kernel, "forward", (block_n,)),
+        columns, units = COLUMN_BLOCKS[dtype], UNIT_BLOCKS[dtype]
+        for block_w, block_n, layout in itertools.product(columns, units, given):
+            # forward: BLOCK_K from BLOCK_N (forward_block_k); backward: BLOCK_K follows 4n (16 only when n <= 4,
+            # so BLOCK_N is then 16)
+            for kernel, direction, block_ks in ((kernels.row_lstm_forward_kernel, "forward",
+                                                 (forward_block_k(block_n, dtype),)),
                                                 (kernels.row_lstm_backward_kernel, "backward",
-                                                 (32,) if block_n == 32 else TILE_BLOCKS)):
+                                                 columns if block_n == units[0] else columns[-1:])):
                 for block_k, config in itertools.product(block_ks, configs_for(kernel)):
                     constexprs = dict(UPCAST=False, COMPUTE=tl_compute_dtype(dtype), BLOCK_W=block_w,
                                       BLOCK_N=block_n, BLOCK_K=block_k)
