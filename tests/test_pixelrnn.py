@@ -230,3 +230,23 @@ def test_diagonal_module(device):
     assert_close(layer(x), expected, torch.float64)
     with pytest.raises(ValueError, match=r"hidden_channels \(4\) must be divisible by data_channels \(3\)"):
         DiagonalBiLSTM(3, 4, data_channels=3)
+
+
+def test_row_model_loss_compiles_whole(device):
+    """The Row LSTM model's training loss (convolutions, the recurrence and the fused loss: fastgen custom ops)
+    compiles with fullgraph=True and gives eager's loss and parameter gradients."""
+    model = small_model(1, dtype=torch.float32).to(device)
+    x = torch.randint(0, model.levels, (2, 1, 3, 4), device=device)
+
+    def loss(x):
+        return fastgen.pixel_cross_entropy(model(x), x)
+
+    params = list(model.parameters())
+    eager_loss = loss(x)
+    eager_grads = torch.autograd.grad(eager_loss, params)
+    torch._dynamo.reset()
+    compiled_loss = torch.compile(loss, fullgraph=True, backend="aot_eager")(x)
+    compiled_grads = torch.autograd.grad(compiled_loss, params)
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for got, expected in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

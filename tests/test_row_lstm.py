@@ -76,6 +76,7 @@ def test_tiles():
     assert op.plan(2, 33, 35, torch.float32)[0] == (4, 3)  # (B * column blocks, hidden-unit blocks of 16)
     assert op.plan(2, 33, 35, torch.bfloat16)[0] == (4, 2)  # 16-bit: blocks of 32
     assert op.plan(2, 16, 16, torch.bfloat16)[2] == (16, 16, 16, 32)
+    assert op.plan(2, 16, 16, torch.float32)[2] == (16, 16, 16, 16)
     assert op.plan(2, 4, 3, torch.float32)[2] == (16, 16, 16, 16)
     assert op.plan(2, 33, 35, torch.float64)[2] == (16, 16, 16, 16)  # float64: 16 everywhere (no spills)
 

@@ -33,10 +33,11 @@ FAMILY = register_family(
     "row_lstm", __name__, benchmarks="fastgen.benchmarks.bench_row_lstm",
     configs={
         # One row per launch: [BLOCK_W, BLOCK_N] tiles with four gate accumulators (forward) or one (backward).
-        # The forward's four [32, 32] float32 accumulators and its gate epilogue spilled at 4 warps (up to 24 B on
-        # sm_90, `fastgen verify`): 8 warps. Add configs once a GPU measurement shows they pay.
+        # At 4 warps the forward's four [32, 32] float32 accumulators and its gate epilogue spilled (up to 24 B on
+        # sm_90) and the backward's 16-bit [32, 32] tiles 40 B on sm_80 (`fastgen verify`): 8 warps for both.
+        # Add configs once a GPU measurement shows they pay.
         kernels.row_lstm_forward_kernel: [triton.Config({}, num_warps=8, num_stages=2)],
-        kernels.row_lstm_backward_kernel: [triton.Config({}, num_warps=4, num_stages=2)],
+        kernels.row_lstm_backward_kernel: [triton.Config({}, num_warps=8, num_stages=2)],
     })
 
 _forward_kernel = Kernel(kernels.row_lstm_forward_kernel, key=["n_hidden", "BLOCK_W", "BLOCK_N", "BLOCK_K"])
@@ -64,13 +65,19 @@ def plan(batch: int, n_hidden: int, width: int, dtype: torch.dtype = torch.float
     if programs > MAX_PROGRAMS:
         raise ValueError(f"gates_in: at most {MAX_PROGRAMS} tiles of {block_w} columns are supported, got {programs}")
     return (programs, cdiv(n_hidden, block_n)), n_w_blocks, (block_w, block_n, forward_block_k(block_n, dtype),
-                                                              _block(4 * n_hidden, COLUMN_BLOCKS[dtype]))
+                                                              backward_block_k(n_hidden, dtype))
 
 
 def forward_block_k(block_n: int, dtype: torch.dtype) -> int:
     """Hidden units of the row above reduced per step in the forward: BLOCK_N for 16-bit tiles (tensor cores),
     16 for 32/64-bit ones (FMA GEMMs, whose [16, 32] x [32, 32] steps spilled on sm_90, `fastgen verify`)."""
     return block_n if dtype.itemsize == 2 else 16
+
+
+def backward_block_k(n_hidden: int, dtype: torch.dtype) -> int:
+    """Gate channels of the row below reduced per step in the backward: up to 32 for 16-bit tiles, 16 for
+    32/64-bit ones (a float32 [32, 32] x [32, 16] step spilled on sm_80, `fastgen verify`)."""
+    return _block(4 * n_hidden, COLUMN_BLOCKS[dtype]) if dtype.itemsize == 2 else 16
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -278,12 +285,12 @@ def kernel_launches():
         tensor_cores = dtype.itemsize == 2
         columns, units = COLUMN_BLOCKS[dtype], UNIT_BLOCKS[dtype]
         for block_w, block_n, layout in itertools.product(columns, units, given):
-            # forward: BLOCK_K from BLOCK_N (forward_block_k); backward: BLOCK_K follows 4n (16 only when n <= 4,
-            # so BLOCK_N is then 16)
+            # forward: BLOCK_K from BLOCK_N (forward_block_k); backward: 16 for 32/64-bit tiles, else from 4n
+            # (16 only when n <= 4, so BLOCK_N is then 16)
+            backward_ks = (16,) if dtype.itemsize > 2 else columns if block_n == units[0] else columns[-1:]
             for kernel, direction, block_ks in ((kernels.row_lstm_forward_kernel, "forward",
                                                  (forward_block_k(block_n, dtype),)),
-                                                (kernels.row_lstm_backward_kernel, "backward",
-                                                 columns if block_n == units[0] else columns[-1:])):
+                                                (kernels.row_lstm_backward_kernel, "backward", backward_ks)):
                 for block_k, config in itertools.product(block_ks, configs_for(kernel)):
                     constexprs = dict(UPCAST=False, COMPUTE=tl_compute_dtype(dtype), BLOCK_W=block_w,
                                       BLOCK_N=block_n, BLOCK_K=block_k)
