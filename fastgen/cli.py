@@ -100,7 +100,7 @@ def _verify(args) -> int:
 
 # model -> default (hidden channels, layers): each trains below log2(17) = 4.09 bits/dim on digits in seconds on
 # a CPU (README: "Training on digits and sampling")
-TRAIN_DEFAULTS = {"pixelcnn": (32, 4), "gated": (32, 4), "pixelcnnpp": (32, 3)}
+TRAIN_DEFAULTS = {"pixelcnn": (32, 4), "gated": (32, 4), "pixelcnnpp": (32, 3), "pixelrnn": (32, 2)}
 PIXELCNNPP_MIXTURES = 5
 # model -> default (hidden channels, latent dim, epochs, Adam's lr); each trains in under a minute on digits on a
 # 2-core CPU (README: "VAE and DCGAN")
@@ -211,12 +211,20 @@ def _write_samples(model, meta, n, path, *, device, seed, temperature=1.0, naive
     y = _sample_labels(model, n, label)
     generator = torch.Generator(device=device).manual_seed(seed)
     draw = sampling.sample_naive if naive else sampling.sample
+    if not naive and getattr(model, "has_cached_sampler", False):  # a model with its own (PixelRNN's Row LSTM)
+        draw = _own_sampler
+    elif not naive and getattr(model, "kind", None) == "diagonal":
+        raise UsageError("the Diagonal BiLSTM PixelRNN has no cached sampler yet: pass --naive")
     with torch.no_grad():
         pixels = draw(model.to(device).eval(), n, size=tuple(meta["image_size"]),
                       y=None if y is None else y.to(device), temperature=temperature, generator=generator,
                       progress=progress)
     nrow = model.n_classes if model.n_classes is not None and label is None and n >= model.n_classes else None
     save_image_grid(pixels.cpu(), model.levels, path, nrow=nrow)
+
+
+def _own_sampler(model, n, *, size, y, temperature, generator, progress):
+    return model.sample_cached(n, size=size, y=y, temperature=temperature, generator=generator, progress=progress)
 
 
 def _write_reconstructions(model, pixels, path, *, device, n=32):
@@ -367,10 +375,11 @@ def main(argv=None) -> int:
                         "those whose label contains TEXT)")
     verify.set_defaults(func=_verify)
 
-    train = sub.add_parser("train", help="train a PixelCNN, VAE or DCGAN on digits or your images; save a "
+    train = sub.add_parser("train", help="train a PixelCNN, PixelRNN, VAE or DCGAN on digits or your images; save a "
                            "checkpoint and samples")
     train.add_argument("model", choices=[*TRAIN_DEFAULTS, *LATENT_DEFAULTS],
-                       help="PixelCNN, Gated PixelCNN, PixelCNN++-lite, VAE or DCGAN (digits at 8x8 as they are)")
+                       help="PixelCNN, Gated PixelCNN, PixelCNN++-lite, PixelRNN (Row LSTM), VAE or DCGAN (digits "
+                       "at 8x8 as they are)")
     train.add_argument("--data", default="digits", metavar="digits|PATH.npy|FOLDER",
                        help="scikit-learn's 8x8 digits (default), a .npy array of integer images ([N, H, W], "
                             "[N, H, W, C] or [N, C, H, W]) or a folder of PNG/JPEG images (one sub-folder per class "
@@ -383,7 +392,7 @@ def main(argv=None) -> int:
     train.add_argument("--hidden-channels", type=int, help="default: " + ", ".join(
         f"{m} {v[0]}" for m, v in [*TRAIN_DEFAULTS.items(), *LATENT_DEFAULTS.items()]) +
         " (48 for RGB PixelCNN/Gated)")
-    train.add_argument("--layers", type=int, help="residual blocks / gated layers, default: " + ", ".join(
+    train.add_argument("--layers", type=int, help="residual blocks / gated / LSTM layers, default: " + ", ".join(
         f"{m} {n}" for m, (_, n) in TRAIN_DEFAULTS.items()))
     train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
     train.add_argument("--seed", type=int, default=0, help="initialisation, test split, batches, samples")

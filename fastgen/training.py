@@ -28,15 +28,16 @@ import numpy as np
 import torch
 
 from fastgen.data import train_test_indices
-from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp, PixelModel, scale_pixels
+from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp, PixelModel, PixelRNN, scale_pixels
 from fastgen.ops.pixel_losses import bits_per_dim, dmol_nll, pixel_cross_entropy
 
 #: checkpoint kind name -> model class
-MODELS = {"pixelcnn": PixelCNN, "gated": GatedPixelCNN, "pixelcnnpp": PixelCNNpp, "vae": VAE, "dcgan": DCGAN}
+MODELS = {"pixelcnn": PixelCNN, "gated": GatedPixelCNN, "pixelcnnpp": PixelCNNpp, "pixelrnn": PixelRNN, "vae": VAE,
+          "dcgan": DCGAN}
 
 
 def model_kind(model: PixelModel) -> str:
-    """The registry name of ``model``'s class ("pixelcnn", "gated", "pixelcnnpp", "vae" or "dcgan")."""
+    """The registry name of ``model``'s class ("pixelcnn", "gated", "pixelcnnpp", "pixelrnn", "vae" or "dcgan")."""
     for name, cls in MODELS.items():
         if type(model) is cls:
             return name

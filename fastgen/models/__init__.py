@@ -1,4 +1,4 @@
-"""The PixelCNN family on fastgen's convolutions (PixelCNN, Gated PixelCNN, PixelCNN++-lite), a VAE on
+"""The PixelCNN family and PixelRNN on fastgen's convolutions (PixelCNN, Gated PixelCNN, PixelCNN++-lite), a VAE on
 :func:`fastgen.reparameterize_kl` and a DCGAN on fastgen's GAN losses.
 
 >>> model = fastgen.models.PixelCNN(data_channels=1, levels=17, hidden_channels=32, n_layers=4)
@@ -15,8 +15,9 @@ from fastgen.models.dcgan import DCGAN, DLoss
 from fastgen.models.gated_pixelcnn import GatedLayer, GatedPixelCNN, gated_activation
 from fastgen.models.pixelcnn import PixelCNN, ResidualBlock
 from fastgen.models.pixelcnnpp import GatedResnet, PixelCNNpp, concat_elu, dmol_channels, down_shift, right_shift
+from fastgen.models.pixelrnn import PixelRNN, PixelRNNLayer
 from fastgen.models.vae import VAE, NegativeELBO, VAEOutput
 
 __all__ = ["DCGAN", "DLoss", "GatedLayer", "GatedPixelCNN", "GatedResnet", "NegativeELBO", "PixelCNN", "PixelCNNpp",
-           "PixelModel", "ResidualBlock", "VAE", "VAEOutput", "concat_elu", "dmol_channels", "down_shift",
-           "gated_activation", "right_shift", "scale_pixels"]
+           "PixelModel", "PixelRNN", "PixelRNNLayer", "ResidualBlock", "VAE", "VAEOutput", "concat_elu",
+           "dmol_channels", "down_shift", "gated_activation", "right_shift", "scale_pixels"]

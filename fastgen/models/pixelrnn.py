@@ -1,0 +1,232 @@
+"""PixelRNN (van den Oord et al. 2016, "Pixel Recurrent Neural Networks"): the Row LSTM and Diagonal BiLSTM
+models.
+
+    x [B, C, H, W] -> k x k mask A (C -> 2h) -> n_layers LSTM layers with residual connections (2h)
+    -> ReLU -> 1x1 (2h -> head) -> ReLU -> 1x1 (head -> C * levels) -> logits [B, levels, C, H, W]
+
+One residual layer (the paper's figure 4 and section 3.4): t + 1x1(LSTM(t)), the LSTM reading the 2h-channel
+input with a mask-B input-to-state convolution and producing h channels, the 1x1 mapping them back to 2h.
+``kind="row"``: a Row LSTM (:class:`fastgen.nn.RowLSTM`, 1 x k input-to-state and state-to-state convolutions,
+k = 3); ``kind="diagonal"``: a Diagonal BiLSTM (:class:`fastgen.nn.DiagonalBiLSTM`, 1x1 input-to-state, 2 x 1
+state-to-state on the skewed map, both directions). As in the paper's table 4, the first layer is a 7 x 7
+mask-A convolution and the LSTM layers are mask B. With ``data_channels=3`` every layer splits its channels into the R, G, B groups (the LSTM's
+gates per group, see :class:`fastgen.nn.RowLSTM`), so the logits of channel c at pixel p depend on the pixels
+before p and on channels < c of p only.
+
+The Row LSTM's recurrence runs on :func:`fastgen.row_lstm` (fused per row; the reference's Python loop on CPU),
+the Diagonal BiLSTM's on the plain-PyTorch loop over skewed columns (no fused kernel yet), the convolutions on
+fastgen's tap-conv kernels. :meth:`PixelRNN.sample_cached` (Row LSTM) samples with the LSTM state of the
+previous row and the current row's prefix cached: one column step per sub-pixel instead of a full forward; the
+Diagonal BiLSTM samples with :func:`fastgen.sampling.sample_naive` for now.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgen.models.base import PixelModel, check_divisible, check_positive_int, conv1x1
+from fastgen.nn import DiagonalBiLSTM, MaskedConv2d, RowLSTM
+from fastgen.nn.tap_conv import TapConv2d
+from fastgen.reference.row_lstm import lstm_cell
+from fastgen.validation import check_choice
+
+KINDS = ("row", "diagonal")
+
+
+class PixelRNNLayer(nn.Module):
+    """t [B, 2h, H, W] -> t + 1x1(LSTM(t)) (+ a class embedding added to the LSTM's gates); the LSTM a
+    :class:`fastgen.nn.RowLSTM` (``kind="row"``) or a :class:`fastgen.nn.DiagonalBiLSTM` (``"diagonal"``)."""
+
+    def __init__(self, hidden_channels: int, kernel_size: int, data_channels: int, n_classes: int | None,
+                 kind: str = "row"):
+        super().__init__()
+        h = hidden_channels
+        if kind == "row":
+            self.lstm = RowLSTM(2 * h, h, kernel_size, "B", data_channels)
+        else:
+            self.lstm = DiagonalBiLSTM(2 * h, h, "B", data_channels)
+        self.out = conv1x1(h, 2 * h, data_channels)
+        self.class_embedding = nn.Embedding(n_classes, 4 * h) if n_classes is not None else None
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        bias = self.class_embedding(y) if self.class_embedding is not None else None
+        return t + self.out(self.lstm(t, bias))
+
+
+class PixelRNN(PixelModel):
+    """PixelRNN with a ``levels``-way softmax per sub-pixel.
+
+    Args:
+        kind: "row" (Row LSTM) or "diagonal" (Diagonal BiLSTM).
+        data_channels: 1 (grey) or 3 (RGB, channel groups in every layer).
+        levels: number of pixel values (256 for 8-bit images).
+        hidden_channels: the paper's h: the residual stream carries 2h channels, each LSTM h (divisible by 3
+            for RGB).
+        n_layers: Row LSTM layers.
+        kernel_size: the input layer's mask-A kernel (7 in the paper).
+        hidden_kernel_size: k of the Row LSTM's 1 x k input-to-state and state-to-state convolutions (3; unused
+            by the Diagonal BiLSTM, whose windows are fixed).
+        head_channels: width of the hidden 1x1 output layer (default 2h; divisible by 3 for RGB).
+        n_classes: class-conditional: each layer adds a learnt embedding of the label to its LSTM's gates.
+
+    ``forward(x, y=None)``: x [B, C, H, W] (integer pixels 0..levels-1 or floats in [-1, 1]), y [B] -> logits
+    [B, levels, C, H, W], as :class:`fastgen.models.PixelCNN`.
+    """
+
+    def __init__(self, kind: str = "row", data_channels: int = 1, levels: int = 256, hidden_channels: int = 64,
+                 n_layers: int = 7, kernel_size: int = 7, hidden_kernel_size: int = 3,
+                 head_channels: int | None = None, n_classes: int | None = None):
+        super().__init__(data_channels, levels, n_classes)
+        check_choice("kind", kind, KINDS)
+        h = check_positive_int("hidden_channels", hidden_channels)
+        head = 2 * h if head_channels is None else check_positive_int("head_channels", head_channels)
+        check_divisible("hidden_channels", h, data_channels)
+        check_divisible("head_channels", head, data_channels)
+        n_layers = check_positive_int("n_layers", n_layers, 0)
+        self.kind = kind
+        self.config = dict(kind=kind, data_channels=data_channels, levels=self.levels, hidden_channels=h,
+                           n_layers=n_layers, kernel_size=kernel_size, hidden_kernel_size=hidden_kernel_size,
+                           head_channels=head, n_classes=self.n_classes)
+        self.input_conv = MaskedConv2d(data_channels, 2 * h, kernel_size, "A", data_channels)
+        self.layers = nn.ModuleList(PixelRNNLayer(h, hidden_kernel_size, data_channels, self.n_classes, kind)
+                                    for _ in range(n_layers))
+        self.head = conv1x1(2 * h, head, data_channels)
+        self.output_conv = conv1x1(head, data_channels * self.levels, data_channels)
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        t = self.input_conv(x)
+        for layer in self.layers:
+            t = layer(t, y)
+        out = self.output_conv(F.relu(self.head(F.relu(t))))
+        return out.unflatten(1, (self.data_channels, self.levels)).transpose(1, 2)
+
+    # ------------------------------------------------------------------------------------------- sampling
+    @property
+    def has_cached_sampler(self) -> bool:
+        """True for the Row LSTM (:meth:`sample_cached`); the Diagonal BiLSTM has none yet."""
+        return self.kind == "row"
+
+    @torch.no_grad()
+    def sample_cached(self, n: int | None = None, *, size=None, y=None, temperature: float = 1.0, uniforms=None,
+                      generator=None, progress: bool = False) -> torch.Tensor:
+        """Samples [n, C, H, W] pixel values (long) in raster order with cached state, in plain PyTorch over the
+        model's parameters: per row the LSTM states of the row above (h, c of every layer), per column the
+        current row's layer inputs to the left; one column step through every layer per sub-pixel (and one
+        more per pixel to cache it with all its channels). The same draws as :func:`fastgen.sampling.sample_naive`
+        (``uniforms`` [n, C, H, W] in [0, 1), or from ``generator``) give the same pixels: exactly in float64.
+        """
+        from fastgen.sampling import draw_categorical, sampling_uniforms  # the samplers import the models
+
+        if not self.has_cached_sampler:
+            raise NotImplementedError(f"sample_cached: no cached sampler for kind={self.kind!r} yet; use "
+                                      "fastgen.sampling.sample_naive")
+
+        parameter = next(self.parameters())
+        device, dtype = parameter.device, parameter.dtype
+        if uniforms is None:
+            if n is None or size is None:
+                raise ValueError("sample_cached: give n and size (H, W), or uniforms [n, C, H, W]")
+            uniforms = sampling_uniforms(self, n, tuple(size), generator)
+        n, channels, height, width = uniforms.shape
+        if channels != self.data_channels:
+            raise ValueError(f"uniforms must have shape [n, {self.data_channels}, H, W], got {tuple(uniforms.shape)}")
+        if y is not None:
+            y = self.check_labels(y.to(device), uniforms)
+        elif self.n_classes is not None:
+            raise ValueError(f"y (class labels [n]) is required: the model was built with n_classes={self.n_classes}")
+        uniforms = uniforms.to(device)
+        training = self.training
+        self.eval()
+        try:
+            steps = _RowLSTMSteps(self, n, height, width, y, device, dtype)
+            pixels = torch.zeros((n, channels, height, width), dtype=torch.long, device=device)
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=height * width, desc="sample_cached", unit="px")
+            for row in range(height):
+                for col in range(width):
+                    for channel in range(channels):
+                        logits = steps.column(row, col)  # [n, C, levels]
+                        value = draw_categorical(logits[:, channel], uniforms[:, channel, row, col], temperature)
+                        pixels[:, channel, row, col] = value
+                        steps.put_pixel(row, col, channel, value)
+                    steps.column(row, col)  # the caches of this column, from the whole pixel
+                    if bar is not None:
+                        bar.update(1)
+                steps.end_row()
+            if bar is not None:
+                bar.close()
+        finally:
+            self.train(training)
+        return pixels
+
+
+def _masked_weight(conv: TapConv2d) -> torch.Tensor:
+    return conv.weight * conv.taps.mask(conv.out_channels, conv.in_channels, conv.weight.dtype, conv.weight.device)
+
+
+def _at(conv: TapConv2d, window: torch.Tensor) -> torch.Tensor:
+    """The convolution's output at one position from the input ``window`` [n, C_in, kh, kw] around it."""
+    return F.conv2d(window, _masked_weight(conv), conv.bias)[:, :, 0, 0]
+
+
+class _RowLSTMSteps:
+    """The caches of :meth:`PixelRNN.sample_cached` and one column step through the model."""
+
+    def __init__(self, model: PixelRNN, n: int, height: int, width: int, y, device, dtype):
+        self.model, self.width = model, width
+        k0 = model.input_conv.kernel_size[0]
+        self.pad0 = k0 // 2
+        # the image as the model sees it ([-1, 1]), zero padded for the k0 x k0 input window
+        self.image = torch.zeros((n, model.data_channels, height + 2 * self.pad0, width + 2 * self.pad0),
+                                 dtype=dtype, device=device)
+        self.image[:, :, self.pad0:self.pad0 + height, self.pad0:self.pad0 + width] = -1.0  # pixel value 0
+        self.layers = []
+        for layer in model.layers:
+            lstm = layer.lstm
+            k = lstm.kernel_size
+            h = lstm.hidden_channels
+            self.layers.append(dict(
+                layer=layer, k=k,
+                inputs=torch.zeros((n, lstm.input_to_state.in_channels, 1, width + k // 2),
+                                   dtype=dtype, device=device),  # this row's inputs, left-padded by k//2
+                h_prev=torch.zeros((n, h, 1, width + 2 * (k // 2)), dtype=dtype, device=device),
+                c_prev=None,  # [n, h, W] after the first row
+                h_row=torch.zeros((n, h, width), dtype=dtype, device=device),
+                c_row=torch.zeros((n, h, width), dtype=dtype, device=device),
+                bias=layer.class_embedding(y) if layer.class_embedding is not None else None,
+            ))
+
+    def put_pixel(self, row: int, col: int, channel: int, value: torch.Tensor) -> None:
+        scaled = value.to(self.image.dtype) * (2.0 / (self.model.levels - 1)) - 1.0
+        self.image[:, channel, row + self.pad0, col + self.pad0] = scaled
+
+    def column(self, row: int, col: int) -> torch.Tensor:
+        """Logits [n, C, levels] at (row, col); updates the caches of this column."""
+        model, k0 = self.model, 2 * self.pad0 + 1
+        t = _at(model.input_conv, self.image[:, :, row:row + k0, col:col + k0])  # [n, 2h]
+        for cache in self.layers:
+            layer, k = cache["layer"], cache["k"]
+            lstm = layer.lstm
+            cache["inputs"][:, :, 0, col + k // 2] = t
+            z = _at(lstm.input_to_state, cache["inputs"][:, :, :, col:col + k // 2 + 1])
+            if cache["bias"] is not None:
+                z = z + cache["bias"]
+            if cache["c_prev"] is not None:  # row > 0: the state-to-state convolution over the row above
+                z = z + F.conv2d(cache["h_prev"][:, :, :, col:col + k], lstm.state_to_state.weight)[:, :, 0, 0]
+            h, c = lstm_cell(z, None if cache["c_prev"] is None else cache["c_prev"][:, :, col], lstm.data_channels)
+            cache["h_row"][:, :, col], cache["c_row"][:, :, col] = h, c
+            t = t + _at(layer.out, h[:, :, None, None])
+        head = _at(model.head, F.relu(t)[:, :, None, None])
+        out = _at(model.output_conv, F.relu(head)[:, :, None, None])
+        return out.unflatten(1, (model.data_channels, model.levels))
+
+    def end_row(self) -> None:
+        for cache in self.layers:
+            k = cache["k"]
+            cache["h_prev"][:, :, 0, k // 2:k // 2 + self.width] = cache["h_row"]
+            cache["c_prev"] = cache["c_row"].clone()

@@ -1,0 +1,300 @@
+"""PixelRNN's Row LSTM recurrence (state-to-state convolution, gates and cell update of every row): launchers,
+the autograd Function and the public op.
+
+The input-to-state part runs before, for all rows at once, on the masked-convolution kernels
+(:class:`fastgen.nn.RowLSTM`); this op takes its output ``gates_in`` and runs the sequential part, one fused
+kernel launch per row forward and one per row backward (see :mod:`fastgen.kernels.row_lstm`). What a row's
+launch moves, and why fusing pays: eager PyTorch runs per row a conv1d (reading h_{i-1} and the weight, writing
+the [B, 4n, W] state-to-state term), an add with gates_in, four activations, the cell update and the output
+(some ten kernels, each a round trip of [B, 4n, W] or [B, n, W] tensors through memory); the fused kernel reads
+h_{i-1}, c_{i-1}, the weight and gates_in once and writes h_i, c_i and the pre-activations once. That is a
+prediction from counting bytes and launches, not a measurement: no GPU timing of this op exists yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import triton
+
+from fastgen import library, reference
+from fastgen.autotune import configs_for
+from fastgen.dispatch import backend_for, interpreting
+from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
+from fastgen.kernels import row_lstm as kernels
+from fastgen.launch import Kernel, cdiv, plan_cache
+from fastgen.registry import register_family
+from fastgen.validation import check_float_tensor, check_int
+
+MAX_PROGRAMS = 2**31 - 1  # programs on grid axis 0 (B * column blocks)
+
+FAMILY = register_family(
+    "row_lstm", __name__, benchmarks="fastgen.benchmarks.bench_row_lstm",
+    configs={
+        # One row per launch: [BLOCK_W, BLOCK_N] tiles with four gate accumulators (forward) or one (backward).
+        # At 4 warps the forward's four [32, 32] float32 accumulators and its gate epilogue spilled (up to 24 B on
+        # sm_90) and the backward's 16-bit [32, 32] tiles 40 B on sm_80 (`fastgen verify`): 8 warps for both.
+        # Add configs once a GPU measurement shows they pay.
+        kernels.row_lstm_forward_kernel: [triton.Config({}, num_warps=8, num_stages=2)],
+        kernels.row_lstm_backward_kernel: [triton.Config({}, num_warps=8, num_stages=2)],
+    })
+
+_forward_kernel = Kernel(kernels.row_lstm_forward_kernel, key=["n_hidden", "BLOCK_W", "BLOCK_N", "BLOCK_K"])
+_backward_kernel = Kernel(kernels.row_lstm_backward_kernel, key=["n_hidden", "BLOCK_W", "BLOCK_N", "BLOCK_K"])
+
+# Tile sizes (tl.dot needs every tile dimension >= 16 on a GPU), chosen so that no variant spills on sm_90
+# (`fastgen verify`): the forward's four [32, 32] float32 accumulators spilled 12-24 B with float32 operands (an FMA
+# GEMM, no tensor cores) and float64 tiles of 32 hundreds of bytes, so float32 keeps 16 hidden units per program
+# and float64 16 of everything.
+COLUMN_BLOCKS = {torch.float16: (16, 32), torch.bfloat16: (16, 32), torch.float32: (16, 32), torch.float64: (16,)}
+UNIT_BLOCKS = {torch.float16: (16, 32), torch.bfloat16: (16, 32), torch.float32: (16,), torch.float64: (16,)}
+
+
+def _block(n: int, blocks: tuple[int, ...]) -> int:
+    """The smallest of ``blocks`` that holds ``n`` (columns, hidden units or gate channels), else the largest."""
+    return next((b for b in blocks if b >= n), blocks[-1])
+
+
+@plan_cache
+def plan(batch: int, n_hidden: int, width: int, dtype: torch.dtype = torch.float32):
+    """(grid, column blocks, (BLOCK_W, BLOCK_N, forward BLOCK_K, backward BLOCK_K)) of one row's launch."""
+    block_w, block_n = _block(width, COLUMN_BLOCKS[dtype]), _block(n_hidden, UNIT_BLOCKS[dtype])
+    n_w_blocks = cdiv(width, block_w)
+    programs = batch * n_w_blocks
+    if programs > MAX_PROGRAMS:
+        raise ValueError(f"gates_in: at most {MAX_PROGRAMS} tiles of {block_w} columns are supported, got {programs}")
+    return (programs, cdiv(n_hidden, block_n)), n_w_blocks, (block_w, block_n, forward_block_k(block_n, dtype),
+                                                              backward_block_k(n_hidden, dtype))
+
+
+def forward_block_k(block_n: int, dtype: torch.dtype) -> int:
+    """Hidden units of the row above reduced per step in the forward: BLOCK_N for 16-bit tiles (tensor cores),
+    16 for 32/64-bit ones (FMA GEMMs, whose [16, 32] x [32, 32] steps spilled on sm_90, `fastgen verify`)."""
+    return block_n if dtype.itemsize == 2 else 16
+
+
+def backward_block_k(n_hidden: int, dtype: torch.dtype) -> int:
+    """Gate channels of the row below reduced per step in the backward: up to 32 for 16-bit tiles, 16 for
+    32/64-bit ones (a float32 [32, 32] x [32, 16] step spilled on sm_80, `fastgen verify`)."""
+    return _block(4 * n_hidden, COLUMN_BLOCKS[dtype]) if dtype.itemsize == 2 else 16
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    """Under the interpreter bf16 tl.dot multiplies bit patterns: multiply the bf16 operands in fp32 there."""
+    return interpreting() and dtype == torch.bfloat16
+
+
+def _row_lstm_forward(gates_in: torch.Tensor, weight: torch.Tensor, groups: int, keep_gates: bool):
+    """(hidden [B, n, H, W], cell [B, n, H, W] in the compute dtype, gates [B, 4n, H, W] or None)."""
+    batch, four_n, height, width = gates_in.shape
+    n = four_n // 4
+    hidden = gates_in.new_empty((batch, n, height, width))
+    cell = torch.empty((batch, n, height, width), dtype=compute_dtype(gates_in.dtype), device=gates_in.device)
+    gates = torch.empty_like(gates_in, memory_format=torch.contiguous_format) if keep_gates else None
+    grid, n_w_blocks, (block_w, block_n, block_k, _) = plan(batch, n, width, gates_in.dtype)
+    z = gates if gates is not None else hidden  # not written without keep_gates
+    z_strides = gates.stride() if gates is not None else (0, 0, 0, 0)
+    strides = (*gates_in.stride(), weight.stride(0), weight.stride(1), weight.stride(3), *hidden.stride(),
+               *cell.stride(), *z_strides)
+    for row in range(height):
+        _forward_kernel[grid](
+            gates_in, weight, hidden, cell, z, row, width, n, n // groups, weight.shape[3], n_w_blocks,
+            int(keep_gates), *strides,
+            UPCAST=_upcast(gates_in.dtype), COMPUTE=tl_compute_dtype(gates_in.dtype),
+            BLOCK_W=block_w, BLOCK_N=block_n, BLOCK_K=block_k,
+        )
+    return hidden, cell, gates
+
+
+def _weight_grad(grad_z: torch.Tensor, hidden: torch.Tensor, weight_shape) -> torch.Tensor:
+    """dW[q, k, 0, t] = sum over b, rows i >= 1, columns w of dz_i[q, w] h_{i-1}[k, w + t - K//2]: K matmuls
+    (in the compute dtype, rounded to the weight's dtype)."""
+    four_n, n, _, kernel_w = weight_shape
+    acc = compute_dtype(hidden.dtype)
+    width = hidden.shape[3]
+    dz = grad_z[:, :, 1:].to(acc)
+    h = torch.nn.functional.pad(hidden[:, :, :-1].to(acc), (kernel_w // 2, kernel_w // 2))
+    taps = [torch.einsum("bqrw,bkrw->qk", dz, h[..., t:t + width]) for t in range(kernel_w)]
+    return torch.stack(taps, -1).unsqueeze(2).to(hidden.dtype)
+
+
+def _row_lstm_backward(grad_h, gates, cell, weight, hidden, groups: int, want_gates: bool, want_weight: bool):
+    """(grad of gates_in [B, 4n, H, W], grad of weight), None where not wanted."""
+    batch, n, height, width = hidden.shape
+    grad_z = torch.empty_like(gates)
+    dcell = torch.empty((batch, n, width), dtype=cell.dtype, device=cell.device)
+    grid, n_w_blocks, (block_w, block_n, _, block_k) = plan(batch, n, width, gates.dtype)
+    strides = (*gates.stride(), *cell.stride(), weight.stride(0), weight.stride(1), weight.stride(3),
+               *grad_h.stride(), *grad_z.stride(), *dcell.stride())
+    for row in range(height - 1, -1, -1):
+        _backward_kernel[grid](
+            gates, cell, weight, grad_h, grad_z, dcell, row, height, width, n, n // groups, weight.shape[3],
+            n_w_blocks, *strides,
+            UPCAST=_upcast(gates.dtype), COMPUTE=tl_compute_dtype(gates.dtype),
+            BLOCK_W=block_w, BLOCK_N=block_n, BLOCK_K=block_k,
+        )
+    grad_weight = _weight_grad(grad_z, hidden, weight.shape) if want_weight else None
+    return (grad_z if want_gates else None), grad_weight
+
+
+class RowLSTMRecurrence(torch.autograd.Function):
+    """(gates_in, weight, groups, keep_gates) -> hidden states [B, n, H, W] of the Row LSTM.
+
+    Forward: one fused kernel per row (state-to-state convolution, gates, cell and hidden update); it keeps the
+    cell states (compute dtype) and, when ``keep_gates`` (a gradient is needed), the pre-activations. Backward:
+    one kernel per row from the last (the gate gradient, the cell gradient carried up), then the weight gradient
+    as K matmuls. Prefer :func:`fastgen.row_lstm`, which validates arguments, picks the backend and handles
+    empty tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, gates_in, weight, groups, keep_gates=True):
+        hidden, cell, gates = _row_lstm_forward(gates_in, weight, groups, keep_gates)
+        ctx.groups = groups
+        ctx.save_for_backward(gates, cell, weight, hidden)
+        return hidden
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        gates, cell, weight, hidden = ctx.saved_tensors
+        if gates is None:
+            raise RuntimeError("RowLSTMRecurrence: a call with keep_gates=False has no gradient")
+        grad_z, grad_w = _row_lstm_backward(grad_h, gates, cell, weight, hidden, ctx.groups, ctx.needs_input_grad[0],
+                                            ctx.needs_input_grad[1])
+        return grad_z, grad_w, None, None
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+# The same launches as torch.ops.fastgen.* for torch.compile (see fastgen.library). The forward op also returns
+# the cell states and the pre-activations (a placeholder when not kept), which its backward op reads.
+@library.custom_op("row_lstm", "(Tensor gates_in, Tensor weight, int groups, bool keep_gates) "
+                   "-> (Tensor, Tensor, Tensor)")
+def _row_lstm_op(gates_in, weight, groups, keep_gates):
+    """(hidden, cell, gates or a placeholder)."""
+    hidden, cell, gates = _row_lstm_forward(gates_in, weight, groups, keep_gates)
+    return hidden, cell, library.nothing(gates_in) if gates is None else gates
+
+
+@_row_lstm_op.register_fake
+def _(gates_in, weight, groups, keep_gates):
+    batch, four_n, height, width = gates_in.shape
+    hidden = gates_in.new_empty((batch, four_n // 4, height, width))
+    cell = hidden.new_empty(hidden.shape, dtype=compute_dtype(gates_in.dtype))
+    gates = gates_in.new_empty(gates_in.shape) if keep_gates else library.nothing(gates_in)
+    return hidden, cell, gates
+
+
+@library.custom_op("row_lstm_backward", "(Tensor grad_h, Tensor gates, Tensor cell, Tensor weight, Tensor hidden, "
+                   "int groups, bool grad_gates, bool grad_weight) -> (Tensor, Tensor)")
+def _row_lstm_backward_op(grad_h, gates, cell, weight, hidden, groups, grad_gates, grad_weight):
+    """(grad of gates_in, grad of weight), placeholders where not wanted."""
+    grads = _row_lstm_backward(grad_h, gates, cell, weight, hidden, groups, grad_gates, grad_weight)
+    return tuple(library.nothing(hidden) if g is None else g for g in grads)
+
+
+@_row_lstm_backward_op.register_fake
+def _(grad_h, gates, cell, weight, hidden, groups, grad_gates, grad_weight):
+    return (torch.empty_like(gates) if grad_gates else library.nothing(hidden),
+            weight.new_empty(weight.shape) if grad_weight else library.nothing(hidden))
+
+
+def _setup_row_lstm(ctx, inputs, output):
+    gates_in, weight, groups, keep_gates = inputs
+    hidden, cell, gates = output
+    ctx.groups, ctx.keep_gates = groups, keep_gates
+    ctx.save_for_backward(gates, cell, weight, hidden)
+
+
+def _row_lstm_op_backward(ctx, grad_h, _grad_cell, _grad_gates):
+    gates, cell, weight, hidden = ctx.saved_tensors
+    if not ctx.keep_gates:
+        raise RuntimeError("row_lstm: a call with keep_gates=False has no gradient")
+    want_gates, want_weight = ctx.needs_input_grad[:2]
+    grad_z, grad_w = torch.ops.fastgen.row_lstm_backward(grad_h, gates, cell, weight, hidden, ctx.groups,
+                                                         want_gates, want_weight)
+    return (grad_z if want_gates else None), (grad_w if want_weight else None), None, None
+
+
+_row_lstm_op.register_autograd(_row_lstm_op_backward, setup_context=_setup_row_lstm)
+
+
+# ------------------------------------------------------------------------------------------------- public op
+def _check_arguments(gates_in, weight, groups) -> int:
+    check_float_tensor("gates_in", gates_in)
+    if gates_in.dim() != 4:
+        raise ValueError(f"gates_in must have shape [B, 4n, H, W], got {tuple(gates_in.shape)}")
+    groups = check_int("groups", groups, low=1)
+    four_n = gates_in.shape[1]
+    if four_n % (4 * groups):
+        raise ValueError(f"gates_in has {four_n} channels: each of the groups={groups} groups holds the four gates "
+                         f"(o, f, i, g) of its hidden units, so the channels must be a multiple of 4 * groups = "
+                         f"{4 * groups}")
+    check_float_tensor("weight", weight)
+    if weight.device != gates_in.device:
+        raise ValueError(f"weight is on {weight.device} but gates_in is on {gates_in.device}")
+    if weight.dtype != gates_in.dtype:
+        raise TypeError(f"weight has dtype {weight.dtype} but gates_in has dtype {gates_in.dtype}")
+    n = four_n // 4
+    if weight.dim() != 4 or tuple(weight.shape[:3]) != (four_n, n, 1) or weight.shape[3] % 2 == 0:
+        raise ValueError(f"weight must have shape [4n, n, 1, k] = [{four_n}, {n}, 1, k] with k odd (the "
+                         f"state-to-state 1 x k convolution), got {tuple(weight.shape)}")
+    return groups
+
+
+def row_lstm(gates_in: torch.Tensor, weight: torch.Tensor, *, groups: int = 1) -> torch.Tensor:
+    """The Row LSTM recurrence of PixelRNN over the rows of an image, fused per row.
+
+    Args:
+        gates_in: [B, 4n, H, W] input-to-state pre-activations of every row (the output of the 1 x k masked
+            convolution, bias included), float16/bfloat16/float32/float64, any strides. The 4n channels form
+            ``groups`` groups of 4m (m = n / groups) holding the gates o, f, i, g of their m hidden units (with one
+            group: ``o, f, i, g = gates_in.chunk(4, 1)``).
+        weight: [4n, n, 1, k], k odd: the state-to-state convolution over the previous row's hidden state (row i,
+            column x reads columns x - k//2 .. x + k//2 of row i - 1; zero padded), gates_in's dtype and device.
+        groups: channel groups of the gate layout (3 for RGB PixelRNN, 1 otherwise).
+
+    Returns:
+        h [B, n, H, W] in gates_in's dtype, with c_i = sigma(f) c_{i-1} + sigma(i) tanh(g), h_i = sigma(o) tanh(c_i)
+        for z_i = gates_in[:, :, i] + conv1d(h_{i-1}, weight) and h_{-1} = c_{-1} = 0
+        (:func:`fastgen.reference.row_lstm`). Math runs in float32 (float64 for float64); the cell state is kept in
+        that precision, the hidden state in gates_in's dtype.
+    """
+    groups = _check_arguments(gates_in, weight, groups)
+    if backend_for(gates_in) == "reference" or gates_in.numel() == 0:  # empty: torch's result
+        return reference.row_lstm(gates_in, weight, groups=groups)
+    keep_gates = torch.is_grad_enabled() and (gates_in.requires_grad or weight.requires_grad)
+    if library.traced():
+        return torch.ops.fastgen.row_lstm(gates_in, weight, groups, keep_gates)[0]
+    return RowLSTMRecurrence.apply(gates_in, weight, groups, keep_gates)
+
+
+def kernel_launches():
+    """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check."""
+    from fastgen.compile_check import KernelLaunch
+
+    # gates_in and grad_h come in NCHW ("nchw": their column strides are 1) or channels-last ("nhwc": their
+    # channel strides are 1); the buffers the op allocates (hidden, cell, gates, their gradients) are NCHW
+    # contiguous, the weight a contiguous [4n, n, 1, k] parameter.
+    own = dict(forward=("stride_hw", "stride_cw", "stride_zw", "stride_wk"),
+               backward=("stride_zw", "stride_cw", "stride_wk", "stride_dw", "stride_ew"))
+    given = {"nchw": dict(forward=("stride_iw",), backward=("stride_gw",)),
+             "nhwc": dict(forward=("stride_ic",), backward=("stride_gc",))}
+    for dtype in FLOAT_DTYPES:
+        acc = compute_dtype(dtype)
+        tensor_cores = dtype.itemsize == 2
+        columns, units = COLUMN_BLOCKS[dtype], UNIT_BLOCKS[dtype]
+        for block_w, block_n, layout in itertools.product(columns, units, given):
+            # forward: BLOCK_K from BLOCK_N (forward_block_k); backward: 16 for 32/64-bit tiles, else from 4n
+            # (16 only when n <= 4, so BLOCK_N is then 16)
+            backward_ks = (16,) if dtype.itemsize > 2 else columns if block_n == units[0] else columns[-1:]
+            for kernel, direction, block_ks in ((kernels.row_lstm_forward_kernel, "forward",
+                                                 (forward_block_k(block_n, dtype),)),
+                                                (kernels.row_lstm_backward_kernel, "backward", backward_ks)):
+                for block_k, config in itertools.product(block_ks, configs_for(kernel)):
+                    constexprs = dict(UPCAST=False, COMPUTE=tl_compute_dtype(dtype), BLOCK_W=block_w,
+                                      BLOCK_N=block_n, BLOCK_K=block_k)
+                    yield KernelLaunch.build(kernel, dtype, {"CELL": acc, "DCELL": acc}, constexprs=constexprs,
+                                             num_warps=config.num_warps, num_stages=config.num_stages,
+                                             tensor_cores=tensor_cores, variant=layout,
+                                             ones=own[direction] + given[layout][direction])
