@@ -4,8 +4,10 @@ Per case (model family x image size x batch), both samplers draw a whole image b
 seed in the same run; a row per sampler gives its wall time, pixels/s and (cached row) the speed-up over the
 naive row beside it, and the fraction of sub-pixels on which the two agree (1.0 = identical images; float32
 can differ on a rare last-bit tie at a CDF boundary). The naive sampler runs the model's plain-PyTorch
-reference layers (``model.use_reference(True)``), the cached one :func:`fastgen.sampling.sample`. There is no
-fused sampler yet: no row for it.
+reference layers (``model.use_reference(True)``), the cached one :func:`fastgen.sampling.sample`: on CUDA with
+the model's fused step kernels (one launch per sub-pixel), on CPU with its plain-PyTorch step (the interpreted
+kernels are no speed figure). The cached row also gives the launches of one sub-pixel step
+(:func:`step_launches`), of the fused kernels (counted under the interpreter on CPU) and of the PyTorch step.
 
 Models (float32, seeded init, unconditional), sizes like the literature's small configurations:
 
@@ -105,38 +107,36 @@ class SamplingCase:
         return self.shape.height * self.shape.width * per_pixel
 
 
-def step_launches(model, n: int = 1, width: int = 5, column: int = 2) -> int:
-    """Kernels that one sub-pixel step of the cached sampler starts (one pixel step for a DMOL model), counted
-    with :func:`fastgen.benchmarks.harness.count_launches`: every Triton launch (compiled or interpreted) and
-    every ATen op that would start a kernel on a GPU. The step counted is the last sub-pixel of pixel ``column``
-    of the second row, after the sampler has filled the first row and the columns before it."""
+def step_launches(model, n: int = 1) -> int:
+    """Kernels that one sub-pixel step of the model's cached sampler starts (one pixel step for a DMOL model),
+    counted with :func:`fastgen.benchmarks.harness.count_launches`: every Triton launch (compiled or
+    interpreted) and every ATen op that would start a kernel on a GPU. The step counted is the last sub-pixel of
+    pixel 1 of a 2-pixel row, after the sub-pixels before it (the row-level work of ``start_row`` is not part of
+    it). The model runs on its own backend: on CPU the fused step kernels need ``TRITON_INTERPRET=1`` and
+    ``model.use_reference(False)``, else the plain-PyTorch step is counted."""
     from fastgen.benchmarks.harness import count_launches
 
-    labels = None if model.n_classes is None else torch.zeros(n, dtype=torch.long, device=next(model.parameters()).device)
+    parameter = next(model.parameters())
+    labels = None if model.n_classes is None else torch.zeros(n, dtype=torch.long, device=parameter.device)
     training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            steps = model.incremental_sampler(n, width, labels)
-            device = next(model.parameters()).device
-            pixels = torch.zeros((n, model.data_channels, width), dtype=torch.long, device=device)
-            draws = sampling.uniforms_shape(model, n, (1, width))[1]
-            u = torch.full((n, draws), 0.5, dtype=next(model.parameters()).dtype, device=device)
+            steps = model.incremental_sampler(n, 2, labels)
+            pixels = torch.zeros((n, model.data_channels, 2), dtype=torch.long, device=parameter.device)
+            u = torch.full((n, sampling.uniforms_shape(model, n, (1, 2))[1]), 0.5, dtype=parameter.dtype,
+                           device=parameter.device)
             channels = [None] if model.output_kind == "dmol" else list(range(model.data_channels))
-            steps.start_row(True)
-            for col in range(width):
-                steps.fill(col, pixels[:, :, col])
-            steps.start_row(False)
 
             def sub_pixel(col, channel):
                 steps.sample(col, channel, u if channel is None else u[:, channel], pixels[:, :, col])
 
-            for col in range(column):
-                for channel in channels:
-                    sub_pixel(col, channel)
+            steps.start_row(True)
+            for channel in channels:
+                sub_pixel(0, channel)
             for channel in channels[:-1]:
-                sub_pixel(column, channel)
-            return count_launches(lambda: sub_pixel(column, channels[-1]))[0]
+                sub_pixel(1, channel)
+            return count_launches(lambda: sub_pixel(1, channels[-1]))[0]
     finally:
         model.train(training)
 
@@ -208,7 +208,11 @@ def measure(case: SamplingCase, device: str, naive_cap_s: float = NAIVE_CAP_S, s
                     return sampling.sample_naive(model, n, size=size, generator=generator)
                 finally:
                     model.use_reference(False)
-            return sampling.sample(model, n, size=size, generator=generator)
+            model.use_reference(device == "cpu")  # CPU: the plain-PyTorch step (interpreted kernels are no time)
+            try:
+                return sampling.sample(model, n, size=size, generator=generator)
+            finally:
+                model.use_reference(False)
         return run
 
     base = dict(suite="sample", model=case.family, size=case.shape.name, levels=case.shape.levels,
@@ -230,6 +234,13 @@ def measure(case: SamplingCase, device: str, naive_cap_s: float = NAIVE_CAP_S, s
                               pixels_per_s=round(pixels / seconds, 1),
                               forwards=case.forwards if provider == "naive" else None,
                               load=f"{load_before} -> {load()}")
+    # launches of one sub-pixel step: the fused step kernels (compiled on CUDA, interpreted on CPU under
+    # TRITON_INTERPRET=1, else not counted) and the plain-PyTorch step
+    fused = model.use_reference(False)._kernel_steps()
+    rows["cached"]["launches_per_step"] = step_launches(model) if fused else None
+    rows["cached"]["launches_per_step_pytorch"] = step_launches(model.use_reference(True))
+    rows["cached"]["cached_step"] = "pytorch" if device == "cpu" or not fused else "fused kernels"
+    model.use_reference(False)
     if "naive" in rows:
         rows["cached"]["speedup_vs_naive"] = round(rows["naive"]["seconds"] / rows["cached"]["seconds"], 1)
         same = (images["naive"] == images["cached"]).double().mean().item()
@@ -272,13 +283,15 @@ def run(device: str, quick: bool = True, only: str = "", progress: bool = True, 
 
 
 COLUMNS = ["suite", "model", "size", "levels", "batch", "provider", "seconds", "pixels_per_s", "speedup_vs_naive",
-           "same_pixels", "forwards", "params_m", "threads", "load", "device", "torch", "date"]
+           "same_pixels", "cached_step", "launches_per_step", "launches_per_step_pytorch", "forwards", "params_m",
+           "threads", "load", "device", "torch", "date"]
 
 
 def markdown(rows: list[dict]) -> str:
     """Naive and cached side by side, one line per case."""
     lines = ["| model | size | batch | naive s | cached s | naive px/s | cached px/s | speed-up cached / naive "
-             "| same pixels | threads | load (1/5/15 min) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| same pixels | launches / sub-pixel step: fused, PyTorch | threads | load (1/5/15 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_case: dict[tuple, dict] = {}
     for r in rows:
         by_case.setdefault((r["model"], r["size"], r["batch"]), {})[r["provider"]] = r
@@ -288,10 +301,14 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {model} | {size} | {batch} | {fmt(naive.get('seconds'), '.3f')} | "
                      f"{fmt(cached.get('seconds'), '.3f')} | {fmt(naive.get('pixels_per_s'), '.0f')} | "
                      f"{fmt(cached.get('pixels_per_s'), '.0f')} | {fmt(cached.get('speedup_vs_naive'), '.1f')} | "
-                     f"{fmt(cached.get('same_pixels'), '.4f')} | {fmt(cached.get('threads'))} | "
+                     f"{fmt(cached.get('same_pixels'), '.4f')} | {fmt(cached.get('launches_per_step'))}, "
+                     f"{fmt(cached.get('launches_per_step_pytorch'))} | {fmt(cached.get('threads'))} | "
                      f"{cached.get('load', '-')} |")
-    lines += ["", "Naive: one full forward of the reference model per sub-pixel; cached: fastgen.sampling.sample. "
-                  "Both from the same seed in the same run; '-' = not measured (naive beyond the time cap)."]
+    lines += ["", "Naive: one full forward of the reference model per sub-pixel; cached: fastgen.sampling.sample "
+                  "(on CPU its plain-PyTorch step, on CUDA the fused step kernels). Both from the same seed in the "
+                  "same run; '-' = not measured (naive beyond the time cap). Launches per sub-pixel step (per pixel "
+                  "for PixelCNN++'s DMOL): kernels one step starts (Triton launches and ATen ops that start a "
+                  "kernel), counted on CPU under the interpreter or on the GPU; the row-level work is not in it."]
     return "\n".join(lines)
 
 
@@ -329,7 +346,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 def test_sampling(benchmark, provider, device):
     """One small case under pytest-benchmark: 8x8 grey, batch 16, PixelCNN (both samplers are plain PyTorch)."""
     case = SamplingCase("PixelCNN", SHAPES["8x8 grey"], 16)
-    model = case.model(device).use_reference(provider == "naive")
+    # on CPU the cached sampler runs its plain-PyTorch step (interpreted kernels are no speed figure)
+    model = case.model(device).use_reference(provider == "naive" or device == "cpu")
     draw = sampling.sample_naive if provider == "naive" else sampling.sample
     benchmark.group = f"sampling {case.label}"
     previous = torch.get_num_threads()

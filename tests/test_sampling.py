@@ -11,8 +11,13 @@ import pytest
 import torch
 
 import fastgen
+from fastgen.benchmarks.bench_sampling import step_launches
 from fastgen.models import GatedPixelCNN, PixelCNN, PixelCNNpp
+from fastgen.models.base import IncrementalSampler, Linear1x1, PixelModel, conv1x1
+from fastgen.nn import MaskedConv2d
 from fastgen.sampling import draw_categorical, sample, sample_naive, sampling_uniforms, uniforms_shape
+
+MAX_STEP_LAUNCHES = 12  # issue 14: kernels per sub-pixel step of the cached sampler
 
 SIZE = (4, 5)  # H != W
 
@@ -106,6 +111,91 @@ def test_naive_on_fastgen_kernels_matches_cached(name, device):
     assert fastgen.backend_for(next(model.parameters())) == "triton"
     naive = sample_naive(model, 1, size=(3, 3), generator=generator())
     assert torch.equal(sample(model, 1, size=(3, 3), generator=generator()), naive)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_fused_steps_equal_naive_float64(name):
+    """The models' fused step kernels (interpreted on CPU, compiled on a GPU: one launch per sub-pixel) draw the
+    naive sampler's pixels."""
+    model = build(name)
+    n = 2
+    naive = sample_naive(model, n, size=SIZE, y=labels(model, n), generator=generator())
+    model.use_reference(False)
+    assert fastgen.backend_for(next(model.parameters())) == "triton" and model._kernel_steps()
+    assert type(model.incremental_sampler(n, SIZE[1], labels(model, n))).__name__.endswith("KernelSteps")
+    assert torch.equal(sample(model, n, size=SIZE, y=labels(model, n), generator=generator()), naive)
+
+
+@pytest.mark.parametrize("name", ["pixelcnn-rgb-cond", "gated-grey-k7", "pixelcnnpp-rgb-cond"])
+def test_fused_steps_completion_and_temperature(name):
+    model = build(name)
+    n = 2
+    x = sample(model, n, size=SIZE, y=labels(model, n), generator=generator(5))
+    kwargs = dict(x=x, fixed_rows=2, y=labels(model, n), temperature=0.7)
+    naive = sample_naive(model, generator=generator(), **kwargs)
+    fused = sample(model.use_reference(False), generator=generator(), **kwargs)
+    assert torch.equal(fused, naive)
+    assert torch.equal(fused[:, :, :2], x[:, :, :2])
+
+
+@pytest.mark.parametrize("name", ["pixelcnn-rgb-cond", "gated-rgb-cond", "pixelcnnpp-grey"])
+def test_fused_steps_float32(name):
+    model = build(name, torch.float32)
+    n = 2
+    naive = sample_naive(model, n, size=SIZE, y=labels(model, n), generator=generator())
+    fused = sample(model.use_reference(False), n, size=SIZE, y=labels(model, n), generator=generator())
+    assert (fused == naive).double().mean() >= 0.95  # float32: rare last-bit ties at a CDF boundary may differ
+
+
+@pytest.mark.parametrize("name", ["pixelcnn-rgb-cond", "gated-rgb-cond", "pixelcnnpp-rgb-cond"])
+def test_launches_per_sub_pixel_step(name):
+    """One sub-pixel step (one pixel step for DMOL) of the cached sampler, counted on CPU under the interpreter
+    (every Triton launch and every ATen op that would start a kernel): at most 12 (the fused kernels: 1); the
+    plain-PyTorch step for comparison."""
+    model = build(name)
+    pytorch = step_launches(model)  # use_reference(True): the plain-PyTorch step
+    fused = step_launches(model.use_reference(False))
+    print(f"{name}: {fused} launches per sub-pixel step fused, {pytorch} in plain PyTorch")
+    assert fused <= MAX_STEP_LAUNCHES
+    assert fused == 1
+    assert pytorch > MAX_STEP_LAUNCHES  # what the kernels replace
+
+
+class _ToyModel(PixelModel):
+    """A model the sampler has never heard of: 3x3 mask A, ReLU, 1x1 to logits. Its incremental sampler is all
+    that ``fastgen.sampling.sample`` needs."""
+
+    def __init__(self, levels=4):
+        super().__init__(1, levels, None)
+        self.config = dict(levels=levels)
+        self.conv = MaskedConv2d(1, 6, 3, "A")
+        self.out = conv1x1(6, levels)
+
+    def _forward(self, x, y):
+        return self.out(torch.relu(self.conv(x))).unflatten(1, (1, self.levels)).transpose(1, 2)
+
+    def incremental_sampler(self, n, width, labels=None, temperature=1.0):
+        return _ToySteps(self, n, width, temperature)
+
+
+class _ToySteps(IncrementalSampler):
+    def __init__(self, model, n, width, temperature):
+        super().__init__(model, n, width, temperature)
+        self.conv, self.out = self.window(model.conv), Linear1x1(model.out)
+
+    def output(self, x):
+        return self.out(torch.relu(self.conv.at(self.image, x)))
+
+
+def test_a_new_model_samples_without_touching_the_sampler():
+    torch.manual_seed(0)
+    model = _ToyModel().double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.use_reference(True)
+    naive = sample_naive(model, 3, size=SIZE, generator=generator())
+    assert torch.equal(sample(model, 3, size=SIZE, generator=generator()), naive)
 
 
 def test_given_uniforms_and_generator_agree():

@@ -208,6 +208,11 @@ def masked_weight(conv: TapConv2d) -> torch.Tensor:
     return conv.weight * conv.taps.mask(conv.out_channels, conv.in_channels, conv.weight.dtype, conv.weight.device)
 
 
+def bias_of(conv: TapConv2d) -> torch.Tensor:
+    """A convolution's bias, zeros without one."""
+    return conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+
+
 def live_rows(conv: TapConv2d) -> int:
     """The window rows of a causal convolution that hold a live tap (causal sets never pass the centre row)."""
     return -(-conv.taps.n_taps // conv.taps.kernel_size[1])
@@ -312,6 +317,16 @@ class IncrementalSampler:
         cache = RowCache(self.n, channels, self.width, self.rows, self.pad, self.like)
         self.caches.append(cache)
         return cache
+
+    def stacked_caches(self, count: int, channels: int) -> tuple[torch.Tensor, list[RowCache]]:
+        """``count`` caches of ``channels`` in one contiguous tensor [count, n, C, R, Wp] (as the step kernels
+        read them; at least one entry), advanced together; and a :class:`RowCache` view of each."""
+        data = self.like.new_zeros((max(count, 1), self.n, channels, self.rows, self.pad + self.width + self.pad))
+        self.caches.append(RowCache(self.n, channels, self.width, self.rows, self.pad, self.like,
+                                    data=data.flatten(0, 1)))
+        views = [RowCache(self.n, channels, self.width, self.rows, self.pad, self.like, data=data[i])
+                 for i in range(count)]
+        return data, views
 
     def window(self, conv: TapConv2d) -> CausalWindow:
         return CausalWindow(conv, self.pad)

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, check_divisible, check_positive_int,
-                                 conv1x1, embedding_of)
+from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, bias_of, check_divisible,
+                                 check_positive_int, conv1x1, embedding_of, masked_weight)
 from fastgen.nn import HorizontalStackConv2d, VerticalStackConv2d
+from fastgen.ops import pixel_step
 from fastgen.ops.gated_activation import gated_activation as fused_gated_activation
 from fastgen.reference.gated_activation import gated_activation as reference_gated_activation
 
@@ -114,8 +115,10 @@ class GatedPixelCNN(PixelModel):
 
     def incremental_sampler(self, n: int, width: int, labels: torch.Tensor | None = None,
                             temperature: float = 1.0) -> IncrementalSampler:
-        """The cached per-pixel evaluation (see :class:`GatedSteps`)."""
-        return GatedSteps(self, n, width, labels, temperature)
+        """The cached per-pixel evaluation (see :class:`GatedSteps`): one fused kernel per sub-pixel where
+        fastgen's kernels run (:class:`GatedKernelSteps`), else plain PyTorch."""
+        fused = self._kernel_steps() and pixel_step.supports(next(self.parameters()).dtype, self.levels)
+        return (GatedKernelSteps if fused else GatedSteps)(self, n, width, labels, temperature)
 
 
 class GatedSteps(IncrementalSampler):
@@ -125,14 +128,15 @@ class GatedSteps(IncrementalSampler):
     def __init__(self, model: GatedPixelCNN, n: int, width: int, labels, temperature: float = 1.0):
         super().__init__(model, n, width, temperature)
         self.groups = model.data_channels
+        hidden = model.config["hidden_channels"]
+        self.h_cache, h_caches = self.stacked_caches(len(model.layers), hidden)
         self.layers = []
-        for layer in model.layers:
-            hidden = layer.horizontal_out.out_channels
+        for layer, h_cache in zip(model.layers, h_caches):
             self.layers.append(dict(
                 vertical=self.window(layer.vertical), horizontal=self.window(layer.horizontal),
                 vertical_to_horizontal=Linear1x1(layer.vertical_to_horizontal),
                 horizontal_out=Linear1x1(layer.horizontal_out), embedding=embedding_of(layer, labels),
-                residual=layer.residual, v=self.cache(hidden), h=self.cache(hidden), v_to_h=None))
+                residual=layer.residual, v=self.cache(hidden), h=h_cache, v_to_h=None))
         self.head, self.output_conv = Linear1x1(model.head), Linear1x1(model.output_conv)
 
     def start_row(self, first: bool) -> None:
@@ -157,3 +161,51 @@ class GatedSteps(IncrementalSampler):
             layer["h"].put(x, h)
             h_cache = layer["h"]
         return self.output_conv(torch.relu_(self.head(h)))
+
+
+class GatedKernelSteps(GatedSteps):
+    """:class:`GatedSteps` with one launch per sub-pixel: :func:`fastgen.ops.pixel_step.gated_step` runs every
+    layer's horizontal stack (convolution, + vertical_to_horizontal of the row, gate, 1x1, residual), the head,
+    the output layer and the draw at the new pixel; the vertical stack stays per row (``start_row``)."""
+
+    def __init__(self, model: GatedPixelCNN, n: int, width: int, labels, temperature: float = 1.0):
+        super().__init__(model, n, width, labels, temperature)
+        hidden, layers, like = model.config["hidden_channels"], list(model.layers), self.like
+        w_h0, self.first_window = pixel_step.pack_window(masked_weight(layers[0].horizontal),
+                                                         layers[0].horizontal.taps)
+        rest = [pixel_step.pack_window(masked_weight(layer.horizontal), layer.horizontal.taps) for layer in layers[1:]]
+        self.window_rest = rest[0][1] if rest else pixel_step.WindowGeometry(0, 1, 0, 0)
+
+        def matrix(conv):  # a 1x1 as [C_out, C_in]
+            return masked_weight(conv)[:, :, 0, 0].contiguous()
+
+        self.weights = dict(
+            w_h0=w_h0, b_h0=bias_of(layers[0].horizontal),
+            w_h=pixel_step.stack([w for w, _ in rest], like, (2 * hidden, hidden)),
+            b_h=pixel_step.stack([bias_of(layer.horizontal) for layer in layers[1:]], like, (2 * hidden,)),
+            w_ho=torch.stack([matrix(layer.horizontal_out) for layer in layers]).contiguous(),
+            b_ho=torch.stack([bias_of(layer.horizontal_out) for layer in layers]).contiguous(),
+            w_head=matrix(model.head), b_head=bias_of(model.head),
+            w_out=matrix(model.output_conv), b_out=bias_of(model.output_conv))
+        self.v2h = like.new_zeros((len(layers), n, width, 2 * hidden))
+        self.gate = like.new_zeros((n, hidden))
+        self.head_out = like.new_zeros((n, model.head.out_channels))
+        self.no_draw = (like.new_zeros(n), torch.zeros((n, model.data_channels), dtype=torch.long,
+                                                        device=like.device))
+
+    def start_row(self, first: bool) -> None:
+        super().start_row(first)
+        torch.stack([layer["v_to_h"] for layer in self.layers], out=self.v2h)
+
+    def _launch(self, x: int, channel: int, draw: bool, u, out) -> None:
+        pixel_step.gated_step(
+            self.image.data, self.h_cache, self.gate, self.head_out, self.v2h, self.weights, u, out, x=x,
+            channel=channel, draw=draw, first_window=self.first_window, window=self.window_rest, pad=self.pad,
+            levels=self.model.levels, temperature=self.temperature)
+
+    def fill(self, x: int, pixels: torch.Tensor) -> None:
+        self.image.put(x, self.scaled(pixels))
+        self._launch(x, 0, False, *self.no_draw)
+
+    def sample(self, x: int, channel: int | None, u: torch.Tensor, out: torch.Tensor) -> None:
+        self._launch(x, channel, True, u, out)

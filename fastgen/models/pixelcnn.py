@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, check_divisible, check_positive_int,
-                                 conv1x1, embedding_of)
+from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, bias_of, check_divisible,
+                                 check_positive_int, conv1x1, embedding_of, masked_weight)
 from fastgen.nn import MaskedConv2d
+from fastgen.ops import pixel_step
 
 
 class ResidualBlock(nn.Module):
@@ -91,8 +92,10 @@ class PixelCNN(PixelModel):
 
     def incremental_sampler(self, n: int, width: int, labels: torch.Tensor | None = None,
                             temperature: float = 1.0) -> IncrementalSampler:
-        """The cached per-pixel evaluation (see :class:`PixelCNNSteps`)."""
-        return PixelCNNSteps(self, n, width, labels, temperature)
+        """The cached per-pixel evaluation (see :class:`PixelCNNSteps`): one fused kernel per sub-pixel where
+        fastgen's kernels run (:class:`PixelCNNKernelSteps`), else plain PyTorch."""
+        fused = self._kernel_steps() and pixel_step.supports(next(self.parameters()).dtype, self.levels)
+        return (PixelCNNKernelSteps if fused else PixelCNNSteps)(self, n, width, labels, temperature)
 
 
 class PixelCNNSteps(IncrementalSampler):
@@ -103,8 +106,9 @@ class PixelCNNSteps(IncrementalSampler):
     def __init__(self, model: PixelCNN, n: int, width: int, labels, temperature: float = 1.0):
         super().__init__(model, n, width, temperature)
         self.input_conv = self.window(model.input_conv)
+        self.block_cache, caches = self.stacked_caches(len(model.blocks), model.config["hidden_channels"])
         self.blocks = [(Linear1x1(b.reduce), self.window(b.conv), Linear1x1(b.expand), embedding_of(b, labels),
-                        self.cache(b.conv.in_channels)) for b in model.blocks]
+                        cache) for b, cache in zip(model.blocks, caches)]
         self.head, self.output_conv = Linear1x1(model.head), Linear1x1(model.output_conv)
 
     def output(self, x: int) -> torch.Tensor:
@@ -116,3 +120,51 @@ class PixelCNNSteps(IncrementalSampler):
                 s += embedding
             t = t + expand(torch.relu_(s))
         return self.output_conv(torch.relu_(self.head(torch.relu(t))))
+
+
+class PixelCNNKernelSteps(PixelCNNSteps):
+    """:class:`PixelCNNSteps` with one launch per sub-pixel: :func:`fastgen.ops.pixel_step.pixelcnn_step` runs
+    the input convolution, every residual block, the head, the output layer and the draw at the new pixel, and
+    writes the drawn value to the pixels and the image cache."""
+
+    def __init__(self, model: PixelCNN, n: int, width: int, labels, temperature: float = 1.0):
+        super().__init__(model, n, width, labels, temperature)
+        h, blocks = model.config["hidden_channels"], list(model.blocks)
+        w_in, self.input_window = pixel_step.pack_window(masked_weight(model.input_conv), model.input_conv.taps)
+        convs = [pixel_step.pack_window(masked_weight(b.conv), b.conv.taps) for b in blocks]
+        self.conv_window = convs[0][1] if convs else pixel_step.WindowGeometry(0, 1, 0, 0)
+        like = self.like
+
+        def matrix(conv):  # a 1x1 as [C_out, C_in]
+            return masked_weight(conv)[:, :, 0, 0].contiguous()
+
+        embeddings = [e for *_, e, _ in self.blocks if e is not None]
+        self.weights = dict(
+            w_in=w_in, b_in=bias_of(model.input_conv),
+            w_red=pixel_step.stack([matrix(b.reduce) for b in blocks], like, (h, 2 * h)),
+            b_red=pixel_step.stack([bias_of(b.reduce) for b in blocks], like, (h,)),
+            w_conv=pixel_step.stack([w for w, _ in convs], like, (h, h)),
+            b_conv=pixel_step.stack([bias_of(b.conv) for b in blocks], like, (h,)),
+            emb=pixel_step.stack(embeddings, like, ()) if embeddings else None,
+            w_exp=pixel_step.stack([matrix(b.expand) for b in blocks], like, (2 * h, h)),
+            b_exp=pixel_step.stack([bias_of(b.expand) for b in blocks], like, (2 * h,)),
+            w_head=matrix(model.head), b_head=bias_of(model.head),
+            w_out=matrix(model.output_conv), b_out=bias_of(model.output_conv))
+        self.t = like.new_zeros((2, n, 2 * h))
+        self.s = like.new_zeros((n, h))
+        self.head_out = like.new_zeros((n, model.head.out_channels))
+        self.no_draw = (like.new_zeros(n), torch.zeros((n, model.data_channels), dtype=torch.long,
+                                                        device=like.device))
+
+    def _launch(self, x: int, channel: int, draw: bool, u, out) -> None:
+        pixel_step.pixelcnn_step(
+            self.image.data, self.block_cache, self.t, self.s, self.head_out, self.weights, u, out, x=x,
+            channel=channel, draw=draw, n_layers=len(self.blocks), input_window=self.input_window,
+            conv_window=self.conv_window, pad=self.pad, levels=self.model.levels, temperature=self.temperature)
+
+    def fill(self, x: int, pixels: torch.Tensor) -> None:
+        self.image.put(x, self.scaled(pixels))
+        self._launch(x, 0, False, *self.no_draw)
+
+    def sample(self, x: int, channel: int | None, u: torch.Tensor, out: torch.Tensor) -> None:
+        self._launch(x, channel, True, u, out)

@@ -31,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.models.base import IncrementalSampler, Linear1x1, PixelModel, check_positive_int, conv1x1, embedding_of
+from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, bias_of, check_positive_int, conv1x1,
+                                 embedding_of, masked_weight)
 from fastgen.nn import DownRightShiftedConv2d, DownShiftedConv2d
+from fastgen.ops import pixel_step
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -130,8 +132,10 @@ class PixelCNNpp(PixelModel):
 
     def incremental_sampler(self, n: int, width: int, labels: torch.Tensor | None = None,
                             temperature: float = 1.0) -> IncrementalSampler:
-        """The cached per-pixel evaluation (see :class:`PixelCNNppSteps`)."""
-        return PixelCNNppSteps(self, n, width, labels, temperature)
+        """The cached per-pixel evaluation (see :class:`PixelCNNppSteps`): one fused kernel per pixel where
+        fastgen's kernels run (:class:`PixelCNNppKernelSteps`), else plain PyTorch."""
+        fused = self._kernel_steps() and pixel_step.supports(next(self.parameters()).dtype)
+        return (PixelCNNppKernelSteps if fused else PixelCNNppSteps)(self, n, width, labels, temperature)
 
 
 class PixelCNNppSteps(IncrementalSampler):
@@ -145,13 +149,15 @@ class PixelCNNppSteps(IncrementalSampler):
         self.ul_input_left = self.window(model.ul_input_left)
         f = model.u_input.out_channels
 
-        def block(b):
+        def block(b, a, c):
             return dict(conv_input=self.window(b.conv_input), conv_out=self.window(b.conv_out),
                         skip=None if b.skip is None else Linear1x1(b.skip), embedding=embedding_of(b, labels),
-                        a=self.cache(2 * f), c=self.cache(2 * f))
+                        a=a, c=c)
 
-        self.u_blocks = [block(b) for b in model.u_blocks]
-        self.ul_blocks = [block(b) for b in model.ul_blocks]
+        self.u_blocks = [block(b, self.cache(2 * f), self.cache(2 * f)) for b in model.u_blocks]
+        self.a_cache, a_caches = self.stacked_caches(len(model.ul_blocks), 2 * f)
+        self.c_cache, c_caches = self.stacked_caches(len(model.ul_blocks), 2 * f)
+        self.ul_blocks = [block(b, a, c) for b, a, c in zip(model.ul_blocks, a_caches, c_caches)]
         self.output_conv = Linear1x1(model.output_conv)
 
     def _gated_row(self, block, x_row: torch.Tensor) -> torch.Tensor:
@@ -193,3 +199,54 @@ class PixelCNNppSteps(IncrementalSampler):
             value, gate = c.chunk(2, 1)
             ul = ul + value * torch.sigmoid(gate)
         return self.output_conv(F.elu(ul))
+
+
+class PixelCNNppKernelSteps(PixelCNNppSteps):
+    """:class:`PixelCNNppSteps` with one launch per pixel: :func:`fastgen.ops.pixel_step.pixelcnnpp_step` runs
+    the up-left stream's input and every gated resnet block, the output layer and the DMOL draw of the pixel;
+    the up stream stays per row (``start_row``)."""
+
+    def __init__(self, model: PixelCNNpp, n: int, width: int, labels, temperature: float = 1.0):
+        super().__init__(model, n, width, labels, temperature)
+        f, blocks, like = model.config["hidden_channels"], list(model.ul_blocks), self.like
+        w_left, self.left_window = pixel_step.pack_window(masked_weight(model.ul_input_left),
+                                                          model.ul_input_left.taps)
+        ci = [pixel_step.pack_window(masked_weight(b.conv_input), b.conv_input.taps) for b in blocks]
+        co = [pixel_step.pack_window(masked_weight(b.conv_out), b.conv_out.taps)[0] for b in blocks]
+        self.block_window = ci[0][1] if ci else pixel_step.WindowGeometry(0, 1, 0, 0)
+        embeddings = [b["embedding"] for b in self.ul_blocks if b["embedding"] is not None]
+        self.weights = dict(
+            w_left=w_left, b_left=bias_of(model.ul_input_left),
+            w_ci=pixel_step.stack([w for w, _ in ci], like, (f, 2 * f)),
+            b_ci=pixel_step.stack([bias_of(b.conv_input) for b in blocks], like, (f,)),
+            w_co=pixel_step.stack(co, like, (2 * f, 2 * f)),
+            b_co=pixel_step.stack([bias_of(b.conv_out) for b in blocks], like, (2 * f,)),
+            emb=pixel_step.stack(embeddings, like, ()) if embeddings else None,
+            w_out=masked_weight(model.output_conv)[:, :, 0, 0].contiguous(), b_out=bias_of(model.output_conv))
+        self.ul = like.new_zeros((2, n, f))
+        self.params = like.new_zeros((n, model.output_conv.out_channels))
+        self.ul_up_row = like.new_zeros((n, width, f))
+        self.skip_row = like.new_zeros((max(len(blocks), 1), n, width, f))
+        self.no_draw = (like.new_zeros((n, model.n_mixtures + model.data_channels)),
+                        torch.zeros((n, model.data_channels), dtype=torch.long, device=like.device))
+
+    def start_row(self, first: bool) -> None:
+        super().start_row(first)
+        self.ul_up_row.copy_(self.ul_up)
+        if self.skips:
+            torch.stack(self.skips, out=self.skip_row)
+
+    def _launch(self, x: int, draw: bool, u, out) -> None:
+        model = self.model
+        pixel_step.pixelcnnpp_step(
+            self.image.data, self.a_cache, self.c_cache, self.ul, self.params, self.ul_up_row, self.skip_row,
+            self.weights, u, out, x=x, draw=draw, left_window=self.left_window, window=self.block_window,
+            pad=self.pad, n_layers=len(self.ul_blocks), n_mixtures=model.n_mixtures, levels=model.levels,
+            temperature=self.temperature)
+
+    def fill(self, x: int, pixels: torch.Tensor) -> None:
+        self.image.put(x, self.scaled(pixels))
+        self._launch(x, False, *self.no_draw)
+
+    def sample(self, x: int, channel: int | None, u: torch.Tensor, out: torch.Tensor) -> None:
+        self._launch(x, True, u, out)
