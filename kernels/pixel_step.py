@@ -18,8 +18,8 @@ cache values at those taps: window row r is cache row R - 1 - top + r, column c 
 Arithmetic runs in COMPUTE (float32 for 16/32-bit models, float64 for float64). The draws:
 
 * categorical (PixelCNN, Gated PixelCNN): the logits of channel ``channel`` (output rows channel * L ..
-  (channel + 1) * L - 1) divided by the temperature, their softmax CDF, and the first level whose CDF reaches
-  u * CDF[-1], as ``fastgen.models.base.draw_categorical``;
+  (channel + 1) * L - 1) times 1 / temperature, their softmax CDF (unnormalised), and the first level whose
+  CDF reaches u * CDF[-1], as ``fastgen.models.base.draw_categorical`` up to last-bit rounding;
 * DMOL (PixelCNN++): openai's sample_from_discretized_mix_logistic with given draws, as
   ``fastgen.dmol_sample`` (Gumbel-max component, the first maximum winning; logistic samples; channel
   coupling; clamp to [-1, 1]), rounded half to even to the nearest of the L levels, as ``torch.round``.
@@ -71,18 +71,22 @@ def _feed_back(IMAGE, image_base, plane, PIXELS, pixel_offset, value, channel, p
 
 
 @triton.jit
-def _draw_categorical(W_OUT, B_OUT, SRC, src_base, n_in, channel, levels, u, temperature,
+def _draw_categorical(W_OUT, B_OUT, SRC, src_base, n_in, channel, levels, u, inv_temperature,
                       RELU_IN: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr):
+    # BLOCK_K here is the draw's own input block (BLOCK_KL: [BLOCK_L, BLOCK_KL] tiles of at most 4096 products)
     """The level drawn for ``channel`` from logits = W_OUT[channel * L + j] . v + B_OUT (v = SRC[src_base:...]),
-    an int64 scalar: the number of levels whose CDF of softmax(logits / T) stays below u * CDF[-1]."""
+    an int64 scalar: the number of levels whose CDF of softmax(logits / T) stays below u * CDF[-1]
+    (``inv_temperature`` = 1 / T)."""
     j = tl.arange(0, BLOCK_L)
     j_mask = j < levels
     rows = channel * levels + j
     logits = tl.load(B_OUT + rows, mask=j_mask, other=0.0).to(COMPUTE)
     logits = _matvec(logits, W_OUT, rows, j_mask, n_in, SRC, src_base, 1, 0, 1, 1, RELU_IN, BLOCK_K, COMPUTE)
-    z = tl.where(j_mask, logits / tl.full([], temperature, COMPUTE), float("-inf"))
+    # no division (its IEEE slow path is a call that spills): logits times 1 / T, and the CDF left unnormalised,
+    # compared with u times its last value (softmax's normalisation cancels; rounding differs in the last bits)
+    z = tl.where(j_mask, logits * tl.full([], inv_temperature, COMPUTE), float("-inf"))
     e = tl.where(j_mask, tl.exp(z - tl.max(z, 0)), 0.0)
-    cdf = tl.cumsum(e / tl.sum(e, 0), 0)
+    cdf = tl.cumsum(e, 0)
     total = tl.max(tl.where(j_mask, cdf, 0.0), 0)  # cdf[L - 1]: the CDF never decreases
     below = j_mask & (cdf < u * total)
     return tl.minimum(tl.sum(below.to(tl.int64), 0), levels - 1)
@@ -107,8 +111,9 @@ def pixelcnn_step_kernel(
     x, channel, draw, data_channels, hidden, n_layers, head_channels, levels,
     in_taps, in_kw, in_top, in_left, conv_taps, conv_kw, conv_top, conv_left, rows, pad, width_p,
     stride_u, stride_px_b, stride_px_c, has_emb,
-    temperature: "fp64", pixel_scale: "fp64",
+    inv_temperature: "fp64", pixel_scale: "fp64",
     COMPUTE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_KL: tl.constexpr,
 ):
     """PixelCNN at pixel x: t = input_conv; per block t += expand(relu(conv(cache) + emb)) with the cache at x
     = relu(reduce(relu(t))); logits = output(relu(head(relu(t)))); draw."""
@@ -175,7 +180,7 @@ def pixelcnn_step_kernel(
         tl.debug_barrier()
         u = tl.load(U + b * stride_u).to(COMPUTE)
         value = _draw_categorical(W_OUT, B_OUT, HEAD, b * head_channels, head_channels, channel, levels, u,
-                                  temperature, False, COMPUTE, BLOCK_K, BLOCK_L)
+                                  inv_temperature, False, COMPUTE, BLOCK_KL, BLOCK_L)
         _feed_back(IMAGE, image_base + (rows - 1) * width_p + x_col, plane, PIXELS,
                    b * stride_px_b + channel * stride_px_c, value, channel, pixel_scale, COMPUTE)
 
@@ -233,8 +238,9 @@ def gated_step_kernel(
     x, channel, draw, data_channels, hidden, n_layers, head_channels, levels, width,
     taps0, kw0, left0, taps, kw, left, rows, pad, width_p,
     stride_u, stride_px_b, stride_px_c,
-    temperature: "fp64", pixel_scale: "fp64",
+    inv_temperature: "fp64", pixel_scale: "fp64",
     COMPUTE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_KL: tl.constexpr,
 ):
     """Gated PixelCNN's horizontal stack at pixel x (the vertical stack is per row, in V2H), the head
     relu(head(h)) and the draw. The horizontal windows have no rows above (top = 0)."""
@@ -267,7 +273,7 @@ def gated_step_kernel(
         tl.debug_barrier()
         u = tl.load(U + b * stride_u).to(COMPUTE)
         value = _draw_categorical(W_OUT, B_OUT, HEAD, b * head_channels, head_channels, channel, levels, u,
-                                  temperature, False, COMPUTE, BLOCK_K, BLOCK_L)
+                                  inv_temperature, False, COMPUTE, BLOCK_KL, BLOCK_L)
         _feed_back(IMAGE, image_base + at_x, plane, PIXELS, b * stride_px_b + channel * stride_px_c, value,
                    channel, pixel_scale, COMPUTE)
 
@@ -278,17 +284,6 @@ def _round_half_even(y):
     tie = (r - y) == 0.5
     odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
     return tl.where(tie & odd, r - 1.0, r)
-
-
-@triton.jit
-def _dmol_channel(PARAMS, p_base, U, u_base, stride_u, n_mixtures, choice, block, channel, temp, u_lo, u_span,
-                  COMPUTE: tl.constexpr):
-    """mean + exp(max(log_scale, -7)) * T * logit(u) of the chosen component for ``channel``."""
-    mean = tl.load(PARAMS + p_base + (1 + 3 * channel) * block + choice).to(COMPUTE)
-    log_scale = tl.load(PARAMS + p_base + (2 + 3 * channel) * block + choice).to(COMPUTE)
-    r = tl.load(U + u_base + (n_mixtures + channel) * stride_u).to(COMPUTE)
-    u = u_lo + u_span * r
-    return mean + tl.exp(tl.maximum(log_scale, LOG_SCALE_MIN)) * temp * (tl.log(u) - tl.log(1.0 - u))
 
 
 @triton.jit
@@ -407,29 +402,30 @@ def pixelcnnpp_step_kernel(
         score = tl.where(j_mask, score, float("-inf"))
         best = tl.max(score, 0)
         choice = tl.min(tl.where(j_mask & (score == best), j, BLOCK_MIX), 0)
-        x0 = _dmol_channel(PARAMS, p_base, U, u_base, stride_u_j, n_mixtures, choice, n_mixtures, 0, temp, u_lo,
-                           u_span, COMPUTE)
-        x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
-        half_levels = 0.5 * (levels - 1)
-        image_at = image_base + at_x
-        v0 = _round_half_even((x0 + 1.0) * half_levels).to(tl.int64)
-        _feed_back(IMAGE, image_at, plane, PIXELS, b * stride_px_b, v0, 0, pixel_scale, COMPUTE)
+        # every channel's logistic sample at once (one vector of CHANNELS, padded to 4), then the coupling
+        c = tl.arange(0, 4)
+        c_mask = c < CHANNELS
+        block = n_mixtures
+        mean = tl.load(PARAMS + p_base + (1 + 3 * c) * block + choice, mask=c_mask, other=0.0).to(COMPUTE)
+        log_scale = tl.load(PARAMS + p_base + (2 + 3 * c) * block + choice, mask=c_mask, other=0.0).to(COMPUTE)
+        r = tl.load(U + u_base + (n_mixtures + c) * stride_u_j, mask=c_mask, other=0.5).to(COMPUTE)
+        u = u_lo + u_span * r
+        xs = mean + tl.exp(tl.maximum(log_scale, LOG_SCALE_MIN)) * temp * (tl.log(u) - tl.log(1.0 - u))
+        x0 = tl.minimum(tl.maximum(tl.sum(tl.where(c == 0, xs, 0.0), 0), -1.0), 1.0)
+        sampled = tl.where(c == 0, x0, 0.0)
         if CHANNELS == 3:
-            block = n_mixtures
-            coef_rg = tl.load(PARAMS + p_base + 3 * block + choice).to(COMPUTE)
-            coef_rb = tl.load(PARAMS + p_base + 6 * block + choice).to(COMPUTE)
-            coef_gb = tl.load(PARAMS + p_base + 9 * block + choice).to(COMPUTE)
-            t_rg, _ = tanh_and_slope(coef_rg)
-            t_rb, _ = tanh_and_slope(coef_rb)
-            t_gb, _ = tanh_and_slope(coef_gb)
-            x1 = _dmol_channel(PARAMS, p_base, U, u_base, stride_u_j, n_mixtures, choice, block, 1, temp, u_lo,
-                               u_span, COMPUTE)
-            x1 = tl.minimum(tl.maximum(x1 + t_rg * x0, -1.0), 1.0)
-            x2 = _dmol_channel(PARAMS, p_base, U, u_base, stride_u_j, n_mixtures, choice, block, 2, temp, u_lo,
-                               u_span, COMPUTE)
-            x2 = tl.minimum(tl.maximum(x2 + t_rb * x0 + t_gb * x1, -1.0), 1.0)
-            v1 = _round_half_even((x1 + 1.0) * half_levels).to(tl.int64)
-            v2 = _round_half_even((x2 + 1.0) * half_levels).to(tl.int64)
-            _feed_back(IMAGE, image_at, plane, PIXELS, b * stride_px_b + stride_px_c, v1, 1, pixel_scale, COMPUTE)
-            _feed_back(IMAGE, image_at, plane, PIXELS, b * stride_px_b + 2 * stride_px_c, v2, 2, pixel_scale,
-                       COMPUTE)
+            # the coefficients (G on R), (B on R), (B on G) follow channel c's log-scales: at (3 + 3c) K
+            coef = tl.load(PARAMS + p_base + (3 + 3 * c) * block + choice, mask=c_mask, other=0.0).to(COMPUTE)
+            coef, _ = tanh_and_slope(coef)
+            t_rg = tl.sum(tl.where(c == 0, coef, 0.0), 0)
+            t_rb = tl.sum(tl.where(c == 1, coef, 0.0), 0)
+            t_gb = tl.sum(tl.where(c == 2, coef, 0.0), 0)
+            x1 = tl.sum(tl.where(c == 1, xs, 0.0), 0) + t_rg * x0
+            x1 = tl.minimum(tl.maximum(x1, -1.0), 1.0)
+            x2 = tl.sum(tl.where(c == 2, xs, 0.0), 0) + t_rb * x0 + t_gb * x1
+            x2 = tl.minimum(tl.maximum(x2, -1.0), 1.0)
+            sampled = tl.where(c == 1, x1, tl.where(c == 2, x2, sampled))
+        value = _round_half_even((sampled + 1.0) * (0.5 * (levels - 1))).to(tl.int64)
+        tl.store(PIXELS + b * stride_px_b + c * stride_px_c, value, mask=c_mask)
+        scaled = value.to(COMPUTE) * tl.full([], pixel_scale, COMPUTE) - 1.0
+        tl.store(IMAGE + image_base + at_x + c * plane, scaled.to(IMAGE.dtype.element_ty), mask=c_mask)

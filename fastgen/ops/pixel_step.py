@@ -24,16 +24,17 @@ from fastgen.launch import Kernel
 from fastgen.registry import register_family
 
 # Tiles of every stage: [BLOCK_O outputs, BLOCK_K inputs] (512 products, 4 per thread at 4 warps); the categorical
-# draw holds [BLOCK_L levels, BLOCK_K] (at most 256 x 16: 32 per thread).
+# draw's [BLOCK_L levels, BLOCK_KL] (at most 4096 products: 256 x 16).
 BLOCK_O = 32
 BLOCK_K = 16
 MAX_LEVELS = 256  # categorical models with more levels step in plain PyTorch
 MIN_BLOCK_L = 16
+DRAW_TILE = 4096
 
 FAMILY = register_family(
     "pixel_step", __name__,
     configs={
-        # One program (CTA) per image runs every layer of a sub-pixel step; 4 warps. Add configs once a GPU
+        # One program (CTA) per image runs every layer of a sub-pixel step, 4 warps. Add configs once a GPU
         # measurement shows they pay.
         kernels.pixelcnn_step_kernel: [triton.Config({}, num_warps=4)],
         kernels.gated_step_kernel: [triton.Config({}, num_warps=4)],
@@ -73,6 +74,11 @@ def block_levels(levels: int) -> int:
     return max(MIN_BLOCK_L, triton.next_power_of_2(levels))
 
 
+def draw_block(levels: int) -> int:
+    """The input block of the categorical draw's [BLOCK_L, BLOCK_KL] tiles (at most 4096 products)."""
+    return max(1, min(BLOCK_K, DRAW_TILE // block_levels(levels)))
+
+
 def block_mixtures(n_mixtures: int) -> int:
     return max(2, triton.next_power_of_2(n_mixtures))
 
@@ -106,9 +112,10 @@ def pixelcnn_step(image, cache, t, s, head, weights: dict, u, pixels, *, x: int,
         w["b_out"], u, pixels,
         x, channel, int(draw), data_channels, hidden, n_layers, head.shape[1], levels, input_window.taps, input_window.kw, input_window.top, input_window.left,
         conv_window.taps, conv_window.kw, conv_window.top, conv_window.left, rows, pad, width_p,
-        u.stride(0), pixels.stride(0), pixels.stride(1), int(emb is not None), float(temperature),
+        u.stride(0), pixels.stride(0), pixels.stride(1), int(emb is not None), 1.0 / float(temperature),
         2.0 / (levels - 1),
         COMPUTE=tl_compute_dtype(image.dtype), BLOCK_O=BLOCK_O, BLOCK_K=BLOCK_K, BLOCK_L=block_levels(levels),
+        BLOCK_KL=draw_block(levels),
     )
 
 
@@ -128,8 +135,9 @@ def gated_step(image, cache, gate, head, v2h, weights: dict, u, pixels, *, x: in
         w["w_head"], w["b_head"], w["w_out"], w["b_out"], u, pixels,
         x, channel, int(draw), data_channels, hidden, n_layers, head.shape[1], levels, v2h.shape[2],
         first_window.taps, first_window.kw, first_window.left, window.taps, window.kw, window.left, rows, pad,
-        width_p, u.stride(0), pixels.stride(0), pixels.stride(1), float(temperature), 2.0 / (levels - 1),
+        width_p, u.stride(0), pixels.stride(0), pixels.stride(1), 1.0 / float(temperature), 2.0 / (levels - 1),
         COMPUTE=tl_compute_dtype(image.dtype), BLOCK_O=BLOCK_O, BLOCK_K=BLOCK_K, BLOCK_L=block_levels(levels),
+        BLOCK_KL=draw_block(levels),
     )
 
 
@@ -171,7 +179,8 @@ def kernel_launches():
         for kernel in (kernels.pixelcnn_step_kernel, kernels.gated_step_kernel):
             for block_l in (MIN_BLOCK_L, MAX_LEVELS):
                 for config in configs_for(kernel):
-                    yield KernelLaunch.build(kernel, dtype, constexprs=dict(base, BLOCK_L=block_l),
+                    yield KernelLaunch.build(kernel, dtype, constexprs=dict(base, BLOCK_L=block_l,
+                                                                            BLOCK_KL=max(1, min(BLOCK_K, DRAW_TILE // block_l))),
                                              num_warps=config.num_warps)
         for channels in (1, 3):
             for block_mix in (2, 16):
