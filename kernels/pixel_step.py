@@ -31,7 +31,6 @@ cache at pixel x, where the next sub-pixel step reads it. ``draw`` = 0 (image co
 import triton
 import triton.language as tl
 
-from .numerics import sigmoids, tanh_and_slope
 from .pixel_losses import LOG_SCALE_MIN, UNIFORM_MIN
 
 
@@ -57,6 +56,41 @@ def _matvec(acc, W, rows, row_mask, K, SRC, src_base, stride_c, stride_r, n_taps
 
 
 @triton.jit
+def _recip(x, COMPUTE: tl.constexpr):
+    """1 / x for normal x within float32's range. In float64 with no division: div.rn.f64's slow path is a
+    subroutine call, and ptxas spills the values live across it; an fp32 seed (div.full.f32, inline) and two
+    Newton steps instead, within an ulp or two of 1 / x. In float32 the plain (inline) division."""
+    if COMPUTE == tl.float64:
+        r = (1.0 / x.to(tl.float32)).to(tl.float64)
+        r = r + r * (1.0 - x * r)
+        r = r + r * (1.0 - x * r)
+    else:
+        r = 1.0 / x
+    return r
+
+
+@triton.jit
+def _sigmoid(z, COMPUTE: tl.constexpr):
+    """sigmoid(z) from e^-|z| (no overflow), as ``numerics.sigmoids``, with no float64 division."""
+    e = tl.exp(-tl.abs(z))
+    r = _recip(1.0 + e, COMPUTE)
+    return tl.where(z >= 0, r, e * r)
+
+
+@triton.jit
+def _tanh(z, COMPUTE: tl.constexpr):
+    """tanh(z), as ``numerics.tanh_and_slope`` (Kahan's 1 - e^-d near 0), with no float64 division."""
+    d = 2.0 * tl.abs(z)
+    u = tl.exp(-d)  # e^-2|z|
+    exact = u == 1.0
+    log_u = tl.log(tl.where(exact | (u <= 0.5), 0.5, u))
+    kahan = tl.where(exact, d, (1.0 - u) * (d * _recip(-log_u, COMPUTE)))
+    one_minus_u = tl.where(u > 0.5, kahan, 1.0 - u)
+    t = one_minus_u * _recip(1.0 + u, COMPUTE)
+    return tl.where(z < 0, -t, t)
+
+
+@triton.jit
 def _elu(v):
     return tl.where(v > 0, v, tl.exp(tl.minimum(v, 0.0)) - 1.0)
 
@@ -73,15 +107,27 @@ def _feed_back(IMAGE, image_base, plane, PIXELS, pixel_offset, value, channel, p
 @triton.jit
 def _draw_categorical(W_OUT, B_OUT, SRC, src_base, n_in, channel, levels, u, inv_temperature,
                       RELU_IN: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr):
-    # BLOCK_K here is the draw's own input block (BLOCK_KL: [BLOCK_L, BLOCK_KL] tiles of at most 4096 products)
+    # BLOCK_K here is the draw's own input block (BLOCK_KL: [BLOCK_L, BLOCK_KL] tiles of at most 1024 products)
     """The level drawn for ``channel`` from logits = W_OUT[channel * L + j] . v + B_OUT (v = SRC[src_base:...]),
     an int64 scalar: the number of levels whose CDF of softmax(logits / T) stays below u * CDF[-1]
     (``inv_temperature`` = 1 / T)."""
     j = tl.arange(0, BLOCK_L)
     j_mask = j < levels
-    rows = channel * levels + j
-    logits = tl.load(B_OUT + rows, mask=j_mask, other=0.0).to(COMPUTE)
-    logits = _matvec(logits, W_OUT, rows, j_mask, n_in, SRC, src_base, 1, 0, 1, 1, RELU_IN, BLOCK_K, COMPUTE)
+    # the padding levels read the last level's row (in bounds, so the [BLOCK_L, BLOCK_K] weight tile loads
+    # unmasked: a mask per element of a 256-level tile costs predicate registers that ptxas spills) and are
+    # masked out of the softmax below
+    rows = channel * levels + tl.minimum(j, levels - 1)
+    logits = tl.load(B_OUT + rows).to(COMPUTE)
+    for k0 in range(0, n_in, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = k < n_in
+        k_in = tl.minimum(k, n_in - 1)
+        v = tl.load(SRC + src_base + k_in).to(COMPUTE)
+        v = tl.where(k_mask, v, 0.0)
+        if RELU_IN:
+            v = tl.maximum(v, 0.0)
+        w = tl.load(W_OUT + rows[:, None] * n_in + k_in[None, :])
+        logits += tl.sum(w.to(COMPUTE) * v[None, :], 1)
     # no division (its IEEE slow path is a call that spills): logits times 1 / T, and the CDF left unnormalised,
     # compared with u times its last value (softmax's normalisation cancels; rounding differs in the last bits)
     z = tl.where(j_mask, logits * tl.full([], inv_temperature, COMPUTE), float("-inf"))
@@ -207,9 +253,8 @@ def _gated_layer(SRC, src_base, src_plane, src_channels, W_H, B_H, taps, kw, top
         acc_b += tl.load(V2H + v2h_base + b_rows, mask=m, other=0.0).to(COMPUTE)
         acc_b = _matvec(acc_b, W_H, b_rows, m, src_channels * taps, SRC, src, src_plane, width_p, taps, kw, False,
                         BLOCK_K, COMPUTE)
-        tanh_a, _ = tanh_and_slope(acc_a)
-        sig_b, _, _ = sigmoids(acc_b)
-        tl.store(GATE + gate_base + out, (tanh_a * sig_b).to(GATE.dtype.element_ty), mask=m)
+        gated = _tanh(acc_a, COMPUTE) * _sigmoid(acc_b, COMPUTE)
+        tl.store(GATE + gate_base + out, gated.to(GATE.dtype.element_ty), mask=m)
     tl.debug_barrier()
     for o0 in range(0, hidden, BLOCK_O):
         out = o0 + o
@@ -304,7 +349,7 @@ def pixelcnnpp_step_kernel(
     x, draw, data_channels, filters, n_layers, n_mixtures, n_params, levels, width,
     taps_left, kw_left, top_left, left_left, taps, kw, top, left, rows, pad, width_p,
     stride_u_b, stride_u_j, stride_px_b, stride_px_c, has_emb,
-    temperature: "fp64", pixel_scale: "fp64",
+    temperature: "fp64", inv_temperature: "fp64", pixel_scale: "fp64",
     COMPUTE: tl.constexpr, CHANNELS: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_MIX: tl.constexpr,
 ):
@@ -368,8 +413,7 @@ def pixelcnnpp_step_kernel(
                             COMPUTE)
             gate = _matvec(gate, w_co, filters + out, m, f2 * taps, C, src, plane, width_p, taps, kw, False,
                            BLOCK_K, COMPUTE)
-            sig, _, _ = sigmoids(gate)
-            acc = tl.load(UL + ul_in + out, mask=m, other=0.0).to(COMPUTE) + value * sig
+            acc = tl.load(UL + ul_in + out, mask=m, other=0.0).to(COMPUTE) + value * _sigmoid(gate, COMPUTE)
             tl.store(UL + ul_out + out, acc.to(UL.dtype.element_ty), mask=m)
         tl.debug_barrier()
     if draw:
@@ -398,7 +442,8 @@ def pixelcnnpp_step_kernel(
         r = tl.load(U + u_base + j * stride_u_j, mask=j_mask, other=0.5).to(COMPUTE)
         neg_gumbel = tl.log(-tl.log(u_lo + u_span * r))
         logit = tl.load(PARAMS + p_base + j, mask=j_mask, other=0.0).to(COMPUTE)
-        score = tl.where(temp >= 1.0, logit / temp - neg_gumbel, logit - temp * neg_gumbel)
+        inv_temp = tl.full([], inv_temperature, COMPUTE)  # 1 / T from the host: no division here
+        score = tl.where(temp >= 1.0, logit * inv_temp - neg_gumbel, logit - temp * neg_gumbel)
         score = tl.where(j_mask, score, float("-inf"))
         best = tl.max(score, 0)
         choice = tl.min(tl.where(j_mask & (score == best), j, BLOCK_MIX), 0)
@@ -416,7 +461,7 @@ def pixelcnnpp_step_kernel(
         if CHANNELS == 3:
             # the coefficients (G on R), (B on R), (B on G) follow channel c's log-scales: at (3 + 3c) K
             coef = tl.load(PARAMS + p_base + (3 + 3 * c) * block + choice, mask=c_mask, other=0.0).to(COMPUTE)
-            coef, _ = tanh_and_slope(coef)
+            coef = _tanh(coef, COMPUTE)
             t_rg = tl.sum(tl.where(c == 0, coef, 0.0), 0)
             t_rb = tl.sum(tl.where(c == 1, coef, 0.0), 0)
             t_gb = tl.sum(tl.where(c == 2, coef, 0.0), 0)

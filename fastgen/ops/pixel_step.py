@@ -24,12 +24,12 @@ from fastgen.launch import Kernel
 from fastgen.registry import register_family
 
 # Tiles of every stage: [BLOCK_O outputs, BLOCK_K inputs] (512 products, 4 per thread at 4 warps); the categorical
-# draw's [BLOCK_L levels, BLOCK_KL] (at most 4096 products: 256 x 16).
+# draw's [BLOCK_L levels, BLOCK_KL] (at most 1024 products: 256 x 4).
 BLOCK_O = 32
 BLOCK_K = 16
 MAX_LEVELS = 256  # categorical models with more levels step in plain PyTorch
 MIN_BLOCK_L = 16
-DRAW_TILE = 4096
+DRAW_TILE = 1024
 
 FAMILY = register_family(
     "pixel_step", __name__,
@@ -75,7 +75,7 @@ def block_levels(levels: int) -> int:
 
 
 def draw_block(levels: int) -> int:
-    """The input block of the categorical draw's [BLOCK_L, BLOCK_KL] tiles (at most 4096 products)."""
+    """The input block of the categorical draw's [BLOCK_L, BLOCK_KL] tiles (at most 1024 products)."""
     return max(1, min(BLOCK_K, DRAW_TILE // block_levels(levels)))
 
 
@@ -110,7 +110,8 @@ def pixelcnn_step(image, cache, t, s, head, weights: dict, u, pixels, *, x: int,
         image, cache, t, s, head, w["w_in"], w["b_in"], w["w_red"], w["b_red"], w["w_conv"], w["b_conv"],
         w["b_red"] if emb is None else emb, w["w_exp"], w["b_exp"], w["w_head"], w["b_head"], w["w_out"],
         w["b_out"], u, pixels,
-        x, channel, int(draw), data_channels, hidden, n_layers, head.shape[1], levels, input_window.taps, input_window.kw, input_window.top, input_window.left,
+        x, channel, int(draw), data_channels, hidden, n_layers, head.shape[1], levels,
+        input_window.taps, input_window.kw, input_window.top, input_window.left,
         conv_window.taps, conv_window.kw, conv_window.top, conv_window.left, rows, pad, width_p,
         u.stride(0), pixels.stride(0), pixels.stride(1), int(emb is not None), 1.0 / float(temperature),
         2.0 / (levels - 1),
@@ -161,7 +162,7 @@ def pixelcnnpp_step(image, a, c, ul, params, ul_up, skip, weights: dict, u, pixe
         x, int(draw), data_channels, filters, n_layers, n_mixtures, params.shape[1], levels, ul_up.shape[1],
         left_window.taps, left_window.kw, left_window.top, left_window.left, window.taps, window.kw, window.top,
         window.left, rows, pad, width_p, u.stride(0), u.stride(1), pixels.stride(0), pixels.stride(1),
-        int(emb is not None), float(temperature), 2.0 / (levels - 1),
+        int(emb is not None), float(temperature), 1.0 / float(temperature), 2.0 / (levels - 1),
         COMPUTE=tl_compute_dtype(image.dtype), CHANNELS=data_channels, BLOCK_O=BLOCK_O, BLOCK_K=BLOCK_K,
         BLOCK_MIX=block_mixtures(n_mixtures),
     )
@@ -179,9 +180,8 @@ def kernel_launches():
         for kernel in (kernels.pixelcnn_step_kernel, kernels.gated_step_kernel):
             for block_l in (MIN_BLOCK_L, MAX_LEVELS):
                 for config in configs_for(kernel):
-                    yield KernelLaunch.build(kernel, dtype, constexprs=dict(base, BLOCK_L=block_l,
-                                                                            BLOCK_KL=max(1, min(BLOCK_K, DRAW_TILE // block_l))),
-                                             num_warps=config.num_warps)
+                    constexprs = dict(base, BLOCK_L=block_levels(block_l), BLOCK_KL=draw_block(block_l))
+                    yield KernelLaunch.build(kernel, dtype, constexprs=constexprs, num_warps=config.num_warps)
         for channels in (1, 3):
             for block_mix in (2, 16):
                 for config in configs_for(kernels.pixelcnnpp_step_kernel):
