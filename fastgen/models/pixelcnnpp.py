@@ -134,7 +134,7 @@ class PixelCNNpp(PixelModel):
                             temperature: float = 1.0) -> IncrementalSampler:
         """The cached per-pixel evaluation (see :class:`PixelCNNppSteps`): one fused kernel per pixel where
         fastgen's kernels run (:class:`PixelCNNppKernelSteps`), else plain PyTorch."""
-        fused = self._kernel_steps() and pixel_step.supports(next(self.parameters()).dtype)
+        fused = self._kernel_steps() and pixel_step.supports(next(self.parameters()).dtype, n_mixtures=self.n_mixtures)
         return (PixelCNNppKernelSteps if fused else PixelCNNppSteps)(self, n, width, labels, temperature)
 
 

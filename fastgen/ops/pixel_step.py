@@ -29,6 +29,7 @@ BLOCK_O = 32
 BLOCK_K = 16
 MAX_LEVELS = 256  # categorical models with more levels step in plain PyTorch
 MIN_BLOCK_L = 16
+MAX_MIXTURES = 16  # DMOL models with more mixture components step in plain PyTorch
 DRAW_TILE = 1024
 
 FAMILY = register_family(
@@ -83,9 +84,11 @@ def block_mixtures(n_mixtures: int) -> int:
     return max(2, triton.next_power_of_2(n_mixtures))
 
 
-def supports(dtype: torch.dtype, levels: int | None = None) -> bool:
-    """Whether a model of ``dtype`` (with ``levels`` categorical levels) can step with these kernels."""
-    return dtype in FLOAT_DTYPES and (levels is None or levels <= MAX_LEVELS)
+def supports(dtype: torch.dtype, levels: int | None = None, n_mixtures: int | None = None) -> bool:
+    """Whether a model of ``dtype`` (with ``levels`` categorical levels, or ``n_mixtures`` DMOL components) can
+    step with these kernels: exactly the tiles :func:`kernel_launches` compiles."""
+    return (dtype in FLOAT_DTYPES and (levels is None or levels <= MAX_LEVELS)
+            and (n_mixtures is None or n_mixtures <= MAX_MIXTURES))
 
 
 def _geometry(image: torch.Tensor) -> tuple[int, int]:
@@ -168,9 +171,13 @@ def pixelcnnpp_step(image, a, c, ul, params, ul_up, skip, weights: dict, u, pixe
     )
 
 
+def _powers_of_two(low: int, high: int) -> list[int]:
+    return [1 << e for e in range(low.bit_length() - 1, high.bit_length())]
+
+
 def kernel_launches():
     """Every kernel configuration the launchers can start, for the sm_90/sm_80 compile check: each float dtype,
-    the smallest and the largest categorical tile, grey and RGB DMOL with 2 and 16 mixture slots."""
+    every categorical tile (16 to 256 levels), grey and RGB DMOL with every mixture block (2 to 16 slots)."""
     from fastgen.autotune import configs_for
     from fastgen.compile_check import KernelLaunch
 
@@ -178,12 +185,12 @@ def kernel_launches():
         compute = tl_compute_dtype(dtype)
         base = dict(COMPUTE=compute, BLOCK_O=BLOCK_O, BLOCK_K=BLOCK_K)
         for kernel in (kernels.pixelcnn_step_kernel, kernels.gated_step_kernel):
-            for block_l in (MIN_BLOCK_L, MAX_LEVELS):
+            for block_l in _powers_of_two(MIN_BLOCK_L, MAX_LEVELS):
                 for config in configs_for(kernel):
                     constexprs = dict(base, BLOCK_L=block_levels(block_l), BLOCK_KL=draw_block(block_l))
                     yield KernelLaunch.build(kernel, dtype, constexprs=constexprs, num_warps=config.num_warps)
         for channels in (1, 3):
-            for block_mix in (2, 16):
+            for block_mix in _powers_of_two(block_mixtures(1), MAX_MIXTURES):
                 for config in configs_for(kernels.pixelcnnpp_step_kernel):
                     yield KernelLaunch.build(kernels.pixelcnnpp_step_kernel, dtype,
                                              constexprs=dict(base, CHANNELS=channels, BLOCK_MIX=block_mix),
