@@ -57,8 +57,11 @@ def kernels_on_cpu() -> Iterator[None]:
 def backend_for(tensor: torch.Tensor) -> str:
     """``"triton"`` or ``"reference"``: the implementation a fastgen op called on ``tensor`` runs now."""
     forced = _forced
-    if forced is None and tensor.is_cuda and not _INTERPRETED:  # the common case, without building a device
-        return "triton"
+    if forced is None:  # the common cases, without building a torch.device
+        if tensor.is_cuda and not _INTERPRETED:
+            return "triton"
+        if tensor.is_cpu and (_INTERPRETED or _kernels_on_cpu):
+            return "triton"
     if forced == "reference":
         return "reference"
     if _triton_can_run_on(tensor.device):

@@ -162,9 +162,10 @@ def _logit_loss_forward(first, second, rules, reduction, needs_grad):
     programs, elements_per_program, weights, scalars, constexprs = _logit_plan(
         n_first, n_second, first.dtype, rules, reduction, tuple(needs_grad))
     segments = (first,) if second is None else (first, second)
-    saved = [torch.empty(x.shape, dtype=x.dtype, device=x.device) if need else None
+    # contiguous (the kernel writes element i at offset i); new_empty/empty_like build no torch.device
+    saved = [torch.empty_like(x, memory_format=torch.contiguous_format) if need else None
              for x, need in zip(segments, needs_grad)]
-    terms = [torch.empty(x.shape, dtype=acc, device=x.device) for x in segments] if reduction == "none" else []
+    terms = [x.new_empty(x.shape, dtype=acc) for x in segments] if reduction == "none" else []
     if max(n_first, n_second) == 0:
         loss = None
         if reduction != "none":  # nan for a mean (of an empty tensor), else 0
@@ -172,7 +173,7 @@ def _logit_loss_forward(first, second, rules, reduction, needs_grad):
         return loss, terms, saved, weights
 
     # one program writes the loss itself (0-d); more write partial sums that torch adds
-    partial = torch.empty(() if programs == 1 else programs, dtype=acc, device=first.device)
+    partial = first.new_empty(() if programs == 1 else programs, dtype=acc)
     # the kernel takes two segments: the generator loss's missing one is empty, its pointers never touched
     flat_first, stride_first = _flat_with_stride(first)
     # without a second segment (n_second = 0) the kernel never reads its pointers
