@@ -10,24 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgen
+from peer_models import InPlaceMaskedConv2d
 
 F64 = torch.float64
-
-
-class InPlaceMaskedConv2d(nn.Conv2d):
-    """jzbontar/pixelcnn-pytorch's pattern: a mask buffer, the weight masked in place before the convolution."""
-
-    def __init__(self, mask_type, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register_buffer("mask", self.weight.data.clone())
-        _, _, kh, kw = self.weight.size()
-        self.mask.fill_(1)
-        self.mask[:, :, kh // 2, kw // 2 + (mask_type == "B"):] = 0
-        self.mask[:, :, kh // 2 + 1:] = 0
-
-    def forward(self, x):
-        self.weight.data *= self.mask
-        return super().forward(x)
 
 
 class ProductMaskedConv2d(nn.Conv2d):

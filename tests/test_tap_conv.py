@@ -13,6 +13,7 @@ import fastgen.ops.tap_conv as op
 from fastgen import reference
 from fastgen.nn import masks
 from fastgen.reference import tap_conv as ref
+from peer_models import InPlaceMaskedConv2d
 from tolerances import assert_close
 
 KERNEL_SIZES = (1, 3, 5, 7)
@@ -335,25 +336,9 @@ def test_errors(device):
             call()
 
 
-class CommonMaskedConv2d(torch.nn.Conv2d):
-    """The usual PixelCNN implementation (e.g. jzbontar/pixelcnn-pytorch): nn.Conv2d + a mask buffer."""
-
-    def __init__(self, mask_type, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register_buffer("mask", self.weight.data.clone())
-        _, _, kh, kw = self.weight.size()
-        self.mask.fill_(1)
-        self.mask[:, :, kh // 2, kw // 2 + (mask_type == "B"):] = 0
-        self.mask[:, :, kh // 2 + 1:] = 0
-
-    def forward(self, x):
-        self.weight.data *= self.mask
-        return super().forward(x)
-
-
 @pytest.mark.parametrize("mask_type", ["A", "B"])
 def test_masked_conv2d_module_state_dict(device, mask_type):
-    theirs = CommonMaskedConv2d(mask_type, 4, 8, 5, padding=2).to(device)
+    theirs = InPlaceMaskedConv2d(mask_type, 4, 8, 5, padding=2).to(device)
     ours = fastgen.nn.MaskedConv2d(4, 8, 5, mask_type).to(device)
     assert isinstance(ours, torch.nn.Conv2d)
     ours.load_state_dict(theirs.state_dict())  # theirs -> ours (strict)
@@ -364,7 +349,7 @@ def test_masked_conv2d_module_state_dict(device, mask_type):
     torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
     plain = torch.nn.Conv2d(4, 8, 5, padding=2).to(device)
     ours.load_state_dict(plain.state_dict())  # a checkpoint without mask
-    other = CommonMaskedConv2d("B" if mask_type == "A" else "A", 4, 8, 5, padding=2).to(device)
+    other = InPlaceMaskedConv2d("B" if mask_type == "A" else "A", 4, 8, 5, padding=2).to(device)
     with pytest.raises(RuntimeError, match="mask"):
         ours.load_state_dict(other.state_dict())
 
