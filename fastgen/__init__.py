@@ -6,6 +6,7 @@ otherwise CPU tensors use the plain-PyTorch reference and CUDA tensors the compi
 """
 
 from fastgen.dispatch import backend_for, interpreting, use_backend
+from fastgen.ops.conv1x1_cross_entropy import Conv1x1CrossEntropy, conv1x1_cross_entropy
 from fastgen.ops.gan_losses import (GANDiscriminatorLoss, GANGeneratorLoss, GradientPenalty, gan_d_loss,
                                     gan_g_loss, gradient_penalty)
 from fastgen.ops.gated_activation import GatedActivation, gated_activation
@@ -21,9 +22,9 @@ from fastgen import sampling  # noqa: E402  (after fastgen.models)
 
 __version__ = "0.1.0"
 
-__all__ = ["DiscretizedLogisticMixtureNLL", "GANDiscriminatorLoss", "GANGeneratorLoss", "GatedActivation",
+__all__ = ["Conv1x1CrossEntropy", "DiscretizedLogisticMixtureNLL", "GANDiscriminatorLoss", "GANGeneratorLoss", "GatedActivation",
            "GradientPenalty", "GumbelSoftmax", "PixelCrossEntropy", "ReparameterizeKL", "RowLSTMRecurrence", "TapConv",
-           "backend_for", "bits_per_dim", "compat", "dmol_nll", "dmol_sample", "estimators", "gan_d_loss",
+           "backend_for", "bits_per_dim", "compat", "conv1x1_cross_entropy", "dmol_nll", "dmol_sample", "estimators", "gan_d_loss",
            "gan_g_loss", "gated_activation", "gradient_penalty", "gumbel_softmax", "interpreting", "masked_conv2d",
            "models", "nn", "pixel_cross_entropy", "reparameterize_kl", "row_lstm", "sampling", "tap_conv2d",
            "use_backend", "__version__"]

@@ -182,6 +182,32 @@ def test_training_step(name, data_channels, device):
     assert after < loss.detach() - 1e-3, (loss.item(), after.item())
 
 
+@pytest.mark.parametrize("name,data_channels,n_classes", [("pixelcnn", 3, None), ("gated", 1, 2),
+                                                            ("pixelcnnpp", 1, None)], ids=lambda v: str(v))
+def test_nll_is_the_loss_of_the_forward(name, data_channels, n_classes, device):
+    """model.nll (the fused head for the softmax models) gives the loss of the logits model(x) returns and the
+    same parameter gradients, on the kernels and on the reference; "none" per sub-pixel."""
+    model = build(name, data_channels, n_classes).to(device)
+    x = images(2, data_channels).to(device)
+    y = labels(model, 2)
+    y = None if y is None else y.to(device)
+    params = list(model.parameters())
+    for reference in (False, True):
+        model.use_reference(reference)
+        loss = model.nll(x, y)
+        expected = nll(model, model(x, y), x)
+        torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+        for g, g_exp, (pname, _) in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params),
+                                        model.named_parameters()):
+            torch.testing.assert_close(g, g_exp, rtol=1e-8, atol=1e-10, msg=f"gradient of {pname}")
+    model.use_reference(False)
+    terms = model.nll(x, y, reduction="none")  # per sub-pixel; DMOL: per pixel (its channels' joint NLL)
+    assert terms.shape == (x.shape if model.output_kind == "logits" else x[:, 0].shape)
+    torch.testing.assert_close(terms.sum() / x.numel(), model.nll(x, y).detach(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="pixels"):
+        model.nll(x.double(), y)
+
+
 @pytest.mark.parametrize("name", list(TINY))
 def test_training_lowers_loss_reference(name):
     """A few steps on the reference layers (fast): the loss falls well below its start on a fixed batch."""

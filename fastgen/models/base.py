@@ -132,6 +132,43 @@ class PixelModel(ReferenceSwitch):
     def _forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def nll(self, pixels: torch.Tensor, y: torch.Tensor | None = None, *, reduction: str = "mean",
+            pixels_checked: bool = False) -> torch.Tensor:
+        """The negative log-likelihood in nats of integer ``pixels`` [B, C, H, W] (0..levels-1) under the model:
+        "mean" per sub-pixel (``fastgen.bits_per_dim`` of it is bits/dim), "sum", or "none" (per sub-pixel
+        [B, C, H, W] for a softmax head; per pixel [B, H, W] for PixelCNN++, its channels' joint NLL).
+
+        The training loss. Models with a softmax head (``output_kind == "logits"``) run their last 1x1
+        convolution fused with the cross-entropy (:meth:`fastgen.nn.TapConv2d.cross_entropy`: the
+        [B, C * levels, H, W] logits are never stored); PixelCNN++ takes :func:`fastgen.dmol_nll` of its output.
+        ``pixels_checked``: the pixels are known to be in range (checked once per data set), so no per-call range
+        check (a reduction and a device sync)."""
+        from fastgen.ops.pixel_losses import dmol_nll  # the op module imports nothing of the models
+
+        if not isinstance(pixels, torch.Tensor) or pixels.is_floating_point():
+            raise TypeError(f"pixels must be an integer tensor [B, C, H, W], got "
+                            f"{pixels.dtype if isinstance(pixels, torch.Tensor) else type(pixels).__name__}")
+        x = self.prepare_input(pixels)
+        y = self.check_labels(y, x)
+        with self._backend():
+            if self.output_kind == "logits":
+                return self.output_conv.cross_entropy(self._features(x, y), pixels, reduction,
+                                                      check_targets=not pixels_checked)
+            params = self._forward(x, y)
+            return dmol_nll(params, scale_pixels(pixels, self.levels, params.dtype), self.n_mixtures,
+                            levels=self.levels, reduction=reduction)
+
+    def _features(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """A softmax-head model's input to its output layer ``self.output_conv`` (the 1x1 convolution to
+        C * levels logits)."""
+        raise NotImplementedError
+
+    def _logits(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """A softmax-head model's forward: logits [B, levels, C, H, W], a view of the output layer's
+        [B, C * levels, H, W]."""
+        out = self.output_conv(self._features(x, y))
+        return out.unflatten(1, (self.data_channels, self.levels)).transpose(1, 2)
+
     def incremental_sampler(self, n: int, width: int, labels: torch.Tensor | None = None,
                             temperature: float = 1.0) -> "IncrementalSampler":
         """The model's cached per-pixel evaluation for :func:`fastgen.sampling.sample`: an

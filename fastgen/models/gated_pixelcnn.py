@@ -106,12 +106,13 @@ class GatedPixelCNN(PixelModel):
         self.head = conv1x1(n, head, data_channels)
         self.output_conv = conv1x1(head, data_channels * self.levels, data_channels)
 
-    def _forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def _features(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         v = h = x
         for layer in self.layers:
             v, h = layer(v, h, y)
-        out = self.output_conv(F.relu(self.head(h)))
-        return out.unflatten(1, (self.data_channels, self.levels)).transpose(1, 2)
+        return F.relu(self.head(h))
+
+    _forward = PixelModel._logits
 
     def incremental_sampler(self, n: int, width: int, labels: torch.Tensor | None = None,
                             temperature: float = 1.0) -> IncrementalSampler:

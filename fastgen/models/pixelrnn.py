@@ -95,12 +95,13 @@ class PixelRNN(PixelModel):
         self.head = conv1x1(2 * h, head, data_channels)
         self.output_conv = conv1x1(head, data_channels * self.levels, data_channels)
 
-    def _forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def _features(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         t = self.input_conv(x)
         for layer in self.layers:
             t = layer(t, y)
-        out = self.output_conv(F.relu(self.head(F.relu(t))))
-        return out.unflatten(1, (self.data_channels, self.levels)).transpose(1, 2)
+        return F.relu(self.head(F.relu(t)))
+
+    _forward = PixelModel._logits
 
     # ------------------------------------------------------------------------------------------- sampling
     @property

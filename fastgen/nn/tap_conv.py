@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fastgen.nn import masks
+from fastgen.ops.conv1x1_cross_entropy import conv1x1_cross_entropy
 from fastgen.ops.tap_conv import check_mask_args, tap_conv2d
 from fastgen.validation import check_int
 
@@ -40,6 +41,23 @@ class TapConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return tap_conv2d(x, self.weight, self.bias, self.taps)
+
+    def cross_entropy(self, x: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", *,
+                      check_targets: bool = True) -> torch.Tensor:
+        """The cross-entropy of this 1x1 layer's output, without storing it: ``pixel_cross_entropy(self(x),
+        targets, logits_layout="channel-major")`` (C = targets.shape[1] groups of out_channels / C levels) as
+        :func:`fastgen.conv1x1_cross_entropy`, PixelCNN's fused output head."""
+        if self.kernel_size != (1, 1):
+            raise ValueError(f"cross_entropy fuses a 1x1 convolution with the loss; this layer is "
+                             f"{self.kernel_size[0]}x{self.kernel_size[1]}")
+        weight = self.weight
+        if self.taps.groups > 1 or self.taps.n_taps == 0:  # weight * mask: dead weights get no gradient
+            mask = getattr(self, "mask", None)
+            if mask is None:
+                mask = self.taps.mask(self.out_channels, self.in_channels, weight.dtype, weight.device)
+            weight = weight * mask.to(weight.dtype)
+        return conv1x1_cross_entropy(x, weight, self.bias, targets, reduction,
+                                     check_targets=check_targets)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
