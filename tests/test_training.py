@@ -471,7 +471,8 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_cli_help(capsys):
-    for command, options in (("train", ["--data", "--epochs", "--conditional", "--out"]),
+    for command, options in (("train", ["--data", "--epochs", "--conditional", "--out", "--precision",
+                                        "--channels-last", "--no-channels-last", "--compile", "--cuda-graph"]),
                              ("sample", ["-n", "--temperature", "--naive", "--label"])):
         with pytest.raises(SystemExit) as info:
             cli.main([command, "--help"])
