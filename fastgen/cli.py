@@ -5,6 +5,8 @@ and `fastgen sample` (a PNG or JPEG grid of samples from a checkpoint).
 `train` and `sample` run fastgen's compiled kernels on CUDA and the plain-PyTorch reference layers on CPU
 (``model.use_reference(True)``, even where TRITON_INTERPRET=1 is set: the interpreter is far too slow to train
 or sample with). On CPU they use one PyTorch thread unless ``--threads`` or OMP_NUM_THREADS says otherwise.
+`train` passes ``--precision``, ``--channels-last``/``--no-channels-last`` and ``--compile`` (``--cuda-graph``:
+``--compile reduce-overhead``) to the training loops (:func:`fastgen.training.step_options`).
 
 Bad arguments and input files are reported on one line, ``fastgen <command>: error: ...``, with exit status 2.
 """
@@ -246,9 +248,12 @@ def _train(args) -> int:
     from tqdm.auto import tqdm
 
     from fastgen.data import load_dataset
-    from fastgen.training import save_checkpoint, train, train_gan, train_vae
+    from fastgen.training import save_checkpoint, step_options, train, train_gan, train_vae
 
     device = _device(args.device, args.threads)
+    if args.compile == "reduce-overhead" and device != "cuda":
+        raise UsageError(f"--compile reduce-overhead (--cuda-graph) replays CUDA graphs, which need a CUDA device; "
+                         f"the device is {device} (use --compile default there)")
     latent_model = args.model in LATENT_DEFAULTS
     if args.epochs is None:
         args.epochs = LATENT_DEFAULTS[args.model][2] if latent_model else PIXEL_EPOCHS
@@ -270,17 +275,20 @@ def _train(args) -> int:
         raise UsageError(f"--data: {error}") from error
     torch.manual_seed(args.seed)
     model = _build_model(args, data).use_reference(device == "cpu")
+    speed = dict(precision=args.precision, channels_last="auto" if args.channels_last is None else args.channels_last,
+                 compile=args.compile)
+    options = step_options(device, **speed)
     train_set, test_set = data.split(test_fraction=0.1, seed=args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     images = f"{data.pixels.shape[1]}x{data.image_size[0]}x{data.image_size[1]}"
     if args.model == "dcgan":  # no held-out set: every image trains the GAN
-        print(f"dcgan: {n_params:,} parameters, {data.name}: {len(data.pixels)} images of {images}, device {device}",
-              flush=True)
+        print(f"dcgan: {n_params:,} parameters, {data.name}: {len(data.pixels)} images of {images}, device {device}"
+              f" ({options.describe()})", flush=True)
     else:
         print(f"{args.model}: {n_params:,} parameters, {data.name}: {len(train_set.pixels)} train / "
               f"{len(test_set.pixels)} test images of {images}, {data.levels} levels"
-              + ("" if latent_model else f" (uniform: {math.log2(data.levels):.2f} bits/dim)") + f", device {device}",
-              flush=True)
+              + ("" if latent_model else f" (uniform: {math.log2(data.levels):.2f} bits/dim)") + f", device {device}"
+              f" ({options.describe()})", flush=True)
 
     def report(record):
         if args.model == "vae":
@@ -297,7 +305,7 @@ def _train(args) -> int:
 
     start = time.perf_counter()
     common = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed,
-                  progress=not args.no_progress, on_epoch=report)
+                  progress=not args.no_progress, on_epoch=report, **speed)
     if args.model == "vae":
         history = train_vae(model, train_set.pixels, test_pixels=test_set.pixels, **common)
     elif args.model == "dcgan":
@@ -414,6 +422,17 @@ def main(argv=None) -> int:
                        "exist (without it an existing checkpoint is an error)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    train.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                       help="auto (the default): bfloat16 autocast on CUDA (float32 weights), float32 on CPU; "
+                            "bfloat16: autocast on CPU too")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="the model and its batches in channels-last (default: on CUDA only)")
+    compiled = train.add_mutually_exclusive_group()
+    compiled.add_argument("--compile", choices=["default", "reduce-overhead"],
+                          help="torch.compile the step's forward + loss in this mode (default: eager); "
+                               "reduce-overhead replays CUDA graphs (CUDA only)")
+    compiled.add_argument("--cuda-graph", dest="compile", action="store_const", const="reduce-overhead",
+                          help="the same as --compile reduce-overhead")
     train.set_defaults(func=_train)
 
     sample = sub.add_parser("sample", help="write a PNG or JPEG grid of samples from a checkpoint of `fastgen train`")

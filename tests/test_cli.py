@@ -155,6 +155,47 @@ def test_sample_on_files_that_are_not_checkpoints(tmp_path, capsys):
         assert line.startswith("fastgen sample: error: CHECKPOINT: ") and reason in line, line
 
 
+@pytest.mark.parametrize("model,loop", [("gated", "train"), ("vae", "train_vae"), ("dcgan", "train_gan")])
+def test_train_speed_flags_reach_the_training_loop(model, loop, tmp_path, monkeypatch, capsys):
+    """--precision, --channels-last/--no-channels-last and --compile go to train/train_vae/train_gan as
+    precision, channels_last ("auto" when neither flag is given) and compile; the first line says what they
+    resolve to. The loop itself is replaced: this is about the command line."""
+    import fastgen.training
+
+    path = tmp_path / "tiny8.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 4, (24, 8, 8)).astype(np.uint8))  # square, 8x8: every model
+    calls = []
+
+    def fake_loop(*args, **kwargs):
+        calls.append(kwargs)
+        return []
+
+    monkeypatch.setattr(fastgen.training, loop, fake_loop)
+    command = ["train", model, "--data", str(path), "--epochs", "1", "--hidden-channels", "4", "--samples", "0",
+               "--no-progress", "--device", "cpu", "--out", str(tmp_path / "run"), "--force"]
+    for flags, expected, described in (
+            ([], ("auto", "auto", None), "(float32, fused Adam)"),
+            (["--precision", "bfloat16", "--channels-last", "--compile", "default"], ("bfloat16", True, "default"),
+             "(bfloat16 autocast, channels-last, fused Adam, torch.compile default)"),
+            (["--precision", "float32", "--no-channels-last"], ("float32", False, None), "(float32, fused Adam)")):
+        assert cli.main(command + flags) == 0
+        assert (calls[-1]["precision"], calls[-1]["channels_last"], calls[-1]["compile"]) == expected, flags
+        assert described in capsys.readouterr().out.splitlines()[0]
+
+
+def test_train_cuda_graph_needs_cuda(tmp_path, capsys):
+    """--cuda-graph is --compile reduce-overhead, refused on CPU before any data is read; --compile and
+    --cuda-graph together are an argparse error."""
+    for flags in (["--cuda-graph"], ["--compile", "reduce-overhead"]):
+        assert cli.main(["train", "gated", "--device", "cpu", "--out", str(tmp_path / "run"), *flags]) == 2
+        line = one_line_error(capsys, "train")
+        assert "--compile reduce-overhead (--cuda-graph) replays CUDA graphs" in line and "device is cpu" in line
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["train", "gated", "--compile", "default", "--cuda-graph"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_cpu_thread_default(monkeypatch):
     """On CPU `train` and `sample` use CPU_THREADS PyTorch threads, unless --threads or OMP_NUM_THREADS says."""
     before = torch.get_num_threads()

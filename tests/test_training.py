@@ -7,6 +7,8 @@ themselves are tested against the kernels in test_models.py.
 """
 
 import math
+import os
+import shutil
 import sys
 
 import numpy as np
@@ -20,8 +22,9 @@ import fastgen.training
 from fastgen import cli
 from fastgen.data import (DIGITS_LEVELS, load_dataset, load_digits, load_image_folder, load_npy, pixels_from_array,
                           train_test_indices)
-from fastgen.models import GatedPixelCNN, PixelCNN, PixelCNNpp
-from fastgen.training import evaluate, image_grid, load_checkpoint, loss_of, save_checkpoint, save_image_grid, train
+from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp
+from fastgen.training import (StepOptions, evaluate, image_grid, load_checkpoint, loss_of, save_checkpoint,
+                              save_image_grid, step_options, train, train_gan, train_vae)
 
 UNIFORM_DIGITS_BPD = math.log2(DIGITS_LEVELS)  # 4.09: a model that learnt nothing
 
@@ -247,6 +250,114 @@ def test_train_arguments(digits):
         train(model, pixels[:, 0], epochs=1)
 
 
+# ------------------------------------------------------------------------------ precision, memory format, compile
+def tiny_pixelcnn(data_channels=1, levels=DIGITS_LEVELS):
+    """A PixelCNN of a few hundred parameters on the reference layers: a step takes milliseconds on CPU."""
+    return PixelCNN(data_channels, levels, hidden_channels=6, n_layers=1).use_reference(True)
+
+
+def test_step_options_resolve_auto_by_device():
+    """"auto" is bfloat16 autocast and channels-last on CUDA, float32 and the layout as it is elsewhere; Adam is
+    fused on CUDA and CPU. (Resolving needs no GPU: a torch.device("cuda") is only a name.)"""
+    assert step_options("cpu") == StepOptions(None, False, True, None)
+    assert step_options("cuda") == StepOptions(torch.bfloat16, True, True, None)
+    assert step_options("cpu", "bfloat16", True, "default") == StepOptions(torch.bfloat16, True, True, "default")
+    assert step_options("cuda", "float32", False, "reduce-overhead") == StepOptions(None, False, True,
+                                                                                     "reduce-overhead")
+    assert step_options("meta").fused_adam is False  # other devices: PyTorch's default Adam
+    assert step_options("cuda").describe() == "bfloat16 autocast, channels-last, fused Adam"
+    assert step_options("cpu", compile="default").describe() == "float32, fused Adam, torch.compile default"
+
+
+@pytest.mark.parametrize("loop", ["train", "train_vae", "train_gan"])
+@pytest.mark.parametrize("options,match", [
+    (dict(precision="float16"), "precision must be one of"),
+    (dict(precision=None), "precision must be one of"),
+    (dict(channels_last="yes"), "channels_last must be 'auto', True or False"),
+    (dict(channels_last=1), "channels_last must be 'auto', True or False"),
+    (dict(compile="max-autotune"), "compile must be one of"),
+    (dict(compile="reduce-overhead"), "compile='reduce-overhead' replays CUDA graphs.*CUDA device.*cpu"),
+])
+def test_speed_options_are_checked(digits, loop, options, match):
+    """A bad precision, channels_last or compile raises a ValueError naming the argument before any training;
+    compile="reduce-overhead" (CUDA graphs) is refused off CUDA."""
+    models = {"train": tiny_pixelcnn, "train_vae": lambda: VAE(1, (8, 8), latent_dim=2, hidden_channels=2),
+              "train_gan": lambda: DCGAN(1, 8, latent_dim=2, hidden_channels=2)}
+    model = models[loop]().use_reference(True).to("cpu")
+    with pytest.raises(ValueError, match=match):
+        getattr(fastgen.training, loop)(model, digits[0][:8], epochs=1, progress=False, **options)
+
+
+def test_bfloat16_on_cpu(digits, one_thread):
+    """precision="bfloat16" runs each step's forward and loss under CPU bfloat16 autocast and keeps float32
+    weights; evaluation stays float32; "auto" on CPU is float32 throughout."""
+    dtypes = []
+    torch.manual_seed(0)
+    model = tiny_pixelcnn()
+    model.output_conv.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    history = train(model, digits[0][:32], epochs=1, batch_size=16, progress=False, precision="bfloat16")
+    assert math.isfinite(history[0]["train_bpd"]) and math.isfinite(history[0]["test_bpd"])
+    assert history[0]["train_bpd"] < UNIFORM_DIGITS_BPD + 1.0
+    assert dtypes == [torch.bfloat16, torch.bfloat16, torch.float32]  # 29 images: 2 steps, then evaluate
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    dtypes.clear()
+    train(model, digits[0][:32], epochs=1, batch_size=16, progress=False)  # precision="auto"
+    assert dtypes == [torch.float32] * 3
+
+
+def test_channels_last(one_thread):
+    """channels_last=True converts the model's 4-D parameters and hands the first layer a channels-last input
+    (RGB: the layouts differ), and trains the same model as the default layout, up to float rounding."""
+    pixels = torch.randint(0, 4, (24, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    histories = {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = tiny_pixelcnn(data_channels=3, levels=4)
+        seen = []
+        model.input_conv.register_forward_pre_hook(
+            lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        histories[channels_last] = train(model, pixels, epochs=1, batch_size=8, progress=False,
+                                         channels_last=channels_last)
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights) == channels_last
+        assert seen[:3] == [channels_last] * 3  # the 3 training steps (evaluate takes the test set as it is)
+    for key in ("train_bpd", "test_bpd"):
+        assert histories[True][0][key] == pytest.approx(histories[False][0][key], rel=1e-5)
+
+
+def test_vae_and_gan_bfloat16_channels_last(digits, one_thread):
+    pixels = digits[0][:32]
+    torch.manual_seed(0)
+    vae = VAE(1, (8, 8), latent_dim=2, hidden_channels=4, levels=DIGITS_LEVELS).use_reference(True)
+    (record,) = train_vae(vae, pixels, epochs=1, batch_size=16, progress=False, precision="bfloat16",
+                          channels_last=True)
+    assert all(math.isfinite(v) for v in record.values())
+    assert vae.encoder[2].weight.is_contiguous(memory_format=torch.channels_last)  # [8, 4, 4, 4]
+    gan = DCGAN(1, 8, latent_dim=2, hidden_channels=4, r1_gamma=1.0, levels=DIGITS_LEVELS).use_reference(True)
+    (record,) = train_gan(gan, pixels, epochs=1, batch_size=16, progress=False, precision="bfloat16",
+                          channels_last=True)
+    assert all(math.isfinite(v) for v in record.values()) and record["r1"] > 0
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="Inductor on CPU needs a C++ compiler")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own import
+def test_compile_default_on_cpu_matches_eager(digits, one_thread):
+    """compile="default" (Inductor's C++ backend on CPU) trains the same model as eager, up to float rounding.
+    The slowest test here: ~30 s to build the graphs on a busy 2-core machine (~5 s with Inductor's cache warm);
+    32 images in 2 batches of 16 keep it to one graph."""
+    pixels, test_pixels = digits[0][:32], digits[0][32:40]
+    histories, models = [], []
+    for mode in ("default", None):
+        torch.manual_seed(0)
+        models.append(tiny_pixelcnn())
+        histories.append(train(models[-1], pixels, epochs=1, batch_size=16, progress=False, test_pixels=test_pixels,
+                               compile=mode))
+    for key in ("train_bpd", "test_bpd"):
+        assert histories[0][0][key] == pytest.approx(histories[1][0][key], rel=1e-5)
+    for compiled, eager in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", list(SMALL))
 def test_checkpoint_round_trip(tmp_path, digits, name):
     x, y = digits[0][:4], digits[1][:4]
@@ -360,7 +471,8 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_cli_help(capsys):
-    for command, options in (("train", ["--data", "--epochs", "--conditional", "--out"]),
+    for command, options in (("train", ["--data", "--epochs", "--conditional", "--out", "--precision",
+                                        "--channels-last", "--no-channels-last", "--compile", "--cuda-graph"]),
                              ("sample", ["-n", "--temperature", "--naive", "--label"])):
         with pytest.raises(SystemExit) as info:
             cli.main([command, "--help"])
