@@ -2,8 +2,8 @@
 
 Providers, all on the same initial parameters and the same batch:
 
-* fastgen: the model on fastgen's convolutions with fastgen's fused loss (``pixel_cross_entropy``, or
-  ``dmol_nll`` for PixelCNN++);
+* fastgen: the model on fastgen's convolutions with its training loss ``model.nll`` (the fused output head
+  ``conv1x1_cross_entropy`` of the softmax models, ``dmol_nll`` for PixelCNN++);
 * eager: the same parameters on the plain-PyTorch reference layers and losses (``model.use_reference(True)``
   inside ``fastgen.use_backend("reference")``);
 * torch.compile: ``torch.compile`` of the eager model's forward + loss (timed on CUDA, on CPU only with
@@ -84,10 +84,12 @@ class TrainingCase:
     batch: int
     quick: bool = False
     tiny: bool = False  # tiny model (tests, and the interpreted CPU runs)
+    precision: str = "float32"  # or "bfloat16": every provider's forward and loss under bfloat16 autocast
 
     @property
     def label(self) -> str:
-        return f"{self.family} {self.shape.name} B={self.batch}" + (" tiny" if self.tiny else "")
+        return (f"{self.family} {self.shape.name} B={self.batch}" + (" bf16" if self.precision == "bfloat16" else "")
+                + (" tiny" if self.tiny else ""))
 
     def images(self, device: str, batch: int | None = None) -> torch.Tensor:
         """Random integer pixels [B, C, H, W] in 0..levels-1 (seeded)."""
@@ -101,6 +103,9 @@ def cases(quick: bool = True) -> list[TrainingCase]:
     """Every family at each of ``TRAIN_SHAPES``; quick: ``QUICK_FAMILIES`` at 8x8 grey."""
     every = [TrainingCase(f, SHAPES[name], batch, quick=(name == "8x8 grey" and f in QUICK_FAMILIES))
              for name, batch in TRAIN_SHAPES.items() for f in TRAIN_FAMILIES]
+    # the precision `fastgen train` uses on CUDA by default: bfloat16 autocast over forward and loss
+    every += [TrainingCase(f, SHAPES["32x32x3"], TRAIN_SHAPES["32x32x3"], precision="bfloat16")
+              for f in TRAIN_FAMILIES]
     return [c for c in every if c.quick or not quick]
 
 
@@ -134,27 +139,30 @@ def loss_of(model, x: torch.Tensor, reference: bool, noise: torch.Tensor | None 
         return model.loss(x, eps=noise)
     if isinstance(model, DCGAN):
         return model.d_loss(x, noise).loss + model.g_loss(noise)
+    if not reference:
+        # the model's training loss (the fused output head for the softmax models); the images are made in
+        # range: no per-step range check (a device sync that eager's loss does not make)
+        return model.nll(x, pixels_checked=True)
     out = model(x)
     if model.output_kind == "dmol":
-        target = scale_pixels(x, model.levels, out.dtype)
-        nll = reference_losses.dmol_nll if reference else fastgen.dmol_nll
-        return nll(out, target, model.n_mixtures, levels=model.levels)
-    if reference:
-        return reference_losses.pixel_cross_entropy(out, x, model.levels)
-    # the images are made in range: no per-step range check (a device sync that eager's loss does not make)
-    return fastgen.pixel_cross_entropy(out, x, model.levels, check_targets=False)
+        return reference_losses.dmol_nll(out, scale_pixels(x, model.levels, out.dtype), model.n_mixtures,
+                                         levels=model.levels)
+    return reference_losses.pixel_cross_entropy(out.float(), x, model.levels)
 
 
-def training_step(model, x: torch.Tensor, provider: str) -> Callable[[], torch.Tensor]:
-    """A no-argument callable running one step (zero_grad, forward, loss, backward, Adam) of ``model`` on x."""
+def training_step(model, x: torch.Tensor, provider: str, precision: str = "float32") -> Callable[[], torch.Tensor]:
+    """A no-argument callable running one step (zero_grad, forward, loss, backward, Adam) of ``model`` on x;
+    with precision "bfloat16" the forward and the loss run under bfloat16 autocast (float32 weights)."""
     reference = not provider.startswith("fastgen")
     model.use_reference(reference)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     noise = fixed_noise(model, x)
+    autocast = precision == "bfloat16"
 
     def forward_loss(x):
-        with fastgen.use_backend("reference") if reference else contextlib.nullcontext():
+        with fastgen.use_backend("reference") if reference else contextlib.nullcontext(), \
+                torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             return loss_of(model, x, reference, noise)
 
     graphs = provider.endswith("reduce-overhead")
@@ -211,7 +219,7 @@ def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batc
     x = case.images(device, batch)
     if compiled(provider):
         torch._dynamo.reset()  # drop the graphs of earlier cases (one function recompiled per case: none is reused)
-    step = training_step(model, x, provider)
+    step = training_step(model, x, provider, case.precision)
     first = [None]
 
     def first_step():
@@ -227,6 +235,7 @@ def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batc
         launches = harness.count_launches(first_step)[0]
         error = max_error_vs_eager(eager_copy, x, first[0], model) if eager_copy is not None else None
     row = dict(suite="train", model=case.family, size=case.shape.name, batch=x.shape[0], provider=provider,
+               precision=case.precision,
                params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 3), tiny=case.tiny,
                launches=launches, p20_ms=None, p50_ms=None, p80_ms=None, images_per_s=None, peak_mb=None,
                max_rel_err_vs_eager=error)
@@ -304,19 +313,28 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", pro
     return rows
 
 
-COLUMNS = ["suite", "model", "size", "batch", "provider", "status", "p20_ms", "p50_ms", "p80_ms", "images_per_s",
+COLUMNS = ["suite", "model", "size", "batch", "precision", "provider", "status", "p20_ms", "p50_ms", "p80_ms", "images_per_s",
            "launches", "peak_mb", "max_rel_err_vs_eager", "params_m", "tiny", "threads", "load", "device", "torch",
            "triton", "date"]
 
 
+def _case_key(r: dict) -> tuple:
+    """What makes rows the same case: model, size, batch and precision (float32 for rows written before it)."""
+    return r["model"], r["size"], r["batch"], r.get("precision", "float32")
+
+
+def _case_name(r: dict) -> str:
+    return f"{r['model']} {r['size']} B={r['batch']}" + (" bf16" if r.get("precision") == "bfloat16" else "")
+
+
 def speedups(rows: list[dict]) -> dict[str, list[tuple[str, float]]]:
-    """provider -> [(case "model size B=batch", p50 of eager / p50 of provider)] over the timed rows."""
-    eager = {(r["model"], r["size"], r["batch"]): r["p50_ms"] for r in rows if r["provider"] == "eager"}
+    """provider -> [(case "model size B=batch [bf16]", p50 of eager / p50 of provider)] over the timed rows."""
+    eager = {_case_key(r): r["p50_ms"] for r in rows if r["provider"] == "eager"}
     out: dict[str, list[tuple[str, float]]] = {}
     for r in rows:
-        base = eager.get((r["model"], r["size"], r["batch"]))
+        base = eager.get(_case_key(r))
         if r["provider"] != "eager" and r.get("p50_ms") and base:
-            out.setdefault(r["provider"], []).append((f"{r['model']} {r['size']} B={r['batch']}", base / r["p50_ms"]))
+            out.setdefault(r["provider"], []).append((_case_name(r), base / r["p50_ms"]))
     return out
 
 
@@ -350,13 +368,14 @@ def markdown(rows: list[dict]) -> str:
     def fmt(v, spec=""):
         return "-" if v is None else format(v, spec)
 
-    eager = {(r["model"], r["size"]): r for r in rows if r["provider"] == "eager"}
-    lines = ["| model | size | batch | provider | step ms (p50) | images/s | speed-up vs eager | launches | peak MB "
-             "| max rel. err vs eager | params (M) | status |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    eager = {_case_key(r): r for r in rows if r["provider"] == "eager"}
+    lines = ["| model | size | batch | precision | provider | step ms (p50) | images/s | speed-up vs eager | launches "
+             "| peak MB | max rel. err vs eager | params (M) | status |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = eager.get((r["model"], r["size"]), {})
+        base = eager.get(_case_key(r), {})
         speedup = base["p50_ms"] / r["p50_ms"] if r.get("p50_ms") and base.get("p50_ms") else None
-        lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r['provider']} | {fmt(r['p50_ms'], '.2f')} | "
+        lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r.get('precision', 'float32')} | "
+                     f"{r['provider']} | {fmt(r['p50_ms'], '.2f')} | "
                      f"{fmt(r['images_per_s'], '.0f')} | {fmt(speedup, '.2f')} | {fmt(r['launches'])} | "
                      f"{fmt(r['peak_mb'], '.1f')} | {fmt(r.get('max_rel_err_vs_eager'), '.1e')} | {r['params_m']} | "
                      f"{r['status']} |")

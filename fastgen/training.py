@@ -6,9 +6,11 @@
 >>> save_checkpoint("gated.pt", model, image_size=data.image_size, history=history)
 >>> model, meta = load_checkpoint("gated.pt")
 
-The loss is chosen by the model's ``output_kind``: PixelCNN and Gated PixelCNN ("logits") use
-:func:`fastgen.pixel_cross_entropy`, PixelCNN++ ("dmol") :func:`fastgen.dmol_nll`; both means are nats per
-sub-pixel, so :func:`fastgen.bits_per_dim` of them is bits/dim. A model switched to the reference layers
+The loss is the model's :meth:`~fastgen.models.PixelModel.nll`: PixelCNN, Gated PixelCNN and PixelRNN (softmax
+heads) run their last 1x1 convolution fused with the cross-entropy (:func:`fastgen.conv1x1_cross_entropy`: the
+[B, C * levels, H, W] logits are never stored), PixelCNN++ takes :func:`fastgen.dmol_nll` of its output; both
+means are nats per sub-pixel, so :func:`fastgen.bits_per_dim` of them is bits/dim. :func:`loss_of` is the same
+loss of an output already computed. A model switched to the reference layers
 (``model.use_reference(True)``) also computes its loss on the reference.
 
 :func:`train_vae` trains a :class:`fastgen.models.VAE` on the negative ELBO (nats per image, with its
@@ -197,7 +199,7 @@ def evaluate(model: PixelModel, pixels: torch.Tensor, labels: torch.Tensor | Non
     for start in range(0, len(pixels), batch_size):
         x = pixels[start:start + batch_size].to(device)
         y = None if labels is None else labels[start:start + batch_size].to(device)
-        total += float(loss_of(model, model(x, y), x, pixels_checked=True)) * len(x)
+        total += float(model.nll(x, y, pixels_checked=True)) * len(x)
     model.train(was_training)
     return bits_per_dim(total / max(len(pixels), 1))
 
@@ -238,7 +240,7 @@ def train(model: PixelModel, pixels: torch.Tensor, labels: torch.Tensor | None =
     def step_loss(x, y):
         """The step's forward and loss (what ``compile`` compiles); backward and the Adam step run outside."""
         with _autocast(device, options):
-            loss = loss_of(model, model(x, y), x, pixels_checked=True)
+            loss = model.nll(x, y, pixels_checked=True)
         return loss
 
     step = _compiled(step_loss, options)

@@ -294,7 +294,7 @@ def test_bfloat16_on_cpu(digits, one_thread):
     dtypes = []
     torch.manual_seed(0)
     model = tiny_pixelcnn()
-    model.output_conv.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    model.head.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))  # the fused head's input
     history = train(model, digits[0][:32], epochs=1, batch_size=16, progress=False, precision="bfloat16")
     assert math.isfinite(history[0]["train_bpd"]) and math.isfinite(history[0]["test_bpd"])
     assert history[0]["train_bpd"] < UNIFORM_DIGITS_BPD + 1.0

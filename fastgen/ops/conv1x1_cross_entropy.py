@@ -339,12 +339,14 @@ def conv1x1_cross_entropy(hidden, weight, bias, targets, reduction="mean", *, ch
     if weight.dim() != 4 or weight.shape[1:] != (hidden_channels, 1, 1):
         raise ValueError(f"weight must have shape [C * levels, K] or [C * levels, K, 1, 1] with K = "
                          f"{hidden_channels} (hidden's channels), got {tuple(weight.shape)}")
+    if bias is not None:
+        check_float_tensor("bias", bias)
+    hidden, weight, bias = _autocast(hidden, weight, bias)  # autocast: one dtype, as F.conv2d's inputs
     check_like("weight", weight, "hidden", hidden, shape=tuple(weight.shape))
     if bias is not None:
         check_like("bias", bias, "hidden", hidden, shape=(weight.shape[0],))
     check_choice("reduction", reduction, REDUCTIONS)
     levels = _check_targets(targets, hidden, weight.shape[0], check_targets and not library.traced())
-    hidden, weight, bias = _autocast(hidden, weight, bias)
     if not torch.is_grad_enabled():
         hidden, weight, bias = (None if t is None else t.detach() for t in (hidden, weight, bias))
     if backend_for(hidden) == "reference" or targets.numel() == 0 or hidden_channels == 0:
