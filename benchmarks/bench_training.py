@@ -19,7 +19,8 @@ with fixed seeded noise, so every provider computes the same function) and a DCG
 latents, non-saturating loss, fixed seeded z; its step back-propagates the D loss plus the G loss and takes one
 Adam step: the compute of one alternating D and G step. R1 is left out here because torch.compile does not
 compile double backward; ``fastgen.gradient_penalty`` has its own op benchmark). Per row: step time (``triton.testing.do_bench`` on CUDA; a wall-clock median
-on CPU), images/s, launches per step, peak memory on CUDA. On CPU fastgen's kernels run under Triton's
+on CPU), images/s, launches per step, peak memory on CUDA, and the MB autograd keeps for the backward of the
+full case (``saved_mb``; fastgen's counted with no-op launches on CPU). On CPU fastgen's kernels run under Triton's
 interpreter: a correctness pass (loss and every parameter gradient against eager) and a launch count on a
 tiny model and batch (``INTERPRETER_BATCH``), never a time, and only without --quick (an interpreted
 step takes ~10 s even there); the CPU steps are timed with ``CPU_THREADS`` = 1
@@ -178,6 +179,7 @@ def training_step(model, x: torch.Tensor, provider: str, precision: str = "float
         optimizer.step()
         return loss
 
+    step.forward_loss = forward_loss  # the step's forward and loss alone (saved_mb measures it)
     return step
 
 
@@ -239,12 +241,29 @@ def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batc
                params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 3), tiny=case.tiny,
                launches=launches, p20_ms=None, p50_ms=None, p80_ms=None, images_per_s=None, peak_mb=None,
                max_rel_err_vs_eager=error)
+    row["saved_mb"] = None if compiled(provider) else saved_mb(case, provider, device)
     if timed:
         p20, p50, p80 = harness.time_ms(step, device, budget_s=1.0)
         peak = harness.peak_memory_mb(step, device)
         row.update(p20_ms=round(p20, 3), p50_ms=round(p50, 3), p80_ms=round(p80, 3),
                    images_per_s=round(x.shape[0] / (p50 * 1e-3), 1), peak_mb=None if peak is None else round(peak, 1))
     return row
+
+
+def saved_mb(case: TrainingCase, provider: str, device: str) -> float:
+    """MB that autograd keeps for the backward of one forward and loss of the full case (the step's activation
+    memory, the part of its peak that grows with the batch). On CPU fastgen's kernels would run interpreted: its
+    forward runs with no-op launches there (:func:`fastgen.launch.dry_run`), allocating what the kernels
+    write, so the count is of the full model and batch, as eager's."""
+    from fastgen.launch import dry_run
+
+    model = build_training_model(case.family, case.shape).to(device).train()
+    x = case.images(device)
+    step = training_step(model, x, provider, case.precision)
+    dry = provider.startswith("fastgen") and device == "cpu"
+    with dry_run() if dry else contextlib.nullcontext():
+        saved = harness.saved_bytes(lambda: step.forward_loss(x), {})
+    return round(saved / 2**20, 2)
 
 
 COMPILE_RESERVE_S = 45.0  # a torch.compile job (build + time) is not started with less of the budget left
@@ -314,7 +333,7 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", pro
 
 
 COLUMNS = ["suite", "model", "size", "batch", "precision", "provider", "status", "p20_ms", "p50_ms", "p80_ms", "images_per_s",
-           "launches", "peak_mb", "max_rel_err_vs_eager", "params_m", "tiny", "threads", "load", "device", "torch",
+           "launches", "peak_mb", "saved_mb", "max_rel_err_vs_eager", "params_m", "tiny", "threads", "load", "device", "torch",
            "triton", "date"]
 
 
@@ -370,14 +389,16 @@ def markdown(rows: list[dict]) -> str:
 
     eager = {_case_key(r): r for r in rows if r["provider"] == "eager"}
     lines = ["| model | size | batch | precision | provider | step ms (p50) | images/s | speed-up vs eager | launches "
-             "| peak MB | max rel. err vs eager | params (M) | status |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak MB | saved MB | max rel. err vs eager | params (M) | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = eager.get(_case_key(r), {})
         speedup = base["p50_ms"] / r["p50_ms"] if r.get("p50_ms") and base.get("p50_ms") else None
         lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r.get('precision', 'float32')} | "
                      f"{r['provider']} | {fmt(r['p50_ms'], '.2f')} | "
                      f"{fmt(r['images_per_s'], '.0f')} | {fmt(speedup, '.2f')} | {fmt(r['launches'])} | "
-                     f"{fmt(r['peak_mb'], '.1f')} | {fmt(r.get('max_rel_err_vs_eager'), '.1e')} | {r['params_m']} | "
+                     f"{fmt(r['peak_mb'], '.1f')} | {fmt(r.get('saved_mb'), '.1f')} | "
+                     f"{fmt(r.get('max_rel_err_vs_eager'), '.1e')} | {r['params_m']} | "
                      f"{r['status']} |")
     return "\n".join(lines)
 

@@ -16,7 +16,8 @@ PUBLIC_OPS = {
     "reparameterize_kl": "reparameterize_kl", "gumbel_softmax": "gumbel_softmax",
     "pixel_cross_entropy": "pixel_cross_entropy", "dmol_nll": "dmol_nll", "dmol_sample": "dmol_sample",
     "gated_activation": "gated_activation", "masked_conv2d": "tap_conv2d", "tap_conv2d": "tap_conv2d",
-    "row_lstm": "row_lstm", "conv1x1_cross_entropy": "conv1x1_cross_entropy",
+    "row_lstm": "row_lstm", "diagonal_lstm": "row_lstm", "diagonal_bilstm": "row_lstm",
+    "conv1x1_cross_entropy": "conv1x1_cross_entropy",
 }
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fastgen.nn.tap_conv import MaskedConv2d
-from fastgen.reference.diagonal_lstm import diagonal_bilstm
+from fastgen.ops.row_lstm import diagonal_bilstm
 from fastgen.validation import check_int
 
 

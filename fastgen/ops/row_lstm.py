@@ -269,6 +269,73 @@ def row_lstm(gates_in: torch.Tensor, weight: torch.Tensor, *, groups: int = 1) -
     return RowLSTMRecurrence.apply(gates_in, weight, groups, keep_gates)
 
 
+# ---------------------------------------------------------------------------------------------- diagonal LSTM
+def skew(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, H, W + H - 1], row i shifted right by i (zeros elsewhere), in one pad and a view:
+    padded to width W + H, the flat map read with row stride W + H - 1 puts x[i, j] at column i + j."""
+    batch, channels, height, width = x.shape
+    flat = torch.nn.functional.pad(x, (0, height)).flatten(2)
+    return flat[:, :, :height * (width + height - 1)].view(batch, channels, height, width + height - 1)
+
+
+def unskew(x: torch.Tensor, width: int) -> torch.Tensor:
+    """The inverse of :func:`skew`: [B, C, H, W + H - 1] -> [B, C, H, W] (one copy, a pad and a view)."""
+    batch, channels, height, skewed = x.shape
+    flat = torch.nn.functional.pad(x.reshape(batch, channels, height * skewed), (0, height))
+    return flat.view(batch, channels, height, skewed + 1)[:, :, :, :width]
+
+
+def _check_diagonal_weight(weight, gates_in) -> None:
+    check_float_tensor("weight", weight)
+    four_n = gates_in.shape[1]
+    if weight.dim() != 4 or tuple(weight.shape) != (four_n, four_n // 4, 2, 1):
+        raise ValueError(f"weight must have shape [4n, n, 2, 1] = [{four_n}, {four_n // 4}, 2, 1] (the 2 x 1 "
+                         f"state-to-state convolution down a skewed column), got {tuple(weight.shape)}")
+
+
+def diagonal_lstm(gates_in: torch.Tensor, weight: torch.Tensor, *, groups: int = 1) -> torch.Tensor:
+    """The left-to-right Diagonal LSTM of PixelRNN (:func:`fastgen.reference.diagonal_lstm`) on the Row LSTM's
+    fused kernels.
+
+    Skewed, the diagonals of the image are the columns of a [H, W + H - 1] map and the state-to-state part is a
+    2 x 1 convolution down each column: row i of a column reads rows i - 1 and i of the previous one. Transposed,
+    that is the Row LSTM's recurrence with the columns as rows and a centred 1 x 3 state-to-state kernel whose
+    third tap is zero, so :func:`row_lstm` runs it, one fused launch per skewed column forward and backward (the
+    zero tap's gradient is computed and dropped: a third more state-to-state FLOPs than needed).
+
+    Args:
+        gates_in: [B, 4n, H, W] input-to-state pre-activations (bias included), the gate layout of
+            :func:`row_lstm`.
+        weight: [4n, n, 2, 1]: tap 0 reads the row above in the skewed column (the pixel above in the image),
+            tap 1 the same row (the pixel to the left).
+        groups: channel groups of the gate layout (3 for RGB).
+
+    Returns:
+        h [B, n, H, W] in gates_in's dtype.
+    """
+    check_float_tensor("gates_in", gates_in)
+    if gates_in.dim() != 4:
+        raise ValueError(f"gates_in must have shape [B, 4n, H, W], got {tuple(gates_in.shape)}")
+    _check_diagonal_weight(weight, gates_in)
+    if backend_for(gates_in) == "reference" or gates_in.numel() == 0:
+        return reference.diagonal_lstm(gates_in, weight, groups=groups)
+    width = gates_in.shape[3]
+    # [4n, n, 2, 1] -> the centred [4n, n, 1, 3] kernel [W_above, W_left, 0] of the transposed recurrence
+    row_weight = torch.nn.functional.pad(weight[:, :, :, 0], (0, 1)).unsqueeze(2)
+    h = row_lstm(skew(gates_in).transpose(2, 3), row_weight, groups=groups)  # [B, n, W + H - 1, H]
+    return unskew(h.transpose(2, 3), width)
+
+
+def diagonal_bilstm(gates_left: torch.Tensor, gates_right: torch.Tensor, weight_left: torch.Tensor,
+                    weight_right: torch.Tensor, *, groups: int = 1) -> torch.Tensor:
+    """Both directions of the Diagonal BiLSTM, summed (:func:`fastgen.reference.diagonal_bilstm`): the
+    right-to-left LSTM on the mirrored map, its output shifted down one row. Each direction is
+    :func:`diagonal_lstm`. Returns [B, n, H, W]."""
+    left = diagonal_lstm(gates_left, weight_left, groups=groups)
+    right = diagonal_lstm(gates_right.flip(3), weight_right, groups=groups).flip(3)
+    return left + torch.nn.functional.pad(right, (0, 0, 1, 0))[:, :, :-1]
+
+
 def kernel_launches():
     """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check."""
     from fastgen.compile_check import KernelLaunch

@@ -8,8 +8,8 @@ previous column), which in image coordinates reads the states of the pixel above
     z[r, c] = gates_in[r, c] + W_above h[r - 1, c] + W_left h[r, c - 1]     (zero outside the image)
     [o, f, i, g] = [sigma, sigma, sigma, tanh](z),  c = f c_{left} ... as the Row LSTM's cell (lstm_cell)
 
-The cell carried along the skewed columns is the left neighbour's. No fused kernel exists for it yet: the layer
-(:class:`fastgen.nn.DiagonalBiLSTM`) runs this loop on every device.
+The cell carried along the skewed columns is the left neighbour's. The fused op (:func:`fastgen.diagonal_lstm`)
+runs the same recurrence on the Row LSTM's kernels, transposed.
 """
 
 from __future__ import annotations
