@@ -81,7 +81,7 @@ def tap_conv_gemm_kernel(
     stride_gb, stride_gc, stride_gh, stride_gw,  # GATE's strides (placeholders unless RELU_INPUT and BACKWARD)
     stride_pk, stride_pn,  # P's strides over the reduced and the produced channels: (C_out, 1) or (1, C_out)
     BACKWARD: tl.constexpr,  # the input gradient: pixel m gathers A at m - shift instead of m + shift
-    RELU_INPUT: tl.constexpr,  # convolve relu(x): relu on the A tiles (forward), the x > 0 gate (BACKWARD)
+    RELU_INPUT: tl.constexpr,  # convolve relu(x): relu on the A tiles (forward), 0 where GATE <= 0 (BACKWARD)
     UPCAST: tl.constexpr,  # multiply in float32 (bfloat16 under the interpreter)
     PRECISION: tl.constexpr,  # tl.dot input precision of float32 operands: "tf32" or "ieee"
     ACC: tl.constexpr,  # accumulator dtype
