@@ -20,6 +20,10 @@ single loop however many taps are live. Accumulation is in ACC (float32, or floa
 PRECISION is ``tl.dot``'s input precision: "tf32" (float32 on TF32 tensor cores, chosen by the host when PyTorch
 would use TF32 for a convolution) or "ieee" (exact float32 products on FMA units; 16-bit and float64 tiles
 ignore it). The bias is a runtime flag (``has_bias``), not a constexpr: one compiled forward serves both.
+RELU_INPUT (a constexpr: its own compiled variants; without it the code is today's) convolves relu(x) without
+storing it: the forward and the weight gradient apply relu to each loaded X tile (``tl.where(x < 0, 0, x)``,
+nan stays nan as in torch.relu), and the input gradient zeroes dX where the forward input x <= 0 (read in its
+epilogue through GATE): torch.relu's backward, which passes the gradient where x is nan.
 Pixel indices are int32 (fewer than 2**31 pixels); the batch offset b * stride_b is int64, so a tensor may
 hold more than 2**31 elements.
 """
@@ -67,14 +71,17 @@ def tap_conv_gemm_kernel(
     A,  # activations read: the input x [B, C_in, H, W] (forward) or the output gradient [B, C_out, H, W]
     P,  # packed weight [n_taps, C_in, C_out], contiguous
     BIAS,  # bias [C_out] (read only when has_bias)
+    GATE,  # the forward input x [B, C_in, H, W] (read only with RELU_INPUT and BACKWARD: relu's backward gate)
     OUT,  # written: the output y [B, C_out, H, W] (forward) or the input gradient [B, C_in, H, W]
     n_pixels, height, width, n_red, n_out,  # n_pixels = B * H * W; channels reduced (of A) and produced (of OUT)
     n_taps, kernel_w, pad_top, pad_left,  # the tap set
     has_bias,  # 1: add BIAS in the epilogue (a runtime flag: one compiled variant with and without)
     stride_ab, stride_ac, stride_ah, stride_aw,
     stride_ob, stride_oc, stride_oh, stride_ow,
+    stride_gb, stride_gc, stride_gh, stride_gw,  # GATE's strides (placeholders unless RELU_INPUT and BACKWARD)
     stride_pk, stride_pn,  # P's strides over the reduced and the produced channels: (C_out, 1) or (1, C_out)
     BACKWARD: tl.constexpr,  # the input gradient: pixel m gathers A at m - shift instead of m + shift
+    RELU_INPUT: tl.constexpr,  # convolve relu(x): relu on the A tiles (forward), 0 where GATE <= 0 (BACKWARD)
     UPCAST: tl.constexpr,  # multiply in float32 (bfloat16 under the interpreter)
     PRECISION: tl.constexpr,  # tl.dot input precision of float32 operands: "tf32" or "ieee"
     ACC: tl.constexpr,  # accumulator dtype
@@ -83,7 +90,8 @@ def tap_conv_gemm_kernel(
     BLOCK_K: tl.constexpr,  # reduced channels per step
 ):
     """The forward (OUT[m, o] = sum_t sum_c A[m + shift_t, c] P[t, c, o]) and, with BACKWARD, the input
-    gradient (OUT[m, c] = sum_t sum_o A[m - shift_t, o] P[t, c, o]): the same GEMM over the live taps."""
+    gradient (OUT[m, c] = sum_t sum_o A[m - shift_t, o] P[t, c, o]): the same GEMM over the live taps. With
+    RELU_INPUT the forward reads relu(A) and the input gradient is OUT[m, c] * (GATE[m, c] <= 0 ? 0 : 1)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -110,12 +118,18 @@ def tap_conv_gemm_kernel(
         k_ok = ks < n_red
         a = tl.load(a_batch[:, None] + (ay * stride_ah + ax * stride_aw)[:, None] + ks[None, :] * stride_ac,
                     mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
+        if RELU_INPUT and not BACKWARD:
+            a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
         w = tl.load(P + tap.to(tl.int64) * n_red * n_out + ks[:, None] * stride_pk + offs_n[None, :] * stride_pn,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(a, w, acc, UPCAST, PRECISION)
 
     if has_bias != 0:
         acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
+    if RELU_INPUT and BACKWARD:  # torch.relu's backward: 0 where x <= 0; x nan passes the gradient
+        gate = tl.load(GATE + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
+                       + offs_n[None, :] * stride_gc, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.where(gate <= 0, 0.0, acc)
     out = OUT + (b.to(tl.int64) * stride_ob + y * stride_oh + x * stride_ow)[:, None] + offs_n[None, :] * stride_oc
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -135,6 +149,7 @@ def tap_conv_weight_grad_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
+    RELU_INPUT: tl.constexpr,  # the forward convolved relu(X): reduce relu(X) tiles
     BLOCK_C: tl.constexpr,  # input channels per program
     BLOCK_O: tl.constexpr,  # output channels per program
     BLOCK_M: tl.constexpr,  # pixels per step
@@ -165,6 +180,8 @@ def tap_conv_weight_grad_kernel(
             pixel_ok = m_ok & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
             xt = tl.load(X + (b.to(tl.int64) * stride_xb + iy * stride_xh + ix * stride_xw)[None, :]
                          + offs_c[:, None] * stride_xc, mask=c_ok[:, None] & pixel_ok[None, :], other=0.0)
+            if RELU_INPUT:
+                xt = tl.where(xt < 0, 0.0, xt)  # relu(x), nan kept
             g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                         + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
             acc = _mma(xt, g, acc, UPCAST, PRECISION)

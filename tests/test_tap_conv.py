@@ -75,18 +75,19 @@ def _assert_within_tf32(actual, expected, bound, msg):
     assert (error <= allowed).all(), f"{msg}: error {(error - allowed).max().item():.3g} above the TF32 bound"
 
 
-def check_against_reference(x, w, b, taps, dtype, tf32=False):
-    """Output and the gradients of x, weight and bias (grad_output random) against the float64 reference.
+def check_against_reference(x, w, b, taps, dtype, tf32=False, relu_input=False):
+    """Output and the gradients of x, weight and bias (grad_output random) against the float64 reference
+    (of the convolution of relu(x) with ``relu_input``).
 
     ``tf32``: float32 multiplied on TF32 tensor cores: within the TF32 bound of each value instead of float32's
     tolerance (under the interpreter, which multiplies exactly either way, this holds trivially; on a GPU it
     checks the TF32 kernels)."""
     leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
-    y = fastgen.tap_conv2d(x, w, b, taps)
+    y = fastgen.tap_conv2d(x, w, b, taps, relu_input=relu_input)
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     x64, w64 = leaves64[:2]
     b64 = leaves64[2] if b is not None else None
-    y_ref = ref.tap_conv2d(x64, w64, b64, taps)
+    y_ref = ref.tap_conv2d(x64, w64, b64, taps, relu_input=relu_input)
     assert y.dtype == dtype and y.shape == y_ref.shape
     grad_y = make(y.shape, dtype, y.device, "grad_y")  # rounded to dtype, then the same values in float64
     grads = torch.autograd.grad(y, leaves, grad_y)
@@ -397,10 +398,14 @@ def test_bf16_interpreter_upcast():
 
 def test_launch_space_covers_the_heuristics():
     """Every config of every class the launchers pick is a configuration the compile check builds, with the
-    precision (TF32 or exact) of its math."""
+    precision (TF32 or exact) of its math, with and without relu_input (RELU_INPUT: one config per class)."""
     def launch_key(kernel, dtype_name, constexprs, num_warps, num_stages):
         return (kernel, dtype_name, tuple(sorted((k, str(v)) for k, v in constexprs.items() if k.startswith("BLOCK")
-                                                 or k in ("PRECISION", "BACKWARD"))), num_warps, num_stages)
+                                                 or k in ("PRECISION", "BACKWARD", "RELU_INPUT"))), num_warps,
+                num_stages)
+
+    def configs(table, kind, math, layout, shape_class, relu):  # what the launcher of the class takes
+        return table[math, layout][op.relu_class(kind, shape_class, math)][:1] if relu else table[math, layout][shape_class]
 
     launched = {launch_key(l.kernel, l.signature[0][1], dict(l.constexprs), l.num_warps, l.num_stages)
                 for l in op.kernel_launches()}
@@ -410,16 +415,20 @@ def test_launch_space_covers_the_heuristics():
         math = op.math_of(dtype, tf32)
         precision = "tf32" if math == "tf32" else "ieee"
         for backward, (n_red, n_out) in ((False, (c_in, c_out)), (True, (c_out, c_in))):
-            for config in op.GEMM_CONFIGS[math, layout][op.gemm_class(n_red, n_out)]:
-                key = launch_key("tap_conv_gemm_kernel", names[dtype],
-                                 dict(config.kwargs, PRECISION=precision, BACKWARD=backward),
+            for relu in (False, True):
+                for config in configs(op.GEMM_CONFIGS, "gemm", math, layout, op.gemm_class(n_red, n_out), relu):
+                    key = launch_key("tap_conv_gemm_kernel", names[dtype],
+                                     dict(config.kwargs, PRECISION=precision, BACKWARD=backward, RELU_INPUT=relu),
+                                     config.num_warps, config.num_stages)
+                    assert key in launched, key
+        wmath = op._weight_grad_math(dtype, tf32)
+        for relu in (False, True):
+            shape_class = op.weight_grad_class(c_in, c_out, wmath)
+            for config in configs(op.WEIGHT_GRAD_CONFIGS, "weight_grad", wmath, layout, shape_class, relu):
+                key = launch_key("tap_conv_weight_grad_kernel", names[dtype],
+                                 dict(config.kwargs, PRECISION=precision, RELU_INPUT=relu),
                                  config.num_warps, config.num_stages)
                 assert key in launched, key
-        wmath = op._weight_grad_math(dtype, tf32)
-        for config in op.WEIGHT_GRAD_CONFIGS[wmath, layout][op.weight_grad_class(c_in, c_out, wmath)]:
-            key = launch_key("tap_conv_weight_grad_kernel", names[dtype], dict(config.kwargs, PRECISION=precision),
-                             config.num_warps, config.num_stages)
-            assert key in launched, key
 
 
 def _every_config(table):
@@ -612,8 +621,10 @@ def _taps_args(taps):
     return list(taps.kernel_size), list(taps.padding), taps.n_taps, taps.groups, taps.strict
 
 
-@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
-def test_custom_ops_pass_opcheck(case, device):
+@pytest.mark.parametrize("case,relu_input", [(c, False) for c in OPCHECK_CASES]
+                         + [(c, True) for c in ("mask A RGB", "horizontal B RGB channels-last", "1x1 mask A: no live tap")],
+                         ids=str)
+def test_custom_ops_pass_opcheck(case, relu_input, device):
     from library_checks import check_opcheck
 
     taps, bias, x_last, w_last, x_grad, batch = OPCHECK_CASES[case]
@@ -625,13 +636,13 @@ def test_custom_ops_pass_opcheck(case, device):
     x.requires_grad_(x_grad)
     w.requires_grad_()
     b = None if b is None else b.requires_grad_()
-    check_opcheck(torch.ops.fastgen.tap_conv2d.default, x, w, b, *_taps_args(taps))
+    check_opcheck(torch.ops.fastgen.tap_conv2d.default, x, w, b, *_taps_args(taps), relu_input)
     # the backward op on its own, with the forward's packed weight
     y, packed = torch.ops.fastgen.tap_conv2d(x.detach(), w.detach(), None if b is None else b.detach(),
-                                             *_taps_args(taps))
+                                             *_taps_args(taps), relu_input)
     grad_y = make(y.shape, torch.float32, device, "grad_y").to(memory_format=torch.channels_last)
     check_opcheck(torch.ops.fastgen.tap_conv2d_backward.default, grad_y, x.detach(), packed, list(w.shape), w_last,
-                  *_taps_args(taps), bias, x_grad, True)
+                  *_taps_args(taps), bias, x_grad, True, relu_input)
 
 
 def test_compiles_without_graph_breaks(device):
@@ -696,3 +707,138 @@ def test_reference_backend_compiles_without_graph_breaks(device):
     with fastgen.use_backend("reference"):
         check_fullgraph(lambda x, w, b: fastgen.masked_conv2d(x, w, b, "A", 3), x.requires_grad_(), w.requires_grad_(),
                         b)
+
+
+# ---------------------------------------------------------------------------------------------- issue 13: relu_input
+def relu_inputs(x):
+    """x with exact zeros (+0 and -0) and negatives: where relu and its gradient have their edge cases."""
+    x = x.detach().clone()
+    flat = x.view(-1) if x.is_contiguous() else x.reshape(-1)
+    flat[::5] = 0.0
+    flat[1::7] = -0.0
+    if not x.is_contiguous():
+        x.copy_(flat.view(x.shape))
+    return x
+
+
+RELU_CASES = [(3, "B", 3, 18, 21), (5, "A", 1, 6, 9), (1, "B", 3, 12, 6)]  # (k, mask, data channels, C_in, C_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k,mask_type,data_channels,c_in,c_out", RELU_CASES, ids=str)
+def test_relu_input(device, dtype, k, mask_type, data_channels, c_in, c_out):
+    """tap_conv2d(x, ..., relu_input=True) is the convolution of F.relu(x): values and all three gradients
+    (x's is F.relu's: 0 where x <= 0) against the float64 reference of F.relu then conv."""
+    taps = masks.masked(k, mask_type, data_channels)
+    x, w, b = conv_inputs(taps, 2, 5, 6, c_in, c_out, dtype, device)
+    x = relu_inputs(x)
+    assert (x == 0).any() and (x < 0).any()
+    y, grads = check_against_reference(x, w, b, taps, dtype, relu_input=True)
+    assert (grads[0][x.detach() <= 0] == 0).all()  # exactly zero, not just small
+    # masked_conv2d forwards the flag; without it the result is different (the relu did something)
+    dense = fastgen.masked_conv2d(x.detach(), w.detach(), b.detach(), mask_type, data_channels, relu_input=True)
+    assert torch.equal(dense, y.detach())
+    assert not torch.equal(fastgen.tap_conv2d(x.detach(), w.detach(), b.detach(), taps), dense)
+
+
+@pytest.mark.parametrize("taps", [masks.masked(3, "A", 3), masks.down_shifted(), masks.horizontal_stack(3, "B", 3)],
+                         ids=lambda t: t.diagram().replace("\n", "/"))
+def test_relu_input_gradcheck_float64(device, taps):
+    x, w, b = conv_inputs(taps, 2, 3, 4, 3, 6, torch.float64, device)
+    x = torch.where(x.abs() < 1e-3, 0.5, x)  # away from relu's kink, where finite differences are wrong
+    inputs = tuple(t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps, relu_input=True), inputs,
+                                    fast_mode=True)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channels_last_bf16", "sliced"])
+def test_relu_input_strided(device, layout):
+    """The backward's gate reads x with its own strides: channels-last x, and a sliced view of x."""
+    taps = masks.masked(3, "B", 3)
+    dtype = torch.bfloat16 if layout.endswith("bf16") else torch.float32
+    x, w, b = conv_inputs(taps, 2, 5, 6, 6, 9, dtype, device)
+    x = relu_inputs(x)
+    if layout.startswith("channels_last"):
+        x = x.to(memory_format=torch.channels_last)
+    else:
+        x = torch.cat([x, -x], dim=3)[..., ::2]  # every other column of a wider tensor
+    y, grads = check_against_reference(x, w, b, taps, dtype, relu_input=True)
+    if layout.startswith("channels_last"):
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_relu_input_non_finite(device):
+    """nan and inf in x: relu keeps nan (it reaches the outputs whose live taps read it, not the others), maps
+    -inf to 0 and keeps inf; x's gradient is F.relu's: passed where x is nan or inf, 0 at -inf. nan and inf in
+    the masked-out weight taps change nothing, with relu_input too."""
+    taps = masks.masked(3, "B", 3)
+    x, w, b = conv_inputs(taps, 2, 5, 6, 6, 6, torch.float64, device)
+    x = relu_inputs(x)
+    x[0, 1, 2, 3], x[1, 4, 1, 1], x[1, 0, 3, 4] = float("nan"), float("inf"), -float("inf")
+    dead = taps.mask(6, 6, torch.float64, device) == 0
+    poisoned = w.clone()
+    poisoned[dead] = float("nan")
+    grad_y = make((2, 6, 5, 6), torch.float64, device, "relu non-finite grad_y")
+    leaves = [t.detach().clone().requires_grad_() for t in (x, poisoned, b)]
+    y = fastgen.tap_conv2d(*leaves, taps, relu_input=True)
+    grad_x, grad_w, grad_b = torch.autograd.grad(y, leaves, grad_y)
+    # which outputs read a non-finite relu(x) through a live tap, any channel (the centre tap's masked channel
+    # pairs are zeros in the packed weight, and 0 * nan is nan): the convolution of the indicator with ones
+    spatial = masks.TapSet(taps.kernel_size, taps.padding, taps.n_taps)
+    ones = torch.ones(6, 6, *taps.kernel_size, dtype=torch.float64, device=device)
+    nan_reach = ref.tap_conv2d(torch.isnan(x).double(), ones, None, spatial) > 0
+    inf_reach = ref.tap_conv2d((x == float("inf")).double(), ones, None, spatial) > 0
+    assert nan_reach.any() and inf_reach.any() and (~(nan_reach | inf_reach)).any()
+    assert torch.isnan(y)[nan_reach].all() and not torch.isfinite(y)[inf_reach].any()
+    # elsewhere: finite, the finite reference's (the non-finite pixels are not read there through a live tap;
+    # the reference's own output is nan there too, from 0 * nan at the dead taps)
+    finite_x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    expected = ref.tap_conv2d(finite_x, w, b, taps, relu_input=True)
+    keep = ~(nan_reach | inf_reach)
+    assert torch.isfinite(y[keep]).all()
+    assert_close(y.detach()[keep], expected[keep], torch.float64)
+    # x's gradient: relu's backward on the finite input-gradient of the convolution (no nan in w's live taps)
+    x64 = x.detach().clone().requires_grad_()
+    (expected_grad_x,) = torch.autograd.grad(ref.tap_conv2d(x64, w, b, taps, relu_input=True), x64, grad_y)
+    assert torch.isfinite(expected_grad_x).all() and torch.isfinite(grad_x).all()
+    assert_close(grad_x, expected_grad_x, torch.float64)
+    assert grad_x[0, 1, 2, 3] != 0 and grad_x[1, 4, 1, 1] != 0  # nan and inf pass the gradient
+    assert grad_x[1, 0, 3, 4] == 0  # -inf: relu gives 0
+    # the weight and bias gradients: the reference's, non-finite where a live tap read a nan / inf
+    leaves_ref = [t.detach().clone().requires_grad_() for t in (x, poisoned, b)]
+    with fastgen.use_backend("reference"):
+        y_ref = fastgen.tap_conv2d(*leaves_ref, taps, relu_input=True)
+    grads_ref = torch.autograd.grad(y_ref, leaves_ref, grad_y)
+    for got, want in zip((grad_x, grad_w, grad_b), grads_ref):
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        finite = torch.isfinite(want)
+        assert_close(got[finite], want[finite], torch.float64)
+    assert (grad_w[dead] == 0).all()
+
+
+def test_relu_input_without_work(device):
+    """No live tap (1x1 mask A) or an empty batch: the output is the bias and x's gradient zeros, relu or not."""
+    for taps, batch in ((masks.masked(1, "A"), 2), (masks.masked(3, "B", 3), 0)):
+        x, w, b = conv_inputs(taps, batch, 3, 4, 3, 6, torch.float32, device)
+        leaves = [t.requires_grad_() for t in (x, w, b)]
+        y = fastgen.tap_conv2d(*leaves, taps, relu_input=True)
+        torch.testing.assert_close(y, b.detach().view(1, 6, 1, 1).expand(y.shape))
+        grad_x, grad_w, grad_b = torch.autograd.grad(y.sum(), leaves)
+        assert grad_x.shape == x.shape and (grad_x == 0).all() and (grad_w == 0).all()
+        torch.testing.assert_close(grad_b, torch.full((6,), float(y[:, 0].numel()), device=device))
+
+
+def test_relu_input_module_and_compile(device):
+    """TapConv2d.forward(x, relu_input=True) is conv(relu(x)); compiled with fullgraph=True (the custom ops),
+    it gives the eager values and gradients."""
+    from library_checks import check_fullgraph
+
+    conv = fastgen.nn.MaskedConv2d(6, 6, 3, "B", data_channels=3).to(device)
+    x = relu_inputs(make((1, 6, 3, 4), torch.float32, device, "relu module x")).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(conv(x, relu_input=True), conv(F.relu(x)))
+        with fastgen.use_backend("reference"):
+            assert_close(conv(x, relu_input=True), conv(F.relu(x)).double(), torch.float32)
+    check_fullgraph(lambda x, w, b: fastgen.masked_conv2d(x, w, b, "B", 3, relu_input=True),
+                    x.requires_grad_(), conv.weight, conv.bias)

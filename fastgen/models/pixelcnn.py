@@ -38,11 +38,12 @@ class ResidualBlock(nn.Module):
         self.class_embedding = nn.Embedding(n_classes, h) if n_classes is not None else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, 2h, H, W], y [B] or None -> [B, 2h, H, W]."""
-        t = self.conv(F.relu(self.reduce(F.relu(x))))
+        """x [B, 2h, H, W], y [B] or None -> [B, 2h, H, W]. Each ReLU runs inside the convolution it feeds
+        (``relu_input=True``: relu(x) is never stored)."""
+        t = self.conv(self.reduce(x, relu_input=True), relu_input=True)
         if self.class_embedding is not None:
             t = t + self.class_embedding(y)[:, :, None, None]
-        return x + self.expand(F.relu(t))
+        return x + self.expand(t, relu_input=True)
 
 
 class PixelCNN(PixelModel):
@@ -87,7 +88,7 @@ class PixelCNN(PixelModel):
         t = self.input_conv(x)
         for block in self.blocks:
             t = block(t, y)
-        return F.relu(self.head(F.relu(t)))
+        return F.relu(self.head(t, relu_input=True))
 
     _forward = PixelModel._logits
 
