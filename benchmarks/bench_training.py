@@ -197,13 +197,15 @@ def exact_float32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
-def max_error_vs_eager(eager_model, x: torch.Tensor, loss: torch.Tensor, model) -> float:
+def max_error_vs_eager(eager_model, x: torch.Tensor, loss: torch.Tensor, model, precision: str = "float32") -> float:
     """Largest difference of the loss and of every parameter gradient of ``model`` (its ``.grad`` after one
     step that returned ``loss``) against ``eager_model`` (a copy of its parameters before that step) on x,
-    relative to the largest eager value of that tensor."""
+    relative to the largest eager value of that tensor; eager at the same precision (bfloat16 autocast)."""
     eager_model.use_reference(True)
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
     with fastgen.use_backend("reference"), exact_float32():
-        eager_loss = loss_of(eager_model, x, True)
+        with autocast:
+            eager_loss = loss_of(eager_model, x, True)
         grads = torch.autograd.grad(eager_loss, list(eager_model.parameters()), allow_unused=True)
     pairs = [(loss.detach(), eager_loss.detach())] + [
         (p.grad if p.grad is not None else torch.zeros_like(p), g if g is not None else torch.zeros_like(p))
@@ -231,11 +233,13 @@ def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batc
     counted = not compiled(provider)  # its generated kernels are not counted (as in the op benchmarks)
     if batch is None:  # warm-up (compile, autotune, Adam state) outside of every count, then a counted step
         first_step()
-        error = max_error_vs_eager(eager_copy, x, first[0], model) if eager_copy is not None else None
+        error = (max_error_vs_eager(eager_copy, x, first[0], model, case.precision) if eager_copy is not None
+                 else None)
         launches = harness.count_launches(step)[0] if counted else None
     else:  # interpreted: one step, counted, then its gradients checked
         launches = harness.count_launches(first_step)[0]
-        error = max_error_vs_eager(eager_copy, x, first[0], model) if eager_copy is not None else None
+        error = (max_error_vs_eager(eager_copy, x, first[0], model, case.precision) if eager_copy is not None
+                 else None)
     row = dict(suite="train", model=case.family, size=case.shape.name, batch=x.shape[0], provider=provider,
                precision=case.precision,
                params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 3), tiny=case.tiny,
