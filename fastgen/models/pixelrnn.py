@@ -14,8 +14,8 @@ gates per group, see :class:`fastgen.nn.RowLSTM`), so the logits of channel c at
 before p and on channels < c of p only.
 
 The Row LSTM's recurrence runs on :func:`fastgen.row_lstm` (fused per row; the reference's Python loop on CPU),
-the Diagonal BiLSTM's on the plain-PyTorch loop over skewed columns (no fused kernel yet), the convolutions on
-fastgen's tap-conv kernels. :meth:`PixelRNN.sample_cached` (Row LSTM) samples with the LSTM state of the
+the Diagonal BiLSTM's on the same kernels (:func:`fastgen.diagonal_bilstm`: the skewed map transposed), the
+convolutions on fastgen's tap-conv kernels. :meth:`PixelRNN.sample_cached` (Row LSTM) samples with the LSTM state of the
 previous row and the current row's prefix cached: one column step per sub-pixel instead of a full forward; the
 Diagonal BiLSTM samples with :func:`fastgen.sampling.sample_naive` for now.
 """

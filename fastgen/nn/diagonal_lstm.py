@@ -3,9 +3,11 @@
     gates_l = 1x1(x), gates_r = 1x1'(x)                 masked 1x1 input-to-state convolutions (fastgen kernels)
     h = diagonal_bilstm(gates_l, gates_r, W_l, W_r)     skew, a column LSTM with a 2 x 1 state-to-state convolution
                                                         in each direction, unskew; the right-to-left output shifted
-                                                        down one row (:mod:`fastgen.reference.diagonal_lstm`)
+                                                        down one row (:func:`fastgen.diagonal_bilstm`)
 
-The recurrence has no fused kernel yet: it runs the plain-PyTorch loop over the skewed columns on every device.
+The recurrence runs on the Row LSTM's fused kernels (:func:`fastgen.diagonal_lstm`: the skewed map transposed, one
+launch per skewed column and direction, forward and backward) where fastgen's kernels run, else as the
+plain-PyTorch loop over the skewed columns (:mod:`fastgen.reference.diagonal_lstm`).
 """
 
 from __future__ import annotations
