@@ -28,8 +28,10 @@ class TapSet:
     Output pixel (y, x) reads input pixel (y + i - padding[0], x + j - padding[1]) through tap (i, j); the
     output has the input's height and width. The live taps are the first ``n_taps`` of the window in raster
     order. When ``groups > 1`` the last live tap is the *centre* tap of RGB PixelCNN: input and output
-    channels are split into ``groups`` contiguous groups (channel c of C is in group ``c * groups // C``) and
-    output group g reads input groups < g (``strict``, mask A) or <= g (mask B) through it.
+    channels are split into ``groups`` groups, contiguous (channel c of C is in group ``c * groups // C``, the
+    PixelRNN paper's and fastgen's) or ``interleaved`` (group ``c % groups``, as some public code builds its
+    masks), and output group g reads input groups < g (``strict``, mask A) or <= g (mask B) through it. The
+    grouping is applied when the live taps are packed, so it costs the convolution nothing.
     """
 
     kernel_size: tuple[int, int]
@@ -37,6 +39,7 @@ class TapSet:
     n_taps: int
     groups: int = 1
     strict: bool = False
+    interleaved: bool = False
 
     def __post_init__(self):
         # plain ints (NumPy integers converted, floats refused): the Triton launches take these as arguments
@@ -48,6 +51,7 @@ class TapSet:
         object.__setattr__(self, "n_taps", check_int("n_taps", self.n_taps))
         object.__setattr__(self, "groups", check_int("groups", self.groups, low=1))
         object.__setattr__(self, "strict", bool(self.strict))
+        object.__setattr__(self, "interleaved", bool(self.interleaved) and self.groups > 1)
         kh, kw = self.kernel_size
         if not 0 <= self.n_taps <= kh * kw:
             raise ValueError(f"n_taps must be in [0, {kh * kw}] for a {kh}x{kw} window, got {self.n_taps}")
@@ -65,12 +69,15 @@ class TapSet:
         kw = self.kernel_size[1]
         return [(t // kw, t % kw) for t in range(self.n_taps)]
 
+    def group_of(self, channel: torch.Tensor, channels: int) -> torch.Tensor:
+        """The channel group of each of ``channel`` (indices into ``channels`` channels)."""
+        return channel % self.groups if self.interleaved else channel * self.groups // channels
+
     def channel_mask(self, out_channels: int, in_channels: int, device=None) -> torch.Tensor:
         """[C_out, C_in] bool: the channel pairs that the centre tap connects (all True without groups)."""
         if self.groups == 1:
             return torch.ones(out_channels, in_channels, dtype=torch.bool, device=device)
-        out_group = torch.arange(out_channels, device=device) * self.groups // out_channels
-        in_group = torch.arange(in_channels, device=device) * self.groups // in_channels
+        out_group, in_group = (self.group_of(torch.arange(n, device=device), n) for n in (out_channels, in_channels))
         if self.strict:
             return in_group[None, :] < out_group[:, None]
         return in_group[None, :] <= out_group[:, None]
@@ -110,17 +117,23 @@ class TapSet:
         return left, kw - 1 - left, top, kh - 1 - top
 
 
-def masked(kernel_size: int, mask_type: str = "B", data_channels: int = 1) -> TapSet:
+CHANNEL_GROUPS = ("contiguous", "interleaved")
+
+
+def masked(kernel_size: int, mask_type: str = "B", data_channels: int = 1,
+           channel_groups: str = "contiguous") -> TapSet:
     """PixelCNN's k x k masked convolution (van den Oord et al. 2016, PixelRNN paper's channel groups).
 
     Live: the rows above the centre, and on the centre row the columns left of the centre (A) or left of and
-    at the centre (B); with ``data_channels=3`` the centre tap connects channel groups (A: <, B: <=).
+    at the centre (B); with ``data_channels=3`` the centre tap connects channel groups (A: <, B: <=), contiguous
+    (channel c of C in group c * 3 // C) or interleaved (group c % 3).
     """
     k = kernel_size
     before = k * k // 2  # taps before the centre in raster order
     if data_channels == 1:
         return TapSet((k, k), (k // 2, k // 2), before + (mask_type == "B"))
-    return TapSet((k, k), (k // 2, k // 2), before + 1, groups=data_channels, strict=mask_type == "A")
+    return TapSet((k, k), (k // 2, k // 2), before + 1, groups=data_channels, strict=mask_type == "A",
+                  interleaved=channel_groups == "interleaved")
 
 
 def down_shifted(kernel_size: tuple[int, int] = (2, 3)) -> TapSet:

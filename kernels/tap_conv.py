@@ -59,10 +59,11 @@ def _mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _centre_live(offs_c, offs_o, c_in, c_out, groups, strict):
-    """[BLOCK_C, BLOCK_O] mask of the centre tap: input group < (strict) or <= output group."""
-    in_group = offs_c * groups // c_in
-    out_group = offs_o * groups // c_out
+def _centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved):
+    """[BLOCK_C, BLOCK_O] mask of the centre tap: input group < (strict) or <= output group; channel c of C is in
+    group c * groups // C (contiguous groups) or, with ``interleaved``, c % groups."""
+    in_group = tl.where(interleaved != 0, offs_c % groups, offs_c * groups // c_in)
+    out_group = tl.where(interleaved != 0, offs_o % groups, offs_o * groups // c_out)
     return in_group[:, None] < out_group[None, :] + 1 - strict
 
 
@@ -200,12 +201,12 @@ def tap_conv_weight_grad_kernel(
         tl.store(BIAS_PARTIAL + pid_s * c_out + offs_o, bias, mask=o_ok)
 
 
-@triton.jit(do_not_specialize=["kernel_w", "centre", "groups", "strict"])
+@triton.jit(do_not_specialize=["kernel_w", "centre", "groups", "strict", "interleaved"])
 def tap_conv_pack_weight_kernel(
     WEIGHT,  # dense weight [C_out, C_in, kh, kw]
     P,  # packed weight [n_taps, C_in, C_out] (written)
     c_in, c_out, kernel_w,
-    centre, groups, strict,  # the channel-group masked tap (-1: none) and its rule
+    centre, groups, strict, interleaved,  # the channel-group masked tap (-1: none) and its rule
     stride_wo, stride_wc, stride_wh, stride_ww,
     BLOCK_C: tl.constexpr,
     BLOCK_O: tl.constexpr,
@@ -219,18 +220,18 @@ def tap_conv_pack_weight_kernel(
     w = tl.load(WEIGHT + offs_o[None, :].to(tl.int64) * stride_wo + offs_c[:, None] * stride_wc
                 + (tap // kernel_w) * stride_wh + (tap % kernel_w) * stride_ww, mask=ok, other=0.0)
     if tap == centre:
-        w = tl.where(_centre_live(offs_c, offs_o, c_in, c_out, groups, strict), w, 0.0)
+        w = tl.where(_centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved), w, 0.0)
     tl.store(P + (tap * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :], w, mask=ok)
 
 
-@triton.jit(do_not_specialize=["split", "n_taps", "kernel_w", "centre", "groups", "strict"])
+@triton.jit(do_not_specialize=["split", "n_taps", "kernel_w", "centre", "groups", "strict", "interleaved"])
 def tap_conv_unpack_grad_kernel(
     PARTIAL,  # partial weight gradients [split, n_taps, C_in, C_out] in ACC
     BIAS_PARTIAL,  # partial bias gradients [split, C_out] in ACC
     GRAD_WEIGHT,  # dense weight gradient [C_out, C_in, kh, kw] (written, zero at dead taps)
     GRAD_BIAS,  # bias gradient [C_out] (written when HAS_BIAS)
     split, n_taps, c_in, c_out, kernel_w,
-    centre, groups, strict,
+    centre, groups, strict, interleaved,
     stride_wo, stride_wc, stride_wh, stride_ww,
     HAS_BIAS: tl.constexpr,
     ACC: tl.constexpr,
@@ -249,7 +250,7 @@ def tap_conv_unpack_grad_kernel(
         for s in range(0, split):
             total += tl.load(PARTIAL + s * n_taps * c_in * c_out + tile, mask=ok, other=0.0)
         if tap == centre:
-            total = tl.where(_centre_live(offs_c, offs_o, c_in, c_out, groups, strict), total, 0.0)
+            total = tl.where(_centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved), total, 0.0)
     tl.store(GRAD_WEIGHT + offs_o[None, :].to(tl.int64) * stride_wo + offs_c[:, None] * stride_wc
              + (tap // kernel_w) * stride_wh + (tap % kernel_w) * stride_ww,
              total.to(GRAD_WEIGHT.dtype.element_ty), mask=ok)

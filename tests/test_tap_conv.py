@@ -614,11 +614,12 @@ OPCHECK_CASES = {
     "horizontal B RGB channels-last": (masks.horizontal_stack(3, "B", 3), True, True, False, True, 1),
     "1x1 mask A: no live tap": (masks.masked(1, "A"), True, False, False, True, 1),
     "empty batch": (masks.masked(3, "B", 3), True, True, False, True, 0),
+    "mask B RGB interleaved": (masks.masked(3, "B", 3, "interleaved"), True, False, False, True, 1),
 }
 
 
 def _taps_args(taps):
-    return list(taps.kernel_size), list(taps.padding), taps.n_taps, taps.groups, taps.strict
+    return list(taps.kernel_size), list(taps.padding), taps.n_taps, taps.groups, taps.strict, taps.interleaved
 
 
 @pytest.mark.parametrize("case,relu_input", [(c, False) for c in OPCHECK_CASES]

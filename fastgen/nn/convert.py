@@ -10,10 +10,11 @@ unchanged.
 
 A mask is converted when its live taps are a prefix of the window in raster order (every PixelCNN mask: A/B,
 vertical and horizontal stacks, shifted convolutions, square or not), every live tap but the last is live for
-every channel pair, and the last one is live for all pairs or follows the contiguous RGB channel groups
-(channel c of C in group ``c * 3 // C``; output group g sees input groups < g or <= g), with stride 1,
+every channel pair, and the last one is live for all pairs or follows the RGB channel groups, contiguous
+(channel c of C in group ``c * 3 // C``) or interleaved (group ``c % 3``) (output group g sees input groups
+< g or <= g), with stride 1,
 dilation 1, groups 1 and the padding of a same-size output. Anything else is left alone and reported with
-the reason (e.g. interleaved channel groups ``c % 3``, which the kernels do not take yet).
+the reason.
 
 The one intended difference: the masked weights get exactly zero gradient (models that mask the weight in
 place give them a gradient that the next forward masks away; with gradient clipping that changes training).
@@ -41,7 +42,8 @@ class ConversionReport:
         lines = [f"fastgen.nn.convert: {len(self.converted)} masked convolution(s) converted, "
                  f"{len(self.left_alone)} left alone"]
         lines += [f"  converted  {name}: {taps.kernel_size[0]}x{taps.kernel_size[1]}, {taps.n_taps} live taps"
-                  + (f", {taps.groups} channel groups ({'strict' if taps.strict else 'inclusive'})"
+                  + (f", {taps.groups} {'interleaved' if taps.interleaved else 'contiguous'} channel groups "
+                     f"({'strict' if taps.strict else 'inclusive'})"
                      if taps.groups > 1 else "") for name, taps in self.converted]
         lines += [f"  left alone {name}: {why}" for name, why in self.left_alone]
         return "\n".join(lines)
@@ -82,14 +84,15 @@ def tap_set_of(mask: torch.Tensor, out_channels: int, in_channels: int, padding)
         raise ValueError("a live tap other than the last is masked for some channel pairs")
     if n_taps == 0 or bool(every_pair[n_taps - 1]):
         return TapSet((kh, kw), (top, left), n_taps)
-    for strict in (False, True):
-        if out_channels % 3 or in_channels % 3:
-            break
-        taps = TapSet((kh, kw), (top, left), n_taps, groups=3, strict=strict)
-        if torch.equal(taps.channel_mask(out_channels, in_channels), live[:, :, n_taps - 1]):
-            return taps
-    raise ValueError("its last live tap connects channels in a pattern other than the contiguous RGB groups "
-                     "(c * 3 // C), e.g. interleaved groups (c % 3), which the kernels do not take yet")
+    for interleaved in (False, True):
+        for strict in (False, True):
+            if not interleaved and (out_channels % 3 or in_channels % 3):
+                break
+            taps = TapSet((kh, kw), (top, left), n_taps, groups=3, strict=strict, interleaved=interleaved)
+            if torch.equal(taps.channel_mask(out_channels, in_channels), live[:, :, n_taps - 1]):
+                return taps
+    raise ValueError("its last live tap connects channels in a pattern other than the RGB channel groups, "
+                     "contiguous (c * 3 // C) or interleaved (c % 3)")
 
 
 def _converted(module: nn.Conv2d, mask_name: str, mask: torch.Tensor) -> tuple[TapConv2d, TapSet]:

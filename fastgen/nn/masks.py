@@ -10,8 +10,8 @@ xxo..
 >>> masks.masked(3, "B", data_channels=3).mask(6, 6)[:, :, 1, 1]   # the centre tap's channel groups
 """
 
-from fastgen.taps import (DATA_CHANNELS, MASK_TYPES, TapSet, down_right_shifted, down_shifted, horizontal_stack,
+from fastgen.taps import (CHANNEL_GROUPS, DATA_CHANNELS, MASK_TYPES, TapSet, down_right_shifted, down_shifted, horizontal_stack,
                           masked, vertical_stack)
 
-__all__ = ["DATA_CHANNELS", "MASK_TYPES", "TapSet", "down_right_shifted", "down_shifted", "horizontal_stack",
+__all__ = ["CHANNEL_GROUPS", "DATA_CHANNELS", "MASK_TYPES", "TapSet", "down_right_shifted", "down_shifted", "horizontal_stack",
            "masked", "vertical_stack"]

@@ -12,7 +12,7 @@ from torch import nn
 from fastgen.nn import masks
 from fastgen.ops.conv1x1_cross_entropy import conv1x1_cross_entropy
 from fastgen.ops.tap_conv import check_mask_args, tap_conv2d
-from fastgen.validation import check_int
+from fastgen.validation import check_choice, check_int
 
 
 def _check_conv_options(cls: str, stride=1, dilation=1, groups=1, padding_mode="zeros") -> None:
@@ -32,7 +32,7 @@ class TapConv2d(nn.Conv2d):
         if not isinstance(taps, masks.TapSet):
             raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
         for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if channels % taps.groups:
+            if channels % taps.groups and not taps.interleaved:
                 raise ValueError(f"{name} ({channels}) must be divisible by data_channels ({taps.groups})")
         super().__init__(in_channels, out_channels, taps.kernel_size, bias=bias, device=device, dtype=dtype)
         self.taps = taps
@@ -82,13 +82,15 @@ class MaskedConv2d(TapConv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, mask_type: str = "B",
                  data_channels: int = 1, bias: bool = True, *, stride=1, padding=None, dilation=1, groups=1,
-                 padding_mode="zeros", device=None, dtype=None):
+                 padding_mode="zeros", channel_groups: str = "contiguous", device=None, dtype=None):
         k = check_mask_args(kernel_size, mask_type, data_channels)
+        check_choice("channel_groups", channel_groups, masks.CHANNEL_GROUPS)
         _check_conv_options("MaskedConv2d", stride, dilation, groups, padding_mode)
         if padding not in (None, "same", k // 2, (k // 2, k // 2)):
             raise ValueError(f"MaskedConv2d: padding must be None, 'same' or {k // 2} (same-size causal "
                              f"output), got {padding!r}")
-        super().__init__(in_channels, out_channels, masks.masked(k, mask_type, data_channels), bias, device, dtype)
+        super().__init__(in_channels, out_channels, masks.masked(k, mask_type, data_channels, channel_groups), bias,
+                         device, dtype)
         self.padding = (k // 2, k // 2)
         self.mask_type, self.data_channels = mask_type, data_channels
         self.register_buffer("mask", self.taps.mask(out_channels, in_channels, self.weight.dtype,

@@ -235,9 +235,9 @@ def _tap_args(taps: TapSet) -> tuple[int, int, int, int]:
     return taps.n_taps, taps.kernel_size[1], taps.padding[0], taps.padding[1]
 
 
-def _group_args(taps: TapSet) -> tuple[int, int, int]:
+def _group_args(taps: TapSet) -> tuple[int, int, int, int]:
     centre = taps.centre
-    return (-1 if centre is None else centre), taps.groups, int(taps.strict)
+    return (-1 if centre is None else centre), taps.groups, int(taps.strict), int(taps.interleaved)
 
 
 def pack_weight(weight: torch.Tensor, taps: TapSet) -> torch.Tensor:
@@ -402,35 +402,35 @@ class TapConv(torch.autograd.Function):
 # the ops take its fields and rebuild it (cached). The forward op also returns the packed live taps, which its
 # backward op reads as the Function's backward does (no repack: the same launches as eager; a placeholder
 # without work); the public function drops them.
-_TAPS_SCHEMA = "int[] kernel_size, int[] padding, int n_taps, int groups, bool strict"
+_TAPS_SCHEMA = "int[] kernel_size, int[] padding, int n_taps, int groups, bool strict, bool interleaved"
 
 
 @functools.lru_cache(maxsize=None)
 def _tap_set(kernel_size: tuple[int, ...], padding: tuple[int, ...], n_taps: int, groups: int,
-             strict: bool) -> TapSet:
-    return TapSet(kernel_size, padding, n_taps, groups, strict)
+             strict: bool, interleaved: bool) -> TapSet:
+    return TapSet(kernel_size, padding, n_taps, groups, strict, interleaved)
 
 
-def _taps_of(kernel_size, padding, n_taps, groups, strict) -> TapSet:
-    return _tap_set(tuple(kernel_size), tuple(padding), n_taps, groups, strict)
+def _taps_of(kernel_size, padding, n_taps, groups, strict, interleaved) -> TapSet:
+    return _tap_set(tuple(kernel_size), tuple(padding), n_taps, groups, strict, interleaved)
 
 
 def _tap_fields(taps: TapSet) -> tuple:
     """``taps`` as the custom ops' arguments (see ``_TAPS_SCHEMA``)."""
-    return list(taps.kernel_size), list(taps.padding), taps.n_taps, taps.groups, taps.strict
+    return list(taps.kernel_size), list(taps.padding), taps.n_taps, taps.groups, taps.strict, taps.interleaved
 
 
 @library.custom_op("tap_conv2d", f"(Tensor x, Tensor weight, Tensor? bias, {_TAPS_SCHEMA}, bool relu_input) "
                    "-> (Tensor, Tensor)")
-def _tap_conv_op(x, weight, bias, kernel_size, padding, n_taps, groups, strict, relu_input):
+def _tap_conv_op(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, relu_input):
     """(y, the packed live taps [n_taps, C_in, C_out] or a placeholder without work)."""
-    y, packed = _tap_conv_forward(x, weight, bias, _taps_of(kernel_size, padding, n_taps, groups, strict),
-                                  relu_input)
+    taps = _taps_of(kernel_size, padding, n_taps, groups, strict, interleaved)
+    y, packed = _tap_conv_forward(x, weight, bias, taps, relu_input)
     return y, library.nothing(weight) if packed is None else packed
 
 
 @_tap_conv_op.register_fake
-def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, relu_input):
+def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, relu_input):
     c_out, c_in = weight.shape[:2]
     no_work = x.numel() == 0 or weight.numel() == 0 or n_taps == 0
     return (_like_input(x, c_out),
@@ -442,17 +442,18 @@ def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, relu_input)
                    "bool relu_input) "
                    "-> (Tensor, Tensor, Tensor)")
 def _tap_conv_backward_op(grad_y, x, packed, weight_shape, weight_channels_last, kernel_size, padding, n_taps,
-                          groups, strict, has_bias, grad_x, grad_params, relu_input):
+                          groups, strict, interleaved, has_bias, grad_x, grad_params, relu_input):
     """(grad of x, grad of weight, grad of bias), placeholders where not wanted; an empty ``packed``: no work."""
     grads = _tap_conv_backward(
-        grad_y, x, packed if packed.numel() else None, _taps_of(kernel_size, padding, n_taps, groups, strict),
+        grad_y, x, packed if packed.numel() else None,
+        _taps_of(kernel_size, padding, n_taps, groups, strict, interleaved),
         _weight_like(weight_shape, weight_channels_last, x), has_bias, grad_x, grad_params, relu_input)
     return tuple(library.nothing(x) if g is None else g for g in grads)
 
 
 @_tap_conv_backward_op.register_fake
 def _(grad_y, x, packed, weight_shape, weight_channels_last, kernel_size, padding, n_taps, groups, strict,
-      has_bias, grad_x, grad_params, relu_input):
+      interleaved, has_bias, grad_x, grad_params, relu_input):
     shape, like = _weight_like(weight_shape, weight_channels_last, x)
     grad_input = library.nothing(x)
     if grad_x:  # as the launch: zeros_like without work, else an empty tensor in x's memory format
@@ -468,10 +469,10 @@ def _weight_like(weight_shape, channels_last: bool, x: torch.Tensor):
 
 
 def _setup_tap_conv(ctx, inputs, output):
-    x, weight, bias, kernel_size, padding, n_taps, groups, strict, relu_input = inputs
+    x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, relu_input = inputs
     ctx.save_for_backward(x, output[1])  # x before the relu
     ctx.args = (list(weight.shape), memory_format_of(weight) == torch.channels_last, kernel_size, padding, n_taps,
-                groups, strict, bias is not None)
+                groups, strict, interleaved, bias is not None)
     ctx.relu_input = relu_input
 
 
@@ -481,7 +482,7 @@ def _tap_conv_op_backward(ctx, grad_y, _grad_packed):
     grad_x, grad_weight, grad_bias = torch.ops.fastgen.tap_conv2d_backward(
         grad_y, x, packed, *ctx.args, want_x, want_weight or want_bias, ctx.relu_input)
     return ((grad_x if want_x else None), (grad_weight if want_weight else None),
-            (grad_bias if want_bias else None), None, None, None, None, None, None)
+            (grad_bias if want_bias else None), None, None, None, None, None, None, None)
 
 
 _tap_conv_op.register_autograd(_tap_conv_op_backward, setup_context=_setup_tap_conv)
@@ -501,7 +502,7 @@ def _check_arguments(x, weight, bias, taps: TapSet) -> None:
                          f"{taps.kernel_size[1]}] for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
     if bias is not None:
         check_like("bias", bias, "x", x, shape=(weight.shape[0],))
-    if taps.groups > 1:
+    if taps.groups > 1 and not taps.interleaved:  # interleaved groups (c % groups) take any channel count
         for name, channels in (("in_channels", weight.shape[1]), ("out_channels", weight.shape[0])):
             if channels % taps.groups:
                 raise ValueError(f"{name} ({channels}) must be divisible by data_channels ({taps.groups}): "
