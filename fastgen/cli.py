@@ -175,6 +175,10 @@ def _build_model(args, data):
         kwargs["n_classes"] = data.n_classes
     if args.model == "pixelcnnpp":
         kwargs["n_mixtures"] = PIXELCNNPP_MIXTURES
+    if args.model == "pixelrnn":
+        kwargs["kind"] = args.kind
+    elif args.kind != "row":
+        raise UsageError(f"--kind: only pixelrnn has kinds, not {args.model}")
     try:
         return MODELS[args.model](**kwargs)
     except (TypeError, ValueError) as error:
@@ -416,6 +420,8 @@ def main(argv=None) -> int:
     train.add_argument("--r1-gamma", type=float, default=1.0, help="dcgan: R1 penalty weight on real images "
                        "(default: 1.0; 0: none)")
     train.add_argument("--conditional", action="store_true", help="condition on the class labels")
+    train.add_argument("--kind", choices=["row", "diagonal"], default="row",
+                       help="pixelrnn: Row LSTM (the default) or Diagonal BiLSTM")
     train.add_argument("--samples", type=int, default=64, metavar="N", help="samples in the grid written after "
                        "training (default: 64; 0: none)")
     train.add_argument("--force", action="store_true", help="overwrite DIR/<model>.pt and its sample grids if they "

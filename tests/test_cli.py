@@ -235,3 +235,22 @@ def test_ddp_example_writes_each_line_in_one_write(monkeypatch):
     monkeypatch.setattr("sys.stdout", recorder)
     module.say("rank 0/2: 3 steps on 24 images")
     assert recorder.writes == ["rank 0/2: 3 steps on 24 images\n", "<flush>"]
+
+
+def test_train_pixelrnn_kind(tmp_path, monkeypatch, capsys):
+    """--kind diagonal trains a Diagonal BiLSTM PixelRNN (the loop replaced: this is about the command line);
+    --kind with another model is refused on one line."""
+    import fastgen.training
+
+    path = tmp_path / "tiny8.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 4, (24, 8, 8)).astype(np.uint8))
+    models = []
+    monkeypatch.setattr(fastgen.training, "train", lambda model, *args, **kwargs: models.append(model) or [])
+    command = ["train", "pixelrnn", "--data", str(path), "--epochs", "1", "--hidden-channels", "4", "--samples",
+               "0", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "run"), "--force"]
+    assert cli.main(command + ["--kind", "diagonal"]) == 0
+    assert models[-1].kind == "diagonal"
+    assert cli.main(command) == 0
+    assert models[-1].kind == "row"
+    assert cli.main(["train", "gated", "--kind", "diagonal", "--device", "cpu", "--out", str(tmp_path / "r2")]) == 2
+    assert "--kind: only pixelrnn has kinds" in one_line_error(capsys, "train")
