@@ -254,3 +254,15 @@ def test_train_pixelrnn_kind(tmp_path, monkeypatch, capsys):
     assert models[-1].kind == "row"
     assert cli.main(["train", "gated", "--kind", "diagonal", "--device", "cpu", "--out", str(tmp_path / "r2")]) == 2
     assert "--kind: only pixelrnn has kinds" in one_line_error(capsys, "train")
+
+
+def test_sample_a_diagonal_pixelrnn_checkpoint(tmp_path, capsys):
+    """A Diagonal BiLSTM checkpoint samples with the naive sampler (it has no cached one yet), no flag needed."""
+    from fastgen.models import PixelRNN
+    from fastgen.training import save_checkpoint
+
+    torch.manual_seed(0)
+    model = PixelRNN("diagonal", data_channels=1, levels=4, hidden_channels=2, n_layers=1, kernel_size=3)
+    save_checkpoint(tmp_path / "diag.pt", model, image_size=(3, 3))
+    assert cli.main(["sample", str(tmp_path / "diag.pt"), "-n", "2", "--device", "cpu", "--no-progress"]) == 0
+    assert (tmp_path / "diag-sample-seed0.png").exists()
