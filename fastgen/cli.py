@@ -217,10 +217,8 @@ def _write_samples(model, meta, n, path, *, device, seed, temperature=1.0, naive
     y = _sample_labels(model, n, label)
     generator = torch.Generator(device=device).manual_seed(seed)
     draw = sampling.sample_naive if naive else sampling.sample
-    if not naive and getattr(model, "has_cached_sampler", False):  # a model with its own (PixelRNN's Row LSTM)
+    if not naive and getattr(model, "has_cached_sampler", False):  # a model with its own (PixelRNN)
         draw = _own_sampler
-    elif getattr(model, "kind", None) == "diagonal":  # no cached sampler yet: the naive one, one forward per step
-        draw = sampling.sample_naive
     with torch.no_grad():
         pixels = draw(model.to(device).eval(), n, size=tuple(meta["image_size"]),
                       y=None if y is None else y.to(device), temperature=temperature, generator=generator,

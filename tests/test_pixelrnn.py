@@ -94,9 +94,10 @@ def test_kernels_match_the_reference_path(data_channels, kind, device):
         assert_close(g, g_ref, torch.float64)
 
 
+@pytest.mark.parametrize("kind", ["row", "diagonal"])
 @pytest.mark.parametrize("data_channels, n_classes", [(1, None), (3, None), (1, 3)])
-def test_cached_sampler_equals_naive(data_channels, n_classes):
-    model = small_model(data_channels, n_classes=n_classes).use_reference(True)
+def test_cached_sampler_equals_naive(data_channels, n_classes, kind):
+    model = small_model(data_channels, n_classes=n_classes, kind=kind).use_reference(True)
     n, size = 3, (4, 5)
     uniforms = torch.rand((n, data_channels, *size), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = None if n_classes is None else torch.tensor([0, 2, 1])
@@ -115,8 +116,6 @@ def test_cached_sampler_equals_naive(data_channels, n_classes):
 
 def test_cached_sampler_errors():
     model = small_model(1, n_classes=2)
-    with pytest.raises(NotImplementedError, match="kind='diagonal'"):
-        small_model(1, kind="diagonal").sample_cached(2, size=(2, 2))
     with pytest.raises(ValueError, match="give n and size"):
         model.sample_cached(2)
     with pytest.raises(ValueError, match="y .* is required"):

@@ -15,9 +15,9 @@ before p and on channels < c of p only.
 
 The Row LSTM's recurrence runs on :func:`fastgen.row_lstm` (fused per row; the reference's Python loop on CPU),
 the Diagonal BiLSTM's on the same kernels (:func:`fastgen.diagonal_bilstm`: the skewed map transposed), the
-convolutions on fastgen's tap-conv kernels. :meth:`PixelRNN.sample_cached` (Row LSTM) samples with the LSTM state of the
-previous row and the current row's prefix cached: one column step per sub-pixel instead of a full forward; the
-Diagonal BiLSTM samples with :func:`fastgen.sampling.sample_naive` for now.
+convolutions on fastgen's tap-conv kernels. :meth:`PixelRNN.sample_cached` samples both kinds with the LSTM states
+of the previous row and of the current row's prefix cached: one column step per sub-pixel instead of a full
+forward (the Diagonal BiLSTM's right-to-left pass runs once per row, when the row is sampled).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.models.base import PixelModel, check_divisible, check_positive_int, conv1x1
+from fastgen.models.base import PixelModel, check_divisible, check_positive_int, conv1x1, masked_weight
 from fastgen.nn import DiagonalBiLSTM, MaskedConv2d, RowLSTM
 from fastgen.nn.tap_conv import TapConv2d
 from fastgen.reference.row_lstm import lstm_cell
@@ -106,23 +106,23 @@ class PixelRNN(PixelModel):
     # ------------------------------------------------------------------------------------------- sampling
     @property
     def has_cached_sampler(self) -> bool:
-        """True for the Row LSTM (:meth:`sample_cached`); the Diagonal BiLSTM has none yet."""
-        return self.kind == "row"
+        """True: both kinds sample with :meth:`sample_cached`."""
+        return True
 
     @torch.no_grad()
     def sample_cached(self, n: int | None = None, *, size=None, y=None, temperature: float = 1.0, uniforms=None,
                       generator=None, progress: bool = False) -> torch.Tensor:
         """Samples [n, C, H, W] pixel values (long) in raster order with cached state, in plain PyTorch over the
-        model's parameters: per row the LSTM states of the row above (h, c of every layer), per column the
-        current row's layer inputs to the left; one column step through every layer per sub-pixel (and one
-        more per pixel to cache it with all its channels). The same draws as :func:`fastgen.sampling.sample_naive`
-        (``uniforms`` [n, C, H, W] in [0, 1), or from ``generator``) give the same pixels: exactly in float64.
+        model's parameters; one column step through every layer per sub-pixel (and one more per pixel to cache it
+        with all its channels). The same draws as :func:`fastgen.sampling.sample_naive` (``uniforms`` [n, C, H, W]
+        in [0, 1), or from ``generator``) give the same pixels: exactly in float64.
+
+        Row LSTM: per row the LSTM states of the row above (h, c of every layer), per column the current row's
+        layer inputs to the left. Diagonal BiLSTM: the left-to-right LSTM state at (r, c) reads the states at
+        (r - 1, c) and (r, c - 1), kept per row; the right-to-left one, which reaches (r, c) shifted down from
+        row r - 1, runs over a whole row once that row is sampled (from its right end, reading the row above).
         """
         from fastgen.sampling import draw_categorical, sampling_uniforms  # the samplers import the models
-
-        if not self.has_cached_sampler:
-            raise NotImplementedError(f"sample_cached: no cached sampler for kind={self.kind!r} yet; use "
-                                      "fastgen.sampling.sample_naive")
 
         parameter = next(self.parameters())
         device, dtype = parameter.device, parameter.dtype
@@ -141,7 +141,8 @@ class PixelRNN(PixelModel):
         training = self.training
         self.eval()
         try:
-            steps = _RowLSTMSteps(self, n, height, width, y, device, dtype)
+            steps = (_RowLSTMSteps if self.kind == "row" else _DiagonalSteps)(self, n, height, width, y, device,
+                                                                              dtype)
             pixels = torch.zeros((n, channels, height, width), dtype=torch.long, device=device)
             bar = None
             if progress:
@@ -166,13 +167,9 @@ class PixelRNN(PixelModel):
         return pixels
 
 
-def _masked_weight(conv: TapConv2d) -> torch.Tensor:
-    return conv.weight * conv.taps.mask(conv.out_channels, conv.in_channels, conv.weight.dtype, conv.weight.device)
-
-
 def _at(conv: TapConv2d, window: torch.Tensor) -> torch.Tensor:
     """The convolution's output at one position from the input ``window`` [n, C_in, kh, kw] around it."""
-    return F.conv2d(window, _masked_weight(conv), conv.bias)[:, :, 0, 0]
+    return F.conv2d(window, masked_weight(conv), conv.bias)[:, :, 0, 0]
 
 
 class _RowLSTMSteps:
@@ -231,3 +228,81 @@ class _RowLSTMSteps:
             k = cache["k"]
             cache["h_prev"][:, :, 0, k // 2:k // 2 + self.width] = cache["h_row"]
             cache["c_prev"] = cache["c_row"].clone()
+
+
+class _DiagonalSteps(_RowLSTMSteps):
+    """The caches of :meth:`PixelRNN.sample_cached` for the Diagonal BiLSTM and one column step through it.
+
+    In image coordinates (what :func:`fastgen.reference.diagonal_lstm` computes on the skewed map) the
+    left-to-right LSTM at (r, c) is z = gates(r, c) + W_above h(r - 1, c) + W_left h(r, c - 1) with the cell of
+    (r, c - 1), zero outside the image; the right-to-left one mirrors it (W_right h(r, c + 1), the cell of
+    (r, c + 1)) and reaches (r, c) as its state at (r - 1, c). Per layer: the left-to-right h of the row above
+    and of this row, this row's cells, this row's layer inputs (for the right-to-left pass when the row ends),
+    the right-to-left h of the row above."""
+
+    def __init__(self, model: PixelRNN, n: int, height: int, width: int, y, device, dtype):
+        self.model, self.width = model, width
+        k0 = model.input_conv.kernel_size[0]
+        self.pad0 = k0 // 2
+        self.image = torch.zeros((n, model.data_channels, height + 2 * self.pad0, width + 2 * self.pad0),
+                                 dtype=dtype, device=device)
+        self.image[:, :, self.pad0:self.pad0 + height, self.pad0:self.pad0 + width] = -1.0  # pixel value 0
+        self.layers = []
+        for layer in model.layers:
+            lstm = layer.lstm
+            h = lstm.hidden_channels
+
+            def zeros(*shape):
+                return torch.zeros((n, *shape), dtype=dtype, device=device)
+
+            self.layers.append(dict(
+                layer=layer, inputs=zeros(lstm.input_to_state.in_channels, width),
+                left_above=zeros(h, width), left_row=zeros(h, width), left_cells=zeros(h, width),
+                right_above=zeros(h, width),  # the right-to-left h of the row above: this row's shifted input
+                bias=layer.class_embedding(y) if layer.class_embedding is not None else None,
+            ))
+
+    def column(self, row: int, col: int) -> torch.Tensor:
+        """Logits [n, C, levels] at (row, col); updates the caches of this column."""
+        model, k0 = self.model, 2 * self.pad0 + 1
+        t = _at(model.input_conv, self.image[:, :, row:row + k0, col:col + k0])  # [n, 2h]
+        for cache in self.layers:
+            layer = cache["layer"]
+            lstm = layer.lstm
+            cache["inputs"][:, :, col] = t
+            z = _at(lstm.input_to_state, t[:, :, None, None])
+            if cache["bias"] is not None:
+                z = z + cache["bias"]
+            w_above, w_left = lstm.state_to_state.weight[:, :, 0, 0], lstm.state_to_state.weight[:, :, 1, 0]
+            z = z + cache["left_above"][:, :, col] @ w_above.t()
+            cell = None
+            if col > 0:
+                z = z + cache["left_row"][:, :, col - 1] @ w_left.t()
+                cell = cache["left_cells"][:, :, col - 1]
+            h, c = lstm_cell(z, cell, lstm.data_channels)
+            cache["left_row"][:, :, col], cache["left_cells"][:, :, col] = h, c
+            t = t + _at(layer.out, (h + cache["right_above"][:, :, col])[:, :, None, None])
+        head = _at(model.head, F.relu(t)[:, :, None, None])
+        out = _at(model.output_conv, F.relu(head)[:, :, None, None])
+        return out.unflatten(1, (model.data_channels, model.levels))
+
+    def end_row(self) -> None:
+        """The row is sampled: each layer's right-to-left pass over it (from its right end), whose states the
+        next row reads shifted down; the left-to-right states become the row above."""
+        for cache in self.layers:
+            lstm = cache["layer"].lstm
+            gates = F.conv2d(cache["inputs"][:, :, None, :], masked_weight(lstm.input_to_state_right),
+                             lstm.input_to_state_right.bias)[:, :, 0]  # [n, 4h, W]
+            if cache["bias"] is not None:
+                gates = gates + cache["bias"][:, :, None]
+            w_above, w_right = (lstm.state_to_state_right.weight[:, :, i, 0] for i in (0, 1))
+            above, right = cache["right_above"], torch.zeros_like(cache["right_above"])
+            h_next = c_next = None
+            for col in range(self.width - 1, -1, -1):
+                z = gates[:, :, col] + above[:, :, col] @ w_above.t()
+                if h_next is not None:
+                    z = z + h_next @ w_right.t()
+                h_next, c_next = lstm_cell(z, c_next, lstm.data_channels)
+                right[:, :, col] = h_next
+            cache["right_above"] = right
+            cache["left_above"] = cache["left_row"].clone()
