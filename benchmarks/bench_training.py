@@ -14,7 +14,7 @@ Providers, all on the same initial parameters and the same batch:
 
 Shapes: digits-like 8x8 grey (17 levels, batch 64) and 32x32x3 (256 levels, batch 16); the models of
 :mod:`fastgen.benchmarks.bench_sampling` (PixelCNN h=64 x 7 blocks, Gated 64 x 6 layers, PixelCNN++-lite 80 x 2
-grey / 160 x 3 RGB, 10 mixtures), a VAE (32 channels grey / 64 RGB, 16 latents; its loss is the negative ELBO
+grey / 160 x 3 RGB, 10 mixtures), PixelRNN (Row LSTM and Diagonal BiLSTM, h = 64 (66 RGB) x 4 layers), a VAE (32 channels grey / 64 RGB, 16 latents; its loss is the negative ELBO
 with fixed seeded noise, so every provider computes the same function) and a DCGAN (32 / 64 channels, 32
 latents, non-saturating loss, fixed seeded z; its step back-propagates the D loss plus the G loss and takes one
 Adam step: the compute of one alternating D and G step. R1 is left out here because torch.compile does not
@@ -44,14 +44,16 @@ import fastgen
 from fastgen.benchmarks import harness
 from fastgen.benchmarks import bench_sampling
 from fastgen.benchmarks.bench_sampling import CPU_THREADS, FAMILIES, SHAPES, Shape, build_model
-from fastgen.models import DCGAN, VAE, scale_pixels
+from fastgen.models import DCGAN, VAE, PixelRNN, scale_pixels
 from fastgen.reference import pixel_losses as reference_losses
 
 PROVIDERS = ("fastgen", "eager", "fastgen reduce-overhead", "torch.compile reduce-overhead", "torch.compile")
 CUDA_ONLY = ("fastgen reduce-overhead", "torch.compile reduce-overhead")  # CUDA graphs need CUDA
 INTERPRETER_BATCH = 1  # batch of the interpreted (CPU) correctness / launch-count step
 TRAIN_SHAPES = {"8x8 grey": 64, "32x32x3": 16}  # shape -> batch
-TRAIN_FAMILIES = FAMILIES + ("VAE", "DCGAN")
+# PixelRNN beside the PixelCNNs (the training-speed gap that motivated the PixelCNN): h = 64 (66 RGB) x 4 layers
+PIXELRNN_FAMILIES = ("PixelRNN row", "PixelRNN diagonal")
+TRAIN_FAMILIES = FAMILIES + PIXELRNN_FAMILIES + ("VAE", "DCGAN")
 QUICK_FAMILIES = ("PixelCNN", "VAE", "DCGAN")  # at 8x8 grey: eager steps of a few ms on CPU
 
 
@@ -61,6 +63,9 @@ def build_training_model(family: str, shape: Shape, tiny: bool = False):
     if family in FAMILIES:
         return build_model(family, shape, tiny)
     torch.manual_seed(0)
+    if family in PIXELRNN_FAMILIES:
+        h = 6 if tiny else (66 if shape.channels == 3 else 64)
+        return PixelRNN(family.split()[1], shape.channels, shape.levels, hidden_channels=h, n_layers=2 if tiny else 4)
     hidden = 8 if tiny else (64 if shape.channels == 3 else 32)
     if family == "VAE":
         return VAE(shape.channels, (shape.height, shape.width), latent_dim=4 if tiny else 16, hidden_channels=hidden,

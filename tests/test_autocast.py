@@ -6,7 +6,7 @@ model on the reference backend under the same autocast (bfloat16 rounding apart)
 import pytest
 import torch
 
-from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp
+from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp, PixelRNN
 from fastgen.training import loss_of
 
 LEVELS = 7
@@ -14,6 +14,9 @@ PIXEL_MODELS = {
     "pixelcnn": (PixelCNN, dict(hidden_channels=6, n_layers=2, kernel_size=3, head_channels=6)),
     "gated": (GatedPixelCNN, dict(hidden_channels=6, n_layers=2, kernel_size=3, head_channels=12)),
     "pixelcnnpp": (PixelCNNpp, dict(hidden_channels=6, n_layers=2, n_mixtures=2)),
+    "pixelrnn row": (lambda **kw: PixelRNN("row", **kw), dict(hidden_channels=4, n_layers=1, kernel_size=3)),
+    "pixelrnn diagonal": (lambda **kw: PixelRNN("diagonal", **kw), dict(hidden_channels=4, n_layers=1,
+                                                                         kernel_size=3)),
 }
 BF16_LOSS_RTOL = 3e-2  # a loss of bf16 activations: fastgen and the reference round differently
 

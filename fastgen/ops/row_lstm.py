@@ -242,6 +242,15 @@ def _check_arguments(gates_in, weight, groups) -> int:
     return groups
 
 
+def _autocast(gates_in, weight):
+    """As a convolution under ``torch.autocast``: both operands in the autocast dtype."""
+    if not (isinstance(gates_in, torch.Tensor) and isinstance(weight, torch.Tensor)
+            and gates_in.is_floating_point() and torch.is_autocast_enabled(gates_in.device.type)):
+        return gates_in, weight
+    dtype = torch.get_autocast_dtype(gates_in.device.type)
+    return gates_in.to(dtype), weight.to(dtype)
+
+
 def row_lstm(gates_in: torch.Tensor, weight: torch.Tensor, *, groups: int = 1) -> torch.Tensor:
     """The Row LSTM recurrence of PixelRNN over the rows of an image, fused per row.
 
@@ -258,8 +267,10 @@ def row_lstm(gates_in: torch.Tensor, weight: torch.Tensor, *, groups: int = 1) -
         h [B, n, H, W] in gates_in's dtype, with c_i = sigma(f) c_{i-1} + sigma(i) tanh(g), h_i = sigma(o) tanh(c_i)
         for z_i = gates_in[:, :, i] + conv1d(h_{i-1}, weight) and h_{-1} = c_{-1} = 0
         (:func:`fastgen.reference.row_lstm`). Math runs in float32 (float64 for float64); the cell state is kept in
-        that precision, the hidden state in gates_in's dtype.
+        that precision, the hidden state in gates_in's dtype. Under ``torch.autocast`` gates_in and the weight are
+        cast to the autocast dtype first, as the state-to-state ``F.conv1d`` of the reference would be.
     """
+    gates_in, weight = _autocast(gates_in, weight)
     groups = _check_arguments(gates_in, weight, groups)
     if backend_for(gates_in) == "reference" or gates_in.numel() == 0:  # empty: torch's result
         return reference.row_lstm(gates_in, weight, groups=groups)
