@@ -17,6 +17,15 @@ GEMM view (M = B*H*W pixels):
 * weight grad  dP[t, c, o] = sum_m X[m + shift_t, c] * dY[m, o]            (tap_conv_weight_grad_kernel)
 Each GEMM loop runs over (tap, channel block) pairs flattened into one loop, so the software pipeliner sees a
 single loop however many taps are live. Accumulation is in ACC (float32, or float64 for float64 inputs).
+FOLD (a constexpr of the forward and the weight gradient, for small C_in such as a PixelCNN's 1- or 3-channel
+input layer): a channel block is at least 16 wide (tl.dot's minimum), so at C_in = 3 each (tap, block) step
+would multiply 13 padding channels. The FOLD variants reduce instead over the flattened k = t * C_in + c in
+[0, n_taps * C_in), BLOCK_K (BLOCK_C) at a time, each column of the forward's X tile (each row of the weight
+gradient's) gathering its own tap's shift: P [n_taps, C_in, C_out] is the contiguous [n_taps * C_in, C_out], and
+the weight gradient's partial sums [split, n_taps * C_in, C_out] the same memory as [split, n_taps, C_in, C_out]:
+* forward      Y[m, o]  = sum_k X[m + shift_(k // C_in), k % C_in] * P[k, o]
+* weight grad  dP[k, o] = sum_m X[m + shift_(k // C_in), k % C_in] * dY[m, o]
+The input gradient of such a layer (C_in outputs) is not folded: an input layer's pixels need no gradient.
 PRECISION is ``tl.dot``'s input precision: "tf32" (float32 on TF32 tensor cores, chosen by the host when PyTorch
 would use TF32 for a convolution) or "ieee" (exact float32 products on FMA units; 16-bit and float64 tiles
 ignore it). The bias is a runtime flag (``has_bias``), not a constexpr: one compiled forward serves both.
