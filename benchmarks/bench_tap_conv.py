@@ -98,6 +98,8 @@ ISSUE_SHAPES = [  # (name, batch, c_in, c_out, size, k, mask type, data channels
     ("rgb 3x3 B B=64 384->384 32x32", 64, 384, 384, 32, 3, "B", 3, True),
     ("7x7 B B=32 128->128 32x32", 32, 128, 128, 32, 7, "B", 1, True),
     ("rgb input 7x7 A B=64 3->192 32x32", 64, 3, 192, 32, 7, "A", 3, False),
+    # the input layer of a PixelCNN with 2h = 128 on CIFAR-sized RGB images (no channel groups): the FOLD kernels
+    ("input 7x7 A B=64 3->128 32x32", 64, 3, 128, 32, 7, "A", 1, False),
 ]
 for _dtype, _suffix in ((torch.bfloat16, "bf16"), (torch.float32, "fp32 tf32")):
     for _name, _batch, _c_in, _c_out, _size, _k, _mask, _groups, _input_grad in ISSUE_SHAPES:

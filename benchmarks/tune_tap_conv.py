@@ -12,7 +12,7 @@ cuDNN row (``F.conv2d(x, weight * mask)``: forward, and its input/weight gradien
     python benchmarks/tune_tap_conv.py --json out.jsonl --rep 50
 
 Budget: each config compiles once per (dtype, pass) (~1-2 s) and is timed for ``--rep`` ms; with the default
-20 ms, the 10 cases x 3 passes x <= 4 configs stay under 3 minutes. The numbers are only meaningful on a GPU;
+20 ms, the 12 cases x 3 passes x <= 4 configs stay under 3 minutes. The numbers are only meaningful on a GPU;
 none have been measured yet.
 """
 
@@ -45,7 +45,7 @@ def plan(dtype: torch.dtype, c_in: int, c_out: int, input_grad: bool):
     math = op.math_of(dtype, tf32=True)
     rows = [("forward", "GEMM_CONFIGS", (math, "nhwc"), op.gemm_class(c_in, c_out))]
     if input_grad:
-        rows.append(("input_grad", "GEMM_CONFIGS", (math, "nhwc"), op.gemm_class(c_out, c_in)))
+        rows.append(("input_grad", "GEMM_CONFIGS", (math, "nhwc"), op.gemm_class(c_out, c_in, backward=True)))
     wmath = op._weight_grad_math(dtype, True)
     rows.append(("weight_grad", "WEIGHT_GRAD_CONFIGS", (wmath, "nhwc"), op.weight_grad_class(c_in, c_out, wmath)))
     return [(p, table, key, cls, getattr(op, table)[key][cls]) for p, table, key, cls in rows]

@@ -17,6 +17,15 @@ GEMM view (M = B*H*W pixels):
 * weight grad  dP[t, c, o] = sum_m X[m + shift_t, c] * dY[m, o]            (tap_conv_weight_grad_kernel)
 Each GEMM loop runs over (tap, channel block) pairs flattened into one loop, so the software pipeliner sees a
 single loop however many taps are live. Accumulation is in ACC (float32, or float64 for float64 inputs).
+FOLD (a constexpr of the forward and the weight gradient, for small C_in such as a PixelCNN's 1- or 3-channel
+input layer): a channel block is at least 16 wide (tl.dot's minimum), so at C_in = 3 each (tap, block) step
+would multiply 13 padding channels. The FOLD variants reduce instead over the flattened k = t * C_in + c in
+[0, n_taps * C_in), BLOCK_K (BLOCK_C) at a time, each column of the forward's X tile (each row of the weight
+gradient's) gathering its own tap's shift: P [n_taps, C_in, C_out] is the contiguous [n_taps * C_in, C_out], and
+the weight gradient's partial sums [split, n_taps * C_in, C_out] the same memory as [split, n_taps, C_in, C_out]:
+* forward      Y[m, o]  = sum_k X[m + shift_(k // C_in), k % C_in] * P[k, o]
+* weight grad  dP[k, o] = sum_m X[m + shift_(k // C_in), k % C_in] * dY[m, o]
+The input gradient of such a layer (C_in outputs) is not folded: an input layer's pixels need no gradient.
 PRECISION is ``tl.dot``'s input precision: "tf32" (float32 on TF32 tensor cores, chosen by the host when PyTorch
 would use TF32 for a convolution) or "ieee" (exact float32 products on FMA units; 16-bit and float64 tiles
 ignore it). The bias is a runtime flag (``has_bias``), not a constexpr: one compiled forward serves both.
@@ -88,11 +97,15 @@ def tap_conv_gemm_kernel(
     ACC: tl.constexpr,  # accumulator dtype
     BLOCK_M: tl.constexpr,  # pixels per program (the tiles and warps come from the autotuned configs)
     BLOCK_N: tl.constexpr,  # produced channels per program
-    BLOCK_K: tl.constexpr,  # reduced channels per step
+    BLOCK_K: tl.constexpr,  # reduced channels per step (with FOLD: (tap, channel) pairs per step)
+    FOLD: tl.constexpr = False,  # the forward of a small-C_in layer: reduce over k = tap * n_red + c (not BACKWARD)
 ):
     """The forward (OUT[m, o] = sum_t sum_c A[m + shift_t, c] P[t, c, o]) and, with BACKWARD, the input
     gradient (OUT[m, c] = sum_t sum_o A[m - shift_t, o] P[t, c, o]): the same GEMM over the live taps. With
-    RELU_INPUT the forward reads relu(A) and the input gradient is OUT[m, c] * (GATE[m, c] <= 0 ? 0 : 1)."""
+    RELU_INPUT the forward reads relu(A) and the input gradient is OUT[m, c] * (GATE[m, c] <= 0 ? 0 : 1).
+    With FOLD (the forward only) the reduction runs over the flattened k = tap * n_red + c, BLOCK_K at a time,
+    each column of the A tile gathering its own tap's pixel shift: P's rows are k."""
+    tl.static_assert(not (FOLD and BACKWARD), "FOLD is a forward variant")
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -104,26 +117,43 @@ def tap_conv_gemm_kernel(
     a_batch = A + b.to(tl.int64) * stride_ab
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    k_blocks = tl.cdiv(n_red, BLOCK_K)
-    for step in range(0, n_taps * k_blocks):
-        tap = step // k_blocks
-        ks = (step - tap * k_blocks) * BLOCK_K + offs_k
-        dy = tap // kernel_w - pad_top
-        dx = tap % kernel_w - pad_left
-        if BACKWARD:  # the output pixel that read (y, x) through this tap
-            dy = -dy
-            dx = -dx
-        ay = y + dy
-        ax = x + dx
-        pixel_ok = m_ok & (ay >= 0) & (ay < height) & (ax >= 0) & (ax < width)
-        k_ok = ks < n_red
-        a = tl.load(a_batch[:, None] + (ay * stride_ah + ax * stride_aw)[:, None] + ks[None, :] * stride_ac,
-                    mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
-        if RELU_INPUT and not BACKWARD:
-            a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
-        w = tl.load(P + tap.to(tl.int64) * n_red * n_out + ks[:, None] * stride_pk + offs_n[None, :] * stride_pn,
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _mma(a, w, acc, UPCAST, PRECISION)
+    if FOLD:  # k = tap * n_red + c: no padded channels (C_in = 3 in steps of 16 would multiply 13 zeros)
+        n_k = n_taps * n_red
+        for k0 in range(0, n_k, BLOCK_K):
+            ks = k0 + offs_k
+            tap = ks // n_red
+            cs = ks - tap * n_red
+            ay = y[:, None] + (tap // kernel_w - pad_top)[None, :]  # [BLOCK_M, BLOCK_K]: each column its shift
+            ax = x[:, None] + (tap % kernel_w - pad_left)[None, :]
+            a_ok = m_ok[:, None] & (ks < n_k)[None, :] & (ay >= 0) & (ay < height) & (ax >= 0) & (ax < width)
+            a = tl.load(a_batch[:, None] + ay * stride_ah + ax * stride_aw + cs[None, :] * stride_ac, mask=a_ok,
+                        other=0.0)
+            if RELU_INPUT:
+                a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
+            w = tl.load(P + ks[:, None] * stride_pk + offs_n[None, :] * stride_pn,  # P as [n_taps * n_red, C_out]
+                        mask=(ks < n_k)[:, None] & n_ok[None, :], other=0.0)
+            acc = _mma(a, w, acc, UPCAST, PRECISION)
+    else:
+        k_blocks = tl.cdiv(n_red, BLOCK_K)
+        for step in range(0, n_taps * k_blocks):
+            tap = step // k_blocks
+            ks = (step - tap * k_blocks) * BLOCK_K + offs_k
+            dy = tap // kernel_w - pad_top
+            dx = tap % kernel_w - pad_left
+            if BACKWARD:  # the output pixel that read (y, x) through this tap
+                dy = -dy
+                dx = -dx
+            ay = y + dy
+            ax = x + dx
+            pixel_ok = m_ok & (ay >= 0) & (ay < height) & (ax >= 0) & (ax < width)
+            k_ok = ks < n_red
+            a = tl.load(a_batch[:, None] + (ay * stride_ah + ax * stride_aw)[:, None] + ks[None, :] * stride_ac,
+                        mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
+            if RELU_INPUT and not BACKWARD:
+                a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
+            w = tl.load(P + tap.to(tl.int64) * n_red * n_out + ks[:, None] * stride_pk + offs_n[None, :] * stride_pn,
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = _mma(a, w, acc, UPCAST, PRECISION)
 
     if has_bias != 0:
         acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
@@ -139,7 +169,7 @@ def tap_conv_gemm_kernel(
 def tap_conv_weight_grad_kernel(
     X,  # input [B, C_in, H, W]
     GRAD_Y,  # output gradient [B, C_out, H, W]
-    PARTIAL,  # partial weight gradients [split, n_taps, C_in, C_out] in ACC (written)
+    PARTIAL,  # partial weight gradients [split, n_taps, C_in, C_out] (= [split, n_taps * C_in, C_out]), ACC, written
     BIAS_PARTIAL,  # partial bias gradients [split, C_out] in ACC (written when has_bias)
     n_pixels, height, width, c_in, c_out,
     n_taps, kernel_w, pad_top, pad_left,
@@ -151,13 +181,15 @@ def tap_conv_weight_grad_kernel(
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
     RELU_INPUT: tl.constexpr,  # the forward convolved relu(X): reduce relu(X) tiles
-    BLOCK_C: tl.constexpr,  # input channels per program
+    BLOCK_C: tl.constexpr,  # input channels per program (with FOLD: rows k = tap * c_in + c per program)
     BLOCK_O: tl.constexpr,  # output channels per program
     BLOCK_M: tl.constexpr,  # pixels per step
+    FOLD: tl.constexpr = False,  # small C_in: the tile's rows are k = tap * c_in + c, each row its own shift
 ):
-    """Grid (output channel blocks, n_taps * input channel blocks (+1 with has_bias), split)."""
+    """Grid (output channel blocks, n_taps * input channel blocks (+1 with has_bias), split); with FOLD
+    (output channel blocks, cdiv(n_taps * c_in, BLOCK_C) (+1 with has_bias), split)."""
     pid_o = tl.program_id(0)
-    pid_tc = tl.program_id(1)  # tap * c_blocks + input channel block; the last one sums the bias gradient
+    pid_tc = tl.program_id(1)  # tap * c_blocks + input channel block (FOLD: k block); the last one: the bias
     pid_s = tl.program_id(2)  # pixel split
     c_blocks = tl.cdiv(c_in, BLOCK_C)
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
@@ -165,29 +197,59 @@ def tap_conv_weight_grad_kernel(
     start = pid_s * pixels_per_split
     end = tl.minimum(start + pixels_per_split, n_pixels)
 
-    if pid_tc < n_taps * c_blocks:
-        tap = pid_tc // c_blocks
-        offs_c = (pid_tc - tap * c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-        c_ok = offs_c < c_in
-        dy = tap // kernel_w - pad_top
-        dx = tap % kernel_w - pad_left
-        acc = tl.zeros((BLOCK_C, BLOCK_O), dtype=ACC)
-        for m0 in range(start, end, BLOCK_M):
-            offs_m = m0 + tl.arange(0, BLOCK_M)
-            b, y, x = _pixel_coordinates(offs_m, height, width)
-            m_ok = offs_m < end
-            iy = y + dy
-            ix = x + dx
-            pixel_ok = m_ok & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
-            xt = tl.load(X + (b.to(tl.int64) * stride_xb + iy * stride_xh + ix * stride_xw)[None, :]
-                         + offs_c[:, None] * stride_xc, mask=c_ok[:, None] & pixel_ok[None, :], other=0.0)
-            if RELU_INPUT:
-                xt = tl.where(xt < 0, 0.0, xt)  # relu(x), nan kept
-            g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
-                        + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
-            acc = _mma(xt, g, acc, UPCAST, PRECISION)
-        tile = ((pid_s * n_taps + tap) * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :]
-        tl.store(PARTIAL + tile, acc, mask=c_ok[:, None] & o_ok[None, :])
+    if FOLD:
+        gemm_programs = tl.cdiv(n_taps * c_in, BLOCK_C)
+    else:
+        gemm_programs = n_taps * c_blocks
+    if pid_tc < gemm_programs:
+        if FOLD:
+            n_k = n_taps * c_in
+            ks = pid_tc * BLOCK_C + tl.arange(0, BLOCK_C)
+            k_ok = ks < n_k
+            tap = ks // c_in
+            offs_c = ks - tap * c_in
+            dy = (tap // kernel_w - pad_top)[:, None]  # [BLOCK_C, 1]: each row its shift
+            dx = (tap % kernel_w - pad_left)[:, None]
+            acc = tl.zeros((BLOCK_C, BLOCK_O), dtype=ACC)
+            for m0 in range(start, end, BLOCK_M):
+                offs_m = m0 + tl.arange(0, BLOCK_M)
+                b, y, x = _pixel_coordinates(offs_m, height, width)
+                m_ok = offs_m < end
+                iy = y[None, :] + dy  # [BLOCK_C, BLOCK_M]
+                ix = x[None, :] + dx
+                x_ok = k_ok[:, None] & m_ok[None, :] & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+                xt = tl.load(X + (b.to(tl.int64) * stride_xb)[None, :] + iy * stride_xh + ix * stride_xw
+                             + offs_c[:, None] * stride_xc, mask=x_ok, other=0.0)
+                if RELU_INPUT:
+                    xt = tl.where(xt < 0, 0.0, xt)  # relu(x), nan kept
+                g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
+                            + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
+                acc = _mma(xt, g, acc, UPCAST, PRECISION)
+            tile = (pid_s * n_k + ks)[:, None].to(tl.int64) * c_out + offs_o[None, :]  # [split, n_k, C_out]
+            tl.store(PARTIAL + tile, acc, mask=k_ok[:, None] & o_ok[None, :])
+        else:
+            tap = pid_tc // c_blocks
+            offs_c = (pid_tc - tap * c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+            c_ok = offs_c < c_in
+            dy = tap // kernel_w - pad_top
+            dx = tap % kernel_w - pad_left
+            acc = tl.zeros((BLOCK_C, BLOCK_O), dtype=ACC)
+            for m0 in range(start, end, BLOCK_M):
+                offs_m = m0 + tl.arange(0, BLOCK_M)
+                b, y, x = _pixel_coordinates(offs_m, height, width)
+                m_ok = offs_m < end
+                iy = y + dy
+                ix = x + dx
+                pixel_ok = m_ok & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+                xt = tl.load(X + (b.to(tl.int64) * stride_xb + iy * stride_xh + ix * stride_xw)[None, :]
+                             + offs_c[:, None] * stride_xc, mask=c_ok[:, None] & pixel_ok[None, :], other=0.0)
+                if RELU_INPUT:
+                    xt = tl.where(xt < 0, 0.0, xt)  # relu(x), nan kept
+                g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
+                            + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
+                acc = _mma(xt, g, acc, UPCAST, PRECISION)
+            tile = ((pid_s * n_taps + tap) * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :]
+            tl.store(PARTIAL + tile, acc, mask=c_ok[:, None] & o_ok[None, :])
     elif has_bias != 0:
         # programs of their own: summing dY inside the GEMM loop pulled its tile into registers (+90 regs)
         bias = tl.zeros((BLOCK_O,), dtype=ACC)

@@ -401,7 +401,7 @@ def test_launch_space_covers_the_heuristics():
     precision (TF32 or exact) of its math, with and without relu_input (RELU_INPUT: one config per class)."""
     def launch_key(kernel, dtype_name, constexprs, num_warps, num_stages):
         return (kernel, dtype_name, tuple(sorted((k, str(v)) for k, v in constexprs.items() if k.startswith("BLOCK")
-                                                 or k in ("PRECISION", "BACKWARD", "RELU_INPUT"))), num_warps,
+                                                 or k in ("PRECISION", "BACKWARD", "RELU_INPUT", "FOLD"))), num_warps,
                 num_stages)
 
     def configs(table, kind, math, layout, shape_class, relu):  # what the launcher of the class takes
@@ -416,9 +416,11 @@ def test_launch_space_covers_the_heuristics():
         precision = "tf32" if math == "tf32" else "ieee"
         for backward, (n_red, n_out) in ((False, (c_in, c_out)), (True, (c_out, c_in))):
             for relu in (False, True):
-                for config in configs(op.GEMM_CONFIGS, "gemm", math, layout, op.gemm_class(n_red, n_out), relu):
+                shape_class = op.gemm_class(n_red, n_out, backward)
+                for config in configs(op.GEMM_CONFIGS, "gemm", math, layout, shape_class, relu):
                     key = launch_key("tap_conv_gemm_kernel", names[dtype],
-                                     dict(config.kwargs, PRECISION=precision, BACKWARD=backward, RELU_INPUT=relu),
+                                     dict(config.kwargs, PRECISION=precision, BACKWARD=backward, RELU_INPUT=relu,
+                                          FOLD=shape_class == "fold"),
                                      config.num_warps, config.num_stages)
                     assert key in launched, key
         wmath = op._weight_grad_math(dtype, tf32)
@@ -426,7 +428,7 @@ def test_launch_space_covers_the_heuristics():
             shape_class = op.weight_grad_class(c_in, c_out, wmath)
             for config in configs(op.WEIGHT_GRAD_CONFIGS, "weight_grad", wmath, layout, shape_class, relu):
                 key = launch_key("tap_conv_weight_grad_kernel", names[dtype],
-                                 dict(config.kwargs, PRECISION=precision, RELU_INPUT=relu),
+                                 dict(config.kwargs, PRECISION=precision, RELU_INPUT=relu, FOLD=shape_class == "fold"),
                                  config.num_warps, config.num_stages)
                 assert key in launched, key
 
@@ -843,3 +845,101 @@ def test_relu_input_module_and_compile(device):
             assert_close(conv(x, relu_input=True), conv(F.relu(x)).double(), torch.float32)
     check_fullgraph(lambda x, w, b: fastgen.masked_conv2d(x, w, b, "B", 3, relu_input=True),
                     x.requires_grad_(), conv.weight, conv.bias)
+
+
+# ---------------------------------------------------------------------------------------------- issue 12: small-C_in fold
+# (taps, C_in, C_out, (batch, H, W)): the forward and the weight gradient of C_in < 16 reduce over k = tap * C_in + c
+# (FOLD). C_out 70 > 64 leaves a partial second channel tile; 2x16x17 pixels split the weight gradient's reduction.
+FOLD_CASES = {
+    "7x7 A rgb C_in=3": (masks.masked(7, "A", 3), 3, 12, (2, 16, 17)),
+    "7x7 A C_in=1": (masks.masked(7, "A", 1), 1, 70, (1, 6, 5)),
+    "5x5 A C_in=3": (masks.masked(5, "A", 1), 3, 9, (2, 5, 6)),
+    "3x3 B rgb C_in=3": (masks.masked(3, "B", 3), 3, 21, (1, 4, 7)),
+    "down_shifted 2x3 C_in=1": (masks.down_shifted((2, 3)), 1, 9, (2, 5, 4)),
+}
+
+
+@pytest.mark.parametrize("layout,relu_input", [("nchw", False), ("channels_last", False), ("nchw", True),
+                                               ("channels_last", True)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", FOLD_CASES)
+def test_small_c_in_fold(device, case, dtype, layout, relu_input):
+    """The FOLD variants (forward, weight and bias gradients) against the float64 reference; x's gradient
+    (the unfolded input-gradient kernel) too."""
+    taps, c_in, c_out, (batch, height, width) = FOLD_CASES[case]
+    x, w, b = conv_inputs(taps, batch, height, width, c_in, c_out, dtype, device)
+    if relu_input:
+        x = relu_inputs(x)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    check_against_reference(x, w, b, taps, dtype, relu_input=relu_input)
+
+
+@pytest.mark.parametrize("relu_input", [False, True])
+def test_small_c_in_fold_gradcheck_float64(device, relu_input):
+    taps = masks.masked(5, "A", 3)
+    x, w, b = conv_inputs(taps, 2, 3, 4, 3, 6, torch.float64, device)
+    x = torch.where(x.abs() < 1e-3, 0.5, x)  # away from relu's kink
+    inputs = tuple(t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps, relu_input=relu_input),
+                                    inputs, fast_mode=True)
+
+
+def test_small_c_in_launches_the_fold_variant(device, monkeypatch):
+    """Fewer than 16 input channels: the forward and the weight gradient launch FOLD (their classes' "fold"
+    configs), the input gradient does not; 16 input channels launch no FOLD."""
+    launched = []
+    real = op._launcher
+
+    class Spy:
+        def __init__(self, kind, kernel):
+            self.kind, self.kernel = kind, kernel
+
+        def __getitem__(self, grid):
+            run = self.kernel[grid]
+
+            def call(*args, **kwargs):
+                launched.append((self.kind, kwargs["BACKWARD"] if self.kind == "gemm" else None, kwargs["FOLD"]))
+                return run(*args, **kwargs)
+            return call
+
+    monkeypatch.setattr(op, "_launcher", lambda kind, *rest: Spy(kind, real(kind, *rest)))
+    for c_in, fold in ((1, True), (3, True), (15, True), (16, False)):
+        assert (op.gemm_class(c_in, 64) == "fold") == fold and op.gemm_class(64, c_in, backward=True) != "fold"
+        for math in ("mma", "tf32", "fma32", "fma64"):
+            assert (op.weight_grad_class(c_in, 64, math) == "fold") == fold
+        taps = masks.masked(3, "A")
+        x, w, b = conv_inputs(taps, 1, 3, 4, c_in, 17, torch.float32, device)
+        launched.clear()
+        check_against_reference(x, w, b, taps, torch.float32)
+        assert sorted(launched, key=str) == sorted([("gemm", False, fold), ("gemm", True, False),
+                                                    ("weight_grad", None, fold)], key=str)
+
+
+def _fold_configs(table):
+    return op._unique(c for classes in table.values() for c in classes.get("fold", []))
+
+
+@pytest.mark.parametrize("kind,config", [("gemm", c) for c in _fold_configs(op.GEMM_CONFIGS)]
+                         + [("weight_grad", c) for c in _fold_configs(op.WEIGHT_GRAD_CONFIGS)],
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={n}" for k, n in v.kwargs.items())
+                         + f",w{v.num_warps}s{v.num_stages}")
+def test_every_fold_config_computes_the_convolution(device, monkeypatch, kind, config):
+    """Each fold config (the interpreter runs the first of each list only), NCHW and channels-last, with k
+    and channel tiles left partial (7x7 mask A, RGB: 24 taps x 3 channels)."""
+    table = op.GEMM_CONFIGS if kind == "gemm" else op.WEIGHT_GRAD_CONFIGS
+    forced = {key: dict(classes, fold=[config]) for key, classes in table.items()}
+    monkeypatch.setattr(op, "GEMM_CONFIGS" if kind == "gemm" else "WEIGHT_GRAD_CONFIGS", forced)
+    op._launcher.cache_clear()
+    op._weight_grad_plan.cache_clear()
+    try:
+        taps = masks.masked(7, "A", 3)
+        for channels_last in (False, True):
+            x, w, b = conv_inputs(taps, 2, 5, 7, 3, 69, torch.float32, device)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            check_against_reference(x, w, b, taps, torch.float32)
+    finally:
+        monkeypatch.undo()
+        op._launcher.cache_clear()
+        op._weight_grad_plan.cache_clear()

@@ -42,20 +42,30 @@ from fastgen.validation import check_choice, check_float_tensor, check_int, chec
 # float32 weight-gradient tiles reached 255 registers and spilled (float64 steps of 32 channels spilled too).
 #
 # GEMM shape classes, from the produced (n_out) and reduced (n_red) channel counts:
+#   fold     n_red < 16, forward only    (the forward of a 1- or 3-channel input layer: FOLD, see below)
 #   narrow   n_out <= 16                 (the input gradient of a 1- or 3-channel input layer)
-#   shallow  n_red <= 16                 (the forward of a 1- or 3-channel input layer)
+#   shallow  n_red <= 16                 (a 16-channel forward; the input gradient of a <= 16-channel output)
 #   mid      n_out <= 64 or n_red <= 32
 #   wide     the rest                    (PixelCNN hidden layers: 128..384 channels)
+# The fold class launches the FOLD variant: it reduces over k = tap * C_in + c (BLOCK_K of those per step, each
+# column of the A tile its own tap's shift) instead of (tap, block of BLOCK_K >= 16 channels), which multiplied
+# 13 padding channels of 16 per tap at C_in = 3 (15 at C_in = 1): a 7x7 mask-A input layer (25 taps x 3
+# channels) takes 3 steps of 32 instead of 25 of 16. Its tiles: BLOCK_K 32 over k (16 on FMA units), 64x64 and
+# (16-bit channels-last) 128x128 pixels x output channels (2h = 64..256 in PixelCNNs). UNMEASURED on a GPU like
+# the rest. Compiled: 34 launches x (sm_90, sm_80), 0 spill bytes, at most 234 registers (sm_80 TF32 forward,
+# channels-last, relu_input; 210 on sm_90), HGMMA on sm_90 / HMMA on sm_80 in 16-bit and TF32; +20% of the
+# compile check's variants (106 s of compile time on 2 cores: ~53 s of wall time).
 def _tiles(m, n, k, warps, stages, names=("BLOCK_M", "BLOCK_N", "BLOCK_K")) -> triton.Config:
     return triton.Config(dict(zip(names, (m, n, k))), num_warps=warps, num_stages=stages)
 
 
-_NCHW_GEMM = {"narrow": [_tiles(64, 16, 32, 4, 3)], "shallow": [_tiles(64, 64, 16, 4, 3)],
-              "mid": [_tiles(64, 64, 32, 4, 3)], "wide": [_tiles(64, 64, 32, 4, 3)]}
-_FMA_GEMM = {"narrow": [_tiles(64, 16, 16, 4, 3)], "shallow": [_tiles(64, 32, 16, 4, 3)],
-             "mid": [_tiles(64, 32, 16, 4, 3)], "wide": [_tiles(64, 32, 16, 4, 3)]}
+_NCHW_GEMM = {"fold": [_tiles(64, 64, 32, 4, 3)], "narrow": [_tiles(64, 16, 32, 4, 3)],
+              "shallow": [_tiles(64, 64, 16, 4, 3)], "mid": [_tiles(64, 64, 32, 4, 3)], "wide": [_tiles(64, 64, 32, 4, 3)]}
+_FMA_GEMM = {"fold": [_tiles(64, 32, 16, 4, 3)], "narrow": [_tiles(64, 16, 16, 4, 3)],
+             "shallow": [_tiles(64, 32, 16, 4, 3)], "mid": [_tiles(64, 32, 16, 4, 3)], "wide": [_tiles(64, 32, 16, 4, 3)]}
 GEMM_CONFIGS = {  # (math, layout) -> shape class -> configs (the first: the interpreter's)
     ("mma", "nhwc"): {
+        "fold": [_tiles(64, 64, 32, 4, 3), _tiles(128, 128, 32, 8, 3)],
         "narrow": [_tiles(64, 16, 32, 4, 3), _tiles(128, 16, 64, 4, 3)],
         "shallow": [_tiles(64, 64, 16, 4, 3), _tiles(128, 128, 16, 8, 3)],
         # (128, 64, 32) with 4 warps and 4 stages spilled 4 bytes in the sm_80 input gradient: dropped
@@ -66,6 +76,9 @@ GEMM_CONFIGS = {  # (math, layout) -> shape class -> configs (the first: the int
     # float32 tiles take twice the shared memory per element: reduction steps of 32 (3 stages of 128x128x32
     # are 96 KiB; steps of 64 would not fit an A100's 164 KiB)
     ("tf32", "nhwc"): {
+        # fold: (128, 128, 32) with 8 warps reached 255 registers and spilled 8 bytes on sm_80 (the gathered
+        # X tile's per-column addresses): dropped
+        "fold": [_tiles(64, 64, 32, 4, 3)],
         "narrow": [_tiles(64, 16, 32, 4, 3), _tiles(128, 16, 32, 4, 3)],
         "shallow": [_tiles(64, 64, 16, 4, 3), _tiles(128, 128, 16, 8, 3)],
         "mid": [_tiles(64, 64, 32, 4, 3), _tiles(128, 64, 32, 4, 3)],
@@ -77,7 +90,9 @@ GEMM_CONFIGS = {  # (math, layout) -> shape class -> configs (the first: the int
 
 
 # Weight-gradient shape classes: the channel tiles of today's single config ("16x64": C_in <= 16 < C_out, ...),
-# and "wide" (C_in and C_out both above 64) with Hopper tiles on channels-last tensor cores.
+# "wide" (C_in and C_out both above 64) with Hopper tiles on channels-last tensor cores, and "fold" (C_in < 16):
+# the FOLD variant, whose tile rows are k = tap * C_in + c (BLOCK_C of them, each row its own shift), so a
+# 3-channel 7x7 mask-A layer reduces 2 tiles of 64 rows instead of 25 of 16 rows (13 of them padding).
 def _wtiles(c, o, m, warps=4, stages=3) -> triton.Config:
     return _tiles(c, o, m, warps, stages, names=("BLOCK_C", "BLOCK_O", "BLOCK_M"))
 
@@ -89,29 +104,36 @@ def _small_weight_grad(blocks, block_m):
 # Pixels per step of the small tiles, by layout: 16-bit NCHW 64x64 tiles took 254 registers at 32 pixels (119
 # at 16), channels-last ones 68 (pipelined, 3 stages); float64 steps of 32 spilled.
 WEIGHT_GRAD_CONFIGS = {
-    ("mma", "nhwc"): dict(_small_weight_grad((16, 64), 32),
+    ("mma", "nhwc"): dict(_small_weight_grad((16, 64), 32), fold=[_wtiles(64, 64, 32)],
                           wide=[_wtiles(128, 128, 64, 8, 3), _wtiles(128, 128, 32, 8, 4), _wtiles(64, 128, 64, 4, 3),
                                 _wtiles(64, 64, 32, 4, 3)]),
-    ("mma", "nchw"): dict(_small_weight_grad((16, 64), 16), wide=[_wtiles(64, 64, 16)]),
-    ("tf32", "nhwc"): dict(_small_weight_grad((16, 64), 32),
+    ("mma", "nchw"): dict(_small_weight_grad((16, 64), 16), fold=[_wtiles(64, 64, 16)], wide=[_wtiles(64, 64, 16)]),
+    # fold: TF32 channels-last steps of 32 pixels took 254 registers on sm_80 with relu_input (no spill, no margin)
+    ("tf32", "nhwc"): dict(_small_weight_grad((16, 64), 32), fold=[_wtiles(64, 64, 16)],
                            wide=[_wtiles(128, 128, 32, 8, 3), _wtiles(64, 128, 32, 4, 3), _wtiles(64, 64, 32, 4, 3)]),
-    ("tf32", "nchw"): dict(_small_weight_grad((16, 64), 16), wide=[_wtiles(64, 64, 16)]),
-    ("fma32", "nhwc"): dict(_small_weight_grad((16, 32), 32), wide=[_wtiles(32, 32, 32)]),
-    ("fma32", "nchw"): dict(_small_weight_grad((16, 32), 32), wide=[_wtiles(32, 32, 32)]),
-    ("fma64", "nhwc"): dict(_small_weight_grad((16, 32), 16), wide=[_wtiles(32, 32, 16)]),
-    ("fma64", "nchw"): dict(_small_weight_grad((16, 32), 16), wide=[_wtiles(32, 32, 16)]),
+    ("tf32", "nchw"): dict(_small_weight_grad((16, 64), 16), fold=[_wtiles(64, 64, 16)], wide=[_wtiles(64, 64, 16)]),
+    ("fma32", "nhwc"): dict(_small_weight_grad((16, 32), 32), fold=[_wtiles(32, 32, 32)],
+                            wide=[_wtiles(32, 32, 32)]),
+    ("fma32", "nchw"): dict(_small_weight_grad((16, 32), 32), fold=[_wtiles(32, 32, 32)],
+                            wide=[_wtiles(32, 32, 32)]),
+    ("fma64", "nhwc"): dict(_small_weight_grad((16, 32), 16), fold=[_wtiles(32, 32, 16)],
+                            wide=[_wtiles(32, 32, 16)]),
+    ("fma64", "nchw"): dict(_small_weight_grad((16, 32), 16), fold=[_wtiles(32, 32, 16)],
+                            wide=[_wtiles(32, 32, 16)]),
 }
 # relu_input launches (PixelCNN's ReLU fused into the hidden layers' loads: RELU_INPUT) are compiled variants of
 # their own: to keep the compile check short they are not autotuned but take one config, the first of "wide" for
 # the wide classes and of "mid" ("64x64" / "32x32" for the weight gradient) for every other class, so the check
-# builds two tiles per (math, layout) and pass (one on NCHW and FMA), not every list. Hidden PixelCNN layers are
-# mid or wide; a relu'd layer of <= 16 channels runs on the mid tile (BLOCK_N 64: some lanes idle). Compiled:
+# builds two tiles per (math, layout) and pass (one on NCHW and FMA), not every list (the fold class, another
+# kernel variant, takes its own first config). Hidden PixelCNN layers are mid or wide; a relu'd layer of <= 16
+# output channels runs on the mid tile (BLOCK_N 64: some lanes idle). Compiled (before the fold class):
 # 33 launches x 2 archs, 0 spill bytes, at most 195 registers (sm_90 TF32 input gradient, 128x128: the gate
 # tile), HGMMA/HMMA throughout; +29% of the check's compile time. The no-relu variants compile as before.
 def relu_class(kind: str, shape_class: str, math: str) -> str:
-    """The shape class whose first config a relu_input launch of ``shape_class`` takes."""
-    if shape_class == "wide":
-        return "wide"
+    """The shape class whose first config a relu_input launch of ``shape_class`` takes (the fold class keeps
+    its own: it is another kernel variant)."""
+    if shape_class in ("wide", "fold"):
+        return shape_class
     if kind == "gemm":
         return "mid"
     top = 32 if math.startswith("fma") else 64
@@ -161,8 +183,14 @@ def _launcher(kind: str, math: str, layout: str, shape_class: str, relu_input: b
     return Kernel(fn, key=_KEYS[kind], configs=configs[:1] if interpreting() else configs)
 
 
-def gemm_class(n_red: int, n_out: int) -> str:
-    """The GEMM shape class of ``n_red`` reduced and ``n_out`` produced channels (see GEMM_CONFIGS)."""
+FOLD_BELOW = 16  # reduced channels below which the forward and the weight gradient fold the taps into k
+
+
+def gemm_class(n_red: int, n_out: int, backward: bool = False) -> str:
+    """The GEMM shape class of ``n_red`` reduced and ``n_out`` produced channels (see GEMM_CONFIGS); "fold"
+    (the FOLD variant) for a forward of fewer than FOLD_BELOW reduced channels."""
+    if n_red < FOLD_BELOW and not backward:
+        return "fold"
     if n_out <= 16:
         return "narrow"
     if n_red <= 16:
@@ -171,6 +199,10 @@ def gemm_class(n_red: int, n_out: int) -> str:
 
 
 def weight_grad_class(c_in: int, c_out: int, math: str) -> str:
+    """The weight-gradient shape class (see WEIGHT_GRAD_CONFIGS); "fold" (the FOLD variant) below FOLD_BELOW
+    input channels."""
+    if c_in < FOLD_BELOW:
+        return "fold"
     if c_in > 64 and c_out > 64:
         return "wide"
     top = 32 if math.startswith("fma") else 64
@@ -261,7 +293,8 @@ def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
     out = _like_input(like, n_out)
     n_pixels = batch * height * width
     tf32 = source.dtype == torch.float32 and conv_uses_tf32()
-    kernel = _launcher("gemm", math_of(source.dtype, tf32), _layout(source), gemm_class(n_red, n_out), relu_input)
+    shape_class = gemm_class(n_red, n_out, backward)
+    kernel = _launcher("gemm", math_of(source.dtype, tf32), _layout(source), shape_class, relu_input)
     gated = relu_input and backward  # else GATE is never read: placeholders, the same for every call
     kernel[lambda meta: (cdiv(n_pixels, meta["BLOCK_M"]), cdiv(n_out, meta["BLOCK_N"]))](
         source, packed, bias if bias is not None else packed, like if gated else out, out,
@@ -269,7 +302,7 @@ def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
         *source.stride(), *out.stride(), *(like.stride() if gated else (0, 0, 0, 0)),
         *((1, c_out) if backward else (c_out, 1)),
         BACKWARD=backward, RELU_INPUT=relu_input, UPCAST=_upcast(source.dtype), PRECISION="tf32" if tf32 else "ieee",
-        ACC=tl_compute_dtype(source.dtype),
+        ACC=tl_compute_dtype(source.dtype), FOLD=shape_class == "fold",
     )
     return out
 
@@ -297,7 +330,8 @@ def _weight_grad_plan(n_pixels: int, c_in: int, c_out: int, n_taps: int, math: s
         configs = WEIGHT_GRAD_CONFIGS[math, layout][relu_class("weight_grad", shape_class, math)][:1]
     first = configs[0].kwargs
     step = max(c.kwargs["BLOCK_M"] for c in configs)
-    n_tiles = n_taps * cdiv(c_in, first["BLOCK_C"]) * cdiv(c_out, first["BLOCK_O"])
+    rows = cdiv(n_taps * c_in, first["BLOCK_C"]) if shape_class == "fold" else n_taps * cdiv(c_in, first["BLOCK_C"])
+    n_tiles = rows * cdiv(c_out, first["BLOCK_O"])
     return (shape_class, *weight_grad_split(n_pixels, n_tiles, step))
 
 
@@ -315,13 +349,18 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     kernel = _launcher("weight_grad", math, layout, shape_class, relu_input)
     partial = torch.empty((split, taps.n_taps, c_in, c_out), dtype=acc_dtype, device=x.device)
     bias_partial = torch.empty((split, c_out) if has_bias else (0,), dtype=acc_dtype, device=x.device)
-    n_taps = taps.n_taps
-    kernel[lambda meta: (cdiv(c_out, meta["BLOCK_O"]), n_taps * cdiv(c_in, meta["BLOCK_C"]) + has_bias, split)](
+    n_taps, fold = taps.n_taps, shape_class == "fold"
+
+    def grid(meta):  # (output channel blocks, (tap, channel) blocks or with FOLD blocks of k (+1: bias), split)
+        rows = cdiv(n_taps * c_in, meta["BLOCK_C"]) if fold else n_taps * cdiv(c_in, meta["BLOCK_C"])
+        return cdiv(c_out, meta["BLOCK_O"]), rows + has_bias, split
+
+    kernel[grid](
         x, grad_y, partial, bias_partial,
         n_pixels, height, width, c_in, c_out, *_tap_args(taps), per_split, int(has_bias),
         *x.stride(), *grad_y.stride(),
         UPCAST=_upcast(x.dtype), PRECISION="tf32" if tf32 else "ieee", ACC=tl_compute_dtype(x.dtype),
-        RELU_INPUT=relu_input,
+        RELU_INPUT=relu_input, FOLD=fold,
     )
     grad_bias = torch.empty(c_out, dtype=x.dtype, device=x.device) if has_bias else None
     kh, kw = taps.kernel_size
@@ -615,20 +654,23 @@ def _layout_hints(kernel, layout: str) -> dict:
                 divisible=tuple(n for n in strides if n[-1] in divisible) + channels, variant=layout)
 
 
-def _class_configs(table, math: str, layout: str, relu_input: bool = False) -> list[triton.Config]:
+def _class_configs(table, math: str, layout: str, relu_input: bool = False, fold: bool = False) -> list[triton.Config]:
     """Every config of every shape class of (math, layout), each once; with ``relu_input`` the ones that
-    relu_input launches take (see :func:`relu_class`)."""
+    relu_input launches take (see :func:`relu_class`); with ``fold`` those of the fold class (the FOLD
+    variant), else those of the other classes."""
+    classes = [c for c in table[math, layout] if (c == "fold") == fold]
     if relu_input:
         kind = "gemm" if table is GEMM_CONFIGS else "weight_grad"
-        return _unique(table[math, layout][relu_class(kind, c, math)][0] for c in table[math, layout])
-    return _unique(c for configs in table[math, layout].values() for c in configs)
+        return _unique(table[math, layout][relu_class(kind, c, math)][0] for c in classes)
+    return _unique(c for name in classes for c in table[math, layout][name])
 
 
 def kernel_launches():
     """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check: each config of each
     class (GEMM_CONFIGS, WEIGHT_GRAD_CONFIGS), with the math (16-bit, TF32 or exact FP32/FP64) and layout it
-    serves, and the relu_input variants (RELU_INPUT: the configs of :func:`relu_class`). 16-bit and TF32 tiles
-    must run on tensor cores (HGMMA on sm_90, HMMA on sm_80)."""
+    serves, the relu_input variants (RELU_INPUT: the configs of :func:`relu_class`) and the fold class's FOLD
+    variants (forward and weight gradient; C_in < 16 is never a multiple of 16). 16-bit and TF32 tiles must run
+    on tensor cores (HGMMA on sm_90, HMMA on sm_80)."""
     from fastgen.compile_check import KernelLaunch
 
     for dtype in FLOAT_DTYPES:
@@ -641,8 +683,13 @@ def kernel_launches():
             # float32 and float64 are compiled for the default NCHW layout only
             layouts = ("nchw", "nhwc") if tensor_cores else ("nchw",)
             kernel = kernels.tap_conv_gemm_kernel
-            for relu, backward, layout in itertools.product((False, True), (False, True), layouts):
+            for relu, backward, layout, fold in itertools.product((False, True), (False, True), layouts,
+                                                                  (False, True)):
+                if fold and backward:  # FOLD is a forward variant
+                    continue
                 hints = _layout_hints(kernel, layout)
+                if fold:
+                    hints["divisible"] = tuple(n for n in hints["divisible"] if n != "n_red")
                 # P is contiguous: its other stride is C_out
                 unit, other = ("stride_pk", "stride_pn") if backward else ("stride_pn", "stride_pk")
                 hints["ones"] += (unit,)
@@ -651,19 +698,22 @@ def kernel_launches():
                     hints["ones"] = tuple(n for n in hints["ones"] if not n.startswith("stride_g"))
                     hints["divisible"] = tuple(n for n in hints["divisible"] if not n.startswith("stride_g")) + tuple(
                         f"stride_g{d}" for d in "bchw")
-                for config in _class_configs(GEMM_CONFIGS, math, layout, relu):
+                for config in _class_configs(GEMM_CONFIGS, math, layout, relu, fold):
                     yield KernelLaunch.build(kernel, dtype, constexprs=dict(BACKWARD=backward, RELU_INPUT=relu, **common,
-                                                                            **config.kwargs),
+                                                                            **config.kwargs, FOLD=fold),
                                              num_warps=config.num_warps, num_stages=config.num_stages,
                                              tensor_cores=tensor_cores, **hints)
             kernel = kernels.tap_conv_weight_grad_kernel
             wmath = math if tensor_cores else f"fma{dtype.itemsize * 8}"
-            for relu, layout in itertools.product((False, True), layouts):
-                for config in _class_configs(WEIGHT_GRAD_CONFIGS, wmath, layout, relu):
+            for relu, layout, fold in itertools.product((False, True), layouts, (False, True)):
+                hints = _layout_hints(kernel, layout)
+                if fold:
+                    hints["divisible"] = tuple(n for n in hints["divisible"] if n != "c_in")
+                for config in _class_configs(WEIGHT_GRAD_CONFIGS, wmath, layout, relu, fold):
                     yield KernelLaunch.build(kernel, dtype, {"PARTIAL": acc, "BIAS_PARTIAL": acc},
-                                             constexprs=dict(common, RELU_INPUT=relu, **config.kwargs),
+                                             constexprs=dict(common, RELU_INPUT=relu, **config.kwargs, FOLD=fold),
                                              num_warps=config.num_warps, num_stages=config.num_stages,
-                                             tensor_cores=tensor_cores, **_layout_hints(kernel, layout))
+                                             tensor_cores=tensor_cores, **hints)
         # the dense weight and its gradient are contiguous [C_out, C_in, kh, kw] parameters
         for config in configs_for(kernels.tap_conv_pack_weight_kernel):
             yield KernelLaunch.build(kernels.tap_conv_pack_weight_kernel, dtype,
