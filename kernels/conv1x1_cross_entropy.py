@@ -9,18 +9,7 @@ which the chunk's backward convolution reads. No [B, C * L, H, W] tensor is ever
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _subpixel_offsets(n, channels, height, width, stride_b, stride_c, stride_h, stride_w):
-    """int64 offsets of sub-pixels n = ((b * C + c) * H + h) * W + w (int32) through (b, c, h, w) strides."""
-    w = n % width
-    rest = n // width
-    h = rest % height
-    rest = rest // height
-    c = rest % channels
-    b = rest // channels
-    return (b.to(tl.int64) * stride_b + c.to(tl.int64) * stride_c + h.to(tl.int64) * stride_h
-            + w.to(tl.int64) * stride_w)
+from .pixel_losses import _subpixel_offsets
 
 
 @triton.jit

@@ -445,15 +445,21 @@ def test_every_config_computes_the_convolution(device, monkeypatch, kind, config
     """Under the interpreter each class launches its first config only: here every config of every class runs
     (all classes forced to it), forward and all three gradients, channels-last and NCHW, with channel counts
     that leave partial tiles (RGB groups at the centre tap)."""
+    check_with_forced_configs(device, monkeypatch, kind, lambda classes: {name: [config] for name in classes},
+                              masks.masked(3, "B", 3), 18, 21)
+
+
+def check_with_forced_configs(device, monkeypatch, kind, force, taps, c_in, c_out):
+    """The convolution against the reference (forward and gradients, NCHW and channels-last) with the config
+    table of ``kind`` replaced per layout and math by ``force(classes)``."""
     table = op.GEMM_CONFIGS if kind == "gemm" else op.WEIGHT_GRAD_CONFIGS
-    forced = {key: {name: [config] for name in classes} for key, classes in table.items()}
+    forced = {key: force(classes) for key, classes in table.items()}
     monkeypatch.setattr(op, "GEMM_CONFIGS" if kind == "gemm" else "WEIGHT_GRAD_CONFIGS", forced)
     op._launcher.cache_clear()
     op._weight_grad_plan.cache_clear()
     try:
-        taps = masks.masked(3, "B", 3)
         for channels_last in (False, True):
-            x, w, b = conv_inputs(taps, 2, 5, 7, 18, 21, torch.float32, device)
+            x, w, b = conv_inputs(taps, 2, 5, 7, c_in, c_out, torch.float32, device)
             if channels_last:
                 x = x.to(memory_format=torch.channels_last)
             check_against_reference(x, w, b, taps, torch.float32)
@@ -927,19 +933,5 @@ def _fold_configs(table):
 def test_every_fold_config_computes_the_convolution(device, monkeypatch, kind, config):
     """Each fold config (the interpreter runs the first of each list only), NCHW and channels-last, with k
     and channel tiles left partial (7x7 mask A, RGB: 24 taps x 3 channels)."""
-    table = op.GEMM_CONFIGS if kind == "gemm" else op.WEIGHT_GRAD_CONFIGS
-    forced = {key: dict(classes, fold=[config]) for key, classes in table.items()}
-    monkeypatch.setattr(op, "GEMM_CONFIGS" if kind == "gemm" else "WEIGHT_GRAD_CONFIGS", forced)
-    op._launcher.cache_clear()
-    op._weight_grad_plan.cache_clear()
-    try:
-        taps = masks.masked(7, "A", 3)
-        for channels_last in (False, True):
-            x, w, b = conv_inputs(taps, 2, 5, 7, 3, 69, torch.float32, device)
-            if channels_last:
-                x = x.to(memory_format=torch.channels_last)
-            check_against_reference(x, w, b, taps, torch.float32)
-    finally:
-        monkeypatch.undo()
-        op._launcher.cache_clear()
-        op._weight_grad_plan.cache_clear()
+    check_with_forced_configs(device, monkeypatch, kind, lambda classes: dict(classes, fold=[config]),
+                              masks.masked(7, "A", 3), 3, 69)

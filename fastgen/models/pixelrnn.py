@@ -183,21 +183,23 @@ class _RowLSTMSteps:
         self.image = torch.zeros((n, model.data_channels, height + 2 * self.pad0, width + 2 * self.pad0),
                                  dtype=dtype, device=device)
         self.image[:, :, self.pad0:self.pad0 + height, self.pad0:self.pad0 + width] = -1.0  # pixel value 0
-        self.layers = []
-        for layer in model.layers:
-            lstm = layer.lstm
-            k = lstm.kernel_size
-            h = lstm.hidden_channels
-            self.layers.append(dict(
-                layer=layer, k=k,
-                inputs=torch.zeros((n, lstm.input_to_state.in_channels, 1, width + k // 2),
-                                   dtype=dtype, device=device),  # this row's inputs, left-padded by k//2
-                h_prev=torch.zeros((n, h, 1, width + 2 * (k // 2)), dtype=dtype, device=device),
-                c_prev=None,  # [n, h, W] after the first row
-                h_row=torch.zeros((n, h, width), dtype=dtype, device=device),
-                c_row=torch.zeros((n, h, width), dtype=dtype, device=device),
-                bias=layer.class_embedding(y) if layer.class_embedding is not None else None,
-            ))
+
+        def zeros(*shape):
+            return torch.zeros((n, *shape), dtype=dtype, device=device)
+
+        self.layers = [dict(self._layer_cache(layer.lstm, width, zeros), layer=layer,
+                            bias=layer.class_embedding(y) if layer.class_embedding is not None else None)
+                       for layer in model.layers]
+
+    @staticmethod
+    def _layer_cache(lstm, width: int, zeros) -> dict:
+        """One layer's caches (``zeros(*shape)`` makes an [n, *shape] tensor)."""
+        k, h = lstm.kernel_size, lstm.hidden_channels
+        return dict(k=k,
+                    inputs=zeros(lstm.input_to_state.in_channels, 1, width + k // 2),  # this row's, left-padded
+                    h_prev=zeros(h, 1, width + 2 * (k // 2)),
+                    c_prev=None,  # [n, h, W] after the first row
+                    h_row=zeros(h, width), c_row=zeros(h, width))
 
     def put_pixel(self, row: int, col: int, channel: int, value: torch.Tensor) -> None:
         scaled = value.to(self.image.dtype) * (2.0 / (self.model.levels - 1)) - 1.0
@@ -240,27 +242,12 @@ class _DiagonalSteps(_RowLSTMSteps):
     and of this row, this row's cells, this row's layer inputs (for the right-to-left pass when the row ends),
     the right-to-left h of the row above."""
 
-    def __init__(self, model: PixelRNN, n: int, height: int, width: int, y, device, dtype):
-        self.model, self.width = model, width
-        k0 = model.input_conv.kernel_size[0]
-        self.pad0 = k0 // 2
-        self.image = torch.zeros((n, model.data_channels, height + 2 * self.pad0, width + 2 * self.pad0),
-                                 dtype=dtype, device=device)
-        self.image[:, :, self.pad0:self.pad0 + height, self.pad0:self.pad0 + width] = -1.0  # pixel value 0
-        self.layers = []
-        for layer in model.layers:
-            lstm = layer.lstm
-            h = lstm.hidden_channels
-
-            def zeros(*shape):
-                return torch.zeros((n, *shape), dtype=dtype, device=device)
-
-            self.layers.append(dict(
-                layer=layer, inputs=zeros(lstm.input_to_state.in_channels, width),
-                left_above=zeros(h, width), left_row=zeros(h, width), left_cells=zeros(h, width),
-                right_above=zeros(h, width),  # the right-to-left h of the row above: this row's shifted input
-                bias=layer.class_embedding(y) if layer.class_embedding is not None else None,
-            ))
+    @staticmethod
+    def _layer_cache(lstm, width: int, zeros) -> dict:
+        h = lstm.hidden_channels
+        return dict(inputs=zeros(lstm.input_to_state.in_channels, width),
+                    left_above=zeros(h, width), left_row=zeros(h, width), left_cells=zeros(h, width),
+                    right_above=zeros(h, width))  # the right-to-left h of the row above: this row's shifted input
 
     def column(self, row: int, col: int) -> torch.Tensor:
         """Logits [n, C, levels] at (row, col); updates the caches of this column."""
