@@ -74,14 +74,16 @@ def _block(n: int, blocks: tuple[int, ...]) -> int:
 
 @plan_cache
 def plan(batch: int, n_hidden: int, width: int, dtype: torch.dtype = torch.float32):
-    """(grid, column blocks, (BLOCK_W, BLOCK_N, forward BLOCK_K, backward BLOCK_K)) of one row's launch."""
+    """(grid, column blocks, (BLOCK_W, BLOCK_N, forward BLOCK_K, backward BLOCK_K, persistent backward BLOCK_K))
+    of one row's launch (the persistent kernels run the same tiles, a program per image)."""
     block_w, block_n = _block(width, COLUMN_BLOCKS[dtype]), _block(n_hidden, UNIT_BLOCKS[dtype])
     n_w_blocks = cdiv(width, block_w)
     programs = batch * n_w_blocks
     if programs > MAX_PROGRAMS:
         raise ValueError(f"gates_in: at most {MAX_PROGRAMS} tiles of {block_w} columns are supported, got {programs}")
-    return (programs, cdiv(n_hidden, block_n)), n_w_blocks, (block_w, block_n, forward_block_k(block_n, dtype),
-                                                              backward_block_k(n_hidden, dtype))
+    block_k = backward_block_k(n_hidden, dtype)
+    return (programs, cdiv(n_hidden, block_n)), n_w_blocks, (block_w, block_n, forward_block_k(block_n, dtype), block_k,
+                                                              persistent_backward_block_k(block_w, block_n, block_k))
 
 
 def persistent_rows(batch: int, height: int, tiles: int, multiprocessors: int) -> bool:
@@ -129,6 +131,13 @@ def backward_block_k(n_hidden: int, dtype: torch.dtype) -> int:
     return _block(4 * n_hidden, COLUMN_BLOCKS[dtype]) if dtype.itemsize == 2 else 16
 
 
+def persistent_backward_block_k(block_w: int, block_n: int, block_k: int) -> int:
+    """The persistent backward's gate channels per step: the per-row kernel's ``block_k``, but at most 16 on
+    [32, 32] tiles, where 32 spilled 4-16 B on sm_90 with 16-bit operands (NCHW grad_h; `fastgen verify`: the
+    loops over rows and tiles around the same body keep more registers live than one row's launch does)."""
+    return min(block_k, 16) if (block_w, block_n) == (32, 32) else block_k
+
+
 def _upcast(dtype: torch.dtype) -> bool:
     """Under the interpreter bf16 tl.dot multiplies bit patterns: multiply the bf16 operands in fp32 there."""
     return interpreting() and dtype == torch.bfloat16
@@ -143,7 +152,7 @@ def _row_lstm_forward(gates_in: torch.Tensor, weight: torch.Tensor, groups: int,
     hidden = gates_in.new_empty((batch, n, height, width))
     cell = torch.empty((batch, n, height, width), dtype=compute_dtype(gates_in.dtype), device=gates_in.device)
     gates = torch.empty_like(gates_in, memory_format=torch.contiguous_format) if keep_gates else None
-    grid, n_w_blocks, (block_w, block_n, block_k, _) = plan(batch, n, width, gates_in.dtype)
+    grid, n_w_blocks, (block_w, block_n, block_k, _, _) = plan(batch, n, width, gates_in.dtype)
     z = gates if gates is not None else hidden  # not written without keep_gates
     z_strides = gates.stride() if gates is not None else (0, 0, 0, 0)
     strides = (*gates_in.stride(), weight.stride(0), weight.stride(1), weight.stride(3), *hidden.stride(),
@@ -184,20 +193,20 @@ def _row_lstm_backward(grad_h, gates, cell, weight, hidden, groups: int, want_ga
     batch, n, height, width = hidden.shape
     grad_z = torch.empty_like(gates)
     dcell = torch.empty((batch, n, width), dtype=cell.dtype, device=cell.device)
-    grid, n_w_blocks, (block_w, block_n, _, block_k) = plan(batch, n, width, gates.dtype)
+    grid, n_w_blocks, (block_w, block_n, _, block_k, persistent_block_k) = plan(batch, n, width, gates.dtype)
     strides = (*gates.stride(), *cell.stride(), weight.stride(0), weight.stride(1), weight.stride(3),
                *grad_h.stride(), *grad_z.stride(), *dcell.stride())
     constexprs = dict(UPCAST=_upcast(gates.dtype), COMPUTE=tl_compute_dtype(gates.dtype),
-                      BLOCK_W=block_w, BLOCK_N=block_n, BLOCK_K=block_k)
+                      BLOCK_W=block_w, BLOCK_N=block_n)
     if _use_persistent(persistent, batch, height, grid, gates.device):
         _persistent_backward_kernel[(batch,)](
             gates, cell, weight, grad_h, grad_z, dcell, height, width, n, n // groups, weight.shape[3], n_w_blocks,
-            grid[1], *strides, **constexprs)
+            grid[1], *strides, BLOCK_K=persistent_block_k, **constexprs)
     else:
         for row in range(height - 1, -1, -1):
             _backward_kernel[grid](
                 gates, cell, weight, grad_h, grad_z, dcell, row, height, width, n, n // groups, weight.shape[3],
-                n_w_blocks, *strides, **constexprs)
+                n_w_blocks, *strides, BLOCK_K=block_k, **constexprs)
     grad_weight = _weight_grad(grad_z, hidden, weight.shape) if want_weight else None
     return (grad_z if want_gates else None), grad_weight
 
@@ -452,7 +461,8 @@ def kernel_launches():
                     (kernels.row_lstm_forward_kernel, "forward", (forward_block_k(block_n, dtype),)),
                     (kernels.row_lstm_persistent_forward_kernel, "forward", (forward_block_k(block_n, dtype),)),
                     (kernels.row_lstm_backward_kernel, "backward", backward_ks),
-                    (kernels.row_lstm_persistent_backward_kernel, "backward", backward_ks)):
+                    (kernels.row_lstm_persistent_backward_kernel, "backward",
+                     sorted({persistent_backward_block_k(block_w, block_n, k) for k in backward_ks}))):
                 for block_k, config in itertools.product(block_ks, configs_for(kernel)):
                     constexprs = dict(UPCAST=False, COMPUTE=tl_compute_dtype(dtype), BLOCK_W=block_w,
                                       BLOCK_N=block_n, BLOCK_K=block_k)
