@@ -234,18 +234,20 @@ def test_diagonal_module(device):
 DIAGONAL_DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 
 
+@pytest.mark.parametrize("persistent", [pytest.param(False, id="per_column"), pytest.param(True, id="persistent")])
 @pytest.mark.parametrize("dtype", DIAGONAL_DTYPES, ids=str)
 @pytest.mark.parametrize("groups, shape", [(1, (2, 2, 4, 5)), (3, (1, 3, 3, 2)), (1, (1, 1, 1, 4))], ids=str)
-def test_fused_diagonal_lstm_matches_reference(groups, shape, dtype, device):
-    """fastgen.diagonal_lstm (the Row LSTM's kernels on the skewed, transposed map) against the reference loop
-    over the skewed columns, evaluated in float64: h and the gradients of gates_in and the weight."""
+def test_fused_diagonal_lstm_matches_reference(groups, shape, dtype, persistent, device):
+    """fastgen.diagonal_lstm (the Row LSTM's kernels on the skewed, transposed map, in both launch forms) against
+    the reference loop over the skewed columns, evaluated in float64: h and the gradients of gates_in and the
+    weight."""
     batch, n, height, width = shape
     gen = torch.Generator().manual_seed(3)
     gates64 = torch.randn(batch, 4 * n, height, width, dtype=torch.float64, generator=gen)
     weight64 = 0.5 * torch.randn(4 * n, n, 2, 1, dtype=torch.float64, generator=gen)
     gates = gates64.to(device, dtype).requires_grad_()
     weight = weight64.to(device, dtype).requires_grad_()
-    h = fastgen.diagonal_lstm(gates, weight, groups=groups)
+    h = fastgen.diagonal_lstm(gates, weight, groups=groups, persistent=persistent)
     leaves64 = [t.detach().double().requires_grad_() for t in (gates, weight)]
     expected = diagonal_lstm(*leaves64, groups=groups)
     assert h.dtype == dtype and h.shape == expected.shape
@@ -267,8 +269,9 @@ def test_fused_diagonal_bilstm_and_gradcheck(device):
                    for _ in range(2))
     w_left, w_right = ((0.5 * torch.randn(8, 2, 2, 1, dtype=torch.float64, generator=gen)).to(device)
                        .requires_grad_() for _ in range(2))
-    torch.testing.assert_close(fastgen.diagonal_bilstm(left, right, w_left, w_right),
-                               diagonal_bilstm(left, right, w_left, w_right))
+    for persistent in (False, True):
+        torch.testing.assert_close(fastgen.diagonal_bilstm(left, right, w_left, w_right, persistent=persistent),
+                                   diagonal_bilstm(left, right, w_left, w_right))
     # one direction (the other is the same op on the mirrored map), small: each Jacobian column is a full pass
     gates = left[:, :4, :2].detach().clone().requires_grad_()
     weight = w_left[:4, :1].detach().clone().requires_grad_()
