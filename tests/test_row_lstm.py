@@ -123,16 +123,17 @@ def _spy_launches(monkeypatch):
     (None, dict(persistent_forward_kernel=1, persistent_backward_kernel=1)),
 ], ids=["per_row", "persistent", "rule"])
 def test_launches_per_form(persistent, expected, device, monkeypatch):
-    """H = 5 rows: five launches each way per row, one each way persistent; the same values either way."""
+    """H = 5 rows: five launches each way per row, one each way persistent; the same values either way (the
+    gradient of h.sum(): grad_h with zero strides)."""
     gates_in, weight = (x.requires_grad_() for x in inputs(2, 3, 5, 4, 3, torch.float64, device))
     launched = _spy_launches(monkeypatch)
     h = fastgen.row_lstm(gates_in, weight, persistent=persistent)
-    grads = torch.autograd.grad(h, [gates_in, weight], torch.ones_like(h))
+    grads = torch.autograd.grad(h.sum(), [gates_in, weight])
     assert launched == expected
     monkeypatch.undo()
     h_other = fastgen.row_lstm(gates_in, weight, persistent=not persistent)
     torch.testing.assert_close(h, h_other, rtol=0, atol=1e-14)
-    for grad, other in zip(grads, torch.autograd.grad(h_other, [gates_in, weight], torch.ones_like(h))):
+    for grad, other in zip(grads, torch.autograd.grad(h_other.sum(), [gates_in, weight])):
         torch.testing.assert_close(grad, other, rtol=0, atol=1e-13)
 
 

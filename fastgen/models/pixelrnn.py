@@ -13,7 +13,8 @@ mask-A convolution and the LSTM layers are mask B. With ``data_channels=3`` ever
 gates per group, see :class:`fastgen.nn.RowLSTM`), so the logits of channel c at pixel p depend on the pixels
 before p and on channels < c of p only.
 
-The Row LSTM's recurrence runs on :func:`fastgen.row_lstm` (fused per row; the reference's Python loop on CPU),
+The Row LSTM's recurrence runs on :func:`fastgen.row_lstm` (fused kernels, one launch per row or one persistent
+launch for all rows; the reference's Python loop on CPU),
 the Diagonal BiLSTM's on the same kernels (:func:`fastgen.diagonal_bilstm`: the skewed map transposed), the
 convolutions on fastgen's tap-conv kernels. :meth:`PixelRNN.sample_cached` samples both kinds with the LSTM states
 of the previous row and of the current row's prefix cached: one column step per sub-pixel instead of a full
