@@ -444,7 +444,8 @@ def main(argv=None) -> int:
 
         rows = run(args.device, quick=not args.all, only=args.only, threads=args.threads, on_row=write,
                    naive_cap_s=args.naive_cap, budget_s=args.budget)
-    title = f"PixelCNN and PixelRNN sampling, cached vs naive: {stamp['device']}, torch {stamp['torch']}, {stamp['date'][:10]}"
+    title = (f"PixelCNN and PixelRNN sampling, cached vs naive: {stamp['device']}, torch {stamp['torch']}, "
+             f"{stamp['date'][:10]}")
     table = f"{title}\n\n{markdown(rows)}"
     with open(args.out + ".md", "w") as f:
         f.write(table + "\n")

@@ -5,11 +5,11 @@ The input-to-state part runs before, for all rows at once, on the masked-convolu
 (:class:`fastgen.nn.RowLSTM`); this op takes its output ``gates_in`` and runs the sequential part on fused
 kernels (see :mod:`fastgen.kernels.row_lstm`), in one of two forms: one launch per row forward and one per row
 backward, or one persistent launch for all rows each way (a program per image; :func:`persistent_rows` says
-which). What a row moves, and why fusing pays: eager PyTorch runs per row a conv1d (reading h_{i-1} and the weight, writing
-the [B, 4n, W] state-to-state term), an add with gates_in, four activations, the cell update and the output
-(some ten kernels, each a round trip of [B, 4n, W] or [B, n, W] tensors through memory); the fused kernel reads
-h_{i-1}, c_{i-1}, the weight and gates_in once and writes h_i, c_i and the pre-activations once. That is a
-prediction from counting bytes and launches, not a measurement: no GPU timing of this op exists yet.
+which). What a row moves, and why fusing pays: eager PyTorch runs per row a conv1d (reading h_{i-1} and the
+weight, writing the [B, 4n, W] state-to-state term), an add with gates_in, four activations, the cell update and
+the output (some ten kernels, each a round trip of [B, 4n, W] or [B, n, W] tensors through memory); the fused
+kernel reads h_{i-1}, c_{i-1}, the weight and gates_in once and writes h_i, c_i and the pre-activations once.
+That is a prediction from counting bytes and launches, not a measurement: no GPU timing of this op exists yet.
 
 The persistent form saves H - 1 launches each way (each ~5-16 us of host time on the lent machine's kind of GPU,
 project notes) and pays with parallelism: its grid is B programs, each running the tiles of a row one after
@@ -218,8 +218,8 @@ class RowLSTMRecurrence(torch.autograd.Function):
     :func:`persistent_rows` decides), running the state-to-state convolution, gates, cell and hidden update; it
     keeps the cell states (compute dtype) and, when ``keep_gates`` (a gradient is needed), the pre-activations.
     Backward: in the same form, rows from the last (the gate gradient, the cell gradient carried up), then the
-    weight gradient as K matmuls. Prefer :func:`fastgen.row_lstm`, which validates arguments, picks the backend and handles
-    empty tensors.
+    weight gradient as K matmuls. Prefer :func:`fastgen.row_lstm`, which validates arguments, picks the backend and
+    handles empty tensors.
     """
 
     @staticmethod
@@ -423,7 +423,8 @@ def diagonal_lstm(gates_in: torch.Tensor, weight: torch.Tensor, *, groups: int =
     width = gates_in.shape[3]
     # [4n, n, 2, 1] -> the centred [4n, n, 1, 3] kernel [W_above, W_left, 0] of the transposed recurrence
     row_weight = torch.nn.functional.pad(weight[:, :, :, 0], (0, 1)).unsqueeze(2)
-    h = row_lstm(skew(gates_in).transpose(2, 3), row_weight, groups=groups, persistent=persistent)  # [B, n, W + H - 1, H]
+    # [B, n, W + H - 1, H]
+    h = row_lstm(skew(gates_in).transpose(2, 3), row_weight, groups=groups, persistent=persistent)
     return unskew(h.transpose(2, 3), width)
 
 
