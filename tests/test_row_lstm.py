@@ -293,3 +293,20 @@ def test_compiles_without_graph_breaks(persistent, device):
 
     gates_in, weight = (x.requires_grad_() for x in inputs(2, 3, 3, 4, 3, torch.float32, device))
     check_fullgraph(lambda g, w: fastgen.row_lstm(2 * g, w, groups=3, persistent=persistent), gates_in, weight)
+
+
+def test_benchmark_cases_force_each_launch_form(device, monkeypatch):
+    """bench_row_lstm's "per-row" and "persistent" cases run the op in the form they name (on small inputs here:
+    4 rows, so 4 launches against 1)."""
+    from fastgen.benchmarks import bench_row_lstm
+
+    gates_in, weight = inputs(1, 3, 4, 4, 3, torch.float32, device)
+    forms = {"per-row": dict(forward_kernel=4), "persistent": dict(persistent_forward_kernel=1)}
+    forced = [c for c in bench_row_lstm.CASES if c.name.split()[-1] in forms]
+    assert len(forced) == 4
+    for case in forced:
+        launched = _spy_launches(monkeypatch)
+        with torch.no_grad():
+            case.fastgen(gates_in=gates_in, weight=weight)
+        assert launched == forms[case.name.split()[-1]], case.name
+        monkeypatch.undo()
