@@ -4,6 +4,10 @@ rows (and torch.compile of it); under pytest-benchmark: `pytest benchmarks/ --be
 Shapes of one Row LSTM layer of the paper's models: 32x32 images, h = 64 and 128 hidden units (gates_in
 [B, 4h, 32, 32], the output of the 1 x 3 input-to-state convolution), B = 16 and 64, bf16 and fp32. FLOPs are
 those of the state-to-state convolution (the GEMMs of the recurrence). No GPU timing of these cases exists yet.
+
+The op picks its launch form by :func:`fastgen.ops.row_lstm.persistent_rows`; the "per-row" and "persistent"
+cases force each form on the same shape (H = 32 rows), so their ``launches`` column shows what the persistent
+form saves (32 launches each way against 1) and, on a GPU, their times what it costs.
 """
 
 from __future__ import annotations
@@ -59,18 +63,19 @@ def _flops(inputs, mode):
     return total, total
 
 
-def _fastgen(gates_in, weight):
-    return fastgen.row_lstm(gates_in, weight)
+def _fastgen(gates_in, weight, persistent=None):
+    return fastgen.row_lstm(gates_in, weight, persistent=persistent)
 
 
 def _reference(gates_in, weight):
     return reference.row_lstm(gates_in, weight)
 
 
-def _case(name, batch, n, size=32, dtype=torch.bfloat16, quick=False):
+def _case(name, batch, n, size=32, dtype=torch.bfloat16, quick=False, persistent=None):
+    """``persistent``: the launch form forced (None: the op's rule)."""
     return Case(op="row_lstm", name=name, make_inputs=functools.partial(_inputs, (batch, n, size, dtype)),
-                fastgen=_fastgen, reference=_reference, bytes_forward=_bytes_forward,
-                bytes_backward=_bytes_backward, quick=quick, flops=_flops)
+                fastgen=functools.partial(_fastgen, persistent=persistent), reference=_reference,
+                bytes_forward=_bytes_forward, bytes_backward=_bytes_backward, quick=quick, flops=_flops)
 
 
 CASES = [
@@ -82,6 +87,11 @@ CASES = [
     _case("B=64 h=64 32x32 fp32", 64, 64, dtype=torch.float32),
     _case("B=64 h=128 32x32 bf16", 64, 128),
     _case("B=64 h=128 32x32 fp32", 64, 128, dtype=torch.float32),
+    # the two launch forms forced on one shape (32 rows)
+    _case("B=16 h=64 32x32 bf16 per-row", 16, 64, persistent=False),
+    _case("B=16 h=64 32x32 bf16 persistent", 16, 64, persistent=True),
+    _case("B=16 h=128 32x32 fp32 per-row", 16, 128, dtype=torch.float32, persistent=False),
+    _case("B=16 h=128 32x32 fp32 persistent", 16, 128, dtype=torch.float32, persistent=True),
 ]
 
 

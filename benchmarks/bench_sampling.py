@@ -6,8 +6,11 @@ naive row beside it, and the fraction of sub-pixels on which the two agree (1.0 
 can differ on a rare last-bit tie at a CDF boundary). The naive sampler runs the model's plain-PyTorch
 reference layers (``model.use_reference(True)``), the cached one :func:`fastgen.sampling.sample`: on CUDA with
 the model's fused step kernels (one launch per sub-pixel), on CPU with its plain-PyTorch step (the interpreted
-kernels are no speed figure). The cached row also gives the launches of one sub-pixel step
-(:func:`step_launches`), of the fused kernels (counted under the interpreter on CPU) and of the PyTorch step.
+kernels are no speed figure). PixelRNN has its own cached sampler, :meth:`fastgen.models.PixelRNN.sample_cached`
+(plain PyTorch on every device: one column step through every layer per sub-pixel from the cached LSTM states,
+and for the Diagonal BiLSTM a right-to-left pass per row); its naive sampler is the same as the others'. The cached
+row also gives the launches of one sub-pixel step (:func:`step_launches`), of the fused kernels (counted under
+the interpreter on CPU; none for PixelRNN) and of the PyTorch step.
 
 Models (float32, seeded init, unconditional), sizes like the literature's small configurations:
 
@@ -15,7 +18,8 @@ Models (float32, seeded init, unconditional), sizes like the literature's small 
   (RGB: h = 66, the channel groups need multiples of 3);
 * GatedPixelCNN: 64 channels per stack, 6 gated layers (RGB: 66);
 * PixelCNN++-lite: 80 filters, 2 gated resnet blocks per stream, 10 logistic mixtures (RGB: 160 filters, 3
-  blocks).
+  blocks);
+* PixelRNN (Row LSTM and Diagonal BiLSTM): h = 64 (RGB: 66) x 4 layers, as in the training benchmark.
 
 Sizes: 8x8 grey with 17 levels (scikit-learn's digits), 28x28 grey with 256 levels (MNIST), 32x32x3 with 256
 levels (CIFAR-10); batches 1, 16, 64, 256.
@@ -41,7 +45,7 @@ import pytest
 import torch
 
 from fastgen import sampling
-from fastgen.models import GatedPixelCNN, PixelCNN, PixelCNNpp
+from fastgen.models import GatedPixelCNN, PixelCNN, PixelCNNpp, PixelRNN
 
 PROVIDERS = ("naive", "cached")
 BATCHES = (1, 16, 64, 256)
@@ -77,10 +81,15 @@ def build_model(family: str, shape: Shape, tiny: bool = False):
     if family == "PixelCNNpp":
         f, layers = (8, 1) if tiny else ((160, 3) if rgb else (80, 2))
         return PixelCNNpp(shape.channels, shape.levels, hidden_channels=f, n_layers=layers, n_mixtures=10)
-    raise ValueError(f"family must be PixelCNN, GatedPixelCNN or PixelCNNpp, got {family!r}")
+    if family in PIXELRNN_FAMILIES:
+        h = 6 if tiny else (66 if rgb else 64)
+        return PixelRNN(family.split()[1], shape.channels, shape.levels, hidden_channels=h, n_layers=2 if tiny else 4)
+    raise ValueError(f"family must be one of {SAMPLING_FAMILIES}, got {family!r}")
 
 
-FAMILIES = ("PixelCNN", "GatedPixelCNN", "PixelCNNpp")
+FAMILIES = ("PixelCNN", "GatedPixelCNN", "PixelCNNpp")  # the PixelCNN family (sampled through sampling.sample)
+PIXELRNN_FAMILIES = ("PixelRNN row", "PixelRNN diagonal")  # sampled through PixelRNN.sample_cached
+SAMPLING_FAMILIES = FAMILIES + PIXELRNN_FAMILIES
 
 
 @dataclasses.dataclass
@@ -105,6 +114,40 @@ class SamplingCase:
         """Full forwards of the naive sampler: one per sub-pixel (per pixel for the DMOL output)."""
         per_pixel = 1 if self.family == "PixelCNNpp" else self.shape.channels
         return self.shape.height * self.shape.width * per_pixel
+
+
+def own_cached_sampler(model) -> bool:
+    """Whether ``model`` samples with its own cached sampler (PixelRNN's ``sample_cached``) rather than through
+    :func:`fastgen.sampling.sample` and an incremental sampler."""
+    return getattr(model, "has_cached_sampler", False)
+
+
+def cached_step_launches(model, n: int = 1) -> int:
+    """Kernels one sub-pixel step of a model's own cached sampler starts (:meth:`PixelRNN.sample_cached`, plain
+    PyTorch), counted as :func:`step_launches` counts: the last sub-pixel of pixel 1 of row 1 of a 2 x 2 image,
+    after the sub-pixels before it (row 1: the step reads the states of the row above; the per-row work of
+    ``end_row``, the Diagonal BiLSTM's right-to-left pass, is not part of it)."""
+    from fastgen.benchmarks.harness import count_launches
+
+    parameter = next(model.parameters())
+    labels = None if model.n_classes is None else torch.zeros(n, dtype=torch.long, device=parameter.device)
+    training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            steps = model.cached_steps(n, 2, 2, labels)
+            value = torch.zeros(n, dtype=torch.long, device=parameter.device)
+            for row, col in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                for channel in range(model.data_channels):
+                    if (row, col, channel) == (1, 1, model.data_channels - 1):
+                        return count_launches(lambda: steps.column(row, col))[0]
+                    steps.column(row, col)
+                    steps.put_pixel(row, col, channel, value)
+                steps.column(row, col)  # the caches of this column, from the whole pixel
+                if col == 1:
+                    steps.end_row()
+    finally:
+        model.train(training)
 
 
 def step_launches(model, n: int = 1) -> int:
@@ -142,15 +185,17 @@ def step_launches(model, n: int = 1) -> int:
 
 
 def cases(device: str, quick: bool = True) -> list[SamplingCase]:
-    """The cases of a run. CUDA: every family x size x batch. CPU: quick = PixelCNN 8x8 grey at batch 16 (~3 s);
-    all = 8x8 grey at batch 1, 16, 64 and 28x28 grey at batch 16 (the issue's >= 50x point)."""
+    """The cases of a run (every family: the PixelCNNs and PixelRNN). CUDA: every family x size x batch. CPU:
+    quick = PixelCNN 8x8 grey at batch 16 (~3 s); all = 8x8 grey at batch 1, 16, 64 and 28x28 grey at batch 16
+    (the issue's >= 50x point)."""
     if device == "cuda":
         every = [SamplingCase(f, s, b, quick=(s.name == "8x8 grey" and b == 16)) for s in SHAPES.values()
-                 for b in BATCHES for f in FAMILIES]
+                 for b in BATCHES for f in SAMPLING_FAMILIES]
     else:
         grey8, grey28 = SHAPES["8x8 grey"], SHAPES["28x28 grey"]
-        every = [SamplingCase(f, grey8, b, quick=(b == 16 and f == "PixelCNN")) for b in (1, 16, 64) for f in FAMILIES]
-        every += [SamplingCase(f, grey28, 16) for f in FAMILIES]
+        every = [SamplingCase(f, grey8, b, quick=(b == 16 and f == "PixelCNN")) for b in (1, 16, 64)
+                 for f in SAMPLING_FAMILIES]
+        every += [SamplingCase(f, grey28, 16) for f in SAMPLING_FAMILIES]
     return [c for c in every if c.quick or not quick]
 
 
@@ -208,6 +253,8 @@ def measure(case: SamplingCase, device: str, naive_cap_s: float = NAIVE_CAP_S, s
                     return sampling.sample_naive(model, n, size=size, generator=generator)
                 finally:
                     model.use_reference(False)
+            if own_cached_sampler(model):  # PixelRNN: its own cached sampler, plain PyTorch on every device
+                return model.sample_cached(n, size=size, generator=generator)
             model.use_reference(device == "cpu")  # CPU: the plain-PyTorch step (interpreted kernels are no time)
             try:
                 return sampling.sample(model, n, size=size, generator=generator)
@@ -235,10 +282,14 @@ def measure(case: SamplingCase, device: str, naive_cap_s: float = NAIVE_CAP_S, s
                               forwards=case.forwards if provider == "naive" else None,
                               load=f"{load_before} -> {load()}")
     # launches of one sub-pixel step: the fused step kernels (compiled on CUDA, interpreted on CPU under
-    # TRITON_INTERPRET=1, else not counted) and the plain-PyTorch step
-    fused = model.use_reference(False)._kernel_steps()
-    rows["cached"]["launches_per_step"] = step_launches(model) if fused else None
-    rows["cached"]["launches_per_step_pytorch"] = step_launches(model.use_reference(True))
+    # TRITON_INTERPRET=1, else not counted; PixelRNN's cached sampler has none) and the plain-PyTorch step
+    if own_cached_sampler(model):
+        fused = False
+        rows["cached"]["launches_per_step_pytorch"] = cached_step_launches(model)
+    else:
+        fused = model.use_reference(False)._kernel_steps()
+        rows["cached"]["launches_per_step_pytorch"] = step_launches(model.use_reference(True))
+    rows["cached"]["launches_per_step"] = step_launches(model.use_reference(False)) if fused else None
     rows["cached"]["cached_step"] = "pytorch" if device == "cpu" or not fused else "fused kernels"
     model.use_reference(False)
     if "naive" in rows:
@@ -305,7 +356,8 @@ def markdown(rows: list[dict]) -> str:
                      f"{fmt(cached.get('launches_per_step_pytorch'))} | {fmt(cached.get('threads'))} | "
                      f"{cached.get('load', '-')} |")
     lines += ["", "Naive: one full forward of the reference model per sub-pixel; cached: fastgen.sampling.sample "
-                  "(on CPU its plain-PyTorch step, on CUDA the fused step kernels). Both from the same seed in the "
+                  "(on CPU its plain-PyTorch step, on CUDA the fused step kernels; PixelRNN: its own "
+                  "PixelRNN.sample_cached, plain PyTorch everywhere). Both from the same seed in the "
                   "same run; '-' = not measured (naive beyond the time cap). Launches per sub-pixel step (per pixel "
                   "for PixelCNN++'s DMOL): kernels one step starts (Triton launches and ATen ops that start a "
                   "kernel), counted on CPU under the interpreter or on the GPU; the row-level work is not in it."]
@@ -367,7 +419,7 @@ def main(argv=None) -> int:
 
     from fastgen.benchmarks.runner import device_name
 
-    parser = argparse.ArgumentParser(description="naive vs cached PixelCNN sampling, whole images")
+    parser = argparse.ArgumentParser(description="naive vs cached PixelCNN and PixelRNN sampling, whole images")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--all", action="store_true", help="every case of the device, not only the quick one")
     parser.add_argument("--only", default="", metavar="TEXT", help="only cases whose label contains TEXT")
@@ -392,7 +444,8 @@ def main(argv=None) -> int:
 
         rows = run(args.device, quick=not args.all, only=args.only, threads=args.threads, on_row=write,
                    naive_cap_s=args.naive_cap, budget_s=args.budget)
-    title = f"PixelCNN sampling, cached vs naive: {stamp['device']}, torch {stamp['torch']}, {stamp['date'][:10]}"
+    title = (f"PixelCNN and PixelRNN sampling, cached vs naive: {stamp['device']}, torch {stamp['torch']}, "
+             f"{stamp['date'][:10]}")
     table = f"{title}\n\n{markdown(rows)}"
     with open(args.out + ".md", "w") as f:
         f.write(table + "\n")

@@ -83,7 +83,8 @@ def test_sampling_cases_cpu_quick_is_small_and_all_has_the_50x_point():
     assert [c.label for c in quick] == ["PixelCNN 8x8 grey B=16"]
     assert {c.label for c in bench_sampling.cases("cpu", quick=False)} >= {
         f"{f} 28x28 grey B=16" for f in bench_sampling.FAMILIES}
-    assert len(bench_sampling.cases("cuda", quick=False)) == 3 * 3 * 4  # families x sizes x batches
+    # families (3 PixelCNN, 2 PixelRNN) x sizes x batches
+    assert len(bench_sampling.cases("cuda", quick=False)) == 5 * 3 * 4
 
 
 def test_training_rows_fastgen_checked_against_eager(device):

@@ -234,18 +234,20 @@ def test_diagonal_module(device):
 DIAGONAL_DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 
 
+@pytest.mark.parametrize("persistent", [pytest.param(False, id="per_column"), pytest.param(True, id="persistent")])
 @pytest.mark.parametrize("dtype", DIAGONAL_DTYPES, ids=str)
 @pytest.mark.parametrize("groups, shape", [(1, (2, 2, 4, 5)), (3, (1, 3, 3, 2)), (1, (1, 1, 1, 4))], ids=str)
-def test_fused_diagonal_lstm_matches_reference(groups, shape, dtype, device):
-    """fastgen.diagonal_lstm (the Row LSTM's kernels on the skewed, transposed map) against the reference loop
-    over the skewed columns, evaluated in float64: h and the gradients of gates_in and the weight."""
+def test_fused_diagonal_lstm_matches_reference(groups, shape, dtype, persistent, device):
+    """fastgen.diagonal_lstm (the Row LSTM's kernels on the skewed, transposed map, in both launch forms) against
+    the reference loop over the skewed columns, evaluated in float64: h and the gradients of gates_in and the
+    weight."""
     batch, n, height, width = shape
     gen = torch.Generator().manual_seed(3)
     gates64 = torch.randn(batch, 4 * n, height, width, dtype=torch.float64, generator=gen)
     weight64 = 0.5 * torch.randn(4 * n, n, 2, 1, dtype=torch.float64, generator=gen)
     gates = gates64.to(device, dtype).requires_grad_()
     weight = weight64.to(device, dtype).requires_grad_()
-    h = fastgen.diagonal_lstm(gates, weight, groups=groups)
+    h = fastgen.diagonal_lstm(gates, weight, groups=groups, persistent=persistent)
     leaves64 = [t.detach().double().requires_grad_() for t in (gates, weight)]
     expected = diagonal_lstm(*leaves64, groups=groups)
     assert h.dtype == dtype and h.shape == expected.shape
@@ -267,8 +269,9 @@ def test_fused_diagonal_bilstm_and_gradcheck(device):
                    for _ in range(2))
     w_left, w_right = ((0.5 * torch.randn(8, 2, 2, 1, dtype=torch.float64, generator=gen)).to(device)
                        .requires_grad_() for _ in range(2))
-    torch.testing.assert_close(fastgen.diagonal_bilstm(left, right, w_left, w_right),
-                               diagonal_bilstm(left, right, w_left, w_right))
+    for persistent in (False, True):
+        torch.testing.assert_close(fastgen.diagonal_bilstm(left, right, w_left, w_right, persistent=persistent),
+                                   diagonal_bilstm(left, right, w_left, w_right))
     # one direction (the other is the same op on the mirrored map), small: each Jacobian column is a full pass
     gates = left[:, :4, :2].detach().clone().requires_grad_()
     weight = w_left[:4, :1].detach().clone().requires_grad_()
@@ -304,3 +307,38 @@ def test_row_model_loss_compiles_whole(device):
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
     for got, expected in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["PixelRNN row", "PixelRNN diagonal"])
+def test_sampling_benchmark_rows(family):
+    """The sampling benchmark's PixelRNN rows, beside the PixelCNN ones: the naive sampler (a full forward per
+    sub-pixel) and the cached one (PixelRNN.sample_cached, plain PyTorch) on a tiny model draw the same pixels
+    from the same seed; the cached step's launches are counted (no fused step kernels: none counted there)."""
+    from fastgen.benchmarks import bench_sampling
+
+    assert {f"{family} 8x8 grey B=16", f"{family} 28x28 grey B=16"} <= {
+        c.label for c in bench_sampling.cases("cpu", quick=False)}
+    assert f"{family} 32x32x3 B=64" in {c.label for c in bench_sampling.cases("cuda", quick=False)}
+    case = bench_sampling.SamplingCase(family, bench_sampling.Shape("4x4 grey", 1, 4, 4, 17), 2, tiny=True)
+    rows = bench_sampling.measure(case, "cpu")
+    by = {r["provider"]: r for r in rows}
+    assert set(by) == {"naive", "cached"}
+    assert all(set(r) <= set(bench_sampling.COLUMNS) for r in rows)
+    assert by["naive"]["forwards"] == 16  # one full forward per sub-pixel
+    assert by["cached"]["same_pixels"] == by["naive"]["same_pixels"] == 1.0
+    assert by["cached"]["speedup_vs_naive"] == round(by["naive"]["seconds"] / by["cached"]["seconds"], 1)
+    assert by["cached"]["cached_step"] == "pytorch" and by["cached"]["launches_per_step"] is None
+    assert by["cached"]["launches_per_step_pytorch"] > 0
+    assert f"| {family} | 4x4 grey | 2 |" in bench_sampling.markdown(rows)
+
+
+def test_cached_step_launches_grow_with_layers():
+    """What one cached sub-pixel step launches (counted, plain PyTorch) grows with the layers it steps through."""
+    from fastgen.benchmarks.bench_sampling import cached_step_launches
+
+    for kind in ("row", "diagonal"):
+        counts = []
+        for layers in (1, 2, 3):
+            torch.manual_seed(0)
+            counts.append(cached_step_launches(PixelRNN(kind, 1, 5, hidden_channels=4, n_layers=layers)))
+        assert counts[0] < counts[1] < counts[2] and counts[2] - counts[1] == counts[1] - counts[0]

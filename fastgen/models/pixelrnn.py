@@ -13,7 +13,8 @@ mask-A convolution and the LSTM layers are mask B. With ``data_channels=3`` ever
 gates per group, see :class:`fastgen.nn.RowLSTM`), so the logits of channel c at pixel p depend on the pixels
 before p and on channels < c of p only.
 
-The Row LSTM's recurrence runs on :func:`fastgen.row_lstm` (fused per row; the reference's Python loop on CPU),
+The Row LSTM's recurrence runs on :func:`fastgen.row_lstm` (fused kernels, one launch per row or one persistent
+launch for all rows; the reference's Python loop on CPU),
 the Diagonal BiLSTM's on the same kernels (:func:`fastgen.diagonal_bilstm`: the skewed map transposed), the
 convolutions on fastgen's tap-conv kernels. :meth:`PixelRNN.sample_cached` samples both kinds with the LSTM states
 of the previous row and of the current row's prefix cached: one column step per sub-pixel instead of a full
@@ -109,6 +110,15 @@ class PixelRNN(PixelModel):
         """True: both kinds sample with :meth:`sample_cached`."""
         return True
 
+    def cached_steps(self, n: int, height: int, width: int, y: torch.Tensor | None = None):
+        """The caches of :meth:`sample_cached` for ``n`` images of ``height`` x ``width`` (labels ``y`` [n] on the
+        model's device, already checked) and its steps: ``column(row, col)`` -> logits [n, C, levels] (updating
+        the caches of that column), ``put_pixel(row, col, channel, value)``, ``end_row()``. For
+        :meth:`sample_cached` and for counting what one step launches (the sampling benchmark)."""
+        parameter = next(self.parameters())
+        kind = _RowLSTMSteps if self.kind == "row" else _DiagonalSteps
+        return kind(self, n, height, width, y, parameter.device, parameter.dtype)
+
     @torch.no_grad()
     def sample_cached(self, n: int | None = None, *, size=None, y=None, temperature: float = 1.0, uniforms=None,
                       generator=None, progress: bool = False) -> torch.Tensor:
@@ -125,7 +135,7 @@ class PixelRNN(PixelModel):
         from fastgen.sampling import draw_categorical, sampling_uniforms  # the samplers import the models
 
         parameter = next(self.parameters())
-        device, dtype = parameter.device, parameter.dtype
+        device = parameter.device
         if uniforms is None:
             if n is None or size is None:
                 raise ValueError("sample_cached: give n and size (H, W), or uniforms [n, C, H, W]")
@@ -141,8 +151,7 @@ class PixelRNN(PixelModel):
         training = self.training
         self.eval()
         try:
-            steps = (_RowLSTMSteps if self.kind == "row" else _DiagonalSteps)(self, n, height, width, y, device,
-                                                                              dtype)
+            steps = self.cached_steps(n, height, width, y)
             pixels = torch.zeros((n, channels, height, width), dtype=torch.long, device=device)
             bar = None
             if progress:
