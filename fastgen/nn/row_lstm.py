@@ -3,7 +3,7 @@
     gates_in = input_to_state(x)      a 1 x k masked convolution along the row (columns x - k//2 .. x; mask A
                                       leaves out column x), for all rows at once, on fastgen's tap-conv kernels
     h = row_lstm(gates_in, W_ss)      row by row: + the 1 x k state-to-state convolution over row i - 1's h,
-                                      the four gates, c and h: :func:`fastgen.row_lstm` (fused per row)
+                                      the four gates, c and h: :func:`fastgen.row_lstm` (fused; per row or persistent)
 
 Row i, column x sees the layer input at rows < i within a triangle widening by k//2 columns per row, and at row i
 the columns left of x (and x itself with mask B): causal, and with ``data_channels=3`` the channel groups of the
