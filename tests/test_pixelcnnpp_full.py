@@ -6,6 +6,8 @@ fastgen kernels (interpreted on CPU) against plain references written the openai
 the gradients of input, weight and bias, odd sizes, strides 2 and 3, several kernel sizes.
 """
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,3 +125,209 @@ def test_bad_arguments_raise():
         DownShiftedConvTranspose2d(2, 2)(torch.zeros(1, 2, 2, 2), output_size=(4, 4))
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         StridedDownShiftedConv2d(2, 2)(torch.zeros(2, 2, 2))
+
+
+# --------------------------------------------------------------------------------------------- the model
+
+import fastgen  # noqa: E402
+from fastgen.data import DIGITS_LEVELS, load_digits  # noqa: E402
+from fastgen.models import PixelCNNpp, scale_pixels  # noqa: E402
+from fastgen.sampling import sample, sample_naive  # noqa: E402
+
+LEVELS = 9
+SIZE = (8, 8)  # resolutions 8, 4, 2
+
+
+def full_model(data_channels=1, n_classes=None, n_layers=1, perturb=True, **overrides):
+    torch.manual_seed(0)
+    model = PixelCNNpp(data_channels, LEVELS, hidden_channels=6, n_layers=n_layers, n_mixtures=2,
+                       n_classes=n_classes, architecture="full", **overrides).double()
+    if perturb:  # away from the init (zero biases, small output scale): every term matters
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def pixels(batch, data_channels=1, size=SIZE, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, LEVELS, (batch, data_channels) + size, generator=g)
+
+
+def test_full_model_structure():
+    """openai's block counts (up: n_layers per resolution; down: n_layers, n_layers + 1, n_layers + 1), skip
+    inputs (up: ul gets u; down: u gets the popped u, ul concat(u, popped ul)) and the DMOL output."""
+    n = 2
+    model = full_model(n_layers=n, perturb=False)
+    assert [len(b) for b in model.up_u_blocks] == [n] * 3 == [len(b) for b in model.up_ul_blocks]
+    assert [len(b) for b in model.down_u_blocks] == [n, n + 1, n + 1] == [len(b) for b in model.down_ul_blocks]
+    assert all(b.skip is None for r in model.up_u_blocks for b in r)
+    assert all(b.skip.in_channels == 2 * 6 for r in model.up_ul_blocks for b in r)  # concat_elu(u)
+    assert all(b.skip.in_channels == 2 * 6 for r in model.down_u_blocks for b in r)
+    assert all(b.skip.in_channels == 2 * 12 for r in model.down_ul_blocks for b in r)  # concat_elu(cat(u, ul))
+    assert model(pixels(2)).shape == (2, 3 * 2, *SIZE)
+    rgb = full_model(3, n_classes=3, perturb=False)
+    assert rgb(pixels(2, 3), torch.tensor([0, 2])).shape == (2, 10 * 2, *SIZE)
+    assert rgb.config["architecture"] == "full" and rgb.config["weight_norm"] is True
+    rebuilt = PixelCNNpp(**rgb.config).double()
+    rebuilt.load_state_dict(rgb.state_dict())  # type(model)(**model.config) rebuilds it for a checkpoint
+
+
+def test_lite_stays_the_default():
+    model = PixelCNNpp(1, LEVELS, hidden_channels=4, n_layers=1, n_mixtures=2)
+    assert model.config["architecture"] == "lite" and model.config["weight_norm"] is False
+    assert not any("parametrizations" in k for k in model.state_dict())
+    assert {k.split(".")[0] for k in model.state_dict()} == {"u_input", "ul_input_up", "ul_input_left", "u_blocks",
+                                                            "ul_blocks", "output_conv"}
+
+
+def test_full_model_bad_arguments():
+    with pytest.raises(ValueError, match="architecture"):
+        PixelCNNpp(1, LEVELS, architecture="three")
+    with pytest.raises(TypeError, match="weight_norm"):
+        PixelCNNpp(1, LEVELS, architecture="full", weight_norm=1)
+    model = full_model(perturb=False)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model(pixels(1, size=(6, 8)))
+    with pytest.raises(ValueError, match="weight_norm=True"):
+        full_model(perturb=False, weight_norm=False).data_dependent_init(pixels(2))
+
+
+def test_full_model_is_causal():
+    """Reference backend, float64: perturbing input pixel p changes the output at pixels after p only (raster
+    order; every channel of p is left out of p's own output), and every output sees its left neighbour and
+    the pixel above it."""
+    model = full_model(n_layers=1).use_reference(True)
+    h, w = SIZE
+    x = scale_pixels(pixels(1), LEVELS, torch.float64)
+    batch = x.repeat(1 + h * w, 1, 1, 1)
+    for p in range(h * w):
+        batch[1 + p, 0, p // w, p % w] += 0.75
+    with torch.no_grad():
+        out = model(batch)
+    sees = ((out[1:] - out[:1]).abs().amax(1) > 0).reshape(h * w, h * w)  # [input pixel, output pixel]
+    assert not sees.tril().any()  # input p >= output q
+    for q in range(h * w):
+        assert q % w == 0 or sees[q - 1, q]
+        assert q < w or sees[q - w, q]
+
+
+@pytest.mark.parametrize("data_channels,n_classes", [(1, None), (3, 2)])
+def test_full_model_fastgen_equals_reference(data_channels, n_classes):
+    """The full model on the fastgen kernels (interpreted on CPU) equals its plain-PyTorch reference layers in
+    float64: the DMOL NLL and the gradients of every parameter."""
+    model = full_model(data_channels, n_classes)
+    x = pixels(2, data_channels)
+    y = None if n_classes is None else torch.tensor([0, 1])
+    results = []
+    for reference in (False, True):
+        model.use_reference(reference)
+        model.zero_grad()
+        loss = model.nll(x, y)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss, grads), (ref_loss, ref_grads) = results
+    assert_close(loss, ref_loss, torch.float64)
+    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
+        assert_close(g, r, torch.float64, name)
+
+
+def test_weight_norm_as_openai():
+    """Every convolution's weight is g * v / ||v||, the norm per output channel (dim 1 of a transposed
+    convolution's [C_in, C_out, kh, kw] weight)."""
+    n = 1
+    model = full_model(n_layers=n)
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    # inputs 3, up blocks 3n x 5 (u: 2 convs, ul: 2 convs + skip), down blocks (3n + 2) x 6, resampling 8, output 1
+    assert len(convs) == 3 + 3 * n * 5 + (3 * n + 2) * 6 + 8 + 1
+    for cls in (StridedDownShiftedConv2d, StridedDownRightShiftedConv2d, DownShiftedConvTranspose2d,
+                DownRightShiftedConvTranspose2d, fastgen.nn.MaskedConv2d, fastgen.nn.DownShiftedConv2d):
+        assert any(isinstance(m, cls) for m in convs), cls
+    for module in convs:
+        g, v = module.parametrizations.weight.original0, module.parametrizations.weight.original1
+        dim = 1 if isinstance(module, nn.ConvTranspose2d) else 0
+        norm = v.transpose(0, dim).flatten(1).norm(dim=1)
+        expected = (v.transpose(0, dim) * (g.flatten() / norm).view(-1, *[1] * (v.dim() - 1))).transpose(0, dim)
+        torch.testing.assert_close(module.weight, expected, rtol=1e-12, atol=1e-12)
+    keys = model.state_dict().keys()
+    assert "upsample_u.0.parametrizations.weight.original0" in keys and "upsample_u.0.bias" in keys
+    assert model.upsample_u[0].parametrizations.weight.original0.shape == (1, 6, 1, 1)
+
+
+def test_data_dependent_init_normalizes_the_first_batch():
+    """After openai's init pass every weight-normalized convolution's output on that batch has zero mean and
+    standard deviation init_scale per channel (0.1 for the second convolution of each gated resnet)."""
+    model = full_model(perturb=False).use_reference(True)
+    x = pixels(16)
+    out = model.data_dependent_init(x)
+    outputs = {}
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    handles = [m.register_forward_hook(lambda m, a, o: outputs.__setitem__(m, o)) for m in convs]
+    with torch.no_grad():
+        again = model(x)
+    for h in handles:
+        h.remove()
+    torch.testing.assert_close(again, out)  # the init pass returned what the initialized model computes
+    second = {b.conv_out for b in model.modules() if isinstance(b, fastgen.models.GatedResnet)}
+    for module, o in outputs.items():
+        torch.testing.assert_close(o.mean((0, 2, 3)), torch.zeros(o.shape[1], dtype=o.dtype), atol=1e-9, rtol=0)
+        std = torch.full((o.shape[1],), 0.1 if module in second else 1.0, dtype=o.dtype)
+        torch.testing.assert_close(o.std((0, 2, 3), unbiased=False), std, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("data_channels,n_classes", [(1, None), (3, 2)])
+def test_cached_steps_equal_the_forward_at_every_pixel(data_channels, n_classes):
+    """The full model's row-cache sampler fed a given image (completion): its output at every pixel equals
+    the forward's there (float64, reference layers)."""
+    model = full_model(data_channels, n_classes, n_layers=2).use_reference(True).eval()
+    n, (h, w) = 2, SIZE
+    x = pixels(n, data_channels, seed=3)
+    y = None if n_classes is None else torch.tensor([1, 0])
+    with torch.no_grad():
+        expected = model(x, y)
+        steps = model.incremental_sampler(n, w, y)
+        for row in range(h):
+            steps.start_row(row == 0)
+            for col in range(w):
+                got = steps.output(col)
+                assert_close(got, expected[:, :, row, col], torch.float64, f"pixel ({row}, {col})")
+                steps.image.put(col, steps.scaled(x[:, :, row, col]))
+
+
+@pytest.mark.parametrize("data_channels,n_classes", [(1, None), (3, 2)])
+def test_full_model_samples_through_the_cached_sampler(data_channels, n_classes):
+    """fastgen.sampling.sample (the cached sampler) returns sample_naive's pixels for the same draws, float64."""
+    model = full_model(data_channels, n_classes).use_reference(True)
+    n = 2
+    y = None if n_classes is None else torch.tensor([0, 1])
+    naive = sample_naive(model, n, size=SIZE, y=y, generator=torch.Generator().manual_seed(1))
+    cached = sample(model, n, size=SIZE, y=y, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(cached, naive)
+    assert len(naive.unique()) > 1
+    completed = sample(model, n, size=SIZE, y=y, x=naive, fixed_rows=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(completed[:, :, :3], naive[:, :, :3])
+    assert torch.equal(completed, sample_naive(model, n, size=SIZE, y=y, x=naive, fixed_rows=3,
+                                               generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model.incremental_sampler(n, 6)
+
+
+def test_full_model_trains_on_digits():
+    """A few Adam steps of the full model (8x8 digits: resolutions 8, 4, 2) from openai's data-dependent init
+    lower the DMOL NLL of the training batch; then it samples through the cached sampler."""
+    digits, _ = load_digits()
+    torch.manual_seed(0)
+    model = PixelCNNpp(1, DIGITS_LEVELS, hidden_channels=8, n_layers=1, n_mixtures=3, architecture="full")
+    batch = digits[:64]
+    model.data_dependent_init(batch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = model.nll(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    images = sample(model.use_reference(True), 2, size=(8, 8), generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 1, 8, 8) and 0 <= int(images.min()) and int(images.max()) < DIGITS_LEVELS
