@@ -353,3 +353,16 @@ def test_cli_trains_the_full_model(tmp_path, capsys):
     assert (out / "pixelcnnpp-samples.png").stat().st_size > 0
     assert cli.main(["train", "pixelcnn", "--architecture", "full", "--out", str(tmp_path / "x")]) == 2
     assert "--architecture" in capsys.readouterr().err
+
+
+def test_lite_model_with_weight_norm_samples_as_naive():
+    """weight_norm=True on the lite model: its cached sampler reads the normalized weights."""
+    torch.manual_seed(0)
+    model = PixelCNNpp(1, LEVELS, hidden_channels=4, n_layers=1, n_mixtures=2, weight_norm=True).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.use_reference(True)
+    assert any("parametrizations" in k for k in model.state_dict())
+    naive = sample_naive(model, 2, size=(4, 5), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sample(model, 2, size=(4, 5), generator=torch.Generator().manual_seed(1)), naive)

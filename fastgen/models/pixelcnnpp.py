@@ -399,9 +399,11 @@ class PixelCNNppFullSteps(IncrementalSampler):
     ones. Each convolution runs on the window of rows it reads (the current row from the pass, the rows above
     from its ring) and keeps its last output row; a strided one runs on 4 fine rows and keeps its last coarse
     row; a transposed one on the coarse row, keeping fine row y's phase. When a row is complete, one more pass
-    over it stores the final rows in the rings. So a pixel costs one row of the network (all its columns), W
-    times the work of a truly per-pixel step (as PrajitR/fast-pixel-cnn's per-layer queues would do), and
-    1 / H of the naive sampler's whole-image forward. The output equals the model's forward at every pixel.
+    over it stores the final rows in the rings. So a pixel costs one row of every layer (all its columns): W
+    times the work of a truly per-pixel step (as PrajitR/fast-pixel-cnn's per-layer queues would do), and of
+    the naive sampler's whole-image forward 1 / H of the full-resolution work, 2 / H of the half- and 4 / H of
+    the quarter-resolution work. The up stream u (which depends on the rows above only) is recomputed at every
+    pixel too. The output equals the model's forward at every pixel (tests/test_pixelcnnpp_full.py).
 
     The sampler does not see the image height: unlike the forward, it does not check that H is divisible by 4.
     """
