@@ -77,6 +77,10 @@ def right_shift(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
 
 
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def dmol_channels(n_mixtures: int, data_channels: int) -> int:
     """Channels of the DMOL parameters: 10K for RGB, 3K for grey."""
     return n_mixtures * (10 if data_channels == 3 else 3)
@@ -196,29 +200,56 @@ class PixelCNNpp(PixelModel):
             ul = ul_block(ul, u, y)
         return self.output_conv(F.elu(ul))
 
-    def _full_forward(self, x: torch.Tensor, y: torch.Tensor | None, shift_input: bool = True) -> torch.Tensor:
-        """The full model's forward (openai's ``model_spec``). ``shift_input=False`` leaves out the down_shift of
-        the two input convolutions (:class:`PixelCNNppFullSteps` reads them from the row above itself)."""
-        shift = down_shift if shift_input else (lambda t: t)
+    def _full_forward(self, x: torch.Tensor, y: torch.Tensor | None, shift_input: bool = True,
+                      u_stream: tuple[list, list] | None = None) -> torch.Tensor:
+        """The full model's forward (openai's ``model_spec``), as the up stream u (:meth:`_u_stream`, which never
+        reads ul) and then the up-left stream ul (:meth:`_ul_stream`). ``shift_input=False`` leaves out the
+        down_shift of the two input convolutions and ``u_stream`` gives u's outputs (:class:`PixelCNNppFullSteps`
+        reads the input rows above itself and computes u once per row)."""
+        if u_stream is None:
+            u_stream = self._u_stream(x, y, shift_input)
+        return self._ul_stream(x, y, shift_input, *u_stream)
+
+    def _u_stream(self, x: torch.Tensor, y: torch.Tensor | None, shift_input: bool = True) -> tuple[list, list]:
+        """The up stream: u_list (the up pass: the input, each strided convolution's and each block's output)
+        and the outputs of the down pass's u blocks, in order."""
+        shift = down_shift if shift_input else _same
         x_pad = torch.cat([x, torch.ones_like(x[:, :1])], 1)
         u_list = [shift(self.u_input(x_pad))]
-        ul_list = [shift(self.ul_input_up(x_pad)) + right_shift(self.ul_input_left(x_pad))]
         for r in range(RESOLUTIONS):
             if r > 0:
                 u_list.append(self.downsample_u[r - 1](u_list[-1]))
-                ul_list.append(self.downsample_ul[r - 1](ul_list[-1]))
-            for u_block, ul_block in zip(self.up_u_blocks[r], self.up_ul_blocks[r]):
+            for u_block in self.up_u_blocks[r]:
                 u_list.append(u_block(u_list[-1], y=y))
-                ul_list.append(ul_block(ul_list[-1], u_list[-1], y))
-        u, ul = u_list.pop(), ul_list.pop()
+        skips, down = list(u_list), []
+        u = skips.pop()
         for r in range(RESOLUTIONS):
             if r > 0:
                 u = self.upsample_u[r - 1](u)
+            for u_block in self.down_u_blocks[r]:
+                u = u_block(u, skips.pop(), y)
+                down.append(u)
+        assert not skips
+        return u_list, down
+
+    def _ul_stream(self, x: torch.Tensor, y: torch.Tensor | None, shift_input: bool, u_list: list,
+                   u_down: list) -> torch.Tensor:
+        """The up-left stream from u's outputs (:meth:`_u_stream`), in openai's order, and the output layer."""
+        shift = down_shift if shift_input else _same
+        x_pad = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+        ul_list = [shift(self.ul_input_up(x_pad)) + right_shift(self.ul_input_left(x_pad))]
+        for r in range(RESOLUTIONS):
+            if r > 0:
+                ul_list.append(self.downsample_ul[r - 1](ul_list[-1]))
+            for ul_block in self.up_ul_blocks[r]:  # u_list and ul_list grow in step: the u of the same block
+                ul_list.append(ul_block(ul_list[-1], u_list[len(ul_list)], y))
+        ul, u_down = ul_list.pop(), iter(u_down)
+        for r in range(RESOLUTIONS):
+            if r > 0:
                 ul = self.upsample_ul[r - 1](ul)
-            for u_block, ul_block in zip(self.down_u_blocks[r], self.down_ul_blocks[r]):
-                u = u_block(u, u_list.pop(), y)
-                ul = ul_block(ul, torch.cat([u, ul_list.pop()], 1), y)
-        assert not u_list and not ul_list
+            for ul_block in self.down_ul_blocks[r]:
+                ul = ul_block(ul, torch.cat([next(u_down), ul_list.pop()], 1), y)
+        assert not ul_list
         return self.output_conv(F.elu(ul))
 
     @torch.no_grad()
@@ -396,14 +427,14 @@ class PixelCNNppFullSteps(IncrementalSampler):
     depends on the row index and a CUDA graph of one row replays every row). What it recomputes: at every
     pixel, one row of every layer of the whole network with the model's own modules (its kernels, its weight
     normalization): at fine row y, row y of the full-resolution layers, row y // 2 and y // 4 of the coarser
-    ones. Each convolution runs on the window of rows it reads (the current row from the pass, the rows above
-    from its ring) and keeps its last output row; a strided one runs on 4 fine rows and keeps its last coarse
-    row; a transposed one on the coarse row, keeping fine row y's phase. When a row is complete, one more pass
-    over it stores the final rows in the rings. So a pixel costs one row of every layer (all its columns): W
+    ones; the up stream u, which depends on the rows above only, once per row (``start_row``), the up-left
+    stream ul at every pixel. Each convolution runs on the window of rows it reads (the current row from the
+    pass, the rows above from its ring) and keeps its last output row; a strided one runs on 4 fine rows and
+    keeps its last coarse row; a transposed one on the coarse row, keeping fine row y's phase. When a row is
+    complete, one more pass of both streams over it stores the final rows in the rings. So a pixel costs one row of every layer (all its columns): W
     times the work of a truly per-pixel step (as PrajitR/fast-pixel-cnn's per-layer queues would do), and of
     the naive sampler's whole-image forward 1 / H of the full-resolution work, 2 / H of the half- and 4 / H of
-    the quarter-resolution work. The up stream u (which depends on the rows above only) is recomputed at every
-    pixel too. The output equals the model's forward at every pixel (tests/test_pixelcnnpp_full.py).
+    the quarter-resolution work (of the ul stream per pixel, of u per row). The output equals the model's forward at every pixel (tests/test_pixelcnnpp_full.py).
 
     The sampler does not see the image height: unlike the forward, it does not check that H is divisible by 4.
     """
@@ -470,24 +501,29 @@ class PixelCNNppFullSteps(IncrementalSampler):
                 handles.append(module.register_forward_hook(self._after))
         return handles
 
-    def _row_pass(self) -> torch.Tensor:
-        """One row of the whole network on the image cache's current row: the DMOL parameters [n, P, W]."""
+    def _row_pass(self, stream: str):
+        """One row of the network on the image cache's current row: "u" -> u's outputs (:meth:`PixelCNNpp._u_stream`),
+        "ul" -> the DMOL parameters [n, P, W] from ul with this row's u, "both" -> them from both streams."""
         model, pad = self.model, self.image.pad
         x_row = self.image.data[:, :, -1:, pad:pad + self.width]
         handles = self._hooked()
         try:
             with model._backend():
-                return model._full_forward(x_row, self.labels, shift_input=False)[:, :, 0]
+                if stream == "u":
+                    return model._u_stream(x_row, self.labels, shift_input=False)
+                u_stream = self.u_stream if stream == "ul" else None
+                return model._full_forward(x_row, self.labels, False, u_stream)[:, :, 0]
         finally:
             for handle in handles:
                 handle.remove()
 
     # ----------------------------------------------------------------------------------- the steps
     def start_row(self, first: bool) -> None:
-        if not first:
-            self._row_pass()  # the finished row, every pixel drawn: its final values into the rings
+        if not first:  # the finished row, every pixel drawn: its final values into the rings (the input
+            self._row_pass("both")  # convolutions of u read it from the next row on)
         self.row += 1
         self.advance()
+        self.u_stream = self._row_pass("u")
 
     def output(self, x: int) -> torch.Tensor:
-        return self._row_pass()[:, :, x]
+        return self._row_pass("ul")[:, :, x]
