@@ -15,10 +15,12 @@
     up pass:    u_list = [u], ul_list = [ul] (the input streams above); for each resolution H, H/2, H/4:
                   (below H: u_list += strided down_shifted 2x3 (u_list[-1]), ul_list += strided
                   down_right_shifted 2x2 (ul_list[-1]), stride 2)
-                  n_layers times: u_list += gated_resnet(u_list[-1]);  ul_list += gated_resnet(ul_list[-1], a=u_list[-1])
+                  n_layers times: u_list += gated_resnet(u_list[-1])
+                                  ul_list += gated_resnet(ul_list[-1], a=u_list[-1])
     down pass:  u, ul = u_list.pop(), ul_list.pop(); for each resolution H/4, H/2, H (n_layers, n_layers + 1,
                 n_layers + 1 blocks):
-                  (above H/4: u = down_shifted 2x3 transposed (u), ul = down_right_shifted 2x2 transposed (ul), stride 2)
+                  (above H/4: u = down_shifted 2x3 transposed (u), ul = down_right_shifted 2x2 transposed (ul),
+                  stride 2)
                   u = gated_resnet(u, a=u_list.pop());  ul = gated_resnet(ul, a=concat(u, ul_list.pop()))
     out = 1x1(elu(ul))
 
@@ -53,7 +55,7 @@ from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, bias
                                  embedding_of, masked_weight)
 from fastgen.nn import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                         DownShiftedConvTranspose2d, StridedDownRightShiftedConv2d, StridedDownShiftedConv2d)
-from fastgen.nn.shifted_resample import _ShiftedConvTranspose2d, _StridedShiftedConv2d
+from fastgen.nn.shifted_resample import ShiftedConvTranspose2d, StridedShiftedConv2d
 from fastgen.nn.tap_conv import TapConv2d
 from fastgen.ops import pixel_step
 from fastgen.validation import check_choice
@@ -423,18 +425,23 @@ class PixelCNNppFullSteps(IncrementalSampler):
 
     What it caches: for every convolution with more than one row in its window (the shifted 2x3 / 2x2 / 2x1
     ones, the strided ones, and the two input convolutions whose output is down-shifted), the last 4 rows of its
-    *input* at that convolution's resolution (a ring indexed by a row counter held on the device, so no call
-    depends on the row index and a CUDA graph of one row replays every row). What it recomputes: at every
-    pixel, one row of every layer of the whole network with the model's own modules (its kernels, its weight
-    normalization): at fine row y, row y of the full-resolution layers, row y // 2 and y // 4 of the coarser
-    ones; the up stream u, which depends on the rows above only, once per row (``start_row``), the up-left
-    stream ul at every pixel. Each convolution runs on the window of rows it reads (the current row from the
-    pass, the rows above from its ring) and keeps its last output row; a strided one runs on 4 fine rows and
-    keeps its last coarse row; a transposed one on the coarse row, keeping fine row y's phase. When a row is
-    complete, one more pass of both streams over it stores the final rows in the rings. So a pixel costs one row of every layer (all its columns): W
-    times the work of a truly per-pixel step (as PrajitR/fast-pixel-cnn's per-layer queues would do), and of
-    the naive sampler's whole-image forward 1 / H of the full-resolution work, 2 / H of the half- and 4 / H of
-    the quarter-resolution work (of the ul stream per pixel, of u per row). The output equals the model's forward at every pixel (tests/test_pixelcnnpp_full.py).
+    *input* at that convolution's resolution, in a ring indexed by a row counter held on the device (so no call
+    after the first row depends on the row index, as a CUDA graph of one row needs; not run on a GPU yet).
+
+    What it recomputes, with the model's own modules (its kernels, its weight normalization): at fine row y,
+    row y of the full-resolution layers and rows y // 2 and y // 4 of the coarser ones, all columns; the up
+    stream u (which depends on the rows above only) once per row in ``start_row``, the up-left stream ul and
+    the output layer at every pixel. Each convolution runs on the window of rows it reads (the current row from
+    the pass, the rows above from its ring) and keeps its last output row; a strided one runs on 4 fine rows
+    and keeps its last coarse row; a transposed one on the coarse row, keeping fine row y's phase. When a row
+    is complete, one more pass of both streams over it stores its final rows in the rings.
+
+    So a pixel costs one row of every ul layer: W times the work of a truly per-pixel step (as
+    PrajitR/fast-pixel-cnn's per-layer queues would do), and of the naive sampler's whole-image forward 1 / H of
+    the full-resolution work, 2 / H of the half- and 4 / H of the quarter-resolution work. The output equals the
+    model's forward at every pixel (tests/test_pixelcnnpp_full.py). CPU, reference layers, float32, 1 thread,
+    F=32, n_layers=2, 4 images of 16x16: 8.3 s against sample_naive's 14.0 s (the same pixels); unmeasured on a
+    GPU.
 
     The sampler does not see the image height: unlike the forward, it does not check that H is divisible by 4.
     """
@@ -470,7 +477,7 @@ class PixelCNNppFullSteps(IncrementalSampler):
         if ring is None:
             ring = self.rings[module] = x.new_zeros(x.shape[:2] + (self.RING, x.shape[3]))
         ring.index_copy_(2, row % self.RING, x)
-        if isinstance(module, _StridedShiftedConv2d):  # coarse row a reads fine rows 2a-2 .. 2a+1 (top pad 1)
+        if isinstance(module, StridedShiftedConv2d):  # coarse row a reads fine rows 2a-2 .. 2a+1 (top pad 1)
             s = module.stride[0]
             top = module.shift_taps.padding[0]
             above = -(-top // s)
@@ -482,7 +489,7 @@ class PixelCNNppFullSteps(IncrementalSampler):
         return (self._window(ring, row - kh + 1, kh),) + args[1:]
 
     def _after(self, module, args, out):
-        if isinstance(module, _ShiftedConvTranspose2d):  # 2 fine rows from the coarse row: keep this row's
+        if isinstance(module, ShiftedConvTranspose2d):  # 2 fine rows from the coarse row: keep this row's
             level = self.levels[out.shape[3]]
             return out.index_select(2, self._level_row(level) % module.stride[0])
         out = out[:, :, -1:]
@@ -493,11 +500,11 @@ class PixelCNNppFullSteps(IncrementalSampler):
     def _hooked(self) -> list:
         handles = []
         for module in self.model.modules():
-            cached = isinstance(module, _StridedShiftedConv2d) or module in self.shifted_inputs or (
+            cached = isinstance(module, StridedShiftedConv2d) or module in self.shifted_inputs or (
                 isinstance(module, TapConv2d) and module.kernel_size[0] > 1)
             if cached:
                 handles.append(module.register_forward_pre_hook(self._before))
-            if cached or isinstance(module, _ShiftedConvTranspose2d):
+            if cached or isinstance(module, ShiftedConvTranspose2d):
                 handles.append(module.register_forward_hook(self._after))
         return handles
 

@@ -83,7 +83,7 @@ def _gather_taps(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat[:, :, index.to(weight.device)]
 
 
-class _StridedShiftedConv2d(nn.Conv2d):
+class StridedShiftedConv2d(nn.Conv2d):
     """A strided causal convolution: ``conv2d(F.pad(x, (left, kw-1-left, kh-1, 0)), weight, stride=s)`` computed
     as a stride-1 tap-set convolution of the space-to-depth input (see the module doc)."""
 
@@ -119,7 +119,7 @@ class _StridedShiftedConv2d(nn.Conv2d):
                 f"causal_padding={self.shift_taps.padding}, bias={self.bias is not None}")
 
 
-class StridedDownShiftedConv2d(_StridedShiftedConv2d):
+class StridedDownShiftedConv2d(StridedShiftedConv2d):
     """openai/pixel-cnn's ``down_shifted_conv2d`` with ``stride`` (default 2x3, stride 2: the down-sampling of the
     up stream u): ``conv2d(F.pad(x, ((kw-1)//2, kw-1-(kw-1)//2, kh-1, 0)), weight, stride=stride)``, output
     [B, C_out, ceil(H/stride), ceil(W/stride)]. Output (a, b) sees input rows <= stride*a."""
@@ -130,7 +130,7 @@ class StridedDownShiftedConv2d(_StridedShiftedConv2d):
                          dtype)
 
 
-class StridedDownRightShiftedConv2d(_StridedShiftedConv2d):
+class StridedDownRightShiftedConv2d(StridedShiftedConv2d):
     """openai/pixel-cnn's ``down_right_shifted_conv2d`` with ``stride`` (default 2x2, stride 2: the down-sampling
     of the up-left stream ul): ``conv2d(F.pad(x, (kw-1, 0, kh-1, 0)), weight, stride=stride)``, output
     [B, C_out, ceil(H/stride), ceil(W/stride)]. Output (a, b) sees input rows <= stride*a, columns <= stride*b."""
@@ -141,7 +141,7 @@ class StridedDownRightShiftedConv2d(_StridedShiftedConv2d):
                          device, dtype)
 
 
-class _ShiftedConvTranspose2d(nn.ConvTranspose2d):
+class ShiftedConvTranspose2d(nn.ConvTranspose2d):
     """A transposed causal convolution: ``conv_transpose2d(x, weight, stride=s, output_padding=s-1)`` cropped to
     rows [0, H*s), columns [col_crop, col_crop + W*s), computed in the sub-pixel form (see the module doc)."""
 
@@ -174,7 +174,7 @@ class _ShiftedConvTranspose2d(nn.ConvTranspose2d):
                 f"col_crop={self.col_crop}, bias={self.bias is not None}")
 
 
-class DownShiftedConvTranspose2d(_ShiftedConvTranspose2d):
+class DownShiftedConvTranspose2d(ShiftedConvTranspose2d):
     """openai/pixel-cnn's ``down_shifted_deconv2d`` (default 2x3, stride 2: the up-sampling of the down-pass
     stream u): ``conv_transpose2d(x, weight, stride=stride, output_padding=stride-1)`` cropped to rows
     [0, H*stride) and columns [(kw-1)//2, (kw-1)//2 + W*stride). Output row r sees input rows <= r // stride."""
@@ -186,7 +186,7 @@ class DownShiftedConvTranspose2d(_ShiftedConvTranspose2d):
                          dtype)
 
 
-class DownRightShiftedConvTranspose2d(_ShiftedConvTranspose2d):
+class DownRightShiftedConvTranspose2d(ShiftedConvTranspose2d):
     """openai/pixel-cnn's ``down_right_shifted_deconv2d`` (default 2x2, stride 2: the up-sampling of the down-pass
     stream ul): ``conv_transpose2d(x, weight, stride=stride, output_padding=stride-1)`` cropped to rows
     [0, H*stride) and columns [0, W*stride). Output (r, c) sees input rows <= r // stride, columns
