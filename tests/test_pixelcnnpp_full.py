@@ -15,6 +15,7 @@ from torch import nn
 
 from fastgen.nn import (DownRightShiftedConvTranspose2d, DownShiftedConvTranspose2d, StridedDownRightShiftedConv2d,
                         StridedDownShiftedConv2d)
+from fastgen.nn.shifted_resample import StridedShiftedConv2d
 from tolerances import assert_close
 
 # ------------------------------------------------------------------------------ resampling convolutions
@@ -83,6 +84,20 @@ def test_shifted_conv_transpose_equals_openai_form(cls, kernel_size, stride):
     module = cls(3, 5, kernel_size, stride=stride).double()
     for i, shape in enumerate(TRANSPOSED_SHAPES):
         check_against(module, reference_transposed, shape, seed=i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cls", [StridedDownShiftedConv2d, StridedDownRightShiftedConv2d, DownShiftedConvTranspose2d,
+                                 DownRightShiftedConvTranspose2d])
+def test_model_layers_in_lower_precision(cls, dtype):
+    """The model's four resampling layers (default kernels, stride 2) in float32 / bfloat16 against the float64
+    reference on the same rounded inputs and weights, within the dtype's tolerance."""
+    torch.manual_seed(0)
+    module = cls(16, 16).to(dtype)
+    x = torch.randn(2, 16, 6, 4).to(dtype)
+    reference = reference_strided if isinstance(module, StridedShiftedConv2d) else reference_transposed
+    expected = reference(x.double(), module.double())
+    assert_close(module.to(dtype)(x), expected, dtype)
 
 
 def test_phase_geometry_of_the_model_layers():
