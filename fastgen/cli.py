@@ -175,6 +175,9 @@ def _build_model(args, data):
         kwargs["n_classes"] = data.n_classes
     if args.model == "pixelcnnpp":
         kwargs["n_mixtures"] = PIXELCNNPP_MIXTURES
+        kwargs["architecture"] = args.architecture
+    elif args.architecture != "lite":
+        raise UsageError(f"--architecture: only pixelcnnpp has architectures, not {args.model}")
     if args.model == "pixelrnn":
         kwargs["kind"] = args.kind
     elif args.kind != "row":
@@ -281,6 +284,10 @@ def _train(args) -> int:
                  compile=args.compile)
     options = step_options(device, **speed)
     train_set, test_set = data.split(test_fraction=0.1, seed=args.seed)
+    if getattr(model, "architecture", None) == "full":  # openai's data-dependent init on a first batch
+        first = slice(0, args.batch_size)
+        model.data_dependent_init(train_set.pixels[first],
+                                  None if model.n_classes is None else train_set.labels[first])
     n_params = sum(p.numel() for p in model.parameters())
     images = f"{data.pixels.shape[1]}x{data.image_size[0]}x{data.image_size[1]}"
     if args.model == "dcgan":  # no held-out set: every image trains the GAN
@@ -388,8 +395,8 @@ def main(argv=None) -> int:
     train = sub.add_parser("train", help="train a PixelCNN, PixelRNN, VAE or DCGAN on digits or your images; save a "
                            "checkpoint and samples")
     train.add_argument("model", choices=[*TRAIN_DEFAULTS, *LATENT_DEFAULTS],
-                       help="PixelCNN, Gated PixelCNN, PixelCNN++-lite, PixelRNN (Row LSTM), VAE or DCGAN (digits "
-                       "at 8x8 as they are)")
+                       help="PixelCNN, Gated PixelCNN, PixelCNN++ (lite or full: --architecture), PixelRNN (Row "
+                       "LSTM), VAE or DCGAN (digits at 8x8 as they are)")
     train.add_argument("--data", default="digits", metavar="digits|PATH.npy|FOLDER",
                        help="scikit-learn's 8x8 digits (default), a .npy array of integer images ([N, H, W], "
                             "[N, H, W, C] or [N, C, H, W]) or a folder of PNG/JPEG images (one sub-folder per class "
@@ -418,6 +425,9 @@ def main(argv=None) -> int:
     train.add_argument("--r1-gamma", type=float, default=1.0, help="dcgan: R1 penalty weight on real images "
                        "(default: 1.0; 0: none)")
     train.add_argument("--conditional", action="store_true", help="condition on the class labels")
+    train.add_argument("--architecture", choices=["lite", "full"], default="lite",
+                       help="pixelcnnpp: one resolution (lite, the default) or openai's three resolutions with "
+                            "weight normalization and data-dependent init (full; H and W divisible by 4)")
     train.add_argument("--kind", choices=["row", "diagonal"], default="row",
                        help="pixelrnn: Row LSTM (the default) or Diagonal BiLSTM")
     train.add_argument("--samples", type=int, default=64, metavar="N", help="samples in the grid written after "

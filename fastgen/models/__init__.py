@@ -1,5 +1,6 @@
-"""The PixelCNN family and PixelRNN on fastgen's convolutions (PixelCNN, Gated PixelCNN, PixelCNN++-lite), a VAE on
-:func:`fastgen.reparameterize_kl` and a DCGAN on fastgen's GAN losses.
+"""The PixelCNN family and PixelRNN on fastgen's convolutions (PixelCNN, Gated PixelCNN, PixelCNN++ in its
+one-resolution "lite" and three-resolution "full" forms), a VAE on :func:`fastgen.reparameterize_kl` and a DCGAN on
+fastgen's GAN losses.
 
 >>> model = fastgen.models.PixelCNN(data_channels=1, levels=17, hidden_channels=32, n_layers=4)
 >>> logits = model(pixels)                      # pixels [B, 1, H, W] ints 0..16 -> logits [B, 17, 1, H, W]
