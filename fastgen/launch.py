@@ -72,7 +72,8 @@ class Kernel:
             self._runner = fn
             self._options = dict(config.all_kwargs())
         else:
-            self._runner = triton.autotune(configs=configs, key=list(key), reset_to_zero=list(reset_to_zero) or None)(fn)
+            self._runner = triton.autotune(configs=configs, key=list(key),
+                                           reset_to_zero=list(reset_to_zero) or None)(fn)
             self._options = {}
         self._options["warmup"] = False
 

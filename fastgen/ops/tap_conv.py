@@ -29,7 +29,8 @@ from fastgen.validation import check_choice, check_float_tensor, check_int, chec
 # Launch space. A GEMM program computes a [BLOCK_M pixels, BLOCK_N channels] tile and steps over the reduced
 # channels BLOCK_K at a time, for every live tap; the weight gradient tiles [BLOCK_C, BLOCK_O] and reduces
 # over pixels (BLOCK_M per step), split over programs until there are about MIN_PROGRAMS of them (four per SM
-# of an H100/H200). The tiles, warps and stages are triton.Configs, a small list per *class*: the math (16-bit
+# of an H100/H200; how the split sums reach the dense gradient: see the paths above MIN_PROGRAMS). The tiles,
+# warps and stages are triton.Configs, a small list per *class*: the math (16-bit
 # tensor cores "mma", float32 on TF32 tensor cores "tf32", exact float32 and float64 on FMA units "fma"), the
 # layout of the reduced channels ("nhwc": contiguous, the fast path; "nchw": anything else) and the shape
 # class of the channel counts. Each class is one autotuned launcher (fastgen.launch.Kernel: timed once per
@@ -140,6 +141,24 @@ def relu_class(kind: str, shape_class: str, math: str) -> str:
     return f"{top}x{top}"
 
 
+# The weight gradient's paths (weight_grad_path). Its kernel reduces a [BLOCK_C, BLOCK_O] tile over a range of
+# pixels and writes the dense [C_out, C_in, kh, kw] gradient itself (tap t at (t // kw, t % kw), the masked
+# centre channel pairs 0), so fp32 partial sums and a reduction pass remain only where they are needed:
+#   direct          one range (enough tiles to fill the GPU): stored in the gradient's dtype; programs of the same
+#                   launch write the bias gradient and the zeros of the dead taps: 1 launch
+#   atomic          several ranges, float32/float64: tl.atomic_add (relaxed) into the zero-filled gradients:
+#                   2 fills (weight, bias) + 1 launch
+#   atomic+unpack   several ranges, 16-bit (no 16-bit atomics): fp32 atomics into one zero-filled sum of the live
+#                   taps [n_taps, C_in, C_out] (+ [C_out]), which the unpack kernel casts and scatters: 3 launches
+#   partial+unpack  several ranges under torch.use_deterministic_algorithms (atomics add in a varying order, as
+#                   PyTorch's own nondeterministic kernels): the per-range partial sums [split, n_taps, C_in, C_out]
+#                   that the unpack kernel adds in a fixed order: 2 launches (the only path before)
+# Counted on CPU for the bench_tap_conv cases at their full shapes (launches made no-ops by fastgen.launch.dry_run
+# and counted; bytes from the buffer sizes): every case splits (3 to 128 ranges), so a backward now takes one
+# launch more (a zero fill: 4 with the input gradient, 3 without), and the partial sums, 0.3-44 MB written and
+# read back per call before, are gone in float32 and shrink to one fp32 sum of the live taps in 16-bit (0.01-15
+# MB; 3x3 B 128->128 at B=64: 33.8 MB -> 0 / 0.33 MB); the atomics add split x live taps x 4 B in L2 as
+# read-modify-writes. UNMEASURED on a GPU.
 MIN_PROGRAMS = 528
 MIN_STEPS_PER_SPLIT = 8  # pixel blocks each weight-gradient program reduces at least
 PACK_BLOCK = 32  # [32, 32] tiles of the weight pack/unpack kernels
@@ -478,8 +497,11 @@ class TapConv(torch.autograd.Function):
     weight.
 
     Forward: one kernel packs the live taps of the weight (masking the centre tap's channel groups), one
-    computes the output (bias included). Backward: one kernel for the input gradient, one for the partial
-    weight (and bias) gradients, one that adds the partials into the dense weight gradient. Without work to
+    computes the output (bias included). Backward: one kernel for the input gradient and one for the weight and
+    bias gradients, which writes the dense weight gradient itself when its reduction over pixels is not split; a
+    split reduction adds with atomics into zero-filled float32/float64 gradients (16-bit: into an fp32 sum that a
+    third kernel casts), or, under ``torch.use_deterministic_algorithms``, stores partial sums that a third kernel
+    adds in a fixed order (see :func:`weight_grad_path`). Without work to
     do (an empty tensor, no live tap as in a 1x1 mask A) the output is the bias and no kernel runs.
     Prefer :func:`fastgen.tap_conv2d`, which validates arguments and picks the backend.
     """
