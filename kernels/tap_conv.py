@@ -176,23 +176,22 @@ _WEIGHT_GRAD_TARGET_ARGS = ["window_taps", "centre", "groups", "strict", "interl
 
 
 @triton.jit
-def _write_weight_grad(GRAD_W, acc, tap, offs_c, offs_o, ok, c_in, c_out, kernel_w, centre, groups, strict,
-                       interleaved, atomic, split_offset, stride_wo, stride_wc, stride_wh, stride_ww,
-                       ACC: tl.constexpr):
+def _write_weight_grad(GRAD_W, acc, tap, offs_c, offs_o, ok, kernel_w, atomic, split_offset, stride_wo, stride_wc,
+                       stride_wh, stride_ww, ACC: tl.constexpr):
     """Writes the [BLOCK_C, BLOCK_O] tile ``acc`` of tap ``tap`` (a scalar, or [BLOCK_C, 1] with FOLD: each row
-    its own tap) at GRAD_W[o, c, tap // kernel_w, tap % kernel_w] (+ ``split_offset``), the masked pairs of the
-    centre tap 0: stored in GRAD_W's dtype, or with ``atomic`` added (fp32/fp64 targets only: no 16-bit
-    atomics) into a zeroed target, skipping the masked pairs."""
-    keep = (tap != centre) | _centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved)
-    target = (GRAD_W + split_offset + offs_o[None, :].to(tl.int64) * stride_wo + offs_c[:, None] * stride_wc
-              + (tap // kernel_w) * stride_wh + (tap % kernel_w) * stride_ww)
+    its own tap) at GRAD_W[o, c, tap // kernel_w, tap % kernel_w] (+ ``split_offset``): stored in GRAD_W's dtype,
+    or with ``atomic`` added (fp32/fp64 targets only: no 16-bit atomics) into a zeroed target. The offsets are
+    int32 (one split of GRAD_W holds fewer than 2**31 elements): int64 ones made the 128x128 16-bit tile spill."""
+    target = (GRAD_W + split_offset) + (offs_o[None, :] * stride_wo + offs_c[:, None] * stride_wc
+                                        + (tap // kernel_w) * stride_wh + (tap % kernel_w) * stride_ww)
+    value = acc.to(GRAD_W.dtype.element_ty)
     if GRAD_W.dtype.element_ty == ACC:  # compile-time: the atomic branch exists in accumulator-typed variants only
         if atomic != 0:
-            tl.atomic_add(target, acc, mask=ok & keep, sem="relaxed")
+            tl.atomic_add(target, value, mask=ok, sem="relaxed")
         else:
-            tl.store(target, tl.where(keep, acc, 0.0), mask=ok)
+            tl.store(target, value, mask=ok)
     else:
-        tl.store(target, tl.where(keep, acc, 0.0).to(GRAD_W.dtype.element_ty), mask=ok)
+        tl.store(target, value, mask=ok)
 
 
 @triton.jit(do_not_specialize=_TAP_SET_ARGS + ["pixels_per_split", "has_bias"] + _WEIGHT_GRAD_TARGET_ARGS)
@@ -227,7 +226,7 @@ def tap_conv_weight_grad_kernel(
     (launched with split 1 into the dense gradient): cdiv((window_taps - n_taps) * c_in, BLOCK_C) programs per
     output channel block, whose rows are the flattened k = tap * c_in + c of the dead taps."""
     pid_o = tl.program_id(0)
-    pid_tc = tl.program_id(1)  # tap * c_blocks + input channel block (FOLD: k block); the last one: the bias
+    pid_tc = tl.program_id(1)  # tap * c_blocks + input channel block (FOLD: k block); then the bias, the zero rows
     pid_s = tl.program_id(2)  # pixel split
     c_blocks = tl.cdiv(c_in, BLOCK_C)
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
@@ -263,8 +262,10 @@ def tap_conv_weight_grad_kernel(
                 g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                             + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
                 acc = _mma(xt, g, acc, UPCAST, PRECISION)
-            _write_weight_grad(GRAD_W, acc, tap[:, None], offs_c, offs_o, k_ok[:, None] & o_ok[None, :], c_in, c_out,
-                               kernel_w, centre, groups, strict, interleaved, atomic, pid_s.to(tl.int64) * stride_ws,
+            # the masked channel pairs of the centre tap's rows: 0 (stored; added as 0 into the zeroed sums)
+            live = (tap != centre)[:, None] | _centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved)
+            _write_weight_grad(GRAD_W, tl.where(live, acc, 0.0), tap[:, None], offs_c, offs_o,
+                               k_ok[:, None] & o_ok[None, :], kernel_w, atomic, pid_s.to(tl.int64) * stride_ws,
                                stride_wo, stride_wc, stride_wh, stride_ww, ACC)
         else:
             tap = pid_tc // c_blocks
@@ -287,9 +288,10 @@ def tap_conv_weight_grad_kernel(
                 g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                             + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
                 acc = _mma(xt, g, acc, UPCAST, PRECISION)
-            _write_weight_grad(GRAD_W, acc, tap, offs_c, offs_o, c_ok[:, None] & o_ok[None, :], c_in, c_out,
-                               kernel_w, centre, groups, strict, interleaved, atomic, pid_s.to(tl.int64) * stride_ws,
-                               stride_wo, stride_wc, stride_wh, stride_ww, ACC)
+            if tap == centre:  # its masked channel pairs: 0 (a per-element test on every tap took ~90 registers)
+                acc = tl.where(_centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved), acc, 0.0)
+            _write_weight_grad(GRAD_W, acc, tap, offs_c, offs_o, c_ok[:, None] & o_ok[None, :], kernel_w, atomic,
+                               pid_s.to(tl.int64) * stride_ws, stride_wo, stride_wc, stride_wh, stride_ww, ACC)
     elif pid_tc < gemm_programs + has_bias:
         # programs of their own: summing dY inside the GEMM loop pulled its tile into registers (+90 regs)
         bias = tl.zeros((BLOCK_O,), dtype=ACC)
@@ -300,22 +302,22 @@ def tap_conv_weight_grad_kernel(
             g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                         + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
             bias += tl.sum(g.to(ACC), axis=0)
-        target = GRAD_B + pid_s * stride_bs + offs_o
+        bias_target = GRAD_B + pid_s * stride_bs + offs_o
         if GRAD_B.dtype.element_ty == ACC:
             if atomic != 0:
-                tl.atomic_add(target, bias, mask=o_ok, sem="relaxed")
+                tl.atomic_add(bias_target, bias, mask=o_ok, sem="relaxed")
             else:
-                tl.store(target, bias, mask=o_ok)
+                tl.store(bias_target, bias, mask=o_ok)
         else:
-            tl.store(target, bias.to(GRAD_B.dtype.element_ty), mask=o_ok)
+            tl.store(bias_target, bias.to(GRAD_B.dtype.element_ty), mask=o_ok)
     else:  # the dead taps n_taps..window_taps-1 of the dense gradient, BLOCK_C of their (tap, channel) rows
-        ks = n_taps * c_in + (pid_tc - gemm_programs - has_bias) * BLOCK_C + tl.arange(0, BLOCK_C)
-        tap = ks // c_in
-        offs_c = ks - tap * c_in
-        target = (GRAD_W + offs_o[None, :].to(tl.int64) * stride_wo + offs_c[:, None] * stride_wc
-                  + (tap // kernel_w)[:, None] * stride_wh + (tap % kernel_w)[:, None] * stride_ww)
-        tl.store(target, tl.zeros((BLOCK_C, BLOCK_O), dtype=GRAD_W.dtype.element_ty),
-                 mask=(ks < window_taps * c_in)[:, None] & o_ok[None, :])
+        dead_k = n_taps * c_in + (pid_tc - gemm_programs - has_bias) * BLOCK_C + tl.arange(0, BLOCK_C)
+        dead_tap = dead_k // c_in
+        dead_c = dead_k - dead_tap * c_in
+        dead_target = GRAD_W + (offs_o[None, :] * stride_wo + dead_c[:, None] * stride_wc
+                                + (dead_tap // kernel_w)[:, None] * stride_wh + (dead_tap % kernel_w)[:, None] * stride_ww)
+        tl.store(dead_target, tl.zeros((BLOCK_C, BLOCK_O), dtype=GRAD_W.dtype.element_ty),
+                 mask=(dead_k < window_taps * c_in)[:, None] & o_ok[None, :])
 
 
 @triton.jit(do_not_specialize=["kernel_w", "centre", "groups", "strict", "interleaved"])

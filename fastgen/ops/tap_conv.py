@@ -417,6 +417,8 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     kernel = _launcher("weight_grad", math, layout, shape_class, relu_input)
     n_taps, fold = taps.n_taps, shape_class == "fold"
     kh, kw = taps.kernel_size
+    if grad_weight.numel() >= 2 ** 31:  # the kernel's offsets into the gradient are int32
+        raise ValueError(f"weight must have fewer than 2**31 elements, got shape {tuple(grad_weight.shape)}")
     path = weight_grad_path(split, x.dtype)
     grad_bias = partial = bias_partial = None
     zero_rows = path == "direct"  # programs writing the dead taps' zeros (the other paths' targets hold them)
