@@ -1075,3 +1075,40 @@ def test_weight_grad_path_choice():
         assert op.weight_grad_path(4, torch.float32) == op.weight_grad_path(4, torch.bfloat16) == "partial+unpack"
     finally:
         torch.use_deterministic_algorithms(deterministic)
+
+
+def test_weight_grad_tuning_resets_the_atomic_targets(monkeypatch):
+    """On a GPU a class with several configs is tuned by running each on the real arguments: the atomic paths add
+    into GRAD_W/GRAD_B, so the tuned launcher zeroes them before each timed run and after the last one
+    (triton.autotune's reset_to_zero); the GEMM launchers, which only store, reset nothing."""
+    monkeypatch.setattr(op, "interpreting", lambda: False)  # the tuned launchers (the interpreter takes one config)
+    op._launcher.cache_clear()
+    try:
+        kernel = op._launcher("weight_grad", "mma", "nhwc", "wide")
+        assert len(kernel._runner.configs) == len(op.WEIGHT_GRAD_CONFIGS["mma", "nhwc"]["wide"]) > 1
+        assert kernel._runner.reset_to_zero == ["GRAD_W", "GRAD_B"]
+        assert op._launcher("gemm", "mma", "nhwc", "wide")._runner.reset_to_zero == []
+        # relu_input launches one config: straight through Triton's JIT, nothing to tune
+        assert op._launcher("weight_grad", "mma", "nhwc", "wide", True)._runner is \
+            op.kernels.tap_conv_weight_grad_kernel
+    finally:
+        monkeypatch.undo()
+        op._launcher.cache_clear()
+
+
+def test_weight_grad_targets_are_compiled():
+    """The compile check builds each weight-gradient config for every target dtype it is launched with: the
+    gradient's dtype (direct store; float32/float64 atomics and partial sums too) and, for 16-bit inputs, the fp32
+    sums of the split paths; the target's strides are never specialized (one variant per target dtype)."""
+    targets = {}
+    for launch in op.kernel_launches():
+        if launch.kernel == "tap_conv_weight_grad_kernel":
+            signature = dict(launch.signature)
+            key = (signature["X"], launch.constexprs, launch.num_warps, launch.num_stages)
+            targets.setdefault(key, set()).add((signature["GRAD_W"], signature["GRAD_B"]))
+            assert all(signature[name] == "i32" for name in op.kernels._WEIGHT_GRAD_TARGET_ARGS)
+            assert not set(launch.divisible) & set(op.kernels._WEIGHT_GRAD_TARGET_ARGS)
+    assert targets
+    for (x, *_), found in targets.items():
+        expected = {(x, x)} | ({("*fp32", "*fp32")} if x in ("*fp16", "*bf16") else set())
+        assert found == expected, (x, found)
