@@ -11,9 +11,10 @@ groups already masked (RGB PixelCNN), so the forward and input-gradient loops ca
 The weight gradient is reduced over pixels, split over ``split`` ranges of them when there are too few tiles
 to fill the GPU, and its epilogue writes the dense [C_out, C_in, kh, kw] layout itself (the masked centre pairs
 0): with one range it stores the tile in the gradient's dtype, and programs of the same launch write the zeros of
-the dead taps; with several it adds into a zeroed fp32/fp64 target with ``tl.atomic_add``, or (deterministic
-mode) stores fp32 partial sums [split, n_taps, C_in, C_out] that ``tap_conv_unpack_grad_kernel`` adds, masks and
-scatters into the dense layout (zeros at dead taps).
+the dead taps; with several it adds with ``tl.atomic_add`` into the zero-filled gradient (float32/float64) or,
+for 16-bit, into a zero-filled fp32 sum of the live taps [1, n_taps, C_in, C_out], or (deterministic mode) stores
+partial sums [split, n_taps, C_in, C_out] in ACC; ``tap_conv_unpack_grad_kernel`` adds those sums, masks, casts
+and scatters them into the dense layout (zeros at dead taps).
 
 GEMM view (M = B*H*W pixels):
 * forward      Y[m, o]  = sum_t sum_c X[m + shift_t, c] * P[t, c, o]       (tap_conv_gemm_kernel)

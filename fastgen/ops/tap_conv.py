@@ -158,7 +158,12 @@ def relu_class(kind: str, shape_class: str, math: str) -> str:
 # launch more (a zero fill: 4 with the input gradient, 3 without), and the partial sums, 0.3-44 MB written and
 # read back per call before, are gone in float32 and shrink to one fp32 sum of the live taps in 16-bit (0.01-15
 # MB; 3x3 B 128->128 at B=64: 33.8 MB -> 0 / 0.33 MB); the atomics add split x live taps x 4 B in L2 as
-# read-modify-writes. UNMEASURED on a GPU.
+# read-modify-writes. UNMEASURED on a GPU. Compiled (sm_90, sm_80): 103 weight-gradient variants (the 16-bit
+# ones twice: into the 16-bit gradient and into the fp32 sums), 0 spill bytes; the atomic epilogue costs registers:
+# at most 254 (sm_80 16-bit 128x128 into fp32, 165 before; sm_90 TF32 128x128 relu_input), 16-bit direct stores
+# at most 201 (sm_90), float64 119. Adding the tile's even and odd columns one after the other (tl.split) took 224
+# on sm_80, but the interpreter's tl.atomic_add of split halves adds wrong values (a 4x16 check; tl.store of the
+# same halves is right), so that form could not be checked on CPU and is not used.
 MIN_PROGRAMS = 528
 MIN_STEPS_PER_SPLIT = 8  # pixel blocks each weight-gradient program reduces at least
 PACK_BLOCK = 32  # [32, 32] tiles of the weight pack/unpack kernels
