@@ -366,7 +366,7 @@ def _weight_grad_plan(n_pixels: int, c_in: int, c_out: int, n_taps: int, math: s
 def weight_grad_path(split: int, dtype: torch.dtype) -> str:
     """How the weight gradient's reduction over ``split`` pixel ranges reaches the dense gradient of ``dtype``:
     "direct" (one range: the kernel stores the tiles and the zeros of the dead taps, one launch), "atomic"
-    (fp32 atomics straight into the zeroed gradient, float32/float64), "atomic+unpack" (16-bit: fp32 atomics
+    (float32/float64: atomics in that dtype straight into the zeroed gradient), "atomic+unpack" (16-bit: fp32 atomics
     into a zeroed [n_taps, C_in, C_out] sum, which the unpack kernel casts and scatters) or "partial+unpack"
     (under ``torch.use_deterministic_algorithms``: per-range partial sums added in a fixed order by the unpack
     kernel; atomics add in a varying order, as PyTorch's own nondeterministic kernels do)."""
