@@ -56,10 +56,14 @@ class Kernel:
 
     ``key``: the argument names that select a configuration when the kernel has several (``triton.autotune``'s
     key); unused with one configuration. ``configs``: only for kernels outside the ops (benchmark probes); an
-    op's kernels take theirs from their family's registration (:mod:`fastgen.registry`).
+    op's kernels take theirs from their family's registration (:mod:`fastgen.registry`). ``reset_to_zero``:
+    tensor arguments the kernel accumulates into (atomics), which tuning zeroes before each timed run and after
+    the last one, so the launch that follows adds into zeros (``triton.autotune``'s reset_to_zero); unused with
+    one configuration.
     """
 
-    def __init__(self, fn, key: list[str] | tuple[str, ...] = (), configs: list[triton.Config] | None = None):
+    def __init__(self, fn, key: list[str] | tuple[str, ...] = (), configs: list[triton.Config] | None = None,
+                 reset_to_zero: list[str] | tuple[str, ...] = ()):
         self.fn = fn
         self.name = kernel_name(fn)
         configs = configs_for(fn) if configs is None else configs
@@ -68,7 +72,8 @@ class Kernel:
             self._runner = fn
             self._options = dict(config.all_kwargs())
         else:
-            self._runner = triton.autotune(configs=configs, key=list(key))(fn)
+            self._runner = triton.autotune(configs=configs, key=list(key),
+                                           reset_to_zero=list(reset_to_zero) or None)(fn)
             self._options = {}
         self._options["warmup"] = False
 

@@ -8,8 +8,13 @@ kernel loops over exactly those: a dead tap is never loaded, multiplied or diffe
 The weight reaches the GEMM kernels *packed*: P [n_taps, C_in, C_out] contiguous, written by
 ``tap_conv_pack_weight_kernel`` from the dense [C_out, C_in, kh, kw] parameter with the centre tap's channel
 groups already masked (RGB PixelCNN), so the forward and input-gradient loops carry no mask logic at all.
-The weight gradient is reduced over pixels in ``split`` partial sums, which ``tap_conv_unpack_grad_kernel``
-adds, masks and scatters back into the dense layout (zeros at dead taps).
+The weight gradient is reduced over pixels, split over ``split`` ranges of them when there are too few tiles
+to fill the GPU, and its epilogue writes the dense [C_out, C_in, kh, kw] layout itself (the masked centre pairs
+0): with one range it stores the tile in the gradient's dtype, and programs of the same launch write the zeros of
+the dead taps; with several it adds with ``tl.atomic_add`` into the zero-filled gradient (float32/float64) or,
+for 16-bit, into a zero-filled fp32 sum of the live taps [1, n_taps, C_in, C_out], or (deterministic mode) stores
+partial sums [split, n_taps, C_in, C_out] in ACC; ``tap_conv_unpack_grad_kernel`` adds those sums, masks, casts
+and scatters them into the dense layout (zeros at dead taps).
 
 GEMM view (M = B*H*W pixels):
 * forward      Y[m, o]  = sum_t sum_c X[m + shift_t, c] * P[t, c, o]       (tap_conv_gemm_kernel)
@@ -22,7 +27,7 @@ input layer): a channel block is at least 16 wide (tl.dot's minimum), so at C_in
 would multiply 13 padding channels. The FOLD variants reduce instead over the flattened k = t * C_in + c in
 [0, n_taps * C_in), BLOCK_K (BLOCK_C) at a time, each column of the forward's X tile (each row of the weight
 gradient's) gathering its own tap's shift: P [n_taps, C_in, C_out] is the contiguous [n_taps * C_in, C_out], and
-the weight gradient's partial sums [split, n_taps * C_in, C_out] the same memory as [split, n_taps, C_in, C_out]:
+the weight gradient's tile rows k address the dense gradient at tap k // C_in, channel k % C_in:
 * forward      Y[m, o]  = sum_k X[m + shift_(k // C_in), k % C_in] * P[k, o]
 * weight grad  dP[k, o] = sum_m X[m + shift_(k // C_in), k % C_in] * dY[m, o]
 The input gradient of such a layer (C_in outputs) is not folded: an input layer's pixels need no gradient.
@@ -165,18 +170,49 @@ def tap_conv_gemm_kernel(
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit(do_not_specialize=_TAP_SET_ARGS + ["pixels_per_split", "has_bias"])
+# The weight gradient's target arguments are not specialized either: one compiled variant per target dtype
+# serves the dense gradient (contiguous or channels-last), the partial sums and every split.
+_WEIGHT_GRAD_TARGET_ARGS = ["window_taps", "centre", "groups", "strict", "interleaved", "atomic", "stride_ws",
+                            "stride_bs", "stride_wo", "stride_wc", "stride_wh", "stride_ww"]
+
+
+@triton.jit
+def _write_weight_grad(GRAD_W, acc, tap, offs_c, offs_o, ok, kernel_w, atomic, split_offset, stride_wo, stride_wc,
+                       stride_wh, stride_ww, ACC: tl.constexpr):
+    """Writes the [BLOCK_C, BLOCK_O] tile ``acc`` of tap ``tap`` (a scalar, or [BLOCK_C, 1] with FOLD: each row
+    its own tap) at GRAD_W[o, c, tap // kernel_w, tap % kernel_w] (+ ``split_offset``): stored in GRAD_W's dtype,
+    or with ``atomic`` added (fp32/fp64 targets only: no 16-bit atomics) into a zeroed target. The offsets are
+    int32 (one split of GRAD_W holds fewer than 2**31 elements): int64 ones made the 128x128 16-bit tile spill."""
+    target = (GRAD_W + split_offset) + (offs_o[None, :] * stride_wo + offs_c[:, None] * stride_wc
+                                        + (tap // kernel_w) * stride_wh + (tap % kernel_w) * stride_ww)
+    value = acc.to(GRAD_W.dtype.element_ty)
+    if GRAD_W.dtype.element_ty == ACC:  # compile-time: the atomic branch exists in accumulator-typed variants only
+        if atomic != 0:
+            tl.atomic_add(target, value, mask=ok, sem="relaxed")
+        else:
+            tl.store(target, value, mask=ok)
+    else:
+        tl.store(target, value, mask=ok)
+
+
+@triton.jit(do_not_specialize=_TAP_SET_ARGS + ["pixels_per_split", "has_bias"] + _WEIGHT_GRAD_TARGET_ARGS)
 def tap_conv_weight_grad_kernel(
     X,  # input [B, C_in, H, W]
     GRAD_Y,  # output gradient [B, C_out, H, W]
-    PARTIAL,  # partial weight gradients [split, n_taps, C_in, C_out] (= [split, n_taps * C_in, C_out]), ACC, written
-    BIAS_PARTIAL,  # partial bias gradients [split, C_out] in ACC (written when has_bias)
+    GRAD_W,  # written: the dense weight gradient [C_out, C_in, kh, kw], or in ACC the partial sums (see the strides)
+    GRAD_B,  # written when has_bias: the bias gradient [C_out], or in ACC the partial sums [split, C_out]
     n_pixels, height, width, c_in, c_out,
     n_taps, kernel_w, pad_top, pad_left,
     pixels_per_split,  # a multiple of BLOCK_M
-    has_bias,  # 1: the last row of programs sums the bias gradient (a runtime flag)
+    has_bias,  # 1: a row of programs after the GEMM ones sums the bias gradient (a runtime flag)
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_gb, stride_gc, stride_gh, stride_gw,
+    window_taps,  # kh * kw: rows of programs after the bias row (if launched) write 0 at taps n_taps..window_taps-1
+    centre, groups, strict, interleaved,  # the channel-group masked tap (-1: none) and its rule: written 0
+    atomic,  # 1: tl.atomic_add into the zeroed ACC target (a split reduction); 0: store
+    stride_ws, stride_bs,  # GRAD_W's and GRAD_B's offsets per split (0: one sum, or atomic)
+    stride_wo, stride_wc, stride_wh, stride_ww,  # GRAD_W's strides (partial sums [split, n_taps, C_in, C_out]:
+    # 1, C_out, kernel_w * C_in * C_out, C_in * C_out, so that tap t is at (t // kernel_w, t % kernel_w))
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
@@ -186,10 +222,12 @@ def tap_conv_weight_grad_kernel(
     BLOCK_M: tl.constexpr,  # pixels per step
     FOLD: tl.constexpr = False,  # small C_in: the tile's rows are k = tap * c_in + c, each row its own shift
 ):
-    """Grid (output channel blocks, n_taps * input channel blocks (+1 with has_bias), split); with FOLD
-    (output channel blocks, cdiv(n_taps * c_in, BLOCK_C) (+1 with has_bias), split)."""
+    """Grid (output channel blocks, n_taps * input channel blocks (+1 with has_bias) (+ zero rows), split); with
+    FOLD (output channel blocks, cdiv(n_taps * c_in, BLOCK_C) (+1 with has_bias) (+ zero rows), split). Zero rows
+    (launched with split 1 into the dense gradient): cdiv((window_taps - n_taps) * c_in, BLOCK_C) programs per
+    output channel block, whose rows are the flattened k = tap * c_in + c of the dead taps."""
     pid_o = tl.program_id(0)
-    pid_tc = tl.program_id(1)  # tap * c_blocks + input channel block (FOLD: k block); the last one: the bias
+    pid_tc = tl.program_id(1)  # tap * c_blocks + input channel block (FOLD: k block); then the bias, the zero rows
     pid_s = tl.program_id(2)  # pixel split
     c_blocks = tl.cdiv(c_in, BLOCK_C)
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
@@ -225,8 +263,11 @@ def tap_conv_weight_grad_kernel(
                 g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                             + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
                 acc = _mma(xt, g, acc, UPCAST, PRECISION)
-            tile = (pid_s * n_k + ks)[:, None].to(tl.int64) * c_out + offs_o[None, :]  # [split, n_k, C_out]
-            tl.store(PARTIAL + tile, acc, mask=k_ok[:, None] & o_ok[None, :])
+            # the masked channel pairs of the centre tap's rows: 0 (stored; added as 0 into the zeroed sums)
+            live = (tap != centre)[:, None] | _centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved)
+            _write_weight_grad(GRAD_W, tl.where(live, acc, 0.0), tap[:, None], offs_c, offs_o,
+                               k_ok[:, None] & o_ok[None, :], kernel_w, atomic, pid_s.to(tl.int64) * stride_ws,
+                               stride_wo, stride_wc, stride_wh, stride_ww, ACC)
         else:
             tap = pid_tc // c_blocks
             offs_c = (pid_tc - tap * c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -248,9 +289,11 @@ def tap_conv_weight_grad_kernel(
                 g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                             + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
                 acc = _mma(xt, g, acc, UPCAST, PRECISION)
-            tile = ((pid_s * n_taps + tap) * c_in + offs_c)[:, None].to(tl.int64) * c_out + offs_o[None, :]
-            tl.store(PARTIAL + tile, acc, mask=c_ok[:, None] & o_ok[None, :])
-    elif has_bias != 0:
+            if tap == centre:  # its masked channel pairs: 0 (a per-element test on every tap took ~90 registers)
+                acc = tl.where(_centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved), acc, 0.0)
+            _write_weight_grad(GRAD_W, acc, tap, offs_c, offs_o, c_ok[:, None] & o_ok[None, :], kernel_w, atomic,
+                               pid_s.to(tl.int64) * stride_ws, stride_wo, stride_wc, stride_wh, stride_ww, ACC)
+    elif pid_tc < gemm_programs + has_bias:
         # programs of their own: summing dY inside the GEMM loop pulled its tile into registers (+90 regs)
         bias = tl.zeros((BLOCK_O,), dtype=ACC)
         for m0 in range(start, end, BLOCK_M):
@@ -260,7 +303,22 @@ def tap_conv_weight_grad_kernel(
             g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                         + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
             bias += tl.sum(g.to(ACC), axis=0)
-        tl.store(BIAS_PARTIAL + pid_s * c_out + offs_o, bias, mask=o_ok)
+        bias_target = GRAD_B + pid_s * stride_bs + offs_o
+        if GRAD_B.dtype.element_ty == ACC:
+            if atomic != 0:
+                tl.atomic_add(bias_target, bias, mask=o_ok, sem="relaxed")
+            else:
+                tl.store(bias_target, bias, mask=o_ok)
+        else:
+            tl.store(bias_target, bias.to(GRAD_B.dtype.element_ty), mask=o_ok)
+    else:  # the dead taps n_taps..window_taps-1 of the dense gradient, BLOCK_C of their (tap, channel) rows
+        dead_k = n_taps * c_in + (pid_tc - gemm_programs - has_bias) * BLOCK_C + tl.arange(0, BLOCK_C)
+        dead_tap = dead_k // c_in
+        dead_c = dead_k - dead_tap * c_in
+        dead_target = GRAD_W + (offs_o[None, :] * stride_wo + dead_c[:, None] * stride_wc
+                                + (dead_tap // kernel_w)[:, None] * stride_wh + (dead_tap % kernel_w)[:, None] * stride_ww)
+        tl.store(dead_target, tl.zeros((BLOCK_C, BLOCK_O), dtype=GRAD_W.dtype.element_ty),
+                 mask=(dead_k < window_taps * c_in)[:, None] & o_ok[None, :])
 
 
 @triton.jit(do_not_specialize=["kernel_w", "centre", "groups", "strict", "interleaved"])

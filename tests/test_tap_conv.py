@@ -935,3 +935,180 @@ def test_every_fold_config_computes_the_convolution(device, monkeypatch, kind, c
     and channel tiles left partial (7x7 mask A, RGB: 24 taps x 3 channels)."""
     check_with_forced_configs(device, monkeypatch, kind, lambda classes: dict(classes, fold=[config]),
                               masks.masked(7, "A", 3), 3, 69)
+
+
+# ---------------------------------------------------------------------------------------------- issue 12: weight-grad paths
+# The weight gradient reaches the dense [C_out, C_in, kh, kw] gradient without fp32 partial sums where it can: one
+# pixel range stores straight from the kernel ("direct"), several add with fp32/fp64 atomics ("atomic"; 16-bit:
+# into a zeroed fp32 sum that the unpack kernel casts, "atomic+unpack"), and under
+# torch.use_deterministic_algorithms per-range partial sums are added by the unpack kernel ("partial+unpack").
+# The cases: contiguous and interleaved RGB groups at the centre tap (masked pairs), mask A and B, dead taps,
+# the FOLD class (C_in < 16) and the others, NCHW and channels-last, partial channel tiles.
+WEIGHT_GRAD_CASES = {  # (taps, C_in, C_out, (batch, H, W), channels-last)
+    "3x3 B rgb contiguous 18->21": (masks.masked(3, "B", 3), 18, 21, (2, 5, 7), False),
+    "5x5 A rgb interleaved 17->20 channels-last": (masks.masked(5, "A", 3, "interleaved"), 17, 20, (2, 6, 5), True),
+    "7x7 A rgb C_in=3 (fold) channels-last": (masks.masked(7, "A", 3), 3, 12, (2, 6, 7), True),
+    "3x3 B rgb interleaved C_in=4 (fold)": (masks.masked(3, "B", 3, "interleaved"), 4, 7, (2, 5, 6), False),
+    "down_shifted 2x3 1->9 (fold)": (masks.down_shifted((2, 3)), 1, 9, (2, 5, 4), False),
+}
+WEIGHT_GRAD_PATHS = ("direct", "atomic", "deterministic")
+
+
+@contextlib.contextmanager
+def weight_grad_path(monkeypatch, path):
+    """Forces the weight gradient's pixel split (1 range for "direct", one range per pixel block otherwise),
+    the deterministic mode for "deterministic", and yields the list of paths the launches took. Every weight
+    gradient buffer handed to the op is filled with nan first, so an entry the kernels leave unwritten fails."""
+    taken = []
+    real_path, real_weight_grad = op.weight_grad_path, op.weight_grad
+    monkeypatch.setattr(op, "MIN_STEPS_PER_SPLIT", 10 ** 9 if path == "direct" else 1)
+    monkeypatch.setattr(op, "MIN_PROGRAMS", 1 if path == "direct" else 10 ** 6)
+    monkeypatch.setattr(op, "weight_grad_path", lambda *args: taken.append(real_path(*args)) or taken[-1])
+    monkeypatch.setattr(op, "weight_grad", lambda x, grad_y, taps, grad_weight, *rest: real_weight_grad(
+        x, grad_y, taps, grad_weight.fill_(float("nan")), *rest))
+    op._weight_grad_plan.cache_clear()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(path == "deterministic")
+    try:
+        yield taken
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        monkeypatch.undo()
+        op._weight_grad_plan.cache_clear()
+
+
+def _expected_paths(path, dtype):
+    if path == "direct":
+        return {"direct"}
+    if path == "deterministic":
+        return {"partial+unpack"}
+    return {"atomic" if dtype in (torch.float32, torch.float64) else "atomic+unpack"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("path", WEIGHT_GRAD_PATHS)
+@pytest.mark.parametrize("case", WEIGHT_GRAD_CASES)
+def test_weight_grad_paths(device, monkeypatch, case, path, dtype):
+    """Each path's weight and bias gradients (and the rest of the convolution) against the float64 reference
+    with the file's tolerances; dead taps and masked centre pairs exactly 0 (check_against_reference) in a
+    gradient buffer that held nan before the backward."""
+    taps, c_in, c_out, (batch, height, width), channels_last = WEIGHT_GRAD_CASES[case]
+    x, w, b = conv_inputs(taps, batch, height, width, c_in, c_out, dtype, device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with weight_grad_path(monkeypatch, path) as taken:
+        check_against_reference(x, w, b, taps, dtype)
+    assert set(taken) == _expected_paths(path, dtype)
+
+
+@pytest.mark.parametrize("path", WEIGHT_GRAD_PATHS)
+def test_weight_grad_paths_split(monkeypatch, path):
+    """The forced split: one range for "direct", else several (one per pixel block, the last one partial)."""
+    with weight_grad_path(monkeypatch, path):
+        shape_class, split, per_split = op._weight_grad_plan(2 * 5 * 7, 18, 21, 5, "fma32", "nchw")
+    assert shape_class == "32x32" and split * per_split >= 70
+    assert split == 1 if path == "direct" else (split > 1 and (split - 1) * per_split < 70)
+
+
+@pytest.mark.parametrize("path", WEIGHT_GRAD_PATHS)
+@pytest.mark.parametrize("case", ["3x3 B rgb contiguous 18->21", "3x3 B rgb interleaved C_in=4 (fold)"])
+def test_weight_grad_paths_gradcheck_float64(device, monkeypatch, case, path):
+    """gradcheck of every path, FOLD and not; atomics add in a varying order on a GPU: nondet_tol covers the
+    last bits of float64 sums there (the interpreter runs programs in order)."""
+    taps, c_in, c_out, _, _ = WEIGHT_GRAD_CASES[case]
+    x, w, b = conv_inputs(taps, 2, 3, 4, c_in, c_out, torch.float64, device)
+    inputs = tuple(t.requires_grad_() for t in (x, w, b))
+    with weight_grad_path(monkeypatch, path) as taken:
+        assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps), inputs, fast_mode=True,
+                                        nondet_tol=1e-12 if path == "atomic" else 0.0)
+    assert set(taken) == _expected_paths(path, torch.float64)
+
+
+@pytest.mark.parametrize("path", WEIGHT_GRAD_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_weight_grad_path_launches(device, monkeypatch, path, dtype):
+    """Launches of one weight (and bias) gradient, counted as the benchmarks count them (every Triton launch
+    and every ATen op that starts a kernel on a GPU): direct 1 (no partial sums, no unpack); atomic 3 (zero
+    fills of the weight and bias gradients, the kernel), 16-bit 3 (one zero fill of the fp32 sums, the kernel,
+    the unpack); deterministic 2 (the kernel, the unpack). Without a bias the float32 atomic path takes 2."""
+    from fastgen.benchmarks.harness import count_launches
+
+    taps = masks.masked(3, "B", 3)
+    x, _, _ = conv_inputs(taps, 2, 5, 7, 18, 21, dtype, device)
+    grad_y = make((2, 21, 5, 7), dtype, device, "grad_y")
+    expected = {"direct": 1, "deterministic": 2, "atomic": 3}[path]
+    weight_grad = op.weight_grad  # not the test's nan-filling wrapper
+    with weight_grad_path(monkeypatch, path):
+        for has_bias in (True, False):
+            grad_weight = torch.empty((21, 18, 3, 3), dtype=dtype, device=device)
+            launches = count_launches(lambda: weight_grad(x, grad_y, taps, grad_weight, has_bias))[0]
+            fewer = path == "atomic" and dtype == torch.float32 and not has_bias  # no bias gradient to zero
+            assert launches == expected - fewer, (has_bias, launches)
+
+
+def test_weight_grad_empty_inputs(device, monkeypatch):
+    """Without pixels (batch 0) or without a live tap the weight gradient is 0 and the bias gradient the sum of
+    grad_y (here 0) on every path; no kernel runs."""
+    for path in WEIGHT_GRAD_PATHS:
+        for taps, batch in ((masks.masked(3, "B", 3), 0), (masks.masked(1, "A"), 2)):
+            k = taps.kernel_size[0]
+            x = torch.zeros((batch, 6, 4, 5), device=device, requires_grad=True)
+            w = torch.randn((9, 6, k, k), device=device, requires_grad=True)
+            b = torch.randn(9, device=device, requires_grad=True)
+            with weight_grad_path(monkeypatch, path) as taken:
+                y = fastgen.tap_conv2d(x, w, b, taps)
+                grad_w, grad_b = torch.autograd.grad(y, (w, b), torch.ones_like(y))
+            assert not taken and (grad_w == 0).all() and grad_w.shape == w.shape
+            assert_close(grad_b, torch.full((9,), float(batch * 20), dtype=torch.float64), torch.float32)
+
+
+def test_weight_grad_path_choice():
+    """One range: direct; several: atomics whose gradient dtype is the accumulator's (float32, float64), fp32
+    sums then the unpack for 16-bit; partial sums under torch.use_deterministic_algorithms."""
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        assert op.weight_grad_path(1, dtype) == "direct"
+        assert op.weight_grad_path(4, dtype) == ("atomic" if dtype.itemsize > 2 else "atomic+unpack")
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert op.weight_grad_path(1, torch.float32) == "direct"
+        assert op.weight_grad_path(4, torch.float32) == op.weight_grad_path(4, torch.bfloat16) == "partial+unpack"
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def test_weight_grad_tuning_resets_the_atomic_targets(monkeypatch):
+    """On a GPU a class with several configs is tuned by running each on the real arguments: the atomic paths add
+    into GRAD_W/GRAD_B, so the tuned launcher zeroes them before each timed run and after the last one
+    (triton.autotune's reset_to_zero); the GEMM launchers, which only store, reset nothing."""
+    monkeypatch.setattr(op, "interpreting", lambda: False)  # the tuned launchers (the interpreter takes one config)
+    op._launcher.cache_clear()
+    try:
+        kernel = op._launcher("weight_grad", "mma", "nhwc", "wide")
+        assert len(kernel._runner.configs) == len(op.WEIGHT_GRAD_CONFIGS["mma", "nhwc"]["wide"]) > 1
+        assert kernel._runner.reset_to_zero == ["GRAD_W", "GRAD_B"]
+        assert op._launcher("gemm", "mma", "nhwc", "wide")._runner.reset_to_zero == []
+        # relu_input launches one config: straight through Triton's JIT, nothing to tune
+        assert op._launcher("weight_grad", "mma", "nhwc", "wide", True)._runner is \
+            op.kernels.tap_conv_weight_grad_kernel
+    finally:
+        monkeypatch.undo()
+        op._launcher.cache_clear()
+
+
+def test_weight_grad_targets_are_compiled():
+    """The compile check builds each weight-gradient config for every target dtype it is launched with: the
+    gradient's dtype (direct store; float32/float64 atomics and partial sums too) and, for 16-bit inputs, the fp32
+    sums of the split paths; the target's strides are never specialized (one variant per target dtype)."""
+    targets = {}
+    for launch in op.kernel_launches():
+        if launch.kernel == "tap_conv_weight_grad_kernel":
+            signature = dict(launch.signature)
+            key = (signature["X"], launch.constexprs, launch.num_warps, launch.num_stages)
+            targets.setdefault(key, set()).add((signature["GRAD_W"], signature["GRAD_B"]))
+            assert all(signature[name] == "i32" for name in op.kernels._WEIGHT_GRAD_TARGET_ARGS)
+            assert not set(launch.divisible) & set(op.kernels._WEIGHT_GRAD_TARGET_ARGS)
+    assert targets
+    for (x, *_), found in targets.items():
+        expected = {(x, x)} | ({("*fp32", "*fp32")} if x in ("*fp16", "*bf16") else set())
+        assert found == expected, (x, found)

@@ -29,7 +29,8 @@ from fastgen.validation import check_choice, check_float_tensor, check_int, chec
 # Launch space. A GEMM program computes a [BLOCK_M pixels, BLOCK_N channels] tile and steps over the reduced
 # channels BLOCK_K at a time, for every live tap; the weight gradient tiles [BLOCK_C, BLOCK_O] and reduces
 # over pixels (BLOCK_M per step), split over programs until there are about MIN_PROGRAMS of them (four per SM
-# of an H100/H200). The tiles, warps and stages are triton.Configs, a small list per *class*: the math (16-bit
+# of an H100/H200; how the split sums reach the dense gradient: see the paths above MIN_PROGRAMS). The tiles,
+# warps and stages are triton.Configs, a small list per *class*: the math (16-bit
 # tensor cores "mma", float32 on TF32 tensor cores "tf32", exact float32 and float64 on FMA units "fma"), the
 # layout of the reduced channels ("nhwc": contiguous, the fast path; "nchw": anything else) and the shape
 # class of the channel counts. Each class is one autotuned launcher (fastgen.launch.Kernel: timed once per
@@ -140,6 +141,29 @@ def relu_class(kind: str, shape_class: str, math: str) -> str:
     return f"{top}x{top}"
 
 
+# The weight gradient's paths (weight_grad_path). Its kernel reduces a [BLOCK_C, BLOCK_O] tile over a range of
+# pixels and writes the dense [C_out, C_in, kh, kw] gradient itself (tap t at (t // kw, t % kw), the masked
+# centre channel pairs 0), so fp32 partial sums and a reduction pass remain only where they are needed:
+#   direct          one range (enough tiles to fill the GPU): stored in the gradient's dtype; programs of the same
+#                   launch write the bias gradient and the zeros of the dead taps: 1 launch
+#   atomic          several ranges, float32/float64: tl.atomic_add (relaxed) into the zero-filled gradients:
+#                   2 fills (weight, bias) + 1 launch
+#   atomic+unpack   several ranges, 16-bit (no 16-bit atomics): fp32 atomics into one zero-filled sum of the live
+#                   taps [n_taps, C_in, C_out] (+ [C_out]), which the unpack kernel casts and scatters: 3 launches
+#   partial+unpack  several ranges under torch.use_deterministic_algorithms (atomics add in a varying order, as
+#                   PyTorch's own nondeterministic kernels): the per-range partial sums [split, n_taps, C_in, C_out]
+#                   that the unpack kernel adds in a fixed order: 2 launches (the only path before)
+# Counted on CPU for the bench_tap_conv cases at their full shapes (launches made no-ops by fastgen.launch.dry_run
+# and counted; bytes from the buffer sizes): every case splits (3 to 128 ranges), so a backward now takes one
+# launch more (a zero fill: 4 with the input gradient, 3 without), and the partial sums, 0.3-44 MB written and
+# read back per call before, are gone in float32 and shrink to one fp32 sum of the live taps in 16-bit (0.01-15
+# MB; 3x3 B 128->128 at B=64: 33.8 MB -> 0 / 0.33 MB); the atomics add split x live taps x 4 B in L2 as
+# read-modify-writes. UNMEASURED on a GPU. Compiled (sm_90, sm_80): 103 weight-gradient variants (the 16-bit
+# ones twice: into the 16-bit gradient and into the fp32 sums), 0 spill bytes; the atomic epilogue costs registers:
+# at most 254 (sm_80 16-bit 128x128 into fp32, 165 before; sm_90 TF32 128x128 relu_input), 16-bit direct stores
+# at most 201 (sm_90), float64 119. Adding the tile's even and odd columns one after the other (tl.split) took 224
+# on sm_80, but the interpreter's tl.atomic_add of split halves adds wrong values (a 4x16 check; tl.store of the
+# same halves is right), so that form could not be checked on CPU and is not used.
 MIN_PROGRAMS = 528
 MIN_STEPS_PER_SPLIT = 8  # pixel blocks each weight-gradient program reduces at least
 PACK_BLOCK = 32  # [32, 32] tiles of the weight pack/unpack kernels
@@ -169,6 +193,8 @@ _pack_kernel = Kernel(kernels.tap_conv_pack_weight_kernel, key=[])
 _unpack_kernel = Kernel(kernels.tap_conv_unpack_grad_kernel, key=[])
 # autotune keys: the exact channel counts (and the pass); the tensors' dtypes are part of every key
 _KEYS = {"gemm": ["n_red", "n_out", "BACKWARD", "RELU_INPUT"], "weight_grad": ["c_in", "c_out", "RELU_INPUT"]}
+# the weight gradient's atomic paths add into their targets: zeroed again around each timed run of a tuning
+_RESET_TO_ZERO = {"weight_grad": ["GRAD_W", "GRAD_B"]}
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,10 +203,12 @@ def _launcher(kind: str, math: str, layout: str, shape_class: str, relu_input: b
     with ``relu_input`` the one config of :func:`relu_class`."""
     fn, table = ((kernels.tap_conv_gemm_kernel, GEMM_CONFIGS) if kind == "gemm"
                  else (kernels.tap_conv_weight_grad_kernel, WEIGHT_GRAD_CONFIGS))
+    reset = _RESET_TO_ZERO.get(kind, ())
     if relu_input:
-        return Kernel(fn, key=_KEYS[kind], configs=table[math, layout][relu_class(kind, shape_class, math)][:1])
+        return Kernel(fn, key=_KEYS[kind], configs=table[math, layout][relu_class(kind, shape_class, math)][:1],
+                      reset_to_zero=reset)
     configs = table[math, layout][shape_class]
-    return Kernel(fn, key=_KEYS[kind], configs=configs[:1] if interpreting() else configs)
+    return Kernel(fn, key=_KEYS[kind], configs=configs[:1] if interpreting() else configs, reset_to_zero=reset)
 
 
 FOLD_BELOW = 16  # reduced channels below which the forward and the weight gradient fold the taps into k
@@ -335,10 +363,55 @@ def _weight_grad_plan(n_pixels: int, c_in: int, c_out: int, n_taps: int, math: s
     return (shape_class, *weight_grad_split(n_pixels, n_tiles, step))
 
 
+def weight_grad_path(split: int, dtype: torch.dtype) -> str:
+    """How the weight gradient's reduction over ``split`` pixel ranges reaches the dense gradient of ``dtype``:
+    "direct" (one range: the kernel stores the tiles and the zeros of the dead taps, one launch), "atomic"
+    (float32/float64: atomics in that dtype straight into the zeroed gradient), "atomic+unpack" (16-bit: fp32 atomics
+    into a zeroed [n_taps, C_in, C_out] sum, which the unpack kernel casts and scatters) or "partial+unpack"
+    (under ``torch.use_deterministic_algorithms``: per-range partial sums added in a fixed order by the unpack
+    kernel; atomics add in a varying order, as PyTorch's own nondeterministic kernels do)."""
+    if split == 1:
+        return "direct"
+    if torch.are_deterministic_algorithms_enabled():
+        return "partial+unpack"
+    return "atomic" if compute_dtype(dtype) == dtype else "atomic+unpack"
+
+
+def _aligned(n: int) -> int:
+    """``n`` elements rounded up to 16 (so that a view starting there is 16-byte aligned, as Triton compiles)."""
+    return cdiv(n, 16) * 16
+
+
+def _unpack(partial: torch.Tensor, bias_partial: torch.Tensor, taps: TapSet, grad_weight: torch.Tensor,
+            has_bias: bool) -> torch.Tensor | None:
+    """Adds the partial sums [split, n_taps, C_in, C_out] (and [split, C_out]) into ``grad_weight`` (masked,
+    zeros at the dead taps); returns the bias gradient (or None)."""
+    split, _, c_in, c_out = partial.shape
+    grad_bias = torch.empty(c_out, dtype=grad_weight.dtype, device=grad_weight.device) if has_bias else None
+    kw = taps.kernel_size[1]
+    grid = (cdiv(c_out, PACK_BLOCK), cdiv(c_in, PACK_BLOCK), taps.kernel_size[0] * kw)
+    _unpack_kernel[grid](
+        partial, bias_partial, grad_weight, grad_bias if has_bias else grad_weight,
+        split, taps.n_taps, c_in, c_out, kw, *_group_args(taps), *grad_weight.stride(),
+        HAS_BIAS=has_bias, ACC=tl_compute_dtype(grad_weight.dtype), BLOCK_C=PACK_BLOCK, BLOCK_O=PACK_BLOCK,
+    )
+    return grad_bias
+
+
+def _partial_strides(n_taps: int, c_in: int, c_out: int, kernel_w: int) -> tuple[int, ...]:
+    """(stride_ws, stride_wo, stride_wc, stride_wh, stride_ww) of partial sums [split, n_taps, C_in, C_out] as
+    the kernel addresses them (tap t at (t // kernel_w, t % kernel_w))."""
+    per_tap = c_in * c_out
+    return n_taps * per_tap, 1, c_out, kernel_w * per_tap, per_tap
+
+
 def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight: torch.Tensor,
                 has_bias: bool, relu_input: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Writes the dense weight's gradient into ``grad_weight`` (zero at dead taps and masked channel pairs);
-    returns it with the bias gradient (or None). ``relu_input``: the forward convolved relu(x)."""
+    returns it with the bias gradient (or None). ``relu_input``: the forward convolved relu(x). The path
+    (:func:`weight_grad_path`) follows the split of the plan: 1 launch (direct), 2-3 (atomic: zero fills of
+    the gradients, then the kernel), 3 (16-bit atomic: one zero fill, the kernel, the unpack) or 2
+    (deterministic: the kernel, the unpack)."""
     batch, c_in, height, width = x.shape
     c_out = grad_y.shape[1]
     n_pixels = batch * height * width
@@ -347,29 +420,49 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
     math, layout = _weight_grad_math(x.dtype, tf32), _layout(x)
     shape_class, split, per_split = _weight_grad_plan(n_pixels, c_in, c_out, taps.n_taps, math, layout, relu_input)
     kernel = _launcher("weight_grad", math, layout, shape_class, relu_input)
-    partial = torch.empty((split, taps.n_taps, c_in, c_out), dtype=acc_dtype, device=x.device)
-    bias_partial = torch.empty((split, c_out) if has_bias else (0,), dtype=acc_dtype, device=x.device)
     n_taps, fold = taps.n_taps, shape_class == "fold"
+    kh, kw = taps.kernel_size
+    if grad_weight.numel() >= 2 ** 31:  # the kernel's offsets into the gradient are int32
+        raise ValueError(f"weight must have fewer than 2**31 elements, got shape {tuple(grad_weight.shape)}")
+    path = weight_grad_path(split, x.dtype)
+    grad_bias = partial = bias_partial = None
+    zero_rows = path == "direct"  # programs writing the dead taps' zeros (the other paths' targets hold them)
+    if path in ("direct", "atomic"):  # the kernel writes the dense gradients
+        if path == "atomic":
+            grad_weight.zero_()
+        grad_bias = (torch.empty if path == "direct" else torch.zeros)(c_out, dtype=x.dtype, device=x.device) \
+            if has_bias else None
+        target, target_bias = grad_weight, grad_bias if has_bias else grad_weight
+        strides = (0, *grad_weight.stride())
+    else:  # partial sums in ACC: one (atomic: zeroed, bias and weight in one fill) or one per split
+        n_sums = 1 if path == "atomic+unpack" else split
+        offset = _aligned(n_sums * c_out)
+        sums = (torch.zeros if path == "atomic+unpack" else torch.empty)(
+            offset + n_sums * n_taps * c_in * c_out, dtype=acc_dtype, device=x.device)
+        bias_partial = sums[:n_sums * c_out].view(n_sums, c_out)
+        partial = sums[offset:].view(n_sums, n_taps, c_in, c_out)
+        target, target_bias = partial, bias_partial
+        strides = _partial_strides(n_taps, c_in, c_out, kw)
+        if path == "atomic+unpack":
+            strides = (0, *strides[1:])
+    atomic = path.startswith("atomic")
 
-    def grid(meta):  # (output channel blocks, (tap, channel) blocks or with FOLD blocks of k (+1: bias), split)
+    def grid(meta):  # (output channel blocks, (tap, channel) blocks or with FOLD blocks of k (+1: bias) (+ the
+        # dead taps' zero rows), split)
         rows = cdiv(n_taps * c_in, meta["BLOCK_C"]) if fold else n_taps * cdiv(c_in, meta["BLOCK_C"])
-        return cdiv(c_out, meta["BLOCK_O"]), rows + has_bias, split
+        zeros = cdiv((kh * kw - n_taps) * c_in, meta["BLOCK_C"]) if zero_rows else 0
+        return cdiv(c_out, meta["BLOCK_O"]), rows + has_bias + zeros, split
 
     kernel[grid](
-        x, grad_y, partial, bias_partial,
+        x, grad_y, target, target_bias,
         n_pixels, height, width, c_in, c_out, *_tap_args(taps), per_split, int(has_bias),
         *x.stride(), *grad_y.stride(),
+        kh * kw, *_group_args(taps), int(atomic), strides[0], 0 if atomic else c_out, *strides[1:],
         UPCAST=_upcast(x.dtype), PRECISION="tf32" if tf32 else "ieee", ACC=tl_compute_dtype(x.dtype),
         RELU_INPUT=relu_input, FOLD=fold,
     )
-    grad_bias = torch.empty(c_out, dtype=x.dtype, device=x.device) if has_bias else None
-    kh, kw = taps.kernel_size
-    grid = (cdiv(c_out, PACK_BLOCK), cdiv(c_in, PACK_BLOCK), kh * kw)
-    _unpack_kernel[grid](
-        partial, bias_partial, grad_weight, grad_bias if has_bias else grad_weight,
-        split, taps.n_taps, c_in, c_out, kw, *_group_args(taps), *grad_weight.stride(),
-        HAS_BIAS=has_bias, ACC=tl_compute_dtype(x.dtype), BLOCK_C=PACK_BLOCK, BLOCK_O=PACK_BLOCK,
-    )
+    if partial is not None:
+        grad_bias = _unpack(partial, bias_partial, taps, grad_weight, has_bias)
     return grad_weight, grad_bias
 
 
@@ -411,8 +504,11 @@ class TapConv(torch.autograd.Function):
     weight.
 
     Forward: one kernel packs the live taps of the weight (masking the centre tap's channel groups), one
-    computes the output (bias included). Backward: one kernel for the input gradient, one for the partial
-    weight (and bias) gradients, one that adds the partials into the dense weight gradient. Without work to
+    computes the output (bias included). Backward: one kernel for the input gradient and one for the weight and
+    bias gradients, which writes the dense weight gradient itself when its reduction over pixels is not split; a
+    split reduction adds with atomics into zero-filled float32/float64 gradients (16-bit: into an fp32 sum that a
+    third kernel casts), or, under ``torch.use_deterministic_algorithms``, stores partial sums that a third kernel
+    adds in a fixed order (see :func:`weight_grad_path`). Without work to
     do (an empty tensor, no live tap as in a 1x1 mask A) the output is the bias and no kernel runs.
     Prefer :func:`fastgen.tap_conv2d`, which validates arguments and picks the backend.
     """
@@ -705,12 +801,20 @@ def kernel_launches():
                                              tensor_cores=tensor_cores, **hints)
             kernel = kernels.tap_conv_weight_grad_kernel
             wmath = math if tensor_cores else f"fma{dtype.itemsize * 8}"
-            for relu, layout, fold in itertools.product((False, True), layouts, (False, True)):
+            # the target's dtype: the gradient's (direct store; float32/float64 atomics too) and, for 16-bit,
+            # the fp32 sums of the split paths (atomic and deterministic): two compiled variants
+            targets = (dtype,) if acc == dtype else (dtype, acc)
+            for relu, layout, fold, target in itertools.product((False, True), layouts, (False, True), targets):
                 hints = _layout_hints(kernel, layout)
+                # the target's strides are not specialized (_WEIGHT_GRAD_TARGET_ARGS): only the activations'
+                hints = dict(hints, **{key: tuple(n for n in hints[key] if n not in kernels._WEIGHT_GRAD_TARGET_ARGS)
+                                       for key in ("ones", "divisible")})
                 if fold:
                     hints["divisible"] = tuple(n for n in hints["divisible"] if n != "c_in")
+                if target != dtype:
+                    hints["variant"] += " into " + str(target).removeprefix("torch.")
                 for config in _class_configs(WEIGHT_GRAD_CONFIGS, wmath, layout, relu, fold):
-                    yield KernelLaunch.build(kernel, dtype, {"PARTIAL": acc, "BIAS_PARTIAL": acc},
+                    yield KernelLaunch.build(kernel, dtype, {"GRAD_W": target, "GRAD_B": target},
                                              constexprs=dict(common, RELU_INPUT=relu, **config.kwargs, FOLD=fold),
                                              num_warps=config.num_warps, num_stages=config.num_stages,
                                              tensor_cores=tensor_cores, **hints)
