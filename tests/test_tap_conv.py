@@ -75,26 +75,28 @@ def _assert_within_tf32(actual, expected, bound, msg):
     assert (error <= allowed).all(), f"{msg}: error {(error - allowed).max().item():.3g} above the TF32 bound"
 
 
-def check_against_reference(x, w, b, taps, dtype, tf32=False, relu_input=False):
+def check_against_reference(x, w, b, taps, dtype, tf32=False, input_activation=None):
     """Output and the gradients of x, weight and bias (grad_output random) against the float64 reference
-    (of the convolution of relu(x) with ``relu_input``).
+    (of the convolution of relu(x) or concat_elu(x) with ``input_activation``).
 
     ``tf32``: float32 multiplied on TF32 tensor cores: within the TF32 bound of each value instead of float32's
     tolerance (under the interpreter, which multiplies exactly either way, this holds trivially; on a GPU it
     checks the TF32 kernels)."""
     leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
-    y = fastgen.tap_conv2d(x, w, b, taps, relu_input=relu_input)
+    y = fastgen.tap_conv2d(x, w, b, taps, input_activation=input_activation)
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     x64, w64 = leaves64[:2]
     b64 = leaves64[2] if b is not None else None
-    y_ref = ref.tap_conv2d(x64, w64, b64, taps, relu_input=relu_input)
+    y_ref = ref.tap_conv2d(x64, w64, b64, taps, input_activation=input_activation)
     assert y.dtype == dtype and y.shape == y_ref.shape
     grad_y = make(y.shape, dtype, y.device, "grad_y")  # rounded to dtype, then the same values in float64
     grads = torch.autograd.grad(y, leaves, grad_y)
     grads_ref = torch.autograd.grad(y_ref, leaves64, grad_y.double())
     if tf32:  # the same sums over |x|, |w| and |grad_y|: the scale of each value's TF32 error
         abs64 = [t.detach().abs().requires_grad_() for t in leaves64[:2]]
-        y_abs = ref.tap_conv2d(*abs64, None, taps)
+        # |relu(x)| <= |x| and |elu(+-x)| <= |x|, |elu'| <= 1: the sums over |x| bound the activation's too
+        abs_x = torch.cat([abs64[0]] * 2, 1) if input_activation == "concat_elu" else abs64[0]
+        y_abs = ref.tap_conv2d(abs_x, abs64[1], None, taps)
         bounds = (y_abs, *torch.autograd.grad(y_abs, abs64, grad_y.double().abs()), torch.zeros_like(y_ref[0, :, 0, 0]))
         _assert_within_tf32(y, y_ref, bounds[0], "output")
     else:
@@ -398,14 +400,17 @@ def test_bf16_interpreter_upcast():
 
 def test_launch_space_covers_the_heuristics():
     """Every config of every class the launchers pick is a configuration the compile check builds, with the
-    precision (TF32 or exact) of its math, with and without relu_input (RELU_INPUT: one config per class)."""
+    precision (TF32 or exact) of its math, with and without an input activation (INPUT_ACT: one config per
+    class)."""
     def launch_key(kernel, dtype_name, constexprs, num_warps, num_stages):
         return (kernel, dtype_name, tuple(sorted((k, str(v)) for k, v in constexprs.items() if k.startswith("BLOCK")
-                                                 or k in ("PRECISION", "BACKWARD", "RELU_INPUT", "FOLD"))), num_warps,
+                                                 or k in ("PRECISION", "BACKWARD", "INPUT_ACT", "FOLD"))), num_warps,
                 num_stages)
 
-    def configs(table, kind, math, layout, shape_class, relu):  # what the launcher of the class takes
-        return table[math, layout][op.relu_class(kind, shape_class, math)][:1] if relu else table[math, layout][shape_class]
+    def configs(table, kind, math, layout, shape_class, activation):  # what the launcher of the class takes
+        if activation is None:
+            return table[math, layout][shape_class]
+        return table[math, layout][op.activation_class(kind, shape_class, math, activation)][:1]
 
     launched = {launch_key(l.kernel, l.signature[0][1], dict(l.constexprs), l.num_warps, l.num_stages)
                 for l in op.kernel_launches()}
@@ -415,20 +420,20 @@ def test_launch_space_covers_the_heuristics():
         math = op.math_of(dtype, tf32)
         precision = "tf32" if math == "tf32" else "ieee"
         for backward, (n_red, n_out) in ((False, (c_in, c_out)), (True, (c_out, c_in))):
-            for relu in (False, True):
+            for act, activation in enumerate(op.INPUT_ACTIVATIONS):
                 shape_class = op.gemm_class(n_red, n_out, backward)
-                for config in configs(op.GEMM_CONFIGS, "gemm", math, layout, shape_class, relu):
+                for config in configs(op.GEMM_CONFIGS, "gemm", math, layout, shape_class, activation):
                     key = launch_key("tap_conv_gemm_kernel", names[dtype],
-                                     dict(config.kwargs, PRECISION=precision, BACKWARD=backward, RELU_INPUT=relu,
+                                     dict(config.kwargs, PRECISION=precision, BACKWARD=backward, INPUT_ACT=act,
                                           FOLD=shape_class == "fold"),
                                      config.num_warps, config.num_stages)
                     assert key in launched, key
         wmath = op._weight_grad_math(dtype, tf32)
-        for relu in (False, True):
+        for act, activation in enumerate(op.INPUT_ACTIVATIONS):
             shape_class = op.weight_grad_class(c_in, c_out, wmath)
-            for config in configs(op.WEIGHT_GRAD_CONFIGS, "weight_grad", wmath, layout, shape_class, relu):
+            for config in configs(op.WEIGHT_GRAD_CONFIGS, "weight_grad", wmath, layout, shape_class, activation):
                 key = launch_key("tap_conv_weight_grad_kernel", names[dtype],
-                                 dict(config.kwargs, PRECISION=precision, RELU_INPUT=relu, FOLD=shape_class == "fold"),
+                                 dict(config.kwargs, PRECISION=precision, INPUT_ACT=act, FOLD=shape_class == "fold"),
                                  config.num_warps, config.num_stages)
                 assert key in launched, key
 
@@ -630,14 +635,18 @@ def _taps_args(taps):
     return list(taps.kernel_size), list(taps.padding), taps.n_taps, taps.groups, taps.strict, taps.interleaved
 
 
-@pytest.mark.parametrize("case,relu_input", [(c, False) for c in OPCHECK_CASES]
-                         + [(c, True) for c in ("mask A RGB", "horizontal B RGB channels-last", "1x1 mask A: no live tap")],
+@pytest.mark.parametrize("case,input_activation", [(c, None) for c in OPCHECK_CASES]
+                         + [(c, "relu") for c in ("mask A RGB", "horizontal B RGB channels-last", "1x1 mask A: no live tap")]
+                         + [(c, "concat_elu") for c in ("mask B channels-last, no bias", "down-shifted channels-last weight, "
+                                                        "weight only", "1x1 mask A: no live tap")],
                          ids=str)
-def test_custom_ops_pass_opcheck(case, relu_input, device):
+def test_custom_ops_pass_opcheck(case, input_activation, device):
     from library_checks import check_opcheck
 
     taps, bias, x_last, w_last, x_grad, batch = OPCHECK_CASES[case]
     x, w, b = conv_inputs(taps, batch, 3, 4, 3, 6, torch.float32, device, bias)
+    if input_activation == "concat_elu":  # 2 * 3 input channels: elu(x)'s and elu(-x)'s
+        w = torch.cat([w, -0.5 * w], 1)
     if x_last:
         x = x.to(memory_format=torch.channels_last)
     if w_last:
@@ -645,13 +654,13 @@ def test_custom_ops_pass_opcheck(case, relu_input, device):
     x.requires_grad_(x_grad)
     w.requires_grad_()
     b = None if b is None else b.requires_grad_()
-    check_opcheck(torch.ops.fastgen.tap_conv2d.default, x, w, b, *_taps_args(taps), relu_input)
+    check_opcheck(torch.ops.fastgen.tap_conv2d.default, x, w, b, *_taps_args(taps), input_activation)
     # the backward op on its own, with the forward's packed weight
     y, packed = torch.ops.fastgen.tap_conv2d(x.detach(), w.detach(), None if b is None else b.detach(),
-                                             *_taps_args(taps), relu_input)
+                                             *_taps_args(taps), input_activation)
     grad_y = make(y.shape, torch.float32, device, "grad_y").to(memory_format=torch.channels_last)
     check_opcheck(torch.ops.fastgen.tap_conv2d_backward.default, grad_y, x.detach(), packed, list(w.shape), w_last,
-                  *_taps_args(taps), bias, x_grad, True, relu_input)
+                  *_taps_args(taps), bias, x_grad, True, input_activation)
 
 
 def test_compiles_without_graph_breaks(device):
@@ -718,7 +727,7 @@ def test_reference_backend_compiles_without_graph_breaks(device):
                         b)
 
 
-# ---------------------------------------------------------------------------------------------- issue 13: relu_input
+# ---------------------------------------------------------------------------------------------- issue 13: relu input
 def relu_inputs(x):
     """x with exact zeros (+0 and -0) and negatives: where relu and its gradient have their edge cases."""
     x = x.detach().clone()
@@ -736,16 +745,16 @@ RELU_CASES = [(3, "B", 3, 18, 21), (5, "A", 1, 6, 9), (1, "B", 3, 12, 6)]  # (k,
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("k,mask_type,data_channels,c_in,c_out", RELU_CASES, ids=str)
 def test_relu_input(device, dtype, k, mask_type, data_channels, c_in, c_out):
-    """tap_conv2d(x, ..., relu_input=True) is the convolution of F.relu(x): values and all three gradients
+    """tap_conv2d(x, ..., input_activation="relu") is the convolution of F.relu(x): values and all three gradients
     (x's is F.relu's: 0 where x <= 0) against the float64 reference of F.relu then conv."""
     taps = masks.masked(k, mask_type, data_channels)
     x, w, b = conv_inputs(taps, 2, 5, 6, c_in, c_out, dtype, device)
     x = relu_inputs(x)
     assert (x == 0).any() and (x < 0).any()
-    y, grads = check_against_reference(x, w, b, taps, dtype, relu_input=True)
+    y, grads = check_against_reference(x, w, b, taps, dtype, input_activation="relu")
     assert (grads[0][x.detach() <= 0] == 0).all()  # exactly zero, not just small
     # masked_conv2d forwards the flag; without it the result is different (the relu did something)
-    dense = fastgen.masked_conv2d(x.detach(), w.detach(), b.detach(), mask_type, data_channels, relu_input=True)
+    dense = fastgen.masked_conv2d(x.detach(), w.detach(), b.detach(), mask_type, data_channels, input_activation="relu")
     assert torch.equal(dense, y.detach())
     assert not torch.equal(fastgen.tap_conv2d(x.detach(), w.detach(), b.detach(), taps), dense)
 
@@ -756,7 +765,7 @@ def test_relu_input_gradcheck_float64(device, taps):
     x, w, b = conv_inputs(taps, 2, 3, 4, 3, 6, torch.float64, device)
     x = torch.where(x.abs() < 1e-3, 0.5, x)  # away from relu's kink, where finite differences are wrong
     inputs = tuple(t.requires_grad_() for t in (x, w, b))
-    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps, relu_input=True), inputs,
+    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps, input_activation="relu"), inputs,
                                     fast_mode=True)
 
 
@@ -771,7 +780,7 @@ def test_relu_input_strided(device, layout):
         x = x.to(memory_format=torch.channels_last)
     else:
         x = torch.cat([x, -x], dim=3)[..., ::2]  # every other column of a wider tensor
-    y, grads = check_against_reference(x, w, b, taps, dtype, relu_input=True)
+    y, grads = check_against_reference(x, w, b, taps, dtype, input_activation="relu")
     if layout.startswith("channels_last"):
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert grads[0].is_contiguous(memory_format=torch.channels_last)
@@ -780,7 +789,7 @@ def test_relu_input_strided(device, layout):
 def test_relu_input_non_finite(device):
     """nan and inf in x: relu keeps nan (it reaches the outputs whose live taps read it, not the others), maps
     -inf to 0 and keeps inf; x's gradient is F.relu's: passed where x is nan or inf, 0 at -inf. nan and inf in
-    the masked-out weight taps change nothing, with relu_input too."""
+    the masked-out weight taps change nothing, with the relu input too."""
     taps = masks.masked(3, "B", 3)
     x, w, b = conv_inputs(taps, 2, 5, 6, 6, 6, torch.float64, device)
     x = relu_inputs(x)
@@ -790,7 +799,7 @@ def test_relu_input_non_finite(device):
     poisoned[dead] = float("nan")
     grad_y = make((2, 6, 5, 6), torch.float64, device, "relu non-finite grad_y")
     leaves = [t.detach().clone().requires_grad_() for t in (x, poisoned, b)]
-    y = fastgen.tap_conv2d(*leaves, taps, relu_input=True)
+    y = fastgen.tap_conv2d(*leaves, taps, input_activation="relu")
     grad_x, grad_w, grad_b = torch.autograd.grad(y, leaves, grad_y)
     # which outputs read a non-finite relu(x) through a live tap, any channel (the centre tap's masked channel
     # pairs are zeros in the packed weight, and 0 * nan is nan): the convolution of the indicator with ones
@@ -803,13 +812,13 @@ def test_relu_input_non_finite(device):
     # elsewhere: finite, the finite reference's (the non-finite pixels are not read there through a live tap;
     # the reference's own output is nan there too, from 0 * nan at the dead taps)
     finite_x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    expected = ref.tap_conv2d(finite_x, w, b, taps, relu_input=True)
+    expected = ref.tap_conv2d(finite_x, w, b, taps, input_activation="relu")
     keep = ~(nan_reach | inf_reach)
     assert torch.isfinite(y[keep]).all()
     assert_close(y.detach()[keep], expected[keep], torch.float64)
     # x's gradient: relu's backward on the finite input-gradient of the convolution (no nan in w's live taps)
     x64 = x.detach().clone().requires_grad_()
-    (expected_grad_x,) = torch.autograd.grad(ref.tap_conv2d(x64, w, b, taps, relu_input=True), x64, grad_y)
+    (expected_grad_x,) = torch.autograd.grad(ref.tap_conv2d(x64, w, b, taps, input_activation="relu"), x64, grad_y)
     assert torch.isfinite(expected_grad_x).all() and torch.isfinite(grad_x).all()
     assert_close(grad_x, expected_grad_x, torch.float64)
     assert grad_x[0, 1, 2, 3] != 0 and grad_x[1, 4, 1, 1] != 0  # nan and inf pass the gradient
@@ -817,7 +826,7 @@ def test_relu_input_non_finite(device):
     # the weight and bias gradients: the reference's, non-finite where a live tap read a nan / inf
     leaves_ref = [t.detach().clone().requires_grad_() for t in (x, poisoned, b)]
     with fastgen.use_backend("reference"):
-        y_ref = fastgen.tap_conv2d(*leaves_ref, taps, relu_input=True)
+        y_ref = fastgen.tap_conv2d(*leaves_ref, taps, input_activation="relu")
     grads_ref = torch.autograd.grad(y_ref, leaves_ref, grad_y)
     for got, want in zip((grad_x, grad_w, grad_b), grads_ref):
         assert torch.equal(torch.isnan(got), torch.isnan(want))
@@ -831,7 +840,7 @@ def test_relu_input_without_work(device):
     for taps, batch in ((masks.masked(1, "A"), 2), (masks.masked(3, "B", 3), 0)):
         x, w, b = conv_inputs(taps, batch, 3, 4, 3, 6, torch.float32, device)
         leaves = [t.requires_grad_() for t in (x, w, b)]
-        y = fastgen.tap_conv2d(*leaves, taps, relu_input=True)
+        y = fastgen.tap_conv2d(*leaves, taps, input_activation="relu")
         torch.testing.assert_close(y, b.detach().view(1, 6, 1, 1).expand(y.shape))
         grad_x, grad_w, grad_b = torch.autograd.grad(y.sum(), leaves)
         assert grad_x.shape == x.shape and (grad_x == 0).all() and (grad_w == 0).all()
@@ -839,17 +848,17 @@ def test_relu_input_without_work(device):
 
 
 def test_relu_input_module_and_compile(device):
-    """TapConv2d.forward(x, relu_input=True) is conv(relu(x)); compiled with fullgraph=True (the custom ops),
+    """TapConv2d.forward(x, input_activation="relu") is conv(relu(x)); compiled with fullgraph=True (the custom ops),
     it gives the eager values and gradients."""
     from library_checks import check_fullgraph
 
     conv = fastgen.nn.MaskedConv2d(6, 6, 3, "B", data_channels=3).to(device)
     x = relu_inputs(make((1, 6, 3, 4), torch.float32, device, "relu module x")).to(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert torch.equal(conv(x, relu_input=True), conv(F.relu(x)))
+        assert torch.equal(conv(x, input_activation="relu"), conv(F.relu(x)))
         with fastgen.use_backend("reference"):
-            assert_close(conv(x, relu_input=True), conv(F.relu(x)).double(), torch.float32)
-    check_fullgraph(lambda x, w, b: fastgen.masked_conv2d(x, w, b, "B", 3, relu_input=True),
+            assert_close(conv(x, input_activation="relu"), conv(F.relu(x)).double(), torch.float32)
+    check_fullgraph(lambda x, w, b: fastgen.masked_conv2d(x, w, b, "B", 3, input_activation="relu"),
                     x.requires_grad_(), conv.weight, conv.bias)
 
 
@@ -865,29 +874,30 @@ FOLD_CASES = {
 }
 
 
-@pytest.mark.parametrize("layout,relu_input", [("nchw", False), ("channels_last", False), ("nchw", True),
-                                               ("channels_last", True)], ids=str)
+@pytest.mark.parametrize("layout,input_activation", [("nchw", None), ("channels_last", None), ("nchw", "relu"),
+                                                     ("channels_last", "relu")], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", FOLD_CASES)
-def test_small_c_in_fold(device, case, dtype, layout, relu_input):
+def test_small_c_in_fold(device, case, dtype, layout, input_activation):
     """The FOLD variants (forward, weight and bias gradients) against the float64 reference; x's gradient
     (the unfolded input-gradient kernel) too."""
     taps, c_in, c_out, (batch, height, width) = FOLD_CASES[case]
     x, w, b = conv_inputs(taps, batch, height, width, c_in, c_out, dtype, device)
-    if relu_input:
+    if input_activation:
         x = relu_inputs(x)
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
-    check_against_reference(x, w, b, taps, dtype, relu_input=relu_input)
+    check_against_reference(x, w, b, taps, dtype, input_activation=input_activation)
 
 
-@pytest.mark.parametrize("relu_input", [False, True])
-def test_small_c_in_fold_gradcheck_float64(device, relu_input):
+@pytest.mark.parametrize("input_activation", [None, "relu"])
+def test_small_c_in_fold_gradcheck_float64(device, input_activation):
     taps = masks.masked(5, "A", 3)
     x, w, b = conv_inputs(taps, 2, 3, 4, 3, 6, torch.float64, device)
     x = torch.where(x.abs() < 1e-3, 0.5, x)  # away from relu's kink
     inputs = tuple(t.requires_grad_() for t in (x, w, b))
-    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps, relu_input=relu_input),
+    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps,
+                                                                       input_activation=input_activation),
                                     inputs, fast_mode=True)
 
 
