@@ -40,7 +40,8 @@ without storing it:
                (each X tile loaded once, two tl.dot against the two weight halves; FOLD alike)
   input grad   dX[m, c] = elu'(x) G1[m, c] - elu'(-x) G2[m, c],  G1/G2 = sum_t sum_o dY[m - shift_t, o] W1/W2[t, c, o]
                (two accumulators, combined in the epilogue with the GATE tile x; elu'(z) = exp(z) for z <= 0,
-               else 1, as torch's elu backward: a nan x passes the gradient, -inf gives 0)
+               else 1: torch's elu_backward as CUDA defines it, where a nan x passes the gradient (torch's
+               vectorized CPU kernel gives nan there), and exp(-inf) = 0)
   weight grad  the tile's rows c < C_x reduce elu(X[., c]) tiles, rows C_x + c reduce elu(-X[., c]) tiles.
   elu(z) = z for z > 0, else exp(z) - 1 (F.elu with alpha 1; nan stays nan), computed in ACC, rounded to x's dtype
   before the tl.dot as F.elu's output would be.
@@ -79,10 +80,18 @@ def _mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _elu(z, ACC: tl.constexpr):
-    """F.elu(z) (alpha 1) in z's dtype, computed in ACC: z for z > 0, else exp(z) - 1 (nan stays nan)."""
+def _elu(z, negate, ACC: tl.constexpr, UPCAST: tl.constexpr):
+    """F.elu(-z if negate else z) (alpha 1; ``negate`` a bool or a tile of them) in z's dtype, computed in ACC:
+    the value for values > 0, else exp(value) - 1 (nan stays nan). The negation too is done in ACC (the
+    interpreter negates bfloat16 as integers). With UPCAST (bfloat16 under the interpreter, whose float32 ->
+    bfloat16 conversion truncates instead of rounding to nearest) the result stays in ACC: _mma multiplies in
+    float32 there anyway."""
     zc = z.to(ACC)
-    return tl.where(zc > 0, zc, tl.exp(zc) - 1.0).to(z.dtype)
+    zc = tl.where(negate, -zc, zc)
+    zc = tl.where(zc > 0, zc, tl.exp(zc) - 1.0)
+    if UPCAST:
+        return zc
+    return zc.to(z.dtype)
 
 
 @triton.jit
@@ -97,14 +106,14 @@ def _x_channel(offs_c, c_in, INPUT_ACT: tl.constexpr):
 
 
 @triton.jit
-def _input_activation(xt, negated, INPUT_ACT: tl.constexpr, ACC: tl.constexpr):
+def _input_activation(xt, negated, INPUT_ACT: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
     """The weight gradient's [BLOCK_C, BLOCK_M] tile of the forward's convolved input: x (INPUT_ACT 0),
     relu(x) (1: nan kept) or, with concat_elu (2), elu(x) on the rows of x's channels and elu(-x) on the
     ``negated`` rows of -x's."""
     if INPUT_ACT == 1:
         xt = tl.where(xt < 0, 0.0, xt)
     elif INPUT_ACT == 2:
-        xt = _elu(tl.where(negated[:, None], -xt, xt), ACC)
+        xt = _elu(xt, negated[:, None], ACC, UPCAST)
     return xt
 
 
@@ -182,9 +191,9 @@ def tap_conv_gemm_kernel(
             w_ok = (ks < n_k)[:, None] & n_ok[None, :]
             w = tl.load(w_ptrs, mask=w_ok, other=0.0)
             if INPUT_ACT == 2:
-                acc = _mma(_elu(a, ACC), w, acc, UPCAST, PRECISION)
+                acc = _mma(_elu(a, False, ACC, UPCAST), w, acc, UPCAST, PRECISION)
                 w = tl.load(w_ptrs + second_half, mask=w_ok, other=0.0)
-                a = _elu(-a, ACC)
+                a = _elu(a, True, ACC, UPCAST)
             elif INPUT_ACT == 1:
                 a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
             acc = _mma(a, w, acc, UPCAST, PRECISION)
@@ -210,9 +219,9 @@ def tap_conv_gemm_kernel(
             if INPUT_ACT == 2 and BACKWARD:
                 acc_neg = _mma(a, tl.load(w_ptrs + second_half, mask=w_ok, other=0.0), acc_neg, UPCAST, PRECISION)
             elif INPUT_ACT == 2:
-                acc = _mma(_elu(a, ACC), w, acc, UPCAST, PRECISION)
+                acc = _mma(_elu(a, False, ACC, UPCAST), w, acc, UPCAST, PRECISION)
                 w = tl.load(w_ptrs + second_half, mask=w_ok, other=0.0)
-                a = _elu(-a, ACC)
+                a = _elu(a, True, ACC, UPCAST)
             elif INPUT_ACT == 1 and not BACKWARD:
                 a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
             acc = _mma(a, w, acc, UPCAST, PRECISION)
@@ -289,7 +298,7 @@ def tap_conv_weight_grad_kernel(
                 x_ok = k_ok[:, None] & m_ok[None, :] & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
                 xt = tl.load(X + (b.to(tl.int64) * stride_xb)[None, :] + iy * stride_xh + ix * stride_xw
                              + x_c[:, None] * stride_xc, mask=x_ok, other=0.0)
-                xt = _input_activation(xt, negated, INPUT_ACT, ACC)
+                xt = _input_activation(xt, negated, INPUT_ACT, ACC, UPCAST)
                 g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                             + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
                 acc = _mma(xt, g, acc, UPCAST, PRECISION)
@@ -312,7 +321,7 @@ def tap_conv_weight_grad_kernel(
                 pixel_ok = m_ok & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
                 xt = tl.load(X + (b.to(tl.int64) * stride_xb + iy * stride_xh + ix * stride_xw)[None, :]
                              + x_c[:, None] * stride_xc, mask=c_ok[:, None] & pixel_ok[None, :], other=0.0)
-                xt = _input_activation(xt, negated, INPUT_ACT, ACC)
+                xt = _input_activation(xt, negated, INPUT_ACT, ACC, UPCAST)
                 g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                             + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
                 acc = _mma(xt, g, acc, UPCAST, PRECISION)

@@ -87,7 +87,13 @@ def check_against_reference(x, w, b, taps, dtype, tf32=False, input_activation=N
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     x64, w64 = leaves64[:2]
     b64 = leaves64[2] if b is not None else None
-    y_ref = ref.tap_conv2d(x64, w64, b64, taps, input_activation=input_activation)
+    if input_activation == "concat_elu" and dtype.itemsize == 2 and not op._upcast(dtype):
+        # 16-bit: the kernels round elu(+-x) to the dtype before multiplying, as eager F.elu's 16-bit output is
+        # rounded (~2**-9 of each product in bf16: beyond its tolerance over a few dozen terms that cancel); the
+        # cast passes x's gradient through unchanged. Interpreted bf16 multiplies the float32 activation.
+        y_ref = ref.tap_conv2d(F.elu(torch.cat([x64, -x64], 1)).to(dtype).double(), w64, b64, taps)
+    else:
+        y_ref = ref.tap_conv2d(x64, w64, b64, taps, input_activation=input_activation)
     assert y.dtype == dtype and y.shape == y_ref.shape
     grad_y = make(y.shape, dtype, y.device, "grad_y")  # rounded to dtype, then the same values in float64
     grads = torch.autograd.grad(y, leaves, grad_y)
@@ -945,3 +951,177 @@ def test_every_fold_config_computes_the_convolution(device, monkeypatch, kind, c
     and channel tiles left partial (7x7 mask A, RGB: 24 taps x 3 channels)."""
     check_with_forced_configs(device, monkeypatch, kind, lambda classes: dict(classes, fold=[config]),
                               masks.masked(7, "A", 3), 3, 69)
+
+
+# ---------------------------------------------------------------------------------------------- issue 13: concat_elu input
+def concat_elu(x):
+    return F.elu(torch.cat([x, -x], 1))
+
+
+def concat_elu_inputs(taps, batch, height, width, c_x, c_out, dtype, device, bias=True):
+    """x [B, c_x, H, W] with exact zeros (+0 and -0: elu's joint), and a weight of 2 * c_x input channels."""
+    x, w, b = conv_inputs(taps, batch, height, width, 2 * c_x, c_out, dtype, device, bias)
+    return relu_inputs(x[:, :c_x]).contiguous(), w, b
+
+
+# (taps, C_x, C_out, (batch, H, W)): C_x < 16 runs the FOLD forward, C_x >= 16 the (tap, channel block) loop;
+# C_x = 20 leaves partial channel blocks, and the weight gradient's 2 C_x rows cross from x's to -x's channels
+# inside a tile (BLOCK_C 32 on FMA units, 64 on tensor cores: 2 * 40 = 80).
+CONCAT_ELU_CASES = {
+    "down_shifted 2x3 C_x=3 (fold)": (masks.down_shifted((2, 3)), 3, 9, (2, 5, 6)),
+    "down_right_shifted 2x2 C_x=20": (masks.down_right_shifted((2, 2)), 20, 21, (2, 4, 5)),
+    "down_shifted 2x3 C_x=40": (masks.down_shifted((2, 3)), 40, 17, (1, 3, 4)),
+    "1x1 C_x=16": (masks.masked(1, "B"), 16, 70, (2, 3, 3)),
+    "3x3 mask A C_x=5 (fold)": (masks.masked(3, "A"), 5, 6, (1, 4, 7)),
+}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CONCAT_ELU_CASES)
+def test_concat_elu_input(device, case, dtype, layout):
+    """tap_conv2d(x, w, ..., input_activation="concat_elu") is F.conv2d of the padded F.elu(cat([x, -x], 1))
+    with the masked weight: the output and the gradients of x, weight and bias against the float64 reference,
+    NCHW and channels-last, on both GEMM loops (FOLD and channel blocks)."""
+    taps, c_x, c_out, (batch, height, width) = CONCAT_ELU_CASES[case]
+    x, w, b = concat_elu_inputs(taps, batch, height, width, c_x, c_out, dtype, device)
+    assert (x == 0).any() and (x < 0).any() and (x > 0).any()
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    y, grads = check_against_reference(x, w, b, taps, dtype, input_activation="concat_elu")
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    if dtype == torch.float64:  # the reference is F.conv2d of the padded concat_elu(x), written out
+        left, right, top, bottom = taps.pads()
+        expected = F.conv2d(F.pad(concat_elu(x.detach()), (left, right, top, bottom)),
+                            w.detach() * taps.mask(c_out, 2 * c_x, dtype, device), b.detach())
+        assert_close(y.detach(), expected, dtype, "F.conv2d of concat_elu")
+
+
+def test_concat_elu_input_tf32(device):
+    """float32 on TF32 tensor cores (the GPU; exact under the interpreter): within the TF32 bound."""
+    taps, c_x, c_out, (batch, height, width) = CONCAT_ELU_CASES["down_right_shifted 2x2 C_x=20"]
+    x, w, b = concat_elu_inputs(taps, batch, height, width, c_x, c_out, torch.float32, device)
+    with cudnn_tf32(True):
+        check_against_reference(x, w, b, taps, torch.float32, tf32=True, input_activation="concat_elu")
+
+
+@pytest.mark.parametrize("case", ["down_shifted 2x3 C_x=3 (fold)", "down_right_shifted 2x2 C_x=20", "1x1 C_x=16"])
+def test_concat_elu_input_gradcheck_float64(device, case):
+    taps = CONCAT_ELU_CASES[case][0]
+    c_x = CONCAT_ELU_CASES[case][1]
+    x, w, b = concat_elu_inputs(taps, 2, 3, 4, c_x, 5, torch.float64, device)
+    inputs = tuple(t.requires_grad_() for t in (x, w, b))  # elu is C1 at 0 (alpha 1): zeros are fine here
+    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps, input_activation="concat_elu"),
+                                    inputs, fast_mode=True)
+
+
+def test_concat_elu_input_strided(device):
+    """A sliced (non-contiguous) x: the loads and the backward's gate read x with its own strides."""
+    taps = masks.down_shifted((2, 3))
+    x, w, b = concat_elu_inputs(taps, 2, 4, 5, 6, 7, torch.float32, device)
+    x = torch.cat([x, -x], dim=3)[..., ::2]  # every other column of a wider tensor
+    assert not x.is_contiguous()
+    check_against_reference(x, w, b, taps, torch.float32, input_activation="concat_elu")
+
+
+def test_concat_elu_input_non_finite(device):
+    """nan and inf in x: elu(nan) = nan, elu(inf) = inf, elu(-inf) = -1, so a non-finite x reaches (as nan or
+    inf) exactly the outputs whose live taps read it; x's gradient is F.elu's through both halves (inf:
+    elu'(-inf) = 0 on the -x half, -inf: 0 on the x half), the reference's; at a nan x it is elu_backward's
+    elementwise definition (CUDA's and the CPU scalar path's: ``x <= 0 ? grad * exp(x) : grad``, which passes
+    the gradient; torch's vectorized CPU kernel gives nan there instead); the weight and bias gradients match
+    the reference (nan where it has nan, its finite values elsewhere)."""
+    taps = masks.down_right_shifted((2, 2))
+    x, w, b = concat_elu_inputs(taps, 2, 5, 6, 4, 6, torch.float64, device)
+    x[0, 1, 2, 3], x[1, 3, 1, 1], x[1, 0, 3, 4] = float("nan"), float("inf"), -float("inf")
+    grad_y = make((2, 6, 5, 6), torch.float64, device, "concat_elu non-finite grad_y")
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    y = fastgen.tap_conv2d(*leaves, taps, input_activation="concat_elu")
+    grad_x, grad_w, grad_b = torch.autograd.grad(y, leaves, grad_y)
+    ones = torch.ones(6, 4, *taps.kernel_size, dtype=torch.float64, device=device)
+    nan_reach = ref.tap_conv2d(torch.isnan(x).double(), ones, None, taps) > 0
+    inf_reach = ref.tap_conv2d(torch.isinf(x).double(), ones, None, taps) > 0
+    assert nan_reach.any() and inf_reach.any() and (~(nan_reach | inf_reach)).any()
+    assert torch.isnan(y)[nan_reach].all() and not torch.isfinite(y)[inf_reach].any()
+    keep = ~(nan_reach | inf_reach)
+    finite_x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    expected = ref.tap_conv2d(finite_x, w, b, taps, input_activation="concat_elu")
+    assert torch.isfinite(y[keep]).all()
+    assert_close(y.detach()[keep], expected[keep], torch.float64)
+    leaves_ref = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    grads_ref = torch.autograd.grad(ref.tap_conv2d(*leaves_ref, taps, input_activation="concat_elu"), leaves_ref,
+                                    grad_y)
+    not_nan = ~torch.isnan(x)
+    assert torch.isfinite(grad_x).all() and torch.isfinite(grads_ref[0][not_nan]).all()
+    assert_close(grad_x[not_nan], grads_ref[0][not_nan], torch.float64)
+    # every pixel, nan included, from the gradient reaching concat_elu(x) and elu_backward's definition
+    act = concat_elu(finite_x).requires_grad_()
+    (grad_act,) = torch.autograd.grad(ref.tap_conv2d(act, w, b, taps), act, grad_y)
+    elu_grad = torch.where(x <= 0, torch.exp(x), 1.0), torch.where(-x <= 0, torch.exp(-x), 1.0)
+    assert_close(grad_x, elu_grad[0] * grad_act[:, :4] - elu_grad[1] * grad_act[:, 4:], torch.float64)
+    assert grad_x[0, 1, 2, 3] != 0 and grad_x[1, 3, 1, 1] != 0 and grad_x[1, 0, 3, 4] != 0
+    for got, want in zip((grad_w, grad_b), grads_ref[1:]):
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        finite = torch.isfinite(want)
+        assert_close(got[finite], want[finite], torch.float64)
+    assert torch.isnan(grad_w).any()  # the rows that reduced a nan tile
+
+
+def test_concat_elu_input_without_work(device):
+    """No live tap (1x1 mask A) or an empty batch: the output is the bias and x's gradient zeros."""
+    for taps, batch in ((masks.masked(1, "A"), 2), (masks.down_shifted((2, 3)), 0)):
+        x, w, b = concat_elu_inputs(taps, batch, 3, 4, 3, 6, torch.float32, device)
+        leaves = [t.requires_grad_() for t in (x, w, b)]
+        y = fastgen.tap_conv2d(*leaves, taps, input_activation="concat_elu")
+        torch.testing.assert_close(y, b.detach().view(1, 6, 1, 1).expand(y.shape))
+        grad_x, grad_w, grad_b = torch.autograd.grad(y.sum(), leaves)
+        assert grad_x.shape == x.shape and (grad_x == 0).all() and grad_w.shape == w.shape and (grad_w == 0).all()
+        torch.testing.assert_close(grad_b, torch.full((6,), float(y[:, 0].numel()), device=device))
+
+
+def test_input_activation_bad_arguments_raise_named_errors(device):
+    """An unknown activation, a weight of C_x (not 2 C_x) input channels, and concat_elu on an RGB-grouped tap
+    set raise errors naming input_activation."""
+    taps = masks.down_shifted((2, 3))
+    x, w, b = concat_elu_inputs(taps, 1, 3, 4, 3, 6, torch.float32, device)
+    for bad in ("gelu", True, "ELU"):
+        with pytest.raises(ValueError, match="input_activation must be one of"):
+            fastgen.tap_conv2d(x, w[:, :3], b, taps, input_activation=bad)
+    with pytest.raises(ValueError, match=r"weight must have shape \[C_out, 6, 2, 3\].*input_activation='concat_elu'"):
+        fastgen.tap_conv2d(x, w[:, :3], b, taps, input_activation="concat_elu")
+    with pytest.raises(ValueError, match=r"weight must have shape \[C_out, 3, 2, 3\]"):
+        fastgen.tap_conv2d(x, w, b, taps)
+    w3 = make((6, 6, 3, 3), torch.float32, device, "grouped w")
+    with pytest.raises(ValueError, match="input_activation='concat_elu' needs a tap set without channel groups"):
+        fastgen.masked_conv2d(x, w3, None, "B", 3, input_activation="concat_elu")
+    with fastgen.use_backend("reference"):  # the same checks in front of the reference backend
+        with pytest.raises(ValueError, match="input_activation='concat_elu' needs a tap set without channel groups"):
+            fastgen.masked_conv2d(x, w3, None, "B", 3, input_activation="concat_elu")
+
+
+def test_concat_elu_input_module_compile_and_autocast(device):
+    """TapConv2d.forward(x, input_activation="concat_elu") is conv(concat_elu(x)) (the module and masked_conv2d
+    forms); compiled with fullgraph=True (the custom ops) it gives the eager values and gradients; under autocast
+    it convolves in bfloat16 like F.conv2d."""
+    from library_checks import check_fullgraph
+
+    conv = fastgen.nn.DownRightShiftedConv2d(8, 5, (2, 2)).to(device)
+    x = relu_inputs(make((1, 4, 3, 4), torch.float32, device, "concat_elu module x")).to(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = conv(x, input_activation="concat_elu")
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert_close(y, conv(concat_elu(x)).double(), torch.float32)
+        with fastgen.use_backend("reference"):
+            assert_close(conv(x, input_activation="concat_elu"), y.double(), torch.float32)
+        w1 = make((5, 4, 1, 1), torch.float32, device, "concat_elu 1x1")
+        assert_close(fastgen.masked_conv2d(x, torch.cat([w1, w1], 1), None, input_activation="concat_elu"),
+                     F.conv2d(concat_elu(x), torch.cat([w1, w1], 1)).double(), torch.float32)
+    check_fullgraph(lambda x, w, b: fastgen.tap_conv2d(x, w, b, conv.taps, input_activation="concat_elu"),
+                    x.requires_grad_(), conv.weight, conv.bias)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y16 = conv(x, input_activation="concat_elu")
+    assert y16.dtype == torch.bfloat16
+    assert_close(y16, y.double(), torch.bfloat16)

@@ -595,7 +595,8 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
       zero where ``x <= 0``, passed where ``x`` is nan (as ``torch.relu``, which keeps nan).
     * ``"concat_elu"``: ``F.elu(torch.cat([x, -x], 1))`` (PixelCNN++'s concat_elu, a [B, 2 C_x, H, W] tensor
       never written), so ``weight`` has ``2 * C_x`` input channels: ``W[:, :C_x]`` sees ``elu(x)``,
-      ``W[:, C_x:]`` sees ``elu(-x)``. The gradient of ``x`` is ``F.elu``'s (alpha 1) through both halves. Only
+      ``W[:, C_x:]`` sees ``elu(-x)``. The gradient of ``x`` is ``F.elu``'s (alpha 1) through both halves (at a
+      nan ``x`` as CUDA's elu backward: the gradient passes; torch's vectorized CPU kernel gives nan). Only
       for tap sets without channel groups (``taps.groups == 1``): RGB groups split the 2 C_x channels otherwise
       than x's, so a grouped tap set raises.
     """
