@@ -1125,3 +1125,40 @@ def test_concat_elu_input_module_compile_and_autocast(device):
         y16 = conv(x, input_activation="concat_elu")
     assert y16.dtype == torch.bfloat16
     assert_close(y16, y.double(), torch.bfloat16)
+
+
+def test_pixelcnnpp_gated_resnet_fuses_concat_elu(device, monkeypatch):
+    """PixelCNN++'s GatedResnet runs conv_input, the skip 1x1 and conv_out on x with input_activation=
+    "concat_elu" (conv_out unfused while dropout is active in training): values and every gradient as the
+    unfused conv(concat_elu(.)) of the same parameters, in training and eval, and which form each convolution got."""
+    from fastgen.models import pixelcnnpp
+
+    calls = []
+    real_forward = fastgen.nn.TapConv2d.forward
+
+    def spy(self, x, input_activation=None):
+        calls.append((self.in_channels, x.shape[1], input_activation))
+        return real_forward(self, x, input_activation)
+
+    torch.manual_seed(0)
+    block = pixelcnnpp.GatedResnet(4, fastgen.nn.DownRightShiftedConv2d, skip_channels=4, dropout=0.5).to(device)
+    x = make((2, 4, 3, 5), torch.float32, device, "gated resnet x")
+    a = make((2, 4, 3, 5), torch.float32, device, "gated resnet a")
+    unfused = lambda conv, t: conv(pixelcnnpp.concat_elu(t))  # noqa: E731 (the block as written before)
+    monkeypatch.setattr(fastgen.nn.TapConv2d, "forward", spy)
+    for training, fused_out in ((False, True), (True, False)):
+        block.train(training)
+        results = []
+        for conv_concat_elu in (pixelcnnpp.conv_concat_elu, unfused):
+            monkeypatch.setattr(pixelcnnpp, "conv_concat_elu", conv_concat_elu)
+            calls.clear()
+            leaves = [t.detach().clone().requires_grad_() for t in (x, a)]
+            torch.manual_seed(1)  # the same dropout mask for both forms
+            y = block(*leaves)
+            results.append((y, *torch.autograd.grad(y.square().sum(), [*leaves, *block.parameters()])))
+            if conv_concat_elu is not unfused:
+                fused = [(c_in, c_x, act) for c_in, c_x, act in calls if act == "concat_elu"]
+                assert all(c_in == 2 * c_x for c_in, c_x, _ in fused)
+                assert len(fused) == 2 + fused_out, (training, calls)
+        for got, expected in zip(*results, strict=True):
+            assert_close(got, expected.double(), torch.float32)

@@ -33,13 +33,22 @@ from torch import nn
 
 from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, bias_of, check_positive_int, conv1x1,
                                  embedding_of, masked_weight)
-from fastgen.nn import DownRightShiftedConv2d, DownShiftedConv2d
+from fastgen.nn import DownRightShiftedConv2d, DownShiftedConv2d, TapConv2d
 from fastgen.ops import pixel_step
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
     """elu(concat(x, -x)) over the channels: [B, C, H, W] -> [B, 2C, H, W]."""
     return F.elu(torch.cat([x, -x], 1))
+
+
+def conv_concat_elu(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(concat_elu(x))``; fused when ``conv`` is a :class:`fastgen.nn.TapConv2d` without channel groups
+    (``input_activation="concat_elu"``: the kernels read x and apply elu(+-x) to their tiles, so the
+    [B, 2C, H, W] concat_elu(x) is neither written nor kept for the backward), else as written."""
+    if isinstance(conv, TapConv2d) and conv.taps.groups == 1:
+        return conv(x, input_activation="concat_elu")
+    return conv(concat_elu(x))
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -73,10 +82,13 @@ class GatedResnet(nn.Module):
         self.class_embedding = nn.Embedding(n_classes, 2 * channels) if n_classes is not None else None
 
     def forward(self, x: torch.Tensor, a: torch.Tensor | None = None, y: torch.Tensor | None = None):
-        c = self.conv_input(concat_elu(x))
+        c = conv_concat_elu(self.conv_input, x)
         if self.skip is not None:
-            c = c + self.skip(concat_elu(a))
-        c = self.conv_out(self.dropout(concat_elu(c)))
+            c = c + conv_concat_elu(self.skip, a)
+        if self.training and self.dropout.p > 0:  # dropout between concat_elu and conv_out: not fused
+            c = self.conv_out(self.dropout(concat_elu(c)))
+        else:
+            c = conv_concat_elu(self.conv_out, c)
         if self.class_embedding is not None:
             c = c + self.class_embedding(y)[:, :, None, None]
         value, gate = c.chunk(2, 1)
