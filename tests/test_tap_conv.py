@@ -642,9 +642,11 @@ def _taps_args(taps):
 
 
 @pytest.mark.parametrize("case,input_activation", [(c, None) for c in OPCHECK_CASES]
-                         + [(c, "relu") for c in ("mask A RGB", "horizontal B RGB channels-last", "1x1 mask A: no live tap")]
-                         + [(c, "concat_elu") for c in ("mask B channels-last, no bias", "down-shifted channels-last weight, "
-                                                        "weight only", "1x1 mask A: no live tap")],
+                         + [(c, "relu") for c in ("mask A RGB", "horizontal B RGB channels-last",
+                                                  "1x1 mask A: no live tap")]
+                         + [(c, "concat_elu") for c in ("mask B channels-last, no bias",
+                                                        "down-shifted channels-last weight, weight only",
+                                                        "1x1 mask A: no live tap")],
                          ids=str)
 def test_custom_ops_pass_opcheck(case, input_activation, device):
     from library_checks import check_opcheck
@@ -953,7 +955,7 @@ def test_every_fold_config_computes_the_convolution(device, monkeypatch, kind, c
                               masks.masked(7, "A", 3), 3, 69)
 
 
-# ---------------------------------------------------------------------------------------------- issue 13: concat_elu input
+# ------------------------------------------------------------------------------------------ issue 13: concat_elu input
 def concat_elu(x):
     return F.elu(torch.cat([x, -x], 1))
 
