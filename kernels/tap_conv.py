@@ -132,13 +132,17 @@ def tap_conv_gemm_kernel(
     P,  # packed weight [n_taps, C_in, C_out] ([n_taps, 2 C_x, C_out] with concat_elu), contiguous
     BIAS,  # bias [C_out] (read only when has_bias)
     GATE,  # the forward input x [B, C_x, H, W] (read only with INPUT_ACT and BACKWARD: the activation's gate)
-    OUT,  # written: the output y [B, C_out, H, W] (forward) or the input gradient [B, C_x, H, W]
+    OUT,  # written: the output y [B, C_out, H, W] (forward; [B, C_out / 2, H, W] with GATED) or the input
+    # gradient [B, C_x, H, W]
+    RESIDUAL,  # with GATED: the residual r [B, C_out / 2, H, W], OUT's strides (read only with GATED)
+    SAVED,  # with GATED: written, the convolution c = [a, b] [B, C_out, H, W] the backward reads
     n_pixels, height, width, n_red, n_out,  # n_pixels = B * H * W; channels reduced (of A) and produced (of OUT)
     n_taps, kernel_w, pad_top, pad_left,  # the tap set
     has_bias,  # 1: add BIAS in the epilogue (a runtime flag: one compiled variant with and without)
     stride_ab, stride_ac, stride_ah, stride_aw,
     stride_ob, stride_oc, stride_oh, stride_ow,
     stride_gb, stride_gc, stride_gh, stride_gw,  # GATE's strides (placeholders unless INPUT_ACT and BACKWARD)
+    stride_sb, stride_sc, stride_sh, stride_sw,  # SAVED's strides (placeholders unless GATED)
     stride_pk, stride_pn,  # P's strides over the reduced and the produced channels: (C_out, 1) or (1, C_out)
     BACKWARD: tl.constexpr,  # the input gradient: pixel m gathers A at m - shift instead of m + shift
     INPUT_ACT: tl.constexpr,  # 0: conv(x); 1: conv(relu(x)); 2: conv(elu(cat([x, -x]))) (see the module doc)
@@ -149,6 +153,7 @@ def tap_conv_gemm_kernel(
     BLOCK_N: tl.constexpr,  # produced channels per program
     BLOCK_K: tl.constexpr,  # reduced channels per step (with FOLD: (tap, channel) pairs per step)
     FOLD: tl.constexpr = False,  # the forward of a small-C_in layer: reduce over k = tap * n_red + c (not BACKWARD)
+    GATED: tl.constexpr = False,  # the forward's gated residual epilogue: OUT = r + a * sigmoid(b), n_out = C_out / 2
 ):
     """The forward (OUT[m, o] = sum_t sum_c A[m + shift_t, c] P[t, c, o]) and, with BACKWARD, the input
     gradient (OUT[m, c] = sum_t sum_o A[m - shift_t, o] P[t, c, o]): the same GEMM over the live taps. With
@@ -156,8 +161,11 @@ def tap_conv_gemm_kernel(
     INPUT_ACT 2 (concat_elu) the forward reduces elu(A) and elu(-A) against P's two row halves and the input
     gradient keeps one accumulator per half (see the module doc). With FOLD (the forward only) the reduction runs
     over the flattened k = tap * n_red + c, BLOCK_K at a time, each column of the A tile gathering its own tap's
-    pixel shift: P's rows are k (tap * 2 n_red + c and + n_red with concat_elu)."""
+    pixel shift: P's rows are k (tap * 2 n_red + c and + n_red with concat_elu). With GATED (the forward only)
+    the program's output channels j are those of a = c[:, j] and b = c[:, n_out + j] (P's columns j and
+    n_out + j, one accumulator each): it writes c to SAVED and OUT = RESIDUAL + a * sigmoid(b)."""
     tl.static_assert(not (FOLD and BACKWARD), "FOLD is a forward variant")
+    tl.static_assert(not (GATED and BACKWARD), "GATED is a forward variant")
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -169,12 +177,15 @@ def tap_conv_gemm_kernel(
     a_batch = A + b.to(tl.int64) * stride_ab
     # P's elements per tap, and the offset of the second row half (-x's channels) with concat_elu: P's input
     # channels are the reduced ones in the forward (stride_pk), the produced ones in the input gradient
-    tap_size = n_red * n_out * (2 if INPUT_ACT == 2 else 1)
+    tap_size = n_red * n_out * (2 if INPUT_ACT == 2 else 1) * (2 if GATED else 1)
     second_half = n_out * stride_pn if BACKWARD else n_red * stride_pk
+    gate_columns = n_out * stride_pn  # with GATED: P's columns of b
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     if INPUT_ACT == 2 and BACKWARD:
         acc_neg = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)  # dY W2^T: the gradient reaching elu(-x)
+    if GATED:
+        acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)  # b = c[:, n_out + j]
     if FOLD:  # k = tap * n_red + c: no padded channels (C_in = 3 in steps of 16 would multiply 13 zeros)
         n_k = n_taps * n_red
         for k0 in range(0, n_k, BLOCK_K):
@@ -191,12 +202,19 @@ def tap_conv_gemm_kernel(
             w_ok = (ks < n_k)[:, None] & n_ok[None, :]
             w = tl.load(w_ptrs, mask=w_ok, other=0.0)
             if INPUT_ACT == 2:
-                acc = _mma(_elu(a, False, ACC, UPCAST), w, acc, UPCAST, PRECISION)
-                w = tl.load(w_ptrs + second_half, mask=w_ok, other=0.0)
+                a_pos = _elu(a, False, ACC, UPCAST)
+                acc = _mma(a_pos, w, acc, UPCAST, PRECISION)
+                if GATED:
+                    acc_gate = _mma(a_pos, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST,
+                                    PRECISION)
+                w_ptrs += second_half
+                w = tl.load(w_ptrs, mask=w_ok, other=0.0)
                 a = _elu(a, True, ACC, UPCAST)
             elif INPUT_ACT == 1:
                 a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
             acc = _mma(a, w, acc, UPCAST, PRECISION)
+            if GATED:
+                acc_gate = _mma(a, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST, PRECISION)
     else:
         k_blocks = tl.cdiv(n_red, BLOCK_K)
         for step in range(0, n_taps * k_blocks):
@@ -219,15 +237,24 @@ def tap_conv_gemm_kernel(
             if INPUT_ACT == 2 and BACKWARD:
                 acc_neg = _mma(a, tl.load(w_ptrs + second_half, mask=w_ok, other=0.0), acc_neg, UPCAST, PRECISION)
             elif INPUT_ACT == 2:
-                acc = _mma(_elu(a, False, ACC, UPCAST), w, acc, UPCAST, PRECISION)
-                w = tl.load(w_ptrs + second_half, mask=w_ok, other=0.0)
+                a_pos = _elu(a, False, ACC, UPCAST)
+                acc = _mma(a_pos, w, acc, UPCAST, PRECISION)
+                if GATED:
+                    acc_gate = _mma(a_pos, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST,
+                                    PRECISION)
+                w_ptrs += second_half
+                w = tl.load(w_ptrs, mask=w_ok, other=0.0)
                 a = _elu(a, True, ACC, UPCAST)
             elif INPUT_ACT == 1 and not BACKWARD:
                 a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
             acc = _mma(a, w, acc, UPCAST, PRECISION)
+            if GATED:
+                acc_gate = _mma(a, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST, PRECISION)
 
     if has_bias != 0:
         acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
+        if GATED:
+            acc_gate += tl.load(BIAS + n_out + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
     if INPUT_ACT != 0 and BACKWARD:
         gate = tl.load(GATE + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                        + offs_n[None, :] * stride_gc, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
@@ -237,8 +264,15 @@ def tap_conv_gemm_kernel(
                    - tl.where(gate >= 0, acc_neg * tl.exp(-gate), acc_neg))
         else:  # torch.relu's backward: 0 where x <= 0; x nan passes the gradient
             acc = tl.where(gate <= 0, 0.0, acc)
-    out = OUT + (b.to(tl.int64) * stride_ob + y * stride_oh + x * stride_ow)[:, None] + offs_n[None, :] * stride_oc
-    tl.store(out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    out_ok = m_ok[:, None] & n_ok[None, :]
+    out_offsets = (b.to(tl.int64) * stride_ob + y * stride_oh + x * stride_ow)[:, None] + offs_n[None, :] * stride_oc
+    if GATED:  # c = [a, b] for the backward (rounded as it is stored), then r + a * sigmoid(b)
+        saved = SAVED + (b.to(tl.int64) * stride_sb + y * stride_sh + x * stride_sw)[:, None] + offs_n[None, :] * stride_sc
+        tl.store(saved, acc.to(SAVED.dtype.element_ty), mask=out_ok)
+        tl.store(saved + n_out * stride_sc, acc_gate.to(SAVED.dtype.element_ty), mask=out_ok)
+        residual = tl.load(RESIDUAL + out_offsets, mask=out_ok, other=0.0).to(ACC)
+        acc = residual + acc / (1.0 + tl.exp(-acc_gate))
+    tl.store(OUT + out_offsets, acc.to(OUT.dtype.element_ty), mask=out_ok)
 
 
 @triton.jit(do_not_specialize=_TAP_SET_ARGS + ["pixels_per_split", "has_bias"])

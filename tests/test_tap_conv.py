@@ -410,13 +410,14 @@ def test_launch_space_covers_the_heuristics():
     class)."""
     def launch_key(kernel, dtype_name, constexprs, num_warps, num_stages):
         return (kernel, dtype_name, tuple(sorted((k, str(v)) for k, v in constexprs.items() if k.startswith("BLOCK")
-                                                 or k in ("PRECISION", "BACKWARD", "INPUT_ACT", "FOLD"))), num_warps,
+                                                 or k in ("PRECISION", "BACKWARD", "INPUT_ACT", "FOLD", "GATED"))),
+                num_warps,
                 num_stages)
 
-    def configs(table, kind, math, layout, shape_class, activation):  # what the launcher of the class takes
-        if activation is None:
+    def configs(table, kind, math, layout, shape_class, activation, gated=False):  # what the class's launcher takes
+        if activation is None and not gated:
             return table[math, layout][shape_class]
-        return table[math, layout][op.activation_class(kind, shape_class, math, activation)][:1]
+        return table[math, layout][op.activation_class(kind, shape_class, math, activation, gated)][:1]
 
     launched = {launch_key(l.kernel, l.signature[0][1], dict(l.constexprs), l.num_warps, l.num_stages)
                 for l in op.kernel_launches()}
@@ -426,12 +427,15 @@ def test_launch_space_covers_the_heuristics():
         math = op.math_of(dtype, tf32)
         precision = "tf32" if math == "tf32" else "ieee"
         for backward, (n_red, n_out) in ((False, (c_in, c_out)), (True, (c_out, c_in))):
-            for act, activation in enumerate(op.INPUT_ACTIVATIONS):
-                shape_class = op.gemm_class(n_red, n_out, backward)
-                for config in configs(op.GEMM_CONFIGS, "gemm", math, layout, shape_class, activation):
+            for (act, activation), gated in itertools.product(enumerate(op.INPUT_ACTIVATIONS), (False, True)):
+                if gated and backward:  # the gated residual epilogue is the forward's
+                    continue
+                # gated: n_out is half the weight's output channels
+                shape_class = op.gemm_class(n_red, n_out // 2 if gated else n_out, backward)
+                for config in configs(op.GEMM_CONFIGS, "gemm", math, layout, shape_class, activation, gated):
                     key = launch_key("tap_conv_gemm_kernel", names[dtype],
                                      dict(config.kwargs, PRECISION=precision, BACKWARD=backward, INPUT_ACT=act,
-                                          FOLD=shape_class == "fold"),
+                                          FOLD=shape_class == "fold", GATED=gated),
                                      config.num_warps, config.num_stages)
                     assert key in launched, key
         wmath = op._weight_grad_math(dtype, tf32)
@@ -1130,37 +1134,167 @@ def test_concat_elu_input_module_compile_and_autocast(device):
 
 
 def test_pixelcnnpp_gated_resnet_fuses_concat_elu(device, monkeypatch):
-    """PixelCNN++'s GatedResnet runs conv_input, the skip 1x1 and conv_out on x with input_activation=
-    "concat_elu" (conv_out unfused while dropout is active in training): values and every gradient as the
-    unfused conv(concat_elu(.)) of the same parameters, in training and eval, and which form each convolution got."""
+    """PixelCNN++'s GatedResnet runs conv_input and the skip 1x1 on x with input_activation="concat_elu", and
+    conv_out with its gate and residual add as tap_conv2d_gated_residual (concat_elu fused too), unless dropout
+    is active in training (conv_out then unfused): values and every gradient as the unfused block of the same
+    parameters, in training and eval, and which form each convolution got."""
     from fastgen.models import pixelcnnpp
 
-    calls = []
-    real_forward = fastgen.nn.TapConv2d.forward
+    calls, gated_calls = [], []
+    real_forward, real_gated = fastgen.nn.TapConv2d.forward, pixelcnnpp.tap_conv2d_gated_residual
 
     def spy(self, x, input_activation=None):
         calls.append((self.in_channels, x.shape[1], input_activation))
         return real_forward(self, x, input_activation)
 
+    def gated_spy(x, weight, *args, **kwargs):
+        gated_calls.append((weight.shape[1], x.shape[1], kwargs.get("input_activation")))
+        return real_gated(x, weight, *args, **kwargs)
+
+    def unfused_gate(conv, c, x):  # the block as written before
+        value, gate = conv(pixelcnnpp.concat_elu(c)).chunk(2, 1)
+        return x + value * torch.sigmoid(gate)
+
     torch.manual_seed(0)
     block = pixelcnnpp.GatedResnet(4, fastgen.nn.DownRightShiftedConv2d, skip_channels=4, dropout=0.5).to(device)
     x = make((2, 4, 3, 5), torch.float32, device, "gated resnet x")
     a = make((2, 4, 3, 5), torch.float32, device, "gated resnet a")
-    unfused = lambda conv, t: conv(pixelcnnpp.concat_elu(t))  # noqa: E731 (the block as written before)
     monkeypatch.setattr(fastgen.nn.TapConv2d, "forward", spy)
+    monkeypatch.setattr(pixelcnnpp, "tap_conv2d_gated_residual", gated_spy)
+    fused_forms = (pixelcnnpp.conv_concat_elu, pixelcnnpp.gated_residual_concat_elu)
+    unfused_forms = (lambda conv, t: conv(pixelcnnpp.concat_elu(t)), unfused_gate)
     for training, fused_out in ((False, True), (True, False)):
         block.train(training)
         results = []
-        for conv_concat_elu in (pixelcnnpp.conv_concat_elu, unfused):
-            monkeypatch.setattr(pixelcnnpp, "conv_concat_elu", conv_concat_elu)
+        for forms in (fused_forms, unfused_forms):
+            monkeypatch.setattr(pixelcnnpp, "conv_concat_elu", forms[0])
+            monkeypatch.setattr(pixelcnnpp, "gated_residual_concat_elu", forms[1])
             calls.clear()
+            gated_calls.clear()
             leaves = [t.detach().clone().requires_grad_() for t in (x, a)]
             torch.manual_seed(1)  # the same dropout mask for both forms
             y = block(*leaves)
             results.append((y, *torch.autograd.grad(y.square().sum(), [*leaves, *block.parameters()])))
-            if conv_concat_elu is not unfused:
-                fused = [(c_in, c_x, act) for c_in, c_x, act in calls if act == "concat_elu"]
+            if forms is fused_forms:
+                fused = [(c_in, c_x, act) for c_in, c_x, act in calls + gated_calls if act == "concat_elu"]
                 assert all(c_in == 2 * c_x for c_in, c_x, _ in fused)
-                assert len(fused) == 2 + fused_out, (training, calls)
+                assert len(fused) == 2 + fused_out and len(gated_calls) == fused_out, (training, calls)
+            else:
+                assert not gated_calls and all(act is None for *_, act in calls)
         for got, expected in zip(*results, strict=True):
             assert_close(got, expected.double(), torch.float32)
+
+
+# ------------------------------------------------------------------------------------------ issue 13: gated residual
+def gated_inputs(taps, batch, height, width, c_x, channels, dtype, device, input_activation):
+    """x [B, c_x, H, W], a weight of 2 * channels outputs (of 2 c_x inputs with concat_elu), bias, residual."""
+    c_in = 2 * c_x if input_activation == "concat_elu" else c_x
+    x, w, b = conv_inputs(taps, batch, height, width, c_in, 2 * channels, dtype, device)
+    x = relu_inputs(x[:, :c_x]).contiguous()
+    residual = make((batch, channels, height, width), dtype, device, f"residual {taps} {c_x} {channels} {dtype}")
+    return x, w, b, residual
+
+
+def reference_gated(x, w, b, taps, residual, input_activation, dtype):
+    """The float64 reference; 16-bit: the convolution's halves rounded to the dtype, as the kernel stores the
+    c = [a, b] its backward reads (the output itself comes from the unrounded accumulators: within tolerance)."""
+    c = ref.tap_conv2d(x, w, b, taps, input_activation=input_activation)
+    if dtype.itemsize == 2 and input_activation == "concat_elu" and not op._upcast(dtype):
+        c = ref.tap_conv2d(F.elu(torch.cat([x, -x], 1)).to(dtype).double(), w, b, taps)
+    value, gate = c.chunk(2, 1)
+    return residual + value * torch.sigmoid(gate)
+
+
+# (taps, C_x, channels (F: the weight has 2F outputs), (batch, H, W)); fold and channel-block loops, partial tiles
+GATED_CASES = {
+    "down_shifted 2x3 C_x=3 F=3 (fold)": (masks.down_shifted((2, 3)), 3, 3, (2, 4, 5)),
+    "down_right_shifted 2x2 C_x=20 F=20": (masks.down_right_shifted((2, 2)), 20, 20, (1, 4, 5)),
+    "1x1 C_x=16 F=70": (masks.masked(1, "B"), 16, 70, (1, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("input_activation", ["concat_elu", None])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", GATED_CASES)
+def test_tap_conv2d_gated_residual(device, case, dtype, layout, input_activation):
+    """tap_conv2d_gated_residual (the gate and residual add in the GEMM's epilogue, concat_elu on its loads or
+    none) against residual + a * sigmoid(b) of the float64 reference: the output and the gradients of x,
+    weight, bias and residual."""
+    taps, c_x, channels, (batch, height, width) = GATED_CASES[case]
+    x, w, b, residual = gated_inputs(taps, batch, height, width, c_x, channels, dtype, device, input_activation)
+    if layout == "channels_last":
+        x, residual = (t.to(memory_format=torch.channels_last) for t in (x, residual))
+    leaves = [t.requires_grad_() for t in (x, w, b, residual)]
+    y = op.tap_conv2d_gated_residual(x, w, b, taps, residual, input_activation=input_activation)
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    y_ref = reference_gated(*leaves64[:3], taps, leaves64[3], input_activation, dtype)
+    assert y.dtype == dtype and y.shape == y_ref.shape == residual.shape
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_close(y, y_ref, dtype, "output")
+    grad_y = make(y.shape, dtype, device, "gated grad_y")
+    grads = torch.autograd.grad(y, leaves, grad_y)
+    grads_ref = torch.autograd.grad(y_ref, leaves64, grad_y.double())
+    for name, grad, grad_ref in zip(("x", "weight", "bias", "residual"), grads, grads_ref, strict=True):
+        assert grad.dtype == dtype and grad.shape == grad_ref.shape
+        assert_close(grad, grad_ref, dtype, f"grad of {name}")
+
+
+@pytest.mark.parametrize("input_activation", ["concat_elu", None])
+@pytest.mark.parametrize("case", ["down_shifted 2x3 C_x=3 F=3 (fold)", "down_right_shifted 2x2 C_x=20 F=20"])
+def test_tap_conv2d_gated_residual_gradcheck_float64(device, case, input_activation):
+    taps, c_x, channels, _ = GATED_CASES[case]
+    inputs = gated_inputs(taps, 1, 3, 4, c_x, min(channels, 5), torch.float64, device, input_activation)
+    inputs = tuple(t.requires_grad_() for t in inputs)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b, r: op.tap_conv2d_gated_residual(x, w, b, taps, r, input_activation=input_activation),
+        inputs, fast_mode=True)
+
+
+def test_tap_conv2d_gated_residual_strided_without_work_and_errors(device):
+    """A sliced residual (copied to the output's strides), the reference backend, no live tap and an empty
+    batch (no kernel: the gate of the bias), and named errors for an odd C_out and a residual of the wrong
+    shape."""
+    taps = masks.down_shifted((2, 3))
+    x, w, b, residual = gated_inputs(taps, 2, 3, 4, 4, 5, torch.float32, device, "concat_elu")
+    sliced = torch.cat([residual, residual], 3)[..., ::2]
+    assert not sliced.is_contiguous()
+    y = op.tap_conv2d_gated_residual(x, w, b, taps, sliced, input_activation="concat_elu")
+    expected = reference_gated(x.double(), w.double(), b.double(), taps, sliced.double(), "concat_elu",
+                               torch.float32)
+    assert_close(y, expected, torch.float32)
+    with fastgen.use_backend("reference"):
+        assert_close(op.tap_conv2d_gated_residual(x, w, b, taps, sliced, input_activation="concat_elu"),
+                     expected, torch.float32)
+    for no_work_taps, batch in ((masks.masked(1, "A"), 2), (taps, 0)):
+        x0, w0, b0, r0 = gated_inputs(no_work_taps, batch, 3, 4, 3, 5, torch.float32, device, None)
+        leaves = [t.requires_grad_() for t in (x0, w0, b0, r0)]
+        y0 = op.tap_conv2d_gated_residual(*leaves[:3], no_work_taps, leaves[3])
+        value, gate = b0.detach().view(1, 10, 1, 1).expand(batch, 10, 3, 4).chunk(2, 1)
+        torch.testing.assert_close(y0, r0.detach() + value * torch.sigmoid(gate))
+        grad_x, grad_w, grad_b, grad_r = torch.autograd.grad(y0.sum(), leaves)
+        assert (grad_x == 0).all() and (grad_w == 0).all() and (grad_r == 1).all()
+        s = torch.sigmoid(b0.detach()[5:])
+        expected_b = torch.cat([s, b0.detach()[:5] * s * (1 - s)]) * (batch * 12)
+        torch.testing.assert_close(grad_b, expected_b)
+    with pytest.raises(ValueError, match="weight must have an even number of output channels"):
+        op.tap_conv2d_gated_residual(x, w[:9], b[:9], taps, residual, input_activation="concat_elu")
+    with pytest.raises(ValueError, match=r"residual has shape \(2, 4, 3, 4\) but must have shape \(2, 5, 3, 4\)"):
+        op.tap_conv2d_gated_residual(x, w, b, taps, residual[:, :4], input_activation="concat_elu")
+    with pytest.raises(ValueError, match="input_activation must be one of"):
+        op.tap_conv2d_gated_residual(x, w, b, taps, residual, input_activation="elu")
+
+
+def test_tap_conv2d_gated_residual_opcheck_and_compile(device):
+    """The custom op passes opcheck; compiled with fullgraph=True the op gives eager's values and gradients."""
+    from library_checks import check_fullgraph, check_opcheck
+
+    taps = masks.down_right_shifted((2, 2))
+    x, w, b, residual = gated_inputs(taps, 1, 3, 4, 3, 4, torch.float32, device, "concat_elu")
+    x, residual = (t.to(memory_format=torch.channels_last) for t in (x, residual))
+    leaves = [t.requires_grad_() for t in (x, w, b, residual)]
+    check_opcheck(torch.ops.fastgen.tap_conv2d_gated_residual.default, *leaves[:3], *_taps_args(taps), leaves[3],
+                  "concat_elu")
+    check_fullgraph(lambda x, w, b, r: op.tap_conv2d_gated_residual(x, w, b, taps, r, input_activation="concat_elu"),
+                    *leaves)

@@ -35,6 +35,7 @@ from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, bias
                                  embedding_of, masked_weight)
 from fastgen.nn import DownRightShiftedConv2d, DownShiftedConv2d, TapConv2d
 from fastgen.ops import pixel_step
+from fastgen.ops.tap_conv import tap_conv2d_gated_residual
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -46,9 +47,25 @@ def conv_concat_elu(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``conv(concat_elu(x))``; fused when ``conv`` is a :class:`fastgen.nn.TapConv2d` without channel groups
     (``input_activation="concat_elu"``: the kernels read x and apply elu(+-x) to their tiles, so the
     [B, 2C, H, W] concat_elu(x) is neither written nor kept for the backward), else as written."""
-    if isinstance(conv, TapConv2d) and conv.taps.groups == 1:
+    if _fusable(conv):
         return conv(x, input_activation="concat_elu")
     return conv(concat_elu(x))
+
+
+def _fusable(conv: nn.Module) -> bool:
+    """Whether ``conv`` runs on fastgen's tap-set kernels with concat_elu fused: a TapConv2d without channel
+    groups."""
+    return isinstance(conv, TapConv2d) and conv.taps.groups == 1
+
+
+def gated_residual_concat_elu(conv: nn.Module, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x + a * sigmoid(b)``, ``a, b = conv(concat_elu(c)).chunk(2, 1)``; with a fusable ``conv`` (see
+    :func:`conv_concat_elu`) one launch: concat_elu on the loaded tiles, the gate and the residual add in the
+    epilogue (:func:`fastgen.ops.tap_conv.tap_conv2d_gated_residual`), else as written."""
+    if _fusable(conv):
+        return tap_conv2d_gated_residual(c, conv.weight, conv.bias, conv.taps, x, input_activation="concat_elu")
+    value, gate = conv(concat_elu(c)).chunk(2, 1)
+    return x + value * torch.sigmoid(gate)
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -85,10 +102,10 @@ class GatedResnet(nn.Module):
         c = conv_concat_elu(self.conv_input, x)
         if self.skip is not None:
             c = c + conv_concat_elu(self.skip, a)
-        if self.training and self.dropout.p > 0:  # dropout between concat_elu and conv_out: not fused
-            c = self.conv_out(self.dropout(concat_elu(c)))
-        else:
-            c = conv_concat_elu(self.conv_out, c)
+        dropout = self.training and self.dropout.p > 0  # dropout between concat_elu and conv_out: not fused
+        if not dropout and self.class_embedding is None:  # conv_out, its gate and the residual add in one
+            return gated_residual_concat_elu(self.conv_out, c, x)
+        c = self.conv_out(self.dropout(concat_elu(c))) if dropout else conv_concat_elu(self.conv_out, c)
         if self.class_embedding is not None:
             c = c + self.class_embedding(y)[:, :, None, None]
         value, gate = c.chunk(2, 1)

@@ -140,10 +140,12 @@ WEIGHT_GRAD_CONFIGS = {
 INPUT_ACTIVATIONS = (None, "relu", "concat_elu")  # the kernels' INPUT_ACT is the index
 
 
-def activation_class(kind: str, shape_class: str, math: str, input_activation: str | None) -> str:
+def activation_class(kind: str, shape_class: str, math: str, input_activation: str | None,
+                     gated: bool = False) -> str:
     """The shape class whose first config a launch of ``shape_class`` with ``input_activation`` ("relu" or
-    "concat_elu") takes (the fold class keeps its own: it is another kernel variant)."""
-    if shape_class == "fold" or (shape_class == "wide" and input_activation == "relu"):
+    "concat_elu") or ``gated`` (the gated residual epilogue: two accumulators, as concat_elu's input gradient)
+    takes (the fold class keeps its own: it is another kernel variant)."""
+    if shape_class == "fold" or (shape_class == "wide" and input_activation == "relu" and not gated):
         return shape_class
     if kind == "gemm":
         return "mid"
@@ -179,18 +181,20 @@ FAMILY = register_family(
 _pack_kernel = Kernel(kernels.tap_conv_pack_weight_kernel, key=[])
 _unpack_kernel = Kernel(kernels.tap_conv_unpack_grad_kernel, key=[])
 # autotune keys: the exact channel counts (and the pass); the tensors' dtypes are part of every key
-_KEYS = {"gemm": ["n_red", "n_out", "BACKWARD", "INPUT_ACT"], "weight_grad": ["c_in", "c_out", "INPUT_ACT"]}
+_KEYS = {"gemm": ["n_red", "n_out", "BACKWARD", "INPUT_ACT", "GATED"], "weight_grad": ["c_in", "c_out", "INPUT_ACT"]}
 
 
 @functools.lru_cache(maxsize=None)
-def _launcher(kind: str, math: str, layout: str, shape_class: str, input_activation: str | None = None) -> Kernel:
+def _launcher(kind: str, math: str, layout: str, shape_class: str, input_activation: str | None = None,
+              gated: bool = False) -> Kernel:
     """The autotuned launcher of one class (its first config alone under the interpreter, which cannot time);
-    with an ``input_activation`` the one config of :func:`activation_class`."""
+    with an ``input_activation`` or ``gated`` (the gated residual epilogue) the one config of
+    :func:`activation_class`."""
     fn, table = ((kernels.tap_conv_gemm_kernel, GEMM_CONFIGS) if kind == "gemm"
                  else (kernels.tap_conv_weight_grad_kernel, WEIGHT_GRAD_CONFIGS))
-    if input_activation is not None:
+    if input_activation is not None or gated:
         return Kernel(fn, key=_KEYS[kind], configs=table[math, layout][
-            activation_class(kind, shape_class, math, input_activation)][:1])
+            activation_class(kind, shape_class, math, input_activation, gated)][:1])
     configs = table[math, layout][shape_class]
     return Kernel(fn, key=_KEYS[kind], configs=configs[:1] if interpreting() else configs)
 
@@ -295,29 +299,38 @@ def pack_weight(weight: torch.Tensor, taps: TapSet) -> torch.Tensor:
 
 
 def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
-          backward: bool, like: torch.Tensor, input_activation: str | None = None) -> torch.Tensor:
+          backward: bool, like: torch.Tensor, input_activation: str | None = None,
+          gate_residual: torch.Tensor | None = None):
     """The forward (``source`` = x) or, with ``backward``, the input gradient (``source`` = grad of y).
     ``like``: x (the output's memory format; with an ``input_activation`` and ``backward`` also its gate);
-    ``input_activation``: the convolution of relu(x) or concat_elu(x) (``packed`` then has 2 C_x input channels)."""
+    ``input_activation``: the convolution of relu(x) or concat_elu(x) (``packed`` then has 2 C_x input channels);
+    ``gate_residual`` (the forward only): the gated residual epilogue, returns (r + a * sigmoid(b), c = [a, b])."""
     batch, n_red, height, width = source.shape
     c_out = packed.shape[2]
-    n_out = like.shape[1] if backward else c_out  # x's channels (half the weight's with concat_elu)
+    gated = gate_residual is not None
+    # x's channels (half the weight's with concat_elu), or the output's (half the weight's with gate_residual)
+    n_out = like.shape[1] if backward else (c_out // 2 if gated else c_out)
     out = _like_input(like, n_out)
+    saved = _like_input(like, c_out) if gated else out
+    if gated and gate_residual.stride() != out.stride():  # the kernel reads it with out's strides
+        gate_residual = torch.empty_like(out).copy_(gate_residual)
     n_pixels = batch * height * width
     tf32 = source.dtype == torch.float32 and conv_uses_tf32()
     shape_class = gemm_class(n_red, n_out, backward)
-    kernel = _launcher("gemm", math_of(source.dtype, tf32), _layout(source), shape_class, input_activation)
-    gated = input_activation is not None and backward  # else GATE is never read: placeholders, the same for every call
+    kernel = _launcher("gemm", math_of(source.dtype, tf32), _layout(source), shape_class, input_activation, gated)
+    gate_read = input_activation is not None and backward  # else GATE is never read: placeholders
     kernel[lambda meta: (cdiv(n_pixels, meta["BLOCK_M"]), cdiv(n_out, meta["BLOCK_N"]))](
-        source, packed, bias if bias is not None else packed, like if gated else out, out,
+        source, packed, bias if bias is not None else packed, like if gate_read else out, out,
+        gate_residual if gated else out, saved,
         n_pixels, height, width, n_red, n_out, *_tap_args(taps), int(bias is not None),
-        *source.stride(), *out.stride(), *(like.stride() if gated else (0, 0, 0, 0)),
+        *source.stride(), *out.stride(), *(like.stride() if gate_read else (0, 0, 0, 0)),
+        *(saved.stride() if gated else (0, 0, 0, 0)),
         *((1, c_out) if backward else (c_out, 1)),
         BACKWARD=backward, INPUT_ACT=INPUT_ACTIVATIONS.index(input_activation), UPCAST=_upcast(source.dtype),
         PRECISION="tf32" if tf32 else "ieee",
-        ACC=tl_compute_dtype(source.dtype), FOLD=shape_class == "fold",
+        ACC=tl_compute_dtype(source.dtype), FOLD=shape_class == "fold", GATED=gated,
     )
-    return out
+    return (out, saved) if gated else out
 
 
 def forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
@@ -454,6 +467,63 @@ class TapConv(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None
 
 
+# ---------------------------------------------------------------------------------------------- gated residual
+# PixelCNN++'s gated resnet ends in y = r + a * sigmoid(b), [a, b] = c = conv(...) (2F channels): eagerly c is
+# written (2F), b read and sigmoid(b) written (F + F), a and sigmoid(b) read and their product written (3F), r and
+# the product read and y written (3F): 10F values per pixel, and autograd keeps c (a is a view) and sigmoid(b)
+# (3F). The GATED epilogue computes a and b in two accumulators of one program (P's columns j and F + j) and
+# writes c (2F, for the backward) and y (F) after reading r (F): 4F values, and c alone kept (2F). The
+# backward forms dc = [dy * s, dy * a * s * (1 - s)] (s = sigmoid(b), from the saved c) and runs the
+# convolution's backward on it; dr = dy.
+def _gated_forward(x, weight, bias, taps: TapSet, residual, input_activation: str | None = None):
+    """(y = residual + a * sigmoid(b), c = [a, b] = the convolution, the packed live taps; None without work:
+    no kernel runs)."""
+    if x.numel() == 0 or weight.numel() == 0 or taps.n_taps == 0:
+        c = _like_input(x, weight.shape[0])
+        c = c.zero_() if bias is None else c.copy_(bias.view(1, -1, 1, 1).expand(c.shape))
+        value, gate = c.chunk(2, 1)
+        return _like_input(x, weight.shape[0] // 2).copy_(residual + value * torch.sigmoid(gate)), c, None
+    packed = pack_weight(weight, taps)
+    y, c = _gemm(x, packed, bias, taps, backward=False, like=x, input_activation=input_activation,
+                 gate_residual=residual)
+    return y, c, packed
+
+
+def _gate_grad(grad_y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The gradient of c = [a, b] from that of y = r + a * sigmoid(b), computed in float32 for 16-bit inputs
+    (rounded once, as the kernels' epilogues round)."""
+    compute = torch.float32 if c.dtype.itemsize == 2 else c.dtype
+    value, gate = c.to(compute).chunk(2, 1)
+    s = torch.sigmoid(gate)
+    grad_value = grad_y.to(compute) * s
+    return torch.cat([grad_value, grad_value * value * (1 - s)], 1).to(c.dtype)
+
+
+class GatedResidualTapConv(torch.autograd.Function):
+    """(x, weight, bias, taps, residual, input_activation=None) -> residual + a * sigmoid(b), where [a, b] (the
+    first and second halves of the output channels) is the causal convolution of x (or of its
+    ``input_activation``) with the live taps of weight: one GEMM whose epilogue applies the gate and adds the
+    residual (see ``_gated_forward``); the backward is the convolution's on the gate's gradient.
+    Prefer :func:`fastgen.ops.tap_conv.tap_conv2d_gated_residual`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, taps, residual, input_activation=None):
+        ctx.taps, ctx.has_bias, ctx.input_activation = taps, bias is not None, input_activation
+        ctx.weight_like = (weight.shape, dict(dtype=weight.dtype, device=weight.device,
+                                              memory_format=memory_format_of(weight)))
+        y, c, packed = _gated_forward(x, weight, bias, taps, residual, input_activation)
+        ctx.save_for_backward(x, c, packed)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, c, packed = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = _tap_conv_backward(
+            _gate_grad(grad_y, c), x, packed, ctx.taps, ctx.weight_like, ctx.has_bias, ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1] or ctx.needs_input_grad[2], ctx.input_activation)
+        return grad_x, grad_weight, grad_bias, None, grad_y if ctx.needs_input_grad[4] else None, None
+
+
 # ---------------------------------------------------------------------------------------------- custom ops
 # The same launches as torch.ops.fastgen.* for torch.compile (see fastgen.library). A TapSet is no schema type:
 # the ops take its fields and rebuild it (cached). The forward op also returns the packed live taps, which its
@@ -545,6 +615,44 @@ def _tap_conv_op_backward(ctx, grad_y, _grad_packed):
 _tap_conv_op.register_autograd(_tap_conv_op_backward, setup_context=_setup_tap_conv)
 
 
+@library.custom_op("tap_conv2d_gated_residual", f"(Tensor x, Tensor weight, Tensor? bias, {_TAPS_SCHEMA}, "
+                   "Tensor residual, str? input_activation) -> (Tensor, Tensor, Tensor)")
+def _gated_op(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, residual, input_activation):
+    """(y, c = [a, b], the packed live taps or a placeholder without work)."""
+    taps = _taps_of(kernel_size, padding, n_taps, groups, strict, interleaved)
+    y, c, packed = _gated_forward(x, weight, bias, taps, residual, input_activation)
+    return y, c, library.nothing(weight) if packed is None else packed
+
+
+@_gated_op.register_fake
+def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, residual, input_activation):
+    c_out, c_in = weight.shape[:2]
+    no_work = x.numel() == 0 or weight.numel() == 0 or n_taps == 0
+    return (_like_input(x, c_out // 2), _like_input(x, c_out),
+            library.nothing(weight) if no_work else weight.new_empty((n_taps, c_in, c_out)))
+
+
+def _setup_gated(ctx, inputs, output):
+    x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, residual, input_activation = inputs
+    ctx.save_for_backward(x, output[1], output[2])
+    ctx.args = (list(weight.shape), memory_format_of(weight) == torch.channels_last, kernel_size, padding, n_taps,
+                groups, strict, interleaved, bias is not None)
+    ctx.input_activation = input_activation
+
+
+def _gated_op_backward(ctx, grad_y, _grad_c, _grad_packed):
+    x, c, packed = ctx.saved_tensors
+    want_x, want_weight, want_bias = ctx.needs_input_grad[:3]
+    grad_x, grad_weight, grad_bias = torch.ops.fastgen.tap_conv2d_backward(
+        _gate_grad(grad_y, c), x, packed, *ctx.args, want_x, want_weight or want_bias, ctx.input_activation)
+    return ((grad_x if want_x else None), (grad_weight if want_weight else None),
+            (grad_bias if want_bias else None), None, None, None, None, None, None,
+            grad_y if ctx.needs_input_grad[9] else None, None)
+
+
+_gated_op.register_autograd(_gated_op_backward, setup_context=_setup_gated)
+
+
 def _check_arguments(x, weight, bias, taps: TapSet, input_activation: str | None = None) -> None:
     check_choice("input_activation", input_activation, INPUT_ACTIVATIONS)
     check_float_tensor("x", x)
@@ -618,6 +726,35 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return TapConv.apply(x, weight, bias, taps, input_activation)
 
 
+def tap_conv2d_gated_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
+                              residual: torch.Tensor, *, input_activation: str | None = None) -> torch.Tensor:
+    """``residual + a * torch.sigmoid(b)`` where ``a, b = tap_conv2d(x, weight, bias, taps,
+    input_activation=input_activation).chunk(2, 1)``: PixelCNN++'s gated residual (openai's gated_resnet
+    output), the gate and the residual add in the convolution's epilogue (the gated [B, C_out / 2, H, W]
+    output and the convolution, which the backward reads, are written; nothing else).
+
+    ``weight`` has an even C_out; ``residual`` is [B, C_out / 2, H, W], x's dtype and device. Precision and
+    the rest as :func:`tap_conv2d`.
+    """
+    if not isinstance(taps, TapSet):
+        raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight, residual = x.to(dtype), weight.to(dtype), residual.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    _check_arguments(x, weight, bias, taps, input_activation)
+    if weight.shape[0] % 2:
+        raise ValueError(f"weight must have an even number of output channels (the halves a and b of the gate), "
+                         f"got {weight.shape[0]}")
+    check_like("residual", residual, "x", x, shape=(x.shape[0], weight.shape[0] // 2, *x.shape[2:]))
+    if backend_for(x) == "reference":
+        return reference.tap_conv2d_gated_residual(x, weight, bias, taps, residual, input_activation=input_activation)
+    if library.traced():
+        return torch.ops.fastgen.tap_conv2d_gated_residual(x, weight, bias, *_tap_fields(taps), residual,
+                                                           input_activation)[0]
+    return GatedResidualTapConv.apply(x, weight, bias, taps, residual, input_activation)
+
+
 # the tap set of a validated (kernel size, mask type, data channels): built once, not on every call
 _masked_taps = functools.lru_cache(maxsize=64)(masked)
 
@@ -689,14 +826,15 @@ def _layout_hints(kernel, layout: str) -> dict:
 
 
 def _class_configs(table, math: str, layout: str, input_activation: str | None = None,
-                   fold: bool = False) -> list[triton.Config]:
-    """Every config of every shape class of (math, layout), each once; with an ``input_activation`` the ones
-    its launches take (see :func:`activation_class`); with ``fold`` those of the fold class (the FOLD
-    variant), else those of the other classes."""
+                   fold: bool = False, gated: bool = False) -> list[triton.Config]:
+    """Every config of every shape class of (math, layout), each once; with an ``input_activation`` or
+    ``gated`` the ones its launches take (see :func:`activation_class`); with ``fold`` those of the fold class
+    (the FOLD variant), else those of the other classes."""
     classes = [c for c in table[math, layout] if (c == "fold") == fold]
-    if input_activation is not None:
+    if input_activation is not None or gated:
         kind = "gemm" if table is GEMM_CONFIGS else "weight_grad"
-        return _unique(table[math, layout][activation_class(kind, c, math, input_activation)][0] for c in classes)
+        return _unique(table[math, layout][activation_class(kind, c, math, input_activation, gated)][0]
+                       for c in classes)
     return _unique(c for name in classes for c in table[math, layout][name])
 
 
@@ -719,9 +857,9 @@ def kernel_launches():
             # float32 and float64 are compiled for the default NCHW layout only
             layouts = ("nchw", "nhwc") if tensor_cores else ("nchw",)
             kernel = kernels.tap_conv_gemm_kernel
-            for activation, backward, layout, fold in itertools.product(INPUT_ACTIVATIONS, (False, True), layouts,
-                                                                        (False, True)):
-                if fold and backward:  # FOLD is a forward variant
+            for activation, backward, layout, fold, gated in itertools.product(
+                    INPUT_ACTIVATIONS, (False, True), layouts, (False, True), (False, True)):
+                if (fold or gated) and backward:  # FOLD and GATED are forward variants
                     continue
                 hints = _layout_hints(kernel, layout)
                 if fold:
@@ -730,14 +868,15 @@ def kernel_launches():
                 unit, other = ("stride_pk", "stride_pn") if backward else ("stride_pn", "stride_pk")
                 hints["ones"] += (unit,)
                 hints["divisible"] += (other,)
-                if not (activation and backward):  # GATE's strides are never read: the placeholder zeros
-                    hints["ones"] = tuple(n for n in hints["ones"] if not n.startswith("stride_g"))
-                    hints["divisible"] = tuple(n for n in hints["divisible"] if not n.startswith("stride_g")) + tuple(
-                        f"stride_g{d}" for d in "bchw")
-                for config in _class_configs(GEMM_CONFIGS, math, layout, activation, fold):
+                # GATE's (SAVED's) strides are never read unless INPUT_ACT and BACKWARD (GATED): placeholder zeros
+                for unread in ("g" if not (activation and backward) else "") + ("s" if not gated else ""):
+                    hints["ones"] = tuple(n for n in hints["ones"] if not n.startswith(f"stride_{unread}"))
+                    hints["divisible"] = tuple(n for n in hints["divisible"] if not n.startswith(
+                        f"stride_{unread}")) + tuple(f"stride_{unread}{d}" for d in "bchw")
+                for config in _class_configs(GEMM_CONFIGS, math, layout, activation, fold, gated):
                     act = INPUT_ACTIVATIONS.index(activation)
                     yield KernelLaunch.build(kernel, dtype, constexprs=dict(BACKWARD=backward, INPUT_ACT=act, **common,
-                                                                            **config.kwargs, FOLD=fold),
+                                                                            **config.kwargs, FOLD=fold, GATED=gated),
                                              num_warps=config.num_warps, num_stages=config.num_stages,
                                              tensor_cores=tensor_cores, **hints)
             kernel = kernels.tap_conv_weight_grad_kernel

@@ -39,3 +39,10 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, mask=Non
     or concat_elu(x) with ``input_activation``, see :func:`tap_conv2d`)."""
     return tap_conv2d(x, weight, bias, masked(weight.shape[-1], mask_type, data_channels), mask,
                       input_activation=input_activation)
+
+
+def tap_conv2d_gated_residual(x, weight, bias, taps: TapSet, residual, mask=None, *, input_activation=None):
+    """``residual + a * torch.sigmoid(b)``, ``a, b = tap_conv2d(x, weight, bias, taps, mask,
+    input_activation=input_activation).chunk(2, 1)``: PixelCNN++'s gated residual, as openai's gated_resnet."""
+    value, gate = tap_conv2d(x, weight, bias, taps, mask, input_activation=input_activation).chunk(2, 1)
+    return residual + value * torch.sigmoid(gate)
