@@ -45,6 +45,9 @@ without storing it:
   weight grad  the tile's rows c < C_x reduce elu(X[., c]) tiles, rows C_x + c reduce elu(-X[., c]) tiles.
   elu(z) = z for z > 0, else exp(z) - 1 (F.elu with alpha 1; nan stays nan), computed in ACC, rounded to x's dtype
   before the tl.dot as F.elu's output would be.
+GATED (a constexpr of the forward: PixelCNN++'s gated residual) computes y = r + a * sigmoid(b) for the conv
+output c = [a, b] (C_out = 2F): each program keeps two accumulators, a (P's columns j) and b (columns F + j),
+stores c to SAVED (the backward's input) and writes RESIDUAL + a * sigmoid(b) to OUT [B, F, H, W].
 Pixel indices are int32 (fewer than 2**31 pixels); the batch offset b * stride_b is int64, so a tensor may
 hold more than 2**31 elements.
 """

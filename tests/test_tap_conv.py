@@ -417,7 +417,7 @@ def test_launch_space_covers_the_heuristics():
     def configs(table, kind, math, layout, shape_class, activation, gated=False):  # what the class's launcher takes
         if activation is None and not gated:
             return table[math, layout][shape_class]
-        return table[math, layout][op.activation_class(kind, shape_class, math, activation, gated)][:1]
+        return op.activation_configs(kind, math, layout, shape_class, activation, gated)
 
     launched = {launch_key(l.kernel, l.signature[0][1], dict(l.constexprs), l.num_warps, l.num_stages)
                 for l in op.kernel_launches()}
@@ -1250,6 +1250,18 @@ def test_tap_conv2d_gated_residual_gradcheck_float64(device, case, input_activat
     assert torch.autograd.gradcheck(
         lambda x, w, b, r: op.tap_conv2d_gated_residual(x, w, b, taps, r, input_activation=input_activation),
         inputs, fast_mode=True)
+
+
+def test_tap_conv2d_gated_residual_tf32_fold(device):
+    """The float32 gated fold launch on TF32 tensor cores (GATED_FOLD_CONFIGS["tf32"]; exact under the
+    interpreter): within 1e-2 of the reference (TF32 keeps 10 mantissa bits; the outputs here are O(1))."""
+    taps, c_x, channels, (batch, height, width) = GATED_CASES["down_shifted 2x3 C_x=3 F=3 (fold)"]
+    x, w, b, residual = gated_inputs(taps, batch, height, width, c_x, channels, torch.float32, device, "concat_elu")
+    with cudnn_tf32(True):
+        y = op.tap_conv2d_gated_residual(x, w, b, taps, residual, input_activation="concat_elu")
+    expected = reference_gated(x.double(), w.double(), b.double(), taps, residual.double(), "concat_elu",
+                               torch.float32)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-2, atol=1e-2)
 
 
 def test_tap_conv2d_gated_residual_strided_without_work_and_errors(device):

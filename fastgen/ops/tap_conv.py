@@ -140,6 +140,25 @@ WEIGHT_GRAD_CONFIGS = {
 INPUT_ACTIVATIONS = (None, "relu", "concat_elu")  # the kernels' INPUT_ACT is the index
 
 
+# The gated residual epilogue's fold launches (GATED and FOLD: two accumulators beside the gathered activation
+# tiles) on float32: the fold class's tile spilled with concat_elu (sm_80 TF32 channels-last 64x64x32: 16 bytes;
+# sm_90 exact-FP32 NCHW 64x32x16: 4 bytes), so they run these (16 reduced steps on TF32 tensor cores keep
+# HGMMA's 64 rows; FMA units take 32 pixels). Compiled, every GATED launch (48 x (sm_90, sm_80), each with the
+# one config of its class as the input activations'): 0 spill bytes, at most 244 registers (sm_90 16-bit NCHW
+# with relu: little margin), HGMMA / HMMA in 16-bit and TF32; 113 s of compile time on 2 cores. UNMEASURED on a GPU.
+GATED_FOLD_CONFIGS = {"tf32": _tiles(64, 64, 16, 4, 3), "fma": _tiles(32, 32, 16, 4, 3)}
+
+
+def activation_configs(kind: str, math: str, layout: str, shape_class: str, input_activation: str | None,
+                       gated: bool = False) -> list[triton.Config]:
+    """The one config a launch with ``input_activation`` or ``gated`` takes: the first of
+    :func:`activation_class`'s list, or GATED_FOLD_CONFIGS' for a float32 gated fold launch."""
+    if gated and shape_class == "fold" and math in GATED_FOLD_CONFIGS:
+        return [GATED_FOLD_CONFIGS[math]]
+    table = GEMM_CONFIGS if kind == "gemm" else WEIGHT_GRAD_CONFIGS
+    return table[math, layout][activation_class(kind, shape_class, math, input_activation, gated)][:1]
+
+
 def activation_class(kind: str, shape_class: str, math: str, input_activation: str | None,
                      gated: bool = False) -> str:
     """The shape class whose first config a launch of ``shape_class`` with ``input_activation`` ("relu" or
@@ -170,8 +189,8 @@ def _unique(configs):
 FAMILY = register_family(
     "tap_conv", __name__, benchmarks="fastgen.benchmarks.bench_tap_conv",
     configs={
-        kernels.tap_conv_gemm_kernel: _unique(c for classes in GEMM_CONFIGS.values() for cs in classes.values()
-                                              for c in cs),
+        kernels.tap_conv_gemm_kernel: _unique([*(c for classes in GEMM_CONFIGS.values() for cs in classes.values()
+                                                 for c in cs), *GATED_FOLD_CONFIGS.values()]),
         kernels.tap_conv_weight_grad_kernel: _unique(c for classes in WEIGHT_GRAD_CONFIGS.values()
                                                      for cs in classes.values() for c in cs),
         kernels.tap_conv_pack_weight_kernel: [triton.Config({}, num_warps=4)],
@@ -193,8 +212,8 @@ def _launcher(kind: str, math: str, layout: str, shape_class: str, input_activat
     fn, table = ((kernels.tap_conv_gemm_kernel, GEMM_CONFIGS) if kind == "gemm"
                  else (kernels.tap_conv_weight_grad_kernel, WEIGHT_GRAD_CONFIGS))
     if input_activation is not None or gated:
-        return Kernel(fn, key=_KEYS[kind], configs=table[math, layout][
-            activation_class(kind, shape_class, math, input_activation, gated)][:1])
+        return Kernel(fn, key=_KEYS[kind], configs=activation_configs(kind, math, layout, shape_class,
+                                                                      input_activation, gated))
     configs = table[math, layout][shape_class]
     return Kernel(fn, key=_KEYS[kind], configs=configs[:1] if interpreting() else configs)
 
@@ -833,8 +852,7 @@ def _class_configs(table, math: str, layout: str, input_activation: str | None =
     classes = [c for c in table[math, layout] if (c == "fold") == fold]
     if input_activation is not None or gated:
         kind = "gemm" if table is GEMM_CONFIGS else "weight_grad"
-        return _unique(table[math, layout][activation_class(kind, c, math, input_activation, gated)][0]
-                       for c in classes)
+        return _unique(activation_configs(kind, math, layout, c, input_activation, gated)[0] for c in classes)
     return _unique(c for name in classes for c in table[math, layout][name])
 
 
