@@ -34,10 +34,25 @@ The input gradient of such a layer (C_in outputs) is not folded: an input layer'
 PRECISION is ``tl.dot``'s input precision: "tf32" (float32 on TF32 tensor cores, chosen by the host when PyTorch
 would use TF32 for a convolution) or "ieee" (exact float32 products on FMA units; 16-bit and float64 tiles
 ignore it). The bias is a runtime flag (``has_bias``), not a constexpr: one compiled forward serves both.
-RELU_INPUT (a constexpr: its own compiled variants; without it the code is today's) convolves relu(x) without
-storing it: the forward and the weight gradient apply relu to each loaded X tile (``tl.where(x < 0, 0, x)``,
-nan stays nan as in torch.relu), and the input gradient zeroes dX where the forward input x <= 0 (read in its
-epilogue through GATE): torch.relu's backward, which passes the gradient where x is nan.
+INPUT_ACT (a constexpr: its own compiled variants; 0 is the plain convolution) convolves an activation of x
+without storing it:
+* 1, relu: the forward and the weight gradient apply relu to each loaded X tile (``tl.where(x < 0, 0, x)``, nan
+  stays nan as in torch.relu), and the input gradient zeroes dX where the forward input x <= 0 (read in its
+  epilogue through GATE): torch.relu's backward, which passes the gradient where x is nan.
+* 2, concat_elu (PixelCNN++): the convolution of elu(cat([x, -x], 1)), whose weight has 2 * C_x input channels:
+  P [n_taps, 2 C_x, C_out], rows c (x's channel c) and C_x + c (-x's). With W1 = P[:, :C_x], W2 = P[:, C_x:]:
+  forward      Y[m, o]  = sum_t sum_c elu(X[m + shift_t, c]) W1[t, c, o] + elu(-X[m + shift_t, c]) W2[t, c, o]
+               (each X tile loaded once, two tl.dot against the two weight halves; FOLD alike)
+  input grad   dX[m, c] = elu'(x) G1[m, c] - elu'(-x) G2[m, c],  G1/G2 = sum_t sum_o dY[m - shift_t, o] W1/W2[t, c, o]
+               (two accumulators, combined in the epilogue with the GATE tile x; elu'(z) = exp(z) for z <= 0,
+               else 1: torch's elu_backward as CUDA defines it, where a nan x passes the gradient (torch's
+               vectorized CPU kernel gives nan there), and exp(-inf) = 0)
+  weight grad  the tile's rows c < C_x reduce elu(X[., c]) tiles, rows C_x + c reduce elu(-X[., c]) tiles.
+  elu(z) = z for z > 0, else exp(z) - 1 (F.elu with alpha 1; nan stays nan), computed in ACC, rounded to x's dtype
+  before the tl.dot as F.elu's output would be.
+GATED (a constexpr of the forward: PixelCNN++'s gated residual) computes y = r + a * sigmoid(b) for the conv
+output c = [a, b] (C_out = 2F): each program keeps two accumulators, a (P's columns j) and b (columns F + j),
+stores c to SAVED (the backward's input) and writes RESIDUAL + a * sigmoid(b) to OUT [B, F, H, W].
 Pixel indices are int32 (fewer than 2**31 pixels); the batch offset b * stride_b is int64, so a tensor may
 hold more than 2**31 elements.
 """
@@ -73,6 +88,44 @@ def _mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _elu(z, negate, ACC: tl.constexpr, UPCAST: tl.constexpr):
+    """F.elu(-z if negate else z) (alpha 1; ``negate`` a bool or a tile of them) in z's dtype, computed in ACC:
+    the value for values > 0, else exp(value) - 1 (nan stays nan). The negation too is done in ACC (the
+    interpreter negates bfloat16 as integers). With UPCAST (bfloat16 under the interpreter, whose float32 ->
+    bfloat16 conversion truncates instead of rounding to nearest) the result stays in ACC: _mma multiplies in
+    float32 there anyway."""
+    zc = z.to(ACC)
+    zc = tl.where(negate, -zc, zc)
+    zc = tl.where(zc > 0, zc, tl.exp(zc) - 1.0)
+    if UPCAST:
+        return zc
+    return zc.to(z.dtype)
+
+
+@triton.jit
+def _x_channel(offs_c, c_in, INPUT_ACT: tl.constexpr):
+    """(x's channel, whether it is negated) of the weight's input channels ``offs_c``: themselves, unnegated,
+    except with concat_elu (INPUT_ACT 2), whose c_in = 2 C_x channels are x's (c < C_x) then -x's (c - C_x)."""
+    if INPUT_ACT == 2:
+        half = c_in // 2
+        negated = offs_c >= half
+        return tl.where(negated, offs_c - half, offs_c), negated
+    return offs_c, offs_c < 0
+
+
+@triton.jit
+def _input_activation(xt, negated, INPUT_ACT: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
+    """The weight gradient's [BLOCK_C, BLOCK_M] tile of the forward's convolved input: x (INPUT_ACT 0),
+    relu(x) (1: nan kept) or, with concat_elu (2), elu(x) on the rows of x's channels and elu(-x) on the
+    ``negated`` rows of -x's."""
+    if INPUT_ACT == 1:
+        xt = tl.where(xt < 0, 0.0, xt)
+    elif INPUT_ACT == 2:
+        xt = _elu(xt, negated[:, None], ACC, UPCAST)
+    return xt
+
+
+@triton.jit
 def _centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved):
     """[BLOCK_C, BLOCK_O] mask of the centre tap: input group < (strict) or <= output group; channel c of C is in
     group c * groups // C (contiguous groups) or, with ``interleaved``, c % groups."""
@@ -84,19 +137,23 @@ def _centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved):
 @triton.jit(do_not_specialize=_TAP_SET_ARGS + ["has_bias"])
 def tap_conv_gemm_kernel(
     A,  # activations read: the input x [B, C_in, H, W] (forward) or the output gradient [B, C_out, H, W]
-    P,  # packed weight [n_taps, C_in, C_out], contiguous
+    P,  # packed weight [n_taps, C_in, C_out] ([n_taps, 2 C_x, C_out] with concat_elu), contiguous
     BIAS,  # bias [C_out] (read only when has_bias)
-    GATE,  # the forward input x [B, C_in, H, W] (read only with RELU_INPUT and BACKWARD: relu's backward gate)
-    OUT,  # written: the output y [B, C_out, H, W] (forward) or the input gradient [B, C_in, H, W]
+    GATE,  # the forward input x [B, C_x, H, W] (read only with INPUT_ACT and BACKWARD: the activation's gate)
+    OUT,  # written: the output y [B, C_out, H, W] (forward; [B, C_out / 2, H, W] with GATED) or the input
+    # gradient [B, C_x, H, W]
+    RESIDUAL,  # with GATED: the residual r [B, C_out / 2, H, W], OUT's strides (read only with GATED)
+    SAVED,  # with GATED: written, the convolution c = [a, b] [B, C_out, H, W] the backward reads
     n_pixels, height, width, n_red, n_out,  # n_pixels = B * H * W; channels reduced (of A) and produced (of OUT)
     n_taps, kernel_w, pad_top, pad_left,  # the tap set
     has_bias,  # 1: add BIAS in the epilogue (a runtime flag: one compiled variant with and without)
     stride_ab, stride_ac, stride_ah, stride_aw,
     stride_ob, stride_oc, stride_oh, stride_ow,
-    stride_gb, stride_gc, stride_gh, stride_gw,  # GATE's strides (placeholders unless RELU_INPUT and BACKWARD)
+    stride_gb, stride_gc, stride_gh, stride_gw,  # GATE's strides (placeholders unless INPUT_ACT and BACKWARD)
+    stride_sb, stride_sc, stride_sh, stride_sw,  # SAVED's strides (placeholders unless GATED)
     stride_pk, stride_pn,  # P's strides over the reduced and the produced channels: (C_out, 1) or (1, C_out)
     BACKWARD: tl.constexpr,  # the input gradient: pixel m gathers A at m - shift instead of m + shift
-    RELU_INPUT: tl.constexpr,  # convolve relu(x): relu on the A tiles (forward), 0 where GATE <= 0 (BACKWARD)
+    INPUT_ACT: tl.constexpr,  # 0: conv(x); 1: conv(relu(x)); 2: conv(elu(cat([x, -x]))) (see the module doc)
     UPCAST: tl.constexpr,  # multiply in float32 (bfloat16 under the interpreter)
     PRECISION: tl.constexpr,  # tl.dot input precision of float32 operands: "tf32" or "ieee"
     ACC: tl.constexpr,  # accumulator dtype
@@ -104,13 +161,19 @@ def tap_conv_gemm_kernel(
     BLOCK_N: tl.constexpr,  # produced channels per program
     BLOCK_K: tl.constexpr,  # reduced channels per step (with FOLD: (tap, channel) pairs per step)
     FOLD: tl.constexpr = False,  # the forward of a small-C_in layer: reduce over k = tap * n_red + c (not BACKWARD)
+    GATED: tl.constexpr = False,  # the forward's gated residual epilogue: OUT = r + a * sigmoid(b), n_out = C_out / 2
 ):
     """The forward (OUT[m, o] = sum_t sum_c A[m + shift_t, c] P[t, c, o]) and, with BACKWARD, the input
     gradient (OUT[m, c] = sum_t sum_o A[m - shift_t, o] P[t, c, o]): the same GEMM over the live taps. With
-    RELU_INPUT the forward reads relu(A) and the input gradient is OUT[m, c] * (GATE[m, c] <= 0 ? 0 : 1).
-    With FOLD (the forward only) the reduction runs over the flattened k = tap * n_red + c, BLOCK_K at a time,
-    each column of the A tile gathering its own tap's pixel shift: P's rows are k."""
+    INPUT_ACT 1 the forward reads relu(A) and the input gradient is OUT[m, c] * (GATE[m, c] <= 0 ? 0 : 1); with
+    INPUT_ACT 2 (concat_elu) the forward reduces elu(A) and elu(-A) against P's two row halves and the input
+    gradient keeps one accumulator per half (see the module doc). With FOLD (the forward only) the reduction runs
+    over the flattened k = tap * n_red + c, BLOCK_K at a time, each column of the A tile gathering its own tap's
+    pixel shift: P's rows are k (tap * 2 n_red + c and + n_red with concat_elu). With GATED (the forward only)
+    the program's output channels j are those of a = c[:, j] and b = c[:, n_out + j] (P's columns j and
+    n_out + j, one accumulator each): it writes c to SAVED and OUT = RESIDUAL + a * sigmoid(b)."""
     tl.static_assert(not (FOLD and BACKWARD), "FOLD is a forward variant")
+    tl.static_assert(not (GATED and BACKWARD), "GATED is a forward variant")
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -120,8 +183,17 @@ def tap_conv_gemm_kernel(
     m_ok = offs_m < n_pixels
     n_ok = offs_n < n_out
     a_batch = A + b.to(tl.int64) * stride_ab
+    # P's elements per tap, and the offset of the second row half (-x's channels) with concat_elu: P's input
+    # channels are the reduced ones in the forward (stride_pk), the produced ones in the input gradient
+    tap_size = n_red * n_out * (2 if INPUT_ACT == 2 else 1) * (2 if GATED else 1)
+    second_half = n_out * stride_pn if BACKWARD else n_red * stride_pk
+    gate_columns = n_out * stride_pn  # with GATED: P's columns of b
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    if INPUT_ACT == 2 and BACKWARD:
+        acc_neg = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)  # dY W2^T: the gradient reaching elu(-x)
+    if GATED:
+        acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)  # b = c[:, n_out + j]
     if FOLD:  # k = tap * n_red + c: no padded channels (C_in = 3 in steps of 16 would multiply 13 zeros)
         n_k = n_taps * n_red
         for k0 in range(0, n_k, BLOCK_K):
@@ -133,11 +205,24 @@ def tap_conv_gemm_kernel(
             a_ok = m_ok[:, None] & (ks < n_k)[None, :] & (ay >= 0) & (ay < height) & (ax >= 0) & (ax < width)
             a = tl.load(a_batch[:, None] + ay * stride_ah + ax * stride_aw + cs[None, :] * stride_ac, mask=a_ok,
                         other=0.0)
-            if RELU_INPUT:
+            rows = ks + tap * n_red if INPUT_ACT == 2 else ks  # P as [n_taps * n_red (x2 with concat_elu), C_out]
+            w_ptrs = P + rows[:, None] * stride_pk + offs_n[None, :] * stride_pn
+            w_ok = (ks < n_k)[:, None] & n_ok[None, :]
+            w = tl.load(w_ptrs, mask=w_ok, other=0.0)
+            if INPUT_ACT == 2:
+                a_pos = _elu(a, False, ACC, UPCAST)
+                acc = _mma(a_pos, w, acc, UPCAST, PRECISION)
+                if GATED:
+                    acc_gate = _mma(a_pos, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST,
+                                    PRECISION)
+                w_ptrs += second_half
+                w = tl.load(w_ptrs, mask=w_ok, other=0.0)
+                a = _elu(a, True, ACC, UPCAST)
+            elif INPUT_ACT == 1:
                 a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
-            w = tl.load(P + ks[:, None] * stride_pk + offs_n[None, :] * stride_pn,  # P as [n_taps * n_red, C_out]
-                        mask=(ks < n_k)[:, None] & n_ok[None, :], other=0.0)
             acc = _mma(a, w, acc, UPCAST, PRECISION)
+            if GATED:
+                acc_gate = _mma(a, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST, PRECISION)
     else:
         k_blocks = tl.cdiv(n_red, BLOCK_K)
         for step in range(0, n_taps * k_blocks):
@@ -154,20 +239,48 @@ def tap_conv_gemm_kernel(
             k_ok = ks < n_red
             a = tl.load(a_batch[:, None] + (ay * stride_ah + ax * stride_aw)[:, None] + ks[None, :] * stride_ac,
                         mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
-            if RELU_INPUT and not BACKWARD:
+            w_ptrs = P + tap.to(tl.int64) * tap_size + ks[:, None] * stride_pk + offs_n[None, :] * stride_pn
+            w_ok = k_ok[:, None] & n_ok[None, :]
+            w = tl.load(w_ptrs, mask=w_ok, other=0.0)
+            if INPUT_ACT == 2 and BACKWARD:
+                acc_neg = _mma(a, tl.load(w_ptrs + second_half, mask=w_ok, other=0.0), acc_neg, UPCAST, PRECISION)
+            elif INPUT_ACT == 2:
+                a_pos = _elu(a, False, ACC, UPCAST)
+                acc = _mma(a_pos, w, acc, UPCAST, PRECISION)
+                if GATED:
+                    acc_gate = _mma(a_pos, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST,
+                                    PRECISION)
+                w_ptrs += second_half
+                w = tl.load(w_ptrs, mask=w_ok, other=0.0)
+                a = _elu(a, True, ACC, UPCAST)
+            elif INPUT_ACT == 1 and not BACKWARD:
                 a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
-            w = tl.load(P + tap.to(tl.int64) * n_red * n_out + ks[:, None] * stride_pk + offs_n[None, :] * stride_pn,
-                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             acc = _mma(a, w, acc, UPCAST, PRECISION)
+            if GATED:
+                acc_gate = _mma(a, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST, PRECISION)
 
     if has_bias != 0:
         acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
-    if RELU_INPUT and BACKWARD:  # torch.relu's backward: 0 where x <= 0; x nan passes the gradient
+        if GATED:
+            acc_gate += tl.load(BIAS + n_out + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
+    if INPUT_ACT != 0 and BACKWARD:
         gate = tl.load(GATE + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                        + offs_n[None, :] * stride_gc, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.where(gate <= 0, 0.0, acc)
-    out = OUT + (b.to(tl.int64) * stride_ob + y * stride_oh + x * stride_ow)[:, None] + offs_n[None, :] * stride_oc
-    tl.store(out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+        if INPUT_ACT == 2:  # elu'(x) G1 - elu'(-x) G2, elu'(z) = exp(z) for z <= 0 else 1 (x nan: G1 - G2)
+            gate = gate.to(ACC)
+            acc = (tl.where(gate <= 0, acc * tl.exp(gate), acc)
+                   - tl.where(gate >= 0, acc_neg * tl.exp(-gate), acc_neg))
+        else:  # torch.relu's backward: 0 where x <= 0; x nan passes the gradient
+            acc = tl.where(gate <= 0, 0.0, acc)
+    out_ok = m_ok[:, None] & n_ok[None, :]
+    out_offsets = (b.to(tl.int64) * stride_ob + y * stride_oh + x * stride_ow)[:, None] + offs_n[None, :] * stride_oc
+    if GATED:  # c = [a, b] for the backward (rounded as it is stored), then r + a * sigmoid(b)
+        saved = SAVED + (b.to(tl.int64) * stride_sb + y * stride_sh + x * stride_sw)[:, None] + offs_n[None, :] * stride_sc
+        tl.store(saved, acc.to(SAVED.dtype.element_ty), mask=out_ok)
+        tl.store(saved + n_out * stride_sc, acc_gate.to(SAVED.dtype.element_ty), mask=out_ok)
+        residual = tl.load(RESIDUAL + out_offsets, mask=out_ok, other=0.0).to(ACC)
+        acc = residual + acc / (1.0 + tl.exp(-acc_gate))
+    tl.store(OUT + out_offsets, acc.to(OUT.dtype.element_ty), mask=out_ok)
 
 
 # The weight gradient's target arguments are not specialized either: one compiled variant per target dtype
@@ -197,7 +310,7 @@ def _write_weight_grad(GRAD_W, acc, tap, offs_c, offs_o, ok, kernel_w, atomic, s
 
 @triton.jit(do_not_specialize=_TAP_SET_ARGS + ["pixels_per_split", "has_bias"] + _WEIGHT_GRAD_TARGET_ARGS)
 def tap_conv_weight_grad_kernel(
-    X,  # input [B, C_in, H, W]
+    X,  # input [B, C_in, H, W] ([B, C_in / 2, H, W] with concat_elu)
     GRAD_Y,  # output gradient [B, C_out, H, W]
     GRAD_W,  # written: the dense weight gradient [C_out, C_in, kh, kw], or in ACC the partial sums (see the strides)
     GRAD_B,  # written when has_bias: the bias gradient [C_out], or in ACC the partial sums [split, C_out]
@@ -216,7 +329,8 @@ def tap_conv_weight_grad_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
-    RELU_INPUT: tl.constexpr,  # the forward convolved relu(X): reduce relu(X) tiles
+    INPUT_ACT: tl.constexpr,  # the forward convolved X (0), relu(X) (1: relu(X) tiles) or concat_elu(X) (2:
+    # c_in = 2 C_x weight channels; rows c < C_x reduce elu(X[c]) tiles, rows C_x + c elu(-X[c]) tiles)
     BLOCK_C: tl.constexpr,  # input channels per program (with FOLD: rows k = tap * c_in + c per program)
     BLOCK_O: tl.constexpr,  # output channels per program
     BLOCK_M: tl.constexpr,  # pixels per step
@@ -246,6 +360,7 @@ def tap_conv_weight_grad_kernel(
             k_ok = ks < n_k
             tap = ks // c_in
             offs_c = ks - tap * c_in
+            x_c, negated = _x_channel(offs_c, c_in, INPUT_ACT)
             dy = (tap // kernel_w - pad_top)[:, None]  # [BLOCK_C, 1]: each row its shift
             dx = (tap % kernel_w - pad_left)[:, None]
             acc = tl.zeros((BLOCK_C, BLOCK_O), dtype=ACC)
@@ -257,9 +372,8 @@ def tap_conv_weight_grad_kernel(
                 ix = x[None, :] + dx
                 x_ok = k_ok[:, None] & m_ok[None, :] & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
                 xt = tl.load(X + (b.to(tl.int64) * stride_xb)[None, :] + iy * stride_xh + ix * stride_xw
-                             + offs_c[:, None] * stride_xc, mask=x_ok, other=0.0)
-                if RELU_INPUT:
-                    xt = tl.where(xt < 0, 0.0, xt)  # relu(x), nan kept
+                             + x_c[:, None] * stride_xc, mask=x_ok, other=0.0)
+                xt = _input_activation(xt, negated, INPUT_ACT, ACC, UPCAST)
                 g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                             + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
                 acc = _mma(xt, g, acc, UPCAST, PRECISION)
@@ -272,6 +386,7 @@ def tap_conv_weight_grad_kernel(
             tap = pid_tc // c_blocks
             offs_c = (pid_tc - tap * c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
             c_ok = offs_c < c_in
+            x_c, negated = _x_channel(offs_c, c_in, INPUT_ACT)
             dy = tap // kernel_w - pad_top
             dx = tap % kernel_w - pad_left
             acc = tl.zeros((BLOCK_C, BLOCK_O), dtype=ACC)
@@ -283,9 +398,8 @@ def tap_conv_weight_grad_kernel(
                 ix = x + dx
                 pixel_ok = m_ok & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
                 xt = tl.load(X + (b.to(tl.int64) * stride_xb + iy * stride_xh + ix * stride_xw)[None, :]
-                             + offs_c[:, None] * stride_xc, mask=c_ok[:, None] & pixel_ok[None, :], other=0.0)
-                if RELU_INPUT:
-                    xt = tl.where(xt < 0, 0.0, xt)  # relu(x), nan kept
+                             + x_c[:, None] * stride_xc, mask=c_ok[:, None] & pixel_ok[None, :], other=0.0)
+                xt = _input_activation(xt, negated, INPUT_ACT, ACC, UPCAST)
                 g = tl.load(GRAD_Y + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                             + offs_o[None, :] * stride_gc, mask=m_ok[:, None] & o_ok[None, :], other=0.0)
                 acc = _mma(xt, g, acc, UPCAST, PRECISION)

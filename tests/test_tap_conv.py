@@ -75,26 +75,34 @@ def _assert_within_tf32(actual, expected, bound, msg):
     assert (error <= allowed).all(), f"{msg}: error {(error - allowed).max().item():.3g} above the TF32 bound"
 
 
-def check_against_reference(x, w, b, taps, dtype, tf32=False, relu_input=False):
+def check_against_reference(x, w, b, taps, dtype, tf32=False, input_activation=None):
     """Output and the gradients of x, weight and bias (grad_output random) against the float64 reference
-    (of the convolution of relu(x) with ``relu_input``).
+    (of the convolution of relu(x) or concat_elu(x) with ``input_activation``).
 
     ``tf32``: float32 multiplied on TF32 tensor cores: within the TF32 bound of each value instead of float32's
     tolerance (under the interpreter, which multiplies exactly either way, this holds trivially; on a GPU it
     checks the TF32 kernels)."""
     leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
-    y = fastgen.tap_conv2d(x, w, b, taps, relu_input=relu_input)
+    y = fastgen.tap_conv2d(x, w, b, taps, input_activation=input_activation)
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     x64, w64 = leaves64[:2]
     b64 = leaves64[2] if b is not None else None
-    y_ref = ref.tap_conv2d(x64, w64, b64, taps, relu_input=relu_input)
+    if input_activation == "concat_elu" and dtype.itemsize == 2 and not op._upcast(dtype):
+        # 16-bit: the kernels round elu(+-x) to the dtype before multiplying, as eager F.elu's 16-bit output is
+        # rounded (~2**-9 of each product in bf16: beyond its tolerance over a few dozen terms that cancel); the
+        # cast passes x's gradient through unchanged. Interpreted bf16 multiplies the float32 activation.
+        y_ref = ref.tap_conv2d(F.elu(torch.cat([x64, -x64], 1)).to(dtype).double(), w64, b64, taps)
+    else:
+        y_ref = ref.tap_conv2d(x64, w64, b64, taps, input_activation=input_activation)
     assert y.dtype == dtype and y.shape == y_ref.shape
     grad_y = make(y.shape, dtype, y.device, "grad_y")  # rounded to dtype, then the same values in float64
     grads = torch.autograd.grad(y, leaves, grad_y)
     grads_ref = torch.autograd.grad(y_ref, leaves64, grad_y.double())
     if tf32:  # the same sums over |x|, |w| and |grad_y|: the scale of each value's TF32 error
         abs64 = [t.detach().abs().requires_grad_() for t in leaves64[:2]]
-        y_abs = ref.tap_conv2d(*abs64, None, taps)
+        # |relu(x)| <= |x| and |elu(+-x)| <= |x|, |elu'| <= 1: the sums over |x| bound the activation's too
+        abs_x = torch.cat([abs64[0]] * 2, 1) if input_activation == "concat_elu" else abs64[0]
+        y_abs = ref.tap_conv2d(abs_x, abs64[1], None, taps)
         bounds = (y_abs, *torch.autograd.grad(y_abs, abs64, grad_y.double().abs()), torch.zeros_like(y_ref[0, :, 0, 0]))
         _assert_within_tf32(y, y_ref, bounds[0], "output")
     else:
@@ -398,14 +406,18 @@ def test_bf16_interpreter_upcast():
 
 def test_launch_space_covers_the_heuristics():
     """Every config of every class the launchers pick is a configuration the compile check builds, with the
-    precision (TF32 or exact) of its math, with and without relu_input (RELU_INPUT: one config per class)."""
+    precision (TF32 or exact) of its math, with and without an input activation (INPUT_ACT: one config per
+    class)."""
     def launch_key(kernel, dtype_name, constexprs, num_warps, num_stages):
         return (kernel, dtype_name, tuple(sorted((k, str(v)) for k, v in constexprs.items() if k.startswith("BLOCK")
-                                                 or k in ("PRECISION", "BACKWARD", "RELU_INPUT", "FOLD"))), num_warps,
+                                                 or k in ("PRECISION", "BACKWARD", "INPUT_ACT", "FOLD", "GATED"))),
+                num_warps,
                 num_stages)
 
-    def configs(table, kind, math, layout, shape_class, relu):  # what the launcher of the class takes
-        return table[math, layout][op.relu_class(kind, shape_class, math)][:1] if relu else table[math, layout][shape_class]
+    def configs(table, kind, math, layout, shape_class, activation, gated=False):  # what the class's launcher takes
+        if activation is None and not gated:
+            return table[math, layout][shape_class]
+        return op.activation_configs(kind, math, layout, shape_class, activation, gated)
 
     launched = {launch_key(l.kernel, l.signature[0][1], dict(l.constexprs), l.num_warps, l.num_stages)
                 for l in op.kernel_launches()}
@@ -415,20 +427,23 @@ def test_launch_space_covers_the_heuristics():
         math = op.math_of(dtype, tf32)
         precision = "tf32" if math == "tf32" else "ieee"
         for backward, (n_red, n_out) in ((False, (c_in, c_out)), (True, (c_out, c_in))):
-            for relu in (False, True):
-                shape_class = op.gemm_class(n_red, n_out, backward)
-                for config in configs(op.GEMM_CONFIGS, "gemm", math, layout, shape_class, relu):
+            for (act, activation), gated in itertools.product(enumerate(op.INPUT_ACTIVATIONS), (False, True)):
+                if gated and backward:  # the gated residual epilogue is the forward's
+                    continue
+                # gated: n_out is half the weight's output channels
+                shape_class = op.gemm_class(n_red, n_out // 2 if gated else n_out, backward)
+                for config in configs(op.GEMM_CONFIGS, "gemm", math, layout, shape_class, activation, gated):
                     key = launch_key("tap_conv_gemm_kernel", names[dtype],
-                                     dict(config.kwargs, PRECISION=precision, BACKWARD=backward, RELU_INPUT=relu,
-                                          FOLD=shape_class == "fold"),
+                                     dict(config.kwargs, PRECISION=precision, BACKWARD=backward, INPUT_ACT=act,
+                                          FOLD=shape_class == "fold", GATED=gated),
                                      config.num_warps, config.num_stages)
                     assert key in launched, key
         wmath = op._weight_grad_math(dtype, tf32)
-        for relu in (False, True):
+        for act, activation in enumerate(op.INPUT_ACTIVATIONS):
             shape_class = op.weight_grad_class(c_in, c_out, wmath)
-            for config in configs(op.WEIGHT_GRAD_CONFIGS, "weight_grad", wmath, layout, shape_class, relu):
+            for config in configs(op.WEIGHT_GRAD_CONFIGS, "weight_grad", wmath, layout, shape_class, activation):
                 key = launch_key("tap_conv_weight_grad_kernel", names[dtype],
-                                 dict(config.kwargs, PRECISION=precision, RELU_INPUT=relu, FOLD=shape_class == "fold"),
+                                 dict(config.kwargs, PRECISION=precision, INPUT_ACT=act, FOLD=shape_class == "fold"),
                                  config.num_warps, config.num_stages)
                 assert key in launched, key
 
@@ -630,14 +645,20 @@ def _taps_args(taps):
     return list(taps.kernel_size), list(taps.padding), taps.n_taps, taps.groups, taps.strict, taps.interleaved
 
 
-@pytest.mark.parametrize("case,relu_input", [(c, False) for c in OPCHECK_CASES]
-                         + [(c, True) for c in ("mask A RGB", "horizontal B RGB channels-last", "1x1 mask A: no live tap")],
+@pytest.mark.parametrize("case,input_activation", [(c, None) for c in OPCHECK_CASES]
+                         + [(c, "relu") for c in ("mask A RGB", "horizontal B RGB channels-last",
+                                                  "1x1 mask A: no live tap")]
+                         + [(c, "concat_elu") for c in ("mask B channels-last, no bias",
+                                                        "down-shifted channels-last weight, weight only",
+                                                        "1x1 mask A: no live tap")],
                          ids=str)
-def test_custom_ops_pass_opcheck(case, relu_input, device):
+def test_custom_ops_pass_opcheck(case, input_activation, device):
     from library_checks import check_opcheck
 
     taps, bias, x_last, w_last, x_grad, batch = OPCHECK_CASES[case]
     x, w, b = conv_inputs(taps, batch, 3, 4, 3, 6, torch.float32, device, bias)
+    if input_activation == "concat_elu":  # 2 * 3 input channels: elu(x)'s and elu(-x)'s
+        w = torch.cat([w, -0.5 * w], 1)
     if x_last:
         x = x.to(memory_format=torch.channels_last)
     if w_last:
@@ -645,13 +666,13 @@ def test_custom_ops_pass_opcheck(case, relu_input, device):
     x.requires_grad_(x_grad)
     w.requires_grad_()
     b = None if b is None else b.requires_grad_()
-    check_opcheck(torch.ops.fastgen.tap_conv2d.default, x, w, b, *_taps_args(taps), relu_input)
+    check_opcheck(torch.ops.fastgen.tap_conv2d.default, x, w, b, *_taps_args(taps), input_activation)
     # the backward op on its own, with the forward's packed weight
     y, packed = torch.ops.fastgen.tap_conv2d(x.detach(), w.detach(), None if b is None else b.detach(),
-                                             *_taps_args(taps), relu_input)
+                                             *_taps_args(taps), input_activation)
     grad_y = make(y.shape, torch.float32, device, "grad_y").to(memory_format=torch.channels_last)
     check_opcheck(torch.ops.fastgen.tap_conv2d_backward.default, grad_y, x.detach(), packed, list(w.shape), w_last,
-                  *_taps_args(taps), bias, x_grad, True, relu_input)
+                  *_taps_args(taps), bias, x_grad, True, input_activation)
 
 
 def test_compiles_without_graph_breaks(device):
@@ -718,7 +739,7 @@ def test_reference_backend_compiles_without_graph_breaks(device):
                         b)
 
 
-# ---------------------------------------------------------------------------------------------- issue 13: relu_input
+# ---------------------------------------------------------------------------------------------- issue 13: relu input
 def relu_inputs(x):
     """x with exact zeros (+0 and -0) and negatives: where relu and its gradient have their edge cases."""
     x = x.detach().clone()
@@ -736,16 +757,16 @@ RELU_CASES = [(3, "B", 3, 18, 21), (5, "A", 1, 6, 9), (1, "B", 3, 12, 6)]  # (k,
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("k,mask_type,data_channels,c_in,c_out", RELU_CASES, ids=str)
 def test_relu_input(device, dtype, k, mask_type, data_channels, c_in, c_out):
-    """tap_conv2d(x, ..., relu_input=True) is the convolution of F.relu(x): values and all three gradients
+    """tap_conv2d(x, ..., input_activation="relu") is the convolution of F.relu(x): values and all three gradients
     (x's is F.relu's: 0 where x <= 0) against the float64 reference of F.relu then conv."""
     taps = masks.masked(k, mask_type, data_channels)
     x, w, b = conv_inputs(taps, 2, 5, 6, c_in, c_out, dtype, device)
     x = relu_inputs(x)
     assert (x == 0).any() and (x < 0).any()
-    y, grads = check_against_reference(x, w, b, taps, dtype, relu_input=True)
+    y, grads = check_against_reference(x, w, b, taps, dtype, input_activation="relu")
     assert (grads[0][x.detach() <= 0] == 0).all()  # exactly zero, not just small
     # masked_conv2d forwards the flag; without it the result is different (the relu did something)
-    dense = fastgen.masked_conv2d(x.detach(), w.detach(), b.detach(), mask_type, data_channels, relu_input=True)
+    dense = fastgen.masked_conv2d(x.detach(), w.detach(), b.detach(), mask_type, data_channels, input_activation="relu")
     assert torch.equal(dense, y.detach())
     assert not torch.equal(fastgen.tap_conv2d(x.detach(), w.detach(), b.detach(), taps), dense)
 
@@ -756,7 +777,7 @@ def test_relu_input_gradcheck_float64(device, taps):
     x, w, b = conv_inputs(taps, 2, 3, 4, 3, 6, torch.float64, device)
     x = torch.where(x.abs() < 1e-3, 0.5, x)  # away from relu's kink, where finite differences are wrong
     inputs = tuple(t.requires_grad_() for t in (x, w, b))
-    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps, relu_input=True), inputs,
+    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps, input_activation="relu"), inputs,
                                     fast_mode=True)
 
 
@@ -771,7 +792,7 @@ def test_relu_input_strided(device, layout):
         x = x.to(memory_format=torch.channels_last)
     else:
         x = torch.cat([x, -x], dim=3)[..., ::2]  # every other column of a wider tensor
-    y, grads = check_against_reference(x, w, b, taps, dtype, relu_input=True)
+    y, grads = check_against_reference(x, w, b, taps, dtype, input_activation="relu")
     if layout.startswith("channels_last"):
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert grads[0].is_contiguous(memory_format=torch.channels_last)
@@ -780,7 +801,7 @@ def test_relu_input_strided(device, layout):
 def test_relu_input_non_finite(device):
     """nan and inf in x: relu keeps nan (it reaches the outputs whose live taps read it, not the others), maps
     -inf to 0 and keeps inf; x's gradient is F.relu's: passed where x is nan or inf, 0 at -inf. nan and inf in
-    the masked-out weight taps change nothing, with relu_input too."""
+    the masked-out weight taps change nothing, with the relu input too."""
     taps = masks.masked(3, "B", 3)
     x, w, b = conv_inputs(taps, 2, 5, 6, 6, 6, torch.float64, device)
     x = relu_inputs(x)
@@ -790,7 +811,7 @@ def test_relu_input_non_finite(device):
     poisoned[dead] = float("nan")
     grad_y = make((2, 6, 5, 6), torch.float64, device, "relu non-finite grad_y")
     leaves = [t.detach().clone().requires_grad_() for t in (x, poisoned, b)]
-    y = fastgen.tap_conv2d(*leaves, taps, relu_input=True)
+    y = fastgen.tap_conv2d(*leaves, taps, input_activation="relu")
     grad_x, grad_w, grad_b = torch.autograd.grad(y, leaves, grad_y)
     # which outputs read a non-finite relu(x) through a live tap, any channel (the centre tap's masked channel
     # pairs are zeros in the packed weight, and 0 * nan is nan): the convolution of the indicator with ones
@@ -803,13 +824,13 @@ def test_relu_input_non_finite(device):
     # elsewhere: finite, the finite reference's (the non-finite pixels are not read there through a live tap;
     # the reference's own output is nan there too, from 0 * nan at the dead taps)
     finite_x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    expected = ref.tap_conv2d(finite_x, w, b, taps, relu_input=True)
+    expected = ref.tap_conv2d(finite_x, w, b, taps, input_activation="relu")
     keep = ~(nan_reach | inf_reach)
     assert torch.isfinite(y[keep]).all()
     assert_close(y.detach()[keep], expected[keep], torch.float64)
     # x's gradient: relu's backward on the finite input-gradient of the convolution (no nan in w's live taps)
     x64 = x.detach().clone().requires_grad_()
-    (expected_grad_x,) = torch.autograd.grad(ref.tap_conv2d(x64, w, b, taps, relu_input=True), x64, grad_y)
+    (expected_grad_x,) = torch.autograd.grad(ref.tap_conv2d(x64, w, b, taps, input_activation="relu"), x64, grad_y)
     assert torch.isfinite(expected_grad_x).all() and torch.isfinite(grad_x).all()
     assert_close(grad_x, expected_grad_x, torch.float64)
     assert grad_x[0, 1, 2, 3] != 0 and grad_x[1, 4, 1, 1] != 0  # nan and inf pass the gradient
@@ -817,7 +838,7 @@ def test_relu_input_non_finite(device):
     # the weight and bias gradients: the reference's, non-finite where a live tap read a nan / inf
     leaves_ref = [t.detach().clone().requires_grad_() for t in (x, poisoned, b)]
     with fastgen.use_backend("reference"):
-        y_ref = fastgen.tap_conv2d(*leaves_ref, taps, relu_input=True)
+        y_ref = fastgen.tap_conv2d(*leaves_ref, taps, input_activation="relu")
     grads_ref = torch.autograd.grad(y_ref, leaves_ref, grad_y)
     for got, want in zip((grad_x, grad_w, grad_b), grads_ref):
         assert torch.equal(torch.isnan(got), torch.isnan(want))
@@ -831,7 +852,7 @@ def test_relu_input_without_work(device):
     for taps, batch in ((masks.masked(1, "A"), 2), (masks.masked(3, "B", 3), 0)):
         x, w, b = conv_inputs(taps, batch, 3, 4, 3, 6, torch.float32, device)
         leaves = [t.requires_grad_() for t in (x, w, b)]
-        y = fastgen.tap_conv2d(*leaves, taps, relu_input=True)
+        y = fastgen.tap_conv2d(*leaves, taps, input_activation="relu")
         torch.testing.assert_close(y, b.detach().view(1, 6, 1, 1).expand(y.shape))
         grad_x, grad_w, grad_b = torch.autograd.grad(y.sum(), leaves)
         assert grad_x.shape == x.shape and (grad_x == 0).all() and (grad_w == 0).all()
@@ -839,17 +860,17 @@ def test_relu_input_without_work(device):
 
 
 def test_relu_input_module_and_compile(device):
-    """TapConv2d.forward(x, relu_input=True) is conv(relu(x)); compiled with fullgraph=True (the custom ops),
+    """TapConv2d.forward(x, input_activation="relu") is conv(relu(x)); compiled with fullgraph=True (the custom ops),
     it gives the eager values and gradients."""
     from library_checks import check_fullgraph
 
     conv = fastgen.nn.MaskedConv2d(6, 6, 3, "B", data_channels=3).to(device)
     x = relu_inputs(make((1, 6, 3, 4), torch.float32, device, "relu module x")).to(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert torch.equal(conv(x, relu_input=True), conv(F.relu(x)))
+        assert torch.equal(conv(x, input_activation="relu"), conv(F.relu(x)))
         with fastgen.use_backend("reference"):
-            assert_close(conv(x, relu_input=True), conv(F.relu(x)).double(), torch.float32)
-    check_fullgraph(lambda x, w, b: fastgen.masked_conv2d(x, w, b, "B", 3, relu_input=True),
+            assert_close(conv(x, input_activation="relu"), conv(F.relu(x)).double(), torch.float32)
+    check_fullgraph(lambda x, w, b: fastgen.masked_conv2d(x, w, b, "B", 3, input_activation="relu"),
                     x.requires_grad_(), conv.weight, conv.bias)
 
 
@@ -865,29 +886,30 @@ FOLD_CASES = {
 }
 
 
-@pytest.mark.parametrize("layout,relu_input", [("nchw", False), ("channels_last", False), ("nchw", True),
-                                               ("channels_last", True)], ids=str)
+@pytest.mark.parametrize("layout,input_activation", [("nchw", None), ("channels_last", None), ("nchw", "relu"),
+                                                     ("channels_last", "relu")], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", FOLD_CASES)
-def test_small_c_in_fold(device, case, dtype, layout, relu_input):
+def test_small_c_in_fold(device, case, dtype, layout, input_activation):
     """The FOLD variants (forward, weight and bias gradients) against the float64 reference; x's gradient
     (the unfolded input-gradient kernel) too."""
     taps, c_in, c_out, (batch, height, width) = FOLD_CASES[case]
     x, w, b = conv_inputs(taps, batch, height, width, c_in, c_out, dtype, device)
-    if relu_input:
+    if input_activation:
         x = relu_inputs(x)
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
-    check_against_reference(x, w, b, taps, dtype, relu_input=relu_input)
+    check_against_reference(x, w, b, taps, dtype, input_activation=input_activation)
 
 
-@pytest.mark.parametrize("relu_input", [False, True])
-def test_small_c_in_fold_gradcheck_float64(device, relu_input):
+@pytest.mark.parametrize("input_activation", [None, "relu"])
+def test_small_c_in_fold_gradcheck_float64(device, input_activation):
     taps = masks.masked(5, "A", 3)
     x, w, b = conv_inputs(taps, 2, 3, 4, 3, 6, torch.float64, device)
     x = torch.where(x.abs() < 1e-3, 0.5, x)  # away from relu's kink
     inputs = tuple(t.requires_grad_() for t in (x, w, b))
-    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps, relu_input=relu_input),
+    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps,
+                                                                       input_activation=input_activation),
                                     inputs, fast_mode=True)
 
 
@@ -1112,3 +1134,356 @@ def test_weight_grad_targets_are_compiled():
     for (x, *_), found in targets.items():
         expected = {(x, x)} | ({("*fp32", "*fp32")} if x in ("*fp16", "*bf16") else set())
         assert found == expected, (x, found)
+
+
+# ------------------------------------------------------------------------------------------ issue 13: concat_elu input
+def concat_elu(x):
+    return F.elu(torch.cat([x, -x], 1))
+
+
+def concat_elu_inputs(taps, batch, height, width, c_x, c_out, dtype, device, bias=True):
+    """x [B, c_x, H, W] with exact zeros (+0 and -0: elu's joint), and a weight of 2 * c_x input channels."""
+    x, w, b = conv_inputs(taps, batch, height, width, 2 * c_x, c_out, dtype, device, bias)
+    return relu_inputs(x[:, :c_x]).contiguous(), w, b
+
+
+# (taps, C_x, C_out, (batch, H, W)): C_x < 16 runs the FOLD forward, C_x >= 16 the (tap, channel block) loop;
+# C_x = 20 leaves partial channel blocks, and the weight gradient's 2 C_x rows cross from x's to -x's channels
+# inside a tile (BLOCK_C 32 on FMA units, 64 on tensor cores: 2 * 40 = 80).
+CONCAT_ELU_CASES = {
+    "down_shifted 2x3 C_x=3 (fold)": (masks.down_shifted((2, 3)), 3, 9, (2, 5, 6)),
+    "down_right_shifted 2x2 C_x=20": (masks.down_right_shifted((2, 2)), 20, 21, (2, 4, 5)),
+    "down_shifted 2x3 C_x=40": (masks.down_shifted((2, 3)), 40, 17, (1, 3, 4)),
+    "1x1 C_x=16": (masks.masked(1, "B"), 16, 70, (2, 3, 3)),
+    "3x3 mask A C_x=5 (fold)": (masks.masked(3, "A"), 5, 6, (1, 4, 7)),
+}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CONCAT_ELU_CASES)
+def test_concat_elu_input(device, case, dtype, layout):
+    """tap_conv2d(x, w, ..., input_activation="concat_elu") is F.conv2d of the padded F.elu(cat([x, -x], 1))
+    with the masked weight: the output and the gradients of x, weight and bias against the float64 reference,
+    NCHW and channels-last, on both GEMM loops (FOLD and channel blocks)."""
+    taps, c_x, c_out, (batch, height, width) = CONCAT_ELU_CASES[case]
+    x, w, b = concat_elu_inputs(taps, batch, height, width, c_x, c_out, dtype, device)
+    assert (x == 0).any() and (x < 0).any() and (x > 0).any()
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    y, grads = check_against_reference(x, w, b, taps, dtype, input_activation="concat_elu")
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    if dtype == torch.float64:  # the reference is F.conv2d of the padded concat_elu(x), written out
+        left, right, top, bottom = taps.pads()
+        expected = F.conv2d(F.pad(concat_elu(x.detach()), (left, right, top, bottom)),
+                            w.detach() * taps.mask(c_out, 2 * c_x, dtype, device), b.detach())
+        assert_close(y.detach(), expected, dtype, "F.conv2d of concat_elu")
+
+
+def test_concat_elu_input_tf32(device):
+    """float32 on TF32 tensor cores (the GPU; exact under the interpreter): within the TF32 bound."""
+    taps, c_x, c_out, (batch, height, width) = CONCAT_ELU_CASES["down_right_shifted 2x2 C_x=20"]
+    x, w, b = concat_elu_inputs(taps, batch, height, width, c_x, c_out, torch.float32, device)
+    with cudnn_tf32(True):
+        check_against_reference(x, w, b, taps, torch.float32, tf32=True, input_activation="concat_elu")
+
+
+@pytest.mark.parametrize("case", ["down_shifted 2x3 C_x=3 (fold)", "down_right_shifted 2x2 C_x=20", "1x1 C_x=16"])
+def test_concat_elu_input_gradcheck_float64(device, case):
+    taps = CONCAT_ELU_CASES[case][0]
+    c_x = CONCAT_ELU_CASES[case][1]
+    x, w, b = concat_elu_inputs(taps, 2, 3, 4, c_x, 5, torch.float64, device)
+    inputs = tuple(t.requires_grad_() for t in (x, w, b))  # elu is C1 at 0 (alpha 1): zeros are fine here
+    assert torch.autograd.gradcheck(lambda x, w, b: fastgen.tap_conv2d(x, w, b, taps, input_activation="concat_elu"),
+                                    inputs, fast_mode=True)
+
+
+def test_concat_elu_input_strided(device):
+    """A sliced (non-contiguous) x: the loads and the backward's gate read x with its own strides."""
+    taps = masks.down_shifted((2, 3))
+    x, w, b = concat_elu_inputs(taps, 2, 4, 5, 6, 7, torch.float32, device)
+    x = torch.cat([x, -x], dim=3)[..., ::2]  # every other column of a wider tensor
+    assert not x.is_contiguous()
+    check_against_reference(x, w, b, taps, torch.float32, input_activation="concat_elu")
+
+
+def test_concat_elu_input_non_finite(device):
+    """nan and inf in x: elu(nan) = nan, elu(inf) = inf, elu(-inf) = -1, so a non-finite x reaches (as nan or
+    inf) exactly the outputs whose live taps read it; x's gradient is F.elu's through both halves (inf:
+    elu'(-inf) = 0 on the -x half, -inf: 0 on the x half), the reference's; at a nan x it is elu_backward's
+    elementwise definition (CUDA's and the CPU scalar path's: ``x <= 0 ? grad * exp(x) : grad``, which passes
+    the gradient; torch's vectorized CPU kernel gives nan there instead); the weight and bias gradients match
+    the reference (nan where it has nan, its finite values elsewhere)."""
+    taps = masks.down_right_shifted((2, 2))
+    x, w, b = concat_elu_inputs(taps, 2, 5, 6, 4, 6, torch.float64, device)
+    x[0, 1, 2, 3], x[1, 3, 1, 1], x[1, 0, 3, 4] = float("nan"), float("inf"), -float("inf")
+    grad_y = make((2, 6, 5, 6), torch.float64, device, "concat_elu non-finite grad_y")
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    y = fastgen.tap_conv2d(*leaves, taps, input_activation="concat_elu")
+    grad_x, grad_w, grad_b = torch.autograd.grad(y, leaves, grad_y)
+    ones = torch.ones(6, 4, *taps.kernel_size, dtype=torch.float64, device=device)
+    nan_reach = ref.tap_conv2d(torch.isnan(x).double(), ones, None, taps) > 0
+    inf_reach = ref.tap_conv2d(torch.isinf(x).double(), ones, None, taps) > 0
+    assert nan_reach.any() and inf_reach.any() and (~(nan_reach | inf_reach)).any()
+    assert torch.isnan(y)[nan_reach].all() and not torch.isfinite(y)[inf_reach].any()
+    keep = ~(nan_reach | inf_reach)
+    finite_x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    expected = ref.tap_conv2d(finite_x, w, b, taps, input_activation="concat_elu")
+    assert torch.isfinite(y[keep]).all()
+    assert_close(y.detach()[keep], expected[keep], torch.float64)
+    leaves_ref = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    grads_ref = torch.autograd.grad(ref.tap_conv2d(*leaves_ref, taps, input_activation="concat_elu"), leaves_ref,
+                                    grad_y)
+    not_nan = ~torch.isnan(x)
+    assert torch.isfinite(grad_x).all() and torch.isfinite(grads_ref[0][not_nan]).all()
+    assert_close(grad_x[not_nan], grads_ref[0][not_nan], torch.float64)
+    # every pixel, nan included, from the gradient reaching concat_elu(x) and elu_backward's definition
+    act = concat_elu(finite_x).requires_grad_()
+    (grad_act,) = torch.autograd.grad(ref.tap_conv2d(act, w, b, taps), act, grad_y)
+    elu_grad = torch.where(x <= 0, torch.exp(x), 1.0), torch.where(-x <= 0, torch.exp(-x), 1.0)
+    assert_close(grad_x, elu_grad[0] * grad_act[:, :4] - elu_grad[1] * grad_act[:, 4:], torch.float64)
+    assert grad_x[0, 1, 2, 3] != 0 and grad_x[1, 3, 1, 1] != 0 and grad_x[1, 0, 3, 4] != 0
+    for got, want in zip((grad_w, grad_b), grads_ref[1:]):
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        finite = torch.isfinite(want)
+        assert_close(got[finite], want[finite], torch.float64)
+    assert torch.isnan(grad_w).any()  # the rows that reduced a nan tile
+
+
+def test_concat_elu_input_without_work(device):
+    """No live tap (1x1 mask A) or an empty batch: the output is the bias and x's gradient zeros."""
+    for taps, batch in ((masks.masked(1, "A"), 2), (masks.down_shifted((2, 3)), 0)):
+        x, w, b = concat_elu_inputs(taps, batch, 3, 4, 3, 6, torch.float32, device)
+        leaves = [t.requires_grad_() for t in (x, w, b)]
+        y = fastgen.tap_conv2d(*leaves, taps, input_activation="concat_elu")
+        torch.testing.assert_close(y, b.detach().view(1, 6, 1, 1).expand(y.shape))
+        grad_x, grad_w, grad_b = torch.autograd.grad(y.sum(), leaves)
+        assert grad_x.shape == x.shape and (grad_x == 0).all() and grad_w.shape == w.shape and (grad_w == 0).all()
+        torch.testing.assert_close(grad_b, torch.full((6,), float(y[:, 0].numel()), device=device))
+
+
+def test_input_activation_bad_arguments_raise_named_errors(device):
+    """An unknown activation, a weight of C_x (not 2 C_x) input channels, and concat_elu on an RGB-grouped tap
+    set raise errors naming input_activation."""
+    taps = masks.down_shifted((2, 3))
+    x, w, b = concat_elu_inputs(taps, 1, 3, 4, 3, 6, torch.float32, device)
+    for bad in ("gelu", True, "ELU"):
+        with pytest.raises(ValueError, match="input_activation must be one of"):
+            fastgen.tap_conv2d(x, w[:, :3], b, taps, input_activation=bad)
+    with pytest.raises(ValueError, match=r"weight must have shape \[C_out, 6, 2, 3\].*input_activation='concat_elu'"):
+        fastgen.tap_conv2d(x, w[:, :3], b, taps, input_activation="concat_elu")
+    with pytest.raises(ValueError, match=r"weight must have shape \[C_out, 3, 2, 3\]"):
+        fastgen.tap_conv2d(x, w, b, taps)
+    w3 = make((6, 6, 3, 3), torch.float32, device, "grouped w")
+    with pytest.raises(ValueError, match="input_activation='concat_elu' needs a tap set without channel groups"):
+        fastgen.masked_conv2d(x, w3, None, "B", 3, input_activation="concat_elu")
+    with fastgen.use_backend("reference"):  # the same checks in front of the reference backend
+        with pytest.raises(ValueError, match="input_activation='concat_elu' needs a tap set without channel groups"):
+            fastgen.masked_conv2d(x, w3, None, "B", 3, input_activation="concat_elu")
+
+
+def test_concat_elu_input_module_compile_and_autocast(device):
+    """TapConv2d.forward(x, input_activation="concat_elu") is conv(concat_elu(x)) (the module and masked_conv2d
+    forms); compiled with fullgraph=True (the custom ops) it gives the eager values and gradients; under autocast
+    it convolves in bfloat16 like F.conv2d."""
+    from library_checks import check_fullgraph
+
+    conv = fastgen.nn.DownRightShiftedConv2d(8, 5, (2, 2)).to(device)
+    x = relu_inputs(make((1, 4, 3, 4), torch.float32, device, "concat_elu module x")).to(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = conv(x, input_activation="concat_elu")
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert_close(y, conv(concat_elu(x)).double(), torch.float32)
+        with fastgen.use_backend("reference"):
+            assert_close(conv(x, input_activation="concat_elu"), y.double(), torch.float32)
+        w1 = make((5, 4, 1, 1), torch.float32, device, "concat_elu 1x1")
+        assert_close(fastgen.masked_conv2d(x, torch.cat([w1, w1], 1), None, input_activation="concat_elu"),
+                     F.conv2d(concat_elu(x), torch.cat([w1, w1], 1)).double(), torch.float32)
+    check_fullgraph(lambda x, w, b: fastgen.tap_conv2d(x, w, b, conv.taps, input_activation="concat_elu"),
+                    x.requires_grad_(), conv.weight, conv.bias)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y16 = conv(x, input_activation="concat_elu")
+    assert y16.dtype == torch.bfloat16
+    assert_close(y16, y.double(), torch.bfloat16)
+
+
+def test_pixelcnnpp_gated_resnet_fuses_concat_elu(device, monkeypatch):
+    """PixelCNN++'s GatedResnet runs conv_input and the skip 1x1 on x with input_activation="concat_elu", and
+    conv_out with its gate and residual add as tap_conv2d_gated_residual (concat_elu fused too), unless dropout
+    is active in training (conv_out then unfused): values and every gradient as the unfused block of the same
+    parameters, in training and eval, and which form each convolution got."""
+    from fastgen.models import pixelcnnpp
+
+    calls, gated_calls = [], []
+    real_forward, real_gated = fastgen.nn.TapConv2d.forward, pixelcnnpp.tap_conv2d_gated_residual
+
+    def spy(self, x, input_activation=None):
+        calls.append((self.in_channels, x.shape[1], input_activation))
+        return real_forward(self, x, input_activation)
+
+    def gated_spy(x, weight, *args, **kwargs):
+        gated_calls.append((weight.shape[1], x.shape[1], kwargs.get("input_activation")))
+        return real_gated(x, weight, *args, **kwargs)
+
+    def unfused_gate(conv, c, x):  # the block as written before
+        value, gate = conv(pixelcnnpp.concat_elu(c)).chunk(2, 1)
+        return x + value * torch.sigmoid(gate)
+
+    torch.manual_seed(0)
+    block = pixelcnnpp.GatedResnet(4, fastgen.nn.DownRightShiftedConv2d, skip_channels=4, dropout=0.5).to(device)
+    x = make((2, 4, 3, 5), torch.float32, device, "gated resnet x")
+    a = make((2, 4, 3, 5), torch.float32, device, "gated resnet a")
+    monkeypatch.setattr(fastgen.nn.TapConv2d, "forward", spy)
+    monkeypatch.setattr(pixelcnnpp, "tap_conv2d_gated_residual", gated_spy)
+    fused_forms = (pixelcnnpp.conv_concat_elu, pixelcnnpp.gated_residual_concat_elu)
+    unfused_forms = (lambda conv, t: conv(pixelcnnpp.concat_elu(t)), unfused_gate)
+    for training, fused_out in ((False, True), (True, False)):
+        block.train(training)
+        results = []
+        for forms in (fused_forms, unfused_forms):
+            monkeypatch.setattr(pixelcnnpp, "conv_concat_elu", forms[0])
+            monkeypatch.setattr(pixelcnnpp, "gated_residual_concat_elu", forms[1])
+            calls.clear()
+            gated_calls.clear()
+            leaves = [t.detach().clone().requires_grad_() for t in (x, a)]
+            torch.manual_seed(1)  # the same dropout mask for both forms
+            y = block(*leaves)
+            results.append((y, *torch.autograd.grad(y.square().sum(), [*leaves, *block.parameters()])))
+            if forms is fused_forms:
+                fused = [(c_in, c_x, act) for c_in, c_x, act in calls + gated_calls if act == "concat_elu"]
+                assert all(c_in == 2 * c_x for c_in, c_x, _ in fused)
+                assert len(fused) == 2 + fused_out and len(gated_calls) == fused_out, (training, calls)
+            else:
+                assert not gated_calls and all(act is None for *_, act in calls)
+        for got, expected in zip(*results, strict=True):
+            assert_close(got, expected.double(), torch.float32)
+
+
+# ------------------------------------------------------------------------------------------ issue 13: gated residual
+def gated_inputs(taps, batch, height, width, c_x, channels, dtype, device, input_activation):
+    """x [B, c_x, H, W], a weight of 2 * channels outputs (of 2 c_x inputs with concat_elu), bias, residual."""
+    c_in = 2 * c_x if input_activation == "concat_elu" else c_x
+    x, w, b = conv_inputs(taps, batch, height, width, c_in, 2 * channels, dtype, device)
+    x = relu_inputs(x[:, :c_x]).contiguous()
+    residual = make((batch, channels, height, width), dtype, device, f"residual {taps} {c_x} {channels} {dtype}")
+    return x, w, b, residual
+
+
+def reference_gated(x, w, b, taps, residual, input_activation, dtype):
+    """The float64 reference; 16-bit: the convolution's halves rounded to the dtype, as the kernel stores the
+    c = [a, b] its backward reads (the output itself comes from the unrounded accumulators: within tolerance)."""
+    c = ref.tap_conv2d(x, w, b, taps, input_activation=input_activation)
+    if dtype.itemsize == 2 and input_activation == "concat_elu" and not op._upcast(dtype):
+        c = ref.tap_conv2d(F.elu(torch.cat([x, -x], 1)).to(dtype).double(), w, b, taps)
+    value, gate = c.chunk(2, 1)
+    return residual + value * torch.sigmoid(gate)
+
+
+# (taps, C_x, channels (F: the weight has 2F outputs), (batch, H, W)); fold and channel-block loops, partial tiles
+GATED_CASES = {
+    "down_shifted 2x3 C_x=3 F=3 (fold)": (masks.down_shifted((2, 3)), 3, 3, (2, 4, 5)),
+    "down_right_shifted 2x2 C_x=20 F=20": (masks.down_right_shifted((2, 2)), 20, 20, (1, 4, 5)),
+    "1x1 C_x=16 F=70": (masks.masked(1, "B"), 16, 70, (1, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("input_activation", ["concat_elu", None])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", GATED_CASES)
+def test_tap_conv2d_gated_residual(device, case, dtype, layout, input_activation):
+    """tap_conv2d_gated_residual (the gate and residual add in the GEMM's epilogue, concat_elu on its loads or
+    none) against residual + a * sigmoid(b) of the float64 reference: the output and the gradients of x,
+    weight, bias and residual."""
+    taps, c_x, channels, (batch, height, width) = GATED_CASES[case]
+    x, w, b, residual = gated_inputs(taps, batch, height, width, c_x, channels, dtype, device, input_activation)
+    if layout == "channels_last":
+        x, residual = (t.to(memory_format=torch.channels_last) for t in (x, residual))
+    leaves = [t.requires_grad_() for t in (x, w, b, residual)]
+    y = op.tap_conv2d_gated_residual(x, w, b, taps, residual, input_activation=input_activation)
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    y_ref = reference_gated(*leaves64[:3], taps, leaves64[3], input_activation, dtype)
+    assert y.dtype == dtype and y.shape == y_ref.shape == residual.shape
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_close(y, y_ref, dtype, "output")
+    grad_y = make(y.shape, dtype, device, "gated grad_y")
+    grads = torch.autograd.grad(y, leaves, grad_y)
+    grads_ref = torch.autograd.grad(y_ref, leaves64, grad_y.double())
+    for name, grad, grad_ref in zip(("x", "weight", "bias", "residual"), grads, grads_ref, strict=True):
+        assert grad.dtype == dtype and grad.shape == grad_ref.shape
+        assert_close(grad, grad_ref, dtype, f"grad of {name}")
+
+
+@pytest.mark.parametrize("input_activation", ["concat_elu", None])
+@pytest.mark.parametrize("case", ["down_shifted 2x3 C_x=3 F=3 (fold)", "down_right_shifted 2x2 C_x=20 F=20"])
+def test_tap_conv2d_gated_residual_gradcheck_float64(device, case, input_activation):
+    taps, c_x, channels, _ = GATED_CASES[case]
+    inputs = gated_inputs(taps, 1, 3, 4, c_x, min(channels, 5), torch.float64, device, input_activation)
+    inputs = tuple(t.requires_grad_() for t in inputs)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b, r: op.tap_conv2d_gated_residual(x, w, b, taps, r, input_activation=input_activation),
+        inputs, fast_mode=True)
+
+
+def test_tap_conv2d_gated_residual_tf32_fold(device):
+    """The float32 gated fold launch on TF32 tensor cores (GATED_FOLD_CONFIGS["tf32"]; exact under the
+    interpreter): within 1e-2 of the reference (TF32 keeps 10 mantissa bits; the outputs here are O(1))."""
+    taps, c_x, channels, (batch, height, width) = GATED_CASES["down_shifted 2x3 C_x=3 F=3 (fold)"]
+    x, w, b, residual = gated_inputs(taps, batch, height, width, c_x, channels, torch.float32, device, "concat_elu")
+    with cudnn_tf32(True):
+        y = op.tap_conv2d_gated_residual(x, w, b, taps, residual, input_activation="concat_elu")
+    expected = reference_gated(x.double(), w.double(), b.double(), taps, residual.double(), "concat_elu",
+                               torch.float32)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_tap_conv2d_gated_residual_strided_without_work_and_errors(device):
+    """A sliced residual (copied to the output's strides), the reference backend, no live tap and an empty
+    batch (no kernel: the gate of the bias), and named errors for an odd C_out and a residual of the wrong
+    shape."""
+    taps = masks.down_shifted((2, 3))
+    x, w, b, residual = gated_inputs(taps, 2, 3, 4, 4, 5, torch.float32, device, "concat_elu")
+    sliced = torch.cat([residual, residual], 3)[..., ::2]
+    assert not sliced.is_contiguous()
+    y = op.tap_conv2d_gated_residual(x, w, b, taps, sliced, input_activation="concat_elu")
+    expected = reference_gated(x.double(), w.double(), b.double(), taps, sliced.double(), "concat_elu",
+                               torch.float32)
+    assert_close(y, expected, torch.float32)
+    with fastgen.use_backend("reference"):
+        assert_close(op.tap_conv2d_gated_residual(x, w, b, taps, sliced, input_activation="concat_elu"),
+                     expected, torch.float32)
+    for no_work_taps, batch in ((masks.masked(1, "A"), 2), (taps, 0)):
+        x0, w0, b0, r0 = gated_inputs(no_work_taps, batch, 3, 4, 3, 5, torch.float32, device, None)
+        leaves = [t.requires_grad_() for t in (x0, w0, b0, r0)]
+        y0 = op.tap_conv2d_gated_residual(*leaves[:3], no_work_taps, leaves[3])
+        value, gate = b0.detach().view(1, 10, 1, 1).expand(batch, 10, 3, 4).chunk(2, 1)
+        torch.testing.assert_close(y0, r0.detach() + value * torch.sigmoid(gate))
+        grad_x, grad_w, grad_b, grad_r = torch.autograd.grad(y0.sum(), leaves)
+        assert (grad_x == 0).all() and (grad_w == 0).all() and (grad_r == 1).all()
+        s = torch.sigmoid(b0.detach()[5:])
+        expected_b = torch.cat([s, b0.detach()[:5] * s * (1 - s)]) * (batch * 12)
+        torch.testing.assert_close(grad_b, expected_b)
+    with pytest.raises(ValueError, match="weight must have an even number of output channels"):
+        op.tap_conv2d_gated_residual(x, w[:9], b[:9], taps, residual, input_activation="concat_elu")
+    with pytest.raises(ValueError, match=r"residual has shape \(2, 4, 3, 4\) but must have shape \(2, 5, 3, 4\)"):
+        op.tap_conv2d_gated_residual(x, w, b, taps, residual[:, :4], input_activation="concat_elu")
+    with pytest.raises(ValueError, match="input_activation must be one of"):
+        op.tap_conv2d_gated_residual(x, w, b, taps, residual, input_activation="elu")
+
+
+def test_tap_conv2d_gated_residual_opcheck_and_compile(device):
+    """The custom op passes opcheck; compiled with fullgraph=True the op gives eager's values and gradients."""
+    from library_checks import check_fullgraph, check_opcheck
+
+    taps = masks.down_right_shifted((2, 2))
+    x, w, b, residual = gated_inputs(taps, 1, 3, 4, 3, 4, torch.float32, device, "concat_elu")
+    x, residual = (t.to(memory_format=torch.channels_last) for t in (x, residual))
+    leaves = [t.requires_grad_() for t in (x, w, b, residual)]
+    check_opcheck(torch.ops.fastgen.tap_conv2d_gated_residual.default, *leaves[:3], *_taps_args(taps), leaves[3],
+                  "concat_elu")
+    check_fullgraph(lambda x, w, b, r: op.tap_conv2d_gated_residual(x, w, b, taps, r, input_activation="concat_elu"),
+                    *leaves)

@@ -39,11 +39,11 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, 2h, H, W], y [B] or None -> [B, 2h, H, W]. Each ReLU runs inside the convolution it feeds
-        (``relu_input=True``: relu(x) is never stored)."""
-        t = self.conv(self.reduce(x, relu_input=True), relu_input=True)
+        (``input_activation="relu"``: relu(x) is never stored)."""
+        t = self.conv(self.reduce(x, input_activation="relu"), input_activation="relu")
         if self.class_embedding is not None:
             t = t + self.class_embedding(y)[:, :, None, None]
-        return x + self.expand(t, relu_input=True)
+        return x + self.expand(t, input_activation="relu")
 
 
 class PixelCNN(PixelModel):
@@ -88,7 +88,7 @@ class PixelCNN(PixelModel):
         t = self.input_conv(x)
         for block in self.blocks:
             t = block(t, y)
-        return F.relu(self.head(t, relu_input=True))
+        return F.relu(self.head(t, input_activation="relu"))
 
     _forward = PixelModel._logits
 

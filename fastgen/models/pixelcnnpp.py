@@ -58,6 +58,7 @@ from fastgen.nn import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d,
 from fastgen.nn.shifted_resample import ShiftedConvTranspose2d, StridedShiftedConv2d
 from fastgen.nn.tap_conv import TapConv2d
 from fastgen.ops import pixel_step
+from fastgen.ops.tap_conv import tap_conv2d_gated_residual
 from fastgen.validation import check_choice
 
 ARCHITECTURES = ("lite", "full")
@@ -67,6 +68,31 @@ RESOLUTIONS = 3  # the full model's: H, H/2, H/4
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
     """elu(concat(x, -x)) over the channels: [B, C, H, W] -> [B, 2C, H, W]."""
     return F.elu(torch.cat([x, -x], 1))
+
+
+def conv_concat_elu(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(concat_elu(x))``; fused when ``conv`` is a :class:`fastgen.nn.TapConv2d` without channel groups
+    (``input_activation="concat_elu"``: the kernels read x and apply elu(+-x) to their tiles, so the
+    [B, 2C, H, W] concat_elu(x) is neither written nor kept for the backward), else as written."""
+    if _fusable(conv):
+        return conv(x, input_activation="concat_elu")
+    return conv(concat_elu(x))
+
+
+def _fusable(conv: nn.Module) -> bool:
+    """Whether ``conv`` runs on fastgen's tap-set kernels with concat_elu fused: a TapConv2d without channel
+    groups."""
+    return isinstance(conv, TapConv2d) and conv.taps.groups == 1
+
+
+def gated_residual_concat_elu(conv: nn.Module, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x + a * sigmoid(b)``, ``a, b = conv(concat_elu(c)).chunk(2, 1)``; with a fusable ``conv`` (see
+    :func:`conv_concat_elu`) one launch: concat_elu on the loaded tiles, the gate and the residual add in the
+    epilogue (:func:`fastgen.ops.tap_conv.tap_conv2d_gated_residual`), else as written."""
+    if _fusable(conv):
+        return tap_conv2d_gated_residual(c, conv.weight, conv.bias, conv.taps, x, input_activation="concat_elu")
+    value, gate = conv(concat_elu(c)).chunk(2, 1)
+    return x + value * torch.sigmoid(gate)
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -104,10 +130,13 @@ class GatedResnet(nn.Module):
         self.class_embedding = nn.Embedding(n_classes, 2 * channels) if n_classes is not None else None
 
     def forward(self, x: torch.Tensor, a: torch.Tensor | None = None, y: torch.Tensor | None = None):
-        c = self.conv_input(concat_elu(x))
+        c = conv_concat_elu(self.conv_input, x)
         if self.skip is not None:
-            c = c + self.skip(concat_elu(a))
-        c = self.conv_out(self.dropout(concat_elu(c)))
+            c = c + conv_concat_elu(self.skip, a)
+        dropout = self.training and self.dropout.p > 0  # dropout between concat_elu and conv_out: not fused
+        if not dropout and self.class_embedding is None:  # conv_out, its gate and the residual add in one
+            return gated_residual_concat_elu(self.conv_out, c, x)
+        c = self.conv_out(self.dropout(concat_elu(c))) if dropout else conv_concat_elu(self.conv_out, c)
         if self.class_embedding is not None:
             c = c + self.class_embedding(y)[:, :, None, None]
         value, gate = c.chunk(2, 1)

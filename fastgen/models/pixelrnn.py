@@ -100,7 +100,7 @@ class PixelRNN(PixelModel):
         t = self.input_conv(x)
         for layer in self.layers:
             t = layer(t, y)
-        return F.relu(self.head(t, relu_input=True))
+        return F.relu(self.head(t, input_activation="relu"))
 
     _forward = PixelModel._logits
 

@@ -39,10 +39,11 @@ class TapConv2d(nn.Conv2d):
         with torch.no_grad():
             self.weight.mul_(self.taps.mask(out_channels, in_channels, self.weight.dtype, self.weight.device))
 
-    def forward(self, x: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
-        """``relu_input=True``: the convolution of ``F.relu(x)``, which is never stored (see
+    def forward(self, x: torch.Tensor, input_activation: str | None = None) -> torch.Tensor:
+        """``input_activation="relu"``: the convolution of ``F.relu(x)``; ``"concat_elu"``: of
+        ``F.elu(torch.cat([x, -x], 1))`` (x has in_channels / 2 channels); neither is ever stored (see
         :func:`fastgen.tap_conv2d`)."""
-        return tap_conv2d(x, self.weight, self.bias, self.taps, relu_input=relu_input)
+        return tap_conv2d(x, self.weight, self.bias, self.taps, input_activation=input_activation)
 
     def cross_entropy(self, x: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", *,
                       check_targets: bool = True) -> torch.Tensor:

@@ -54,7 +54,7 @@ from fastgen.validation import check_choice, check_float_tensor, check_int, chec
 # channels) takes 3 steps of 32 instead of 25 of 16. Its tiles: BLOCK_K 32 over k (16 on FMA units), 64x64 and
 # (16-bit channels-last) 128x128 pixels x output channels (2h = 64..256 in PixelCNNs). UNMEASURED on a GPU like
 # the rest. Compiled: 34 launches x (sm_90, sm_80), 0 spill bytes, at most 234 registers (sm_80 TF32 forward,
-# channels-last, relu_input; 210 on sm_90), HGMMA on sm_90 / HMMA on sm_80 in 16-bit and TF32; +20% of the
+# channels-last, relu input; 210 on sm_90), HGMMA on sm_90 / HMMA on sm_80 in 16-bit and TF32; +20% of the
 # compile check's variants (106 s of compile time on 2 cores: ~53 s of wall time).
 def _tiles(m, n, k, warps, stages, names=("BLOCK_M", "BLOCK_N", "BLOCK_K")) -> triton.Config:
     return triton.Config(dict(zip(names, (m, n, k))), num_warps=warps, num_stages=stages)
@@ -109,7 +109,7 @@ WEIGHT_GRAD_CONFIGS = {
                           wide=[_wtiles(128, 128, 64, 8, 3), _wtiles(128, 128, 32, 8, 4), _wtiles(64, 128, 64, 4, 3),
                                 _wtiles(64, 64, 32, 4, 3)]),
     ("mma", "nchw"): dict(_small_weight_grad((16, 64), 16), fold=[_wtiles(64, 64, 16)], wide=[_wtiles(64, 64, 16)]),
-    # fold: TF32 channels-last steps of 32 pixels took 254 registers on sm_80 with relu_input (no spill, no margin)
+    # fold: TF32 channels-last steps of 32 pixels took 254 registers on sm_80 with the relu input (no spill, no margin)
     ("tf32", "nhwc"): dict(_small_weight_grad((16, 64), 32), fold=[_wtiles(64, 64, 16)],
                            wide=[_wtiles(128, 128, 32, 8, 3), _wtiles(64, 128, 32, 4, 3), _wtiles(64, 64, 32, 4, 3)]),
     ("tf32", "nchw"): dict(_small_weight_grad((16, 64), 16), fold=[_wtiles(64, 64, 16)], wide=[_wtiles(64, 64, 16)]),
@@ -122,18 +122,50 @@ WEIGHT_GRAD_CONFIGS = {
     ("fma64", "nchw"): dict(_small_weight_grad((16, 32), 16), fold=[_wtiles(32, 32, 16)],
                             wide=[_wtiles(32, 32, 16)]),
 }
-# relu_input launches (PixelCNN's ReLU fused into the hidden layers' loads: RELU_INPUT) are compiled variants of
-# their own: to keep the compile check short they are not autotuned but take one config, the first of "wide" for
-# the wide classes and of "mid" ("64x64" / "32x32" for the weight gradient) for every other class, so the check
-# builds two tiles per (math, layout) and pass (one on NCHW and FMA), not every list (the fold class, another
-# kernel variant, takes its own first config). Hidden PixelCNN layers are mid or wide; a relu'd layer of <= 16
-# output channels runs on the mid tile (BLOCK_N 64: some lanes idle). Compiled (before the fold class):
-# 33 launches x 2 archs, 0 spill bytes, at most 195 registers (sm_90 TF32 input gradient, 128x128: the gate
-# tile), HGMMA/HMMA throughout; +29% of the check's compile time. The no-relu variants compile as before.
-def relu_class(kind: str, shape_class: str, math: str) -> str:
-    """The shape class whose first config a relu_input launch of ``shape_class`` takes (the fold class keeps
-    its own: it is another kernel variant)."""
-    if shape_class in ("wide", "fold"):
+# Input activations (``input_activation``: the kernels' INPUT_ACT) are compiled variants of their own: to keep the
+# compile check short they are not autotuned but take one config per class.
+# * "relu" (PixelCNN's ReLU fused into the hidden layers' loads): the first of "wide" for the wide classes and of
+#   "mid" ("64x64" / "32x32" for the weight gradient) for every other class, so the check builds two tiles per
+#   (math, layout) and pass (one on NCHW and FMA), not every list (the fold class, another kernel variant, takes
+#   its own first config). Hidden PixelCNN layers are mid or wide; a relu'd layer of <= 16 output channels runs on
+#   the mid tile (BLOCK_N 64: some lanes idle). Compiled (before the fold class): 33 launches x 2 archs, 0 spill
+#   bytes, at most 195 registers (sm_90 TF32 input gradient, 128x128: the gate tile), HGMMA/HMMA throughout;
+#   +29% of the check's compile time.
+# * "concat_elu" (PixelCNN++): the "mid" tile ("64x64" / "32x32") for every class but fold, the wide ones
+#   included: its input gradient keeps two [BLOCK_M, BLOCK_N] accumulators and its forward two weight tiles per
+#   step, which the 128x128 8-warp tiles would hold in twice the registers (UNMEASURED on a GPU: chosen to keep
+#   clear of spills and the compile check short; one tile per (math, layout) and pass, plus fold's). Compiled:
+#   40 launches x (sm_90, sm_80), 0 spill bytes, at most 212 registers (sm_90 TF32 FOLD forward, NCHW: the two
+#   gathered activation tiles), weight gradient at most 184 (sm_80), HGMMA on sm_90 / HMMA on sm_80 in 16-bit
+#   and TF32; 246 s of compile time on 2 cores (~2.3 minutes of wall time).
+INPUT_ACTIVATIONS = (None, "relu", "concat_elu")  # the kernels' INPUT_ACT is the index
+
+
+# The gated residual epilogue's fold launches (GATED and FOLD: two accumulators beside the gathered activation
+# tiles) on float32: the fold class's tile spilled with concat_elu (sm_80 TF32 channels-last 64x64x32: 16 bytes;
+# sm_90 exact-FP32 NCHW 64x32x16: 4 bytes), so they run these (16 reduced steps on TF32 tensor cores keep
+# HGMMA's 64 rows; FMA units take 32 pixels). Compiled, every GATED launch (48 x (sm_90, sm_80), each with the
+# one config of its class as the input activations'): 0 spill bytes, at most 244 registers (sm_90 16-bit NCHW
+# with relu: little margin), HGMMA / HMMA in 16-bit and TF32; 113 s of compile time on 2 cores. UNMEASURED on a GPU.
+GATED_FOLD_CONFIGS = {"tf32": _tiles(64, 64, 16, 4, 3), "fma": _tiles(32, 32, 16, 4, 3)}
+
+
+def activation_configs(kind: str, math: str, layout: str, shape_class: str, input_activation: str | None,
+                       gated: bool = False) -> list[triton.Config]:
+    """The one config a launch with ``input_activation`` or ``gated`` takes: the first of
+    :func:`activation_class`'s list, or GATED_FOLD_CONFIGS' for a float32 gated fold launch."""
+    if gated and shape_class == "fold" and math in GATED_FOLD_CONFIGS:
+        return [GATED_FOLD_CONFIGS[math]]
+    table = GEMM_CONFIGS if kind == "gemm" else WEIGHT_GRAD_CONFIGS
+    return table[math, layout][activation_class(kind, shape_class, math, input_activation, gated)][:1]
+
+
+def activation_class(kind: str, shape_class: str, math: str, input_activation: str | None,
+                     gated: bool = False) -> str:
+    """The shape class whose first config a launch of ``shape_class`` with ``input_activation`` ("relu" or
+    "concat_elu") or ``gated`` (the gated residual epilogue: two accumulators, as concat_elu's input gradient)
+    takes (the fold class keeps its own: it is another kernel variant)."""
+    if shape_class == "fold" or (shape_class == "wide" and input_activation == "relu" and not gated):
         return shape_class
     if kind == "gemm":
         return "mid"
@@ -160,7 +192,7 @@ def relu_class(kind: str, shape_class: str, math: str) -> str:
 # MB; 3x3 B 128->128 at B=64: 33.8 MB -> 0 / 0.33 MB); the atomics add split x live taps x 4 B in L2 as
 # read-modify-writes. UNMEASURED on a GPU. Compiled (sm_90, sm_80): 103 weight-gradient variants (the 16-bit
 # ones twice: into the 16-bit gradient and into the fp32 sums), 0 spill bytes; the atomic epilogue costs registers:
-# at most 254 (sm_80 16-bit 128x128 into fp32, 165 before; sm_90 TF32 128x128 relu_input), 16-bit direct stores
+# at most 254 (sm_80 16-bit 128x128 into fp32, 165 before; sm_90 TF32 128x128 relu input), 16-bit direct stores
 # at most 201 (sm_90), float64 119. Adding the tile's even and odd columns one after the other (tl.split) took 224
 # on sm_80, but the interpreter's tl.atomic_add of split halves adds wrong values (a 4x16 check; tl.store of the
 # same halves is right), so that form could not be checked on CPU and is not used.
@@ -181,8 +213,8 @@ def _unique(configs):
 FAMILY = register_family(
     "tap_conv", __name__, benchmarks="fastgen.benchmarks.bench_tap_conv",
     configs={
-        kernels.tap_conv_gemm_kernel: _unique(c for classes in GEMM_CONFIGS.values() for cs in classes.values()
-                                              for c in cs),
+        kernels.tap_conv_gemm_kernel: _unique([*(c for classes in GEMM_CONFIGS.values() for cs in classes.values()
+                                                 for c in cs), *GATED_FOLD_CONFIGS.values()]),
         kernels.tap_conv_weight_grad_kernel: _unique(c for classes in WEIGHT_GRAD_CONFIGS.values()
                                                      for cs in classes.values() for c in cs),
         kernels.tap_conv_pack_weight_kernel: [triton.Config({}, num_warps=4)],
@@ -192,20 +224,23 @@ FAMILY = register_family(
 _pack_kernel = Kernel(kernels.tap_conv_pack_weight_kernel, key=[])
 _unpack_kernel = Kernel(kernels.tap_conv_unpack_grad_kernel, key=[])
 # autotune keys: the exact channel counts (and the pass); the tensors' dtypes are part of every key
-_KEYS = {"gemm": ["n_red", "n_out", "BACKWARD", "RELU_INPUT"], "weight_grad": ["c_in", "c_out", "RELU_INPUT"]}
+_KEYS = {"gemm": ["n_red", "n_out", "BACKWARD", "INPUT_ACT", "GATED"], "weight_grad": ["c_in", "c_out", "INPUT_ACT"]}
 # the weight gradient's atomic paths add into their targets: zeroed again around each timed run of a tuning
 _RESET_TO_ZERO = {"weight_grad": ["GRAD_W", "GRAD_B"]}
 
 
 @functools.lru_cache(maxsize=None)
-def _launcher(kind: str, math: str, layout: str, shape_class: str, relu_input: bool = False) -> Kernel:
+def _launcher(kind: str, math: str, layout: str, shape_class: str, input_activation: str | None = None,
+              gated: bool = False) -> Kernel:
     """The autotuned launcher of one class (its first config alone under the interpreter, which cannot time);
-    with ``relu_input`` the one config of :func:`relu_class`."""
+    with an ``input_activation`` or ``gated`` (the gated residual epilogue) the one config of
+    :func:`activation_class`."""
     fn, table = ((kernels.tap_conv_gemm_kernel, GEMM_CONFIGS) if kind == "gemm"
                  else (kernels.tap_conv_weight_grad_kernel, WEIGHT_GRAD_CONFIGS))
     reset = _RESET_TO_ZERO.get(kind, ())
-    if relu_input:
-        return Kernel(fn, key=_KEYS[kind], configs=table[math, layout][relu_class(kind, shape_class, math)][:1],
+    if input_activation is not None or gated:
+        return Kernel(fn, key=_KEYS[kind], configs=activation_configs(kind, math, layout, shape_class,
+                                                                      input_activation, gated),
                       reset_to_zero=reset)
     configs = table[math, layout][shape_class]
     return Kernel(fn, key=_KEYS[kind], configs=configs[:1] if interpreting() else configs, reset_to_zero=reset)
@@ -311,51 +346,63 @@ def pack_weight(weight: torch.Tensor, taps: TapSet) -> torch.Tensor:
 
 
 def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
-          backward: bool, like: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
+          backward: bool, like: torch.Tensor, input_activation: str | None = None,
+          gate_residual: torch.Tensor | None = None):
     """The forward (``source`` = x) or, with ``backward``, the input gradient (``source`` = grad of y).
-    ``like``: x (the output's memory format; with ``relu_input`` and ``backward`` also relu's gate);
-    ``relu_input``: the convolution of relu(x)."""
+    ``like``: x (the output's memory format; with an ``input_activation`` and ``backward`` also its gate);
+    ``input_activation``: the convolution of relu(x) or concat_elu(x) (``packed`` then has 2 C_x input channels);
+    ``gate_residual`` (the forward only): the gated residual epilogue, returns (r + a * sigmoid(b), c = [a, b])."""
     batch, n_red, height, width = source.shape
-    c_in, c_out = packed.shape[1:]
-    n_out = c_in if backward else c_out
+    c_out = packed.shape[2]
+    gated = gate_residual is not None
+    # x's channels (half the weight's with concat_elu), or the output's (half the weight's with gate_residual)
+    n_out = like.shape[1] if backward else (c_out // 2 if gated else c_out)
     out = _like_input(like, n_out)
+    saved = _like_input(like, c_out) if gated else out
+    if gated and gate_residual.stride() != out.stride():  # the kernel reads it with out's strides
+        gate_residual = torch.empty_like(out).copy_(gate_residual)
     n_pixels = batch * height * width
     tf32 = source.dtype == torch.float32 and conv_uses_tf32()
     shape_class = gemm_class(n_red, n_out, backward)
-    kernel = _launcher("gemm", math_of(source.dtype, tf32), _layout(source), shape_class, relu_input)
-    gated = relu_input and backward  # else GATE is never read: placeholders, the same for every call
+    kernel = _launcher("gemm", math_of(source.dtype, tf32), _layout(source), shape_class, input_activation, gated)
+    gate_read = input_activation is not None and backward  # else GATE is never read: placeholders
     kernel[lambda meta: (cdiv(n_pixels, meta["BLOCK_M"]), cdiv(n_out, meta["BLOCK_N"]))](
-        source, packed, bias if bias is not None else packed, like if gated else out, out,
+        source, packed, bias if bias is not None else packed, like if gate_read else out, out,
+        gate_residual if gated else out, saved,
         n_pixels, height, width, n_red, n_out, *_tap_args(taps), int(bias is not None),
-        *source.stride(), *out.stride(), *(like.stride() if gated else (0, 0, 0, 0)),
+        *source.stride(), *out.stride(), *(like.stride() if gate_read else (0, 0, 0, 0)),
+        *(saved.stride() if gated else (0, 0, 0, 0)),
         *((1, c_out) if backward else (c_out, 1)),
-        BACKWARD=backward, RELU_INPUT=relu_input, UPCAST=_upcast(source.dtype), PRECISION="tf32" if tf32 else "ieee",
-        ACC=tl_compute_dtype(source.dtype), FOLD=shape_class == "fold",
+        BACKWARD=backward, INPUT_ACT=INPUT_ACTIVATIONS.index(input_activation), UPCAST=_upcast(source.dtype),
+        PRECISION="tf32" if tf32 else "ieee",
+        ACC=tl_compute_dtype(source.dtype), FOLD=shape_class == "fold", GATED=gated,
     )
-    return out
+    return (out, saved) if gated else out
 
 
 def forward(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
-            relu_input: bool = False) -> torch.Tensor:
-    return _gemm(x, packed, bias, taps, backward=False, like=x, relu_input=relu_input)
+            input_activation: str | None = None) -> torch.Tensor:
+    return _gemm(x, packed, bias, taps, backward=False, like=x, input_activation=input_activation)
 
 
 def input_grad(grad_y: torch.Tensor, packed: torch.Tensor, taps: TapSet, like: torch.Tensor,
-               relu_input: bool = False) -> torch.Tensor:
-    """The input gradient; ``like``: the forward's input x (with ``relu_input``, the gradient is 0 where
-    x <= 0)."""
-    return _gemm(grad_y, packed, None, taps, backward=True, like=like, relu_input=relu_input)
+               input_activation: str | None = None) -> torch.Tensor:
+    """The input gradient; ``like``: the forward's input x (the activation's gate with an ``input_activation``:
+    relu's gradient is 0 where x <= 0)."""
+    return _gemm(grad_y, packed, None, taps, backward=True, like=like, input_activation=input_activation)
 
 
 @plan_cache
 def _weight_grad_plan(n_pixels: int, c_in: int, c_out: int, n_taps: int, math: str, layout: str,
-                      relu_input: bool = False):
+                      input_activation: str | None = None):
     """(shape class, splits, pixels per split): the split is fixed before autotuning picks a tile, from the
-    class's first config, in multiples of every config's pixel step (relu_input: the one config it launches)."""
+    class's first config, in multiples of every config's pixel step (with an input activation: the one config
+    it launches)."""
     shape_class = weight_grad_class(c_in, c_out, math)
     configs = WEIGHT_GRAD_CONFIGS[math, layout][shape_class]
-    if relu_input:
-        configs = WEIGHT_GRAD_CONFIGS[math, layout][relu_class("weight_grad", shape_class, math)][:1]
+    if input_activation is not None:
+        configs = WEIGHT_GRAD_CONFIGS[math, layout][activation_class("weight_grad", shape_class, math,
+                                                                     input_activation)][:1]
     first = configs[0].kwargs
     step = max(c.kwargs["BLOCK_M"] for c in configs)
     rows = cdiv(n_taps * c_in, first["BLOCK_C"]) if shape_class == "fold" else n_taps * cdiv(c_in, first["BLOCK_C"])
@@ -406,20 +453,22 @@ def _partial_strides(n_taps: int, c_in: int, c_out: int, kernel_w: int) -> tuple
 
 
 def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight: torch.Tensor,
-                has_bias: bool, relu_input: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                has_bias: bool, input_activation: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Writes the dense weight's gradient into ``grad_weight`` (zero at dead taps and masked channel pairs);
-    returns it with the bias gradient (or None). ``relu_input``: the forward convolved relu(x). The path
-    (:func:`weight_grad_path`) follows the split of the plan: 1 launch (direct), 2-3 (atomic: zero fills of
-    the gradients, then the kernel), 3 (16-bit atomic: one zero fill, the kernel, the unpack) or 2
-    (deterministic: the kernel, the unpack)."""
-    batch, c_in, height, width = x.shape
+    returns it with the bias gradient (or None). ``input_activation``: the forward convolved relu(x) or
+    concat_elu(x) (the weight's C_in is then 2 C_x). The path (:func:`weight_grad_path`) follows the split of the
+    plan: 1 launch (direct), 2-3 (atomic: zero fills of the gradients, then the kernel), 3 (16-bit atomic: one
+    zero fill, the kernel, the unpack) or 2 (deterministic: the kernel, the unpack)."""
+    batch, c_x, height, width = x.shape
+    c_in = 2 * c_x if input_activation == "concat_elu" else c_x  # the weight's input channels
     c_out = grad_y.shape[1]
     n_pixels = batch * height * width
     acc_dtype = compute_dtype(x.dtype)
     tf32 = x.dtype == torch.float32 and conv_uses_tf32()
     math, layout = _weight_grad_math(x.dtype, tf32), _layout(x)
-    shape_class, split, per_split = _weight_grad_plan(n_pixels, c_in, c_out, taps.n_taps, math, layout, relu_input)
-    kernel = _launcher("weight_grad", math, layout, shape_class, relu_input)
+    shape_class, split, per_split = _weight_grad_plan(n_pixels, c_in, c_out, taps.n_taps, math, layout,
+                                                      input_activation)
+    kernel = _launcher("weight_grad", math, layout, shape_class, input_activation)
     n_taps, fold = taps.n_taps, shape_class == "fold"
     kh, kw = taps.kernel_size
     if grad_weight.numel() >= 2 ** 31:  # the kernel's offsets into the gradient are int32
@@ -459,29 +508,29 @@ def weight_grad(x: torch.Tensor, grad_y: torch.Tensor, taps: TapSet, grad_weight
         *x.stride(), *grad_y.stride(),
         kh * kw, *_group_args(taps), int(atomic), strides[0], 0 if atomic else c_out, *strides[1:],
         UPCAST=_upcast(x.dtype), PRECISION="tf32" if tf32 else "ieee", ACC=tl_compute_dtype(x.dtype),
-        RELU_INPUT=relu_input, FOLD=fold,
+        INPUT_ACT=INPUT_ACTIVATIONS.index(input_activation), FOLD=fold,
     )
     if partial is not None:
         grad_bias = _unpack(partial, bias_partial, taps, grad_weight, has_bias)
     return grad_weight, grad_bias
 
 
-def _tap_conv_forward(x, weight, bias, taps: TapSet, relu_input: bool = False):
+def _tap_conv_forward(x, weight, bias, taps: TapSet, input_activation: str | None = None):
     """(y, the packed live taps the backward reads; None without work: y is then the bias, no kernel runs).
-    ``relu_input``: y is the convolution of relu(x)."""
+    ``input_activation``: y is the convolution of relu(x) or concat_elu(x)."""
     if x.numel() == 0 or weight.numel() == 0 or taps.n_taps == 0:
         y = _like_input(x, weight.shape[0])
         return (y.zero_() if bias is None else y.copy_(bias.view(1, -1, 1, 1).expand(y.shape))), None
     packed = pack_weight(weight, taps)
-    return forward(x, packed, bias, taps, relu_input), packed
+    return forward(x, packed, bias, taps, input_activation), packed
 
 
 def _tap_conv_backward(grad_y, x, packed, taps: TapSet, weight_like, has_bias, want_x, want_params,
-                       relu_input: bool = False):
+                       input_activation: str | None = None):
     """(grad of x, grad of weight, grad of bias), None where not wanted. ``packed``: the forward's, None
     without work; ``weight_like``: (shape, empty's keywords) of the weight gradient; ``want_params``: the weight
-    and bias gradients (one kernel computes both); ``relu_input``: the forward convolved relu(x) (``x`` is the
-    input before the relu)."""
+    and bias gradients (one kernel computes both); ``input_activation``: the forward convolved relu(x) or
+    concat_elu(x) (``x`` is the input before the activation)."""
     grad_x = grad_weight = grad_bias = None
     if packed is None:
         if want_x:
@@ -491,17 +540,17 @@ def _tap_conv_backward(grad_y, x, packed, taps: TapSet, weight_like, has_bias, w
             grad_bias = grad_y.sum((0, 2, 3)) if has_bias else None
         return grad_x, grad_weight, grad_bias
     if want_x:
-        grad_x = input_grad(grad_y, packed, taps, x, relu_input)
+        grad_x = input_grad(grad_y, packed, taps, x, input_activation)
     if want_params:
         grad_weight, grad_bias = weight_grad(x, grad_y, taps, torch.empty(weight_like[0], **weight_like[1]),
-                                             has_bias, relu_input)
+                                             has_bias, input_activation)
     return grad_x, grad_weight, grad_bias
 
 
 class TapConv(torch.autograd.Function):
-    """(x, weight, bias, taps, relu_input=False) -> the causal convolution of x (of relu(x) with
-    ``relu_input``, which is never stored: the kernels apply it to the tiles they load) with the live taps of
-    weight.
+    """(x, weight, bias, taps, input_activation=None) -> the causal convolution of x (of relu(x) or
+    concat_elu(x) with ``input_activation`` "relu" or "concat_elu", which is never stored: the kernels apply it
+    to the tiles they load) with the live taps of weight.
 
     Forward: one kernel packs the live taps of the weight (masking the centre tap's channel groups), one
     computes the output (bias included). Backward: one kernel for the input gradient and one for the weight and
@@ -514,13 +563,13 @@ class TapConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, taps, relu_input=False):
-        ctx.taps, ctx.has_bias, ctx.relu_input = taps, bias is not None, bool(relu_input)
+    def forward(ctx, x, weight, bias, taps, input_activation=None):
+        ctx.taps, ctx.has_bias, ctx.input_activation = taps, bias is not None, input_activation
         # the backward needs the packed live taps, not the dense weight: keep only how to allocate its gradient
         ctx.weight_like = (weight.shape, dict(dtype=weight.dtype, device=weight.device,
                                               memory_format=memory_format_of(weight)))
-        y, packed = _tap_conv_forward(x, weight, bias, taps, ctx.relu_input)
-        ctx.save_for_backward(x, packed)  # x before the relu: the backward recomputes relu(x) and its gate
+        y, packed = _tap_conv_forward(x, weight, bias, taps, input_activation)
+        ctx.save_for_backward(x, packed)  # x before the activation: the backward recomputes it and its gate
         return y
 
     @staticmethod
@@ -528,8 +577,65 @@ class TapConv(torch.autograd.Function):
         x, packed = ctx.saved_tensors
         grad_x, grad_weight, grad_bias = _tap_conv_backward(
             grad_y, x, packed, ctx.taps, ctx.weight_like, ctx.has_bias, ctx.needs_input_grad[0],
-            ctx.needs_input_grad[1] or ctx.needs_input_grad[2], ctx.relu_input)
+            ctx.needs_input_grad[1] or ctx.needs_input_grad[2], ctx.input_activation)
         return grad_x, grad_weight, grad_bias, None, None
+
+
+# ---------------------------------------------------------------------------------------------- gated residual
+# PixelCNN++'s gated resnet ends in y = r + a * sigmoid(b), [a, b] = c = conv(...) (2F channels): eagerly c is
+# written (2F), b read and sigmoid(b) written (F + F), a and sigmoid(b) read and their product written (3F), r and
+# the product read and y written (3F): 10F values per pixel, and autograd keeps c (a is a view) and sigmoid(b)
+# (3F). The GATED epilogue computes a and b in two accumulators of one program (P's columns j and F + j) and
+# writes c (2F, for the backward) and y (F) after reading r (F): 4F values, and c alone kept (2F). The
+# backward forms dc = [dy * s, dy * a * s * (1 - s)] (s = sigmoid(b), from the saved c) and runs the
+# convolution's backward on it; dr = dy.
+def _gated_forward(x, weight, bias, taps: TapSet, residual, input_activation: str | None = None):
+    """(y = residual + a * sigmoid(b), c = [a, b] = the convolution, the packed live taps; None without work:
+    no kernel runs)."""
+    if x.numel() == 0 or weight.numel() == 0 or taps.n_taps == 0:
+        c = _like_input(x, weight.shape[0])
+        c = c.zero_() if bias is None else c.copy_(bias.view(1, -1, 1, 1).expand(c.shape))
+        value, gate = c.chunk(2, 1)
+        return _like_input(x, weight.shape[0] // 2).copy_(residual + value * torch.sigmoid(gate)), c, None
+    packed = pack_weight(weight, taps)
+    y, c = _gemm(x, packed, bias, taps, backward=False, like=x, input_activation=input_activation,
+                 gate_residual=residual)
+    return y, c, packed
+
+
+def _gate_grad(grad_y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The gradient of c = [a, b] from that of y = r + a * sigmoid(b), computed in float32 for 16-bit inputs
+    (rounded once, as the kernels' epilogues round)."""
+    compute = torch.float32 if c.dtype.itemsize == 2 else c.dtype
+    value, gate = c.to(compute).chunk(2, 1)
+    s = torch.sigmoid(gate)
+    grad_value = grad_y.to(compute) * s
+    return torch.cat([grad_value, grad_value * value * (1 - s)], 1).to(c.dtype)
+
+
+class GatedResidualTapConv(torch.autograd.Function):
+    """(x, weight, bias, taps, residual, input_activation=None) -> residual + a * sigmoid(b), where [a, b] (the
+    first and second halves of the output channels) is the causal convolution of x (or of its
+    ``input_activation``) with the live taps of weight: one GEMM whose epilogue applies the gate and adds the
+    residual (see ``_gated_forward``); the backward is the convolution's on the gate's gradient.
+    Prefer :func:`fastgen.ops.tap_conv.tap_conv2d_gated_residual`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, taps, residual, input_activation=None):
+        ctx.taps, ctx.has_bias, ctx.input_activation = taps, bias is not None, input_activation
+        ctx.weight_like = (weight.shape, dict(dtype=weight.dtype, device=weight.device,
+                                              memory_format=memory_format_of(weight)))
+        y, c, packed = _gated_forward(x, weight, bias, taps, residual, input_activation)
+        ctx.save_for_backward(x, c, packed)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, c, packed = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = _tap_conv_backward(
+            _gate_grad(grad_y, c), x, packed, ctx.taps, ctx.weight_like, ctx.has_bias, ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1] or ctx.needs_input_grad[2], ctx.input_activation)
+        return grad_x, grad_weight, grad_bias, None, grad_y if ctx.needs_input_grad[4] else None, None
 
 
 # ---------------------------------------------------------------------------------------------- custom ops
@@ -555,17 +661,17 @@ def _tap_fields(taps: TapSet) -> tuple:
     return list(taps.kernel_size), list(taps.padding), taps.n_taps, taps.groups, taps.strict, taps.interleaved
 
 
-@library.custom_op("tap_conv2d", f"(Tensor x, Tensor weight, Tensor? bias, {_TAPS_SCHEMA}, bool relu_input) "
+@library.custom_op("tap_conv2d", f"(Tensor x, Tensor weight, Tensor? bias, {_TAPS_SCHEMA}, str? input_activation) "
                    "-> (Tensor, Tensor)")
-def _tap_conv_op(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, relu_input):
+def _tap_conv_op(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, input_activation):
     """(y, the packed live taps [n_taps, C_in, C_out] or a placeholder without work)."""
     taps = _taps_of(kernel_size, padding, n_taps, groups, strict, interleaved)
-    y, packed = _tap_conv_forward(x, weight, bias, taps, relu_input)
+    y, packed = _tap_conv_forward(x, weight, bias, taps, input_activation)
     return y, library.nothing(weight) if packed is None else packed
 
 
 @_tap_conv_op.register_fake
-def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, relu_input):
+def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, input_activation):
     c_out, c_in = weight.shape[:2]
     no_work = x.numel() == 0 or weight.numel() == 0 or n_taps == 0
     return (_like_input(x, c_out),
@@ -574,21 +680,21 @@ def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved
 
 @library.custom_op("tap_conv2d_backward", "(Tensor grad_y, Tensor x, Tensor packed, SymInt[] weight_shape, "
                    f"bool weight_channels_last, {_TAPS_SCHEMA}, bool has_bias, bool grad_x, bool grad_params, "
-                   "bool relu_input) "
+                   "str? input_activation) "
                    "-> (Tensor, Tensor, Tensor)")
 def _tap_conv_backward_op(grad_y, x, packed, weight_shape, weight_channels_last, kernel_size, padding, n_taps,
-                          groups, strict, interleaved, has_bias, grad_x, grad_params, relu_input):
+                          groups, strict, interleaved, has_bias, grad_x, grad_params, input_activation):
     """(grad of x, grad of weight, grad of bias), placeholders where not wanted; an empty ``packed``: no work."""
     grads = _tap_conv_backward(
         grad_y, x, packed if packed.numel() else None,
         _taps_of(kernel_size, padding, n_taps, groups, strict, interleaved),
-        _weight_like(weight_shape, weight_channels_last, x), has_bias, grad_x, grad_params, relu_input)
+        _weight_like(weight_shape, weight_channels_last, x), has_bias, grad_x, grad_params, input_activation)
     return tuple(library.nothing(x) if g is None else g for g in grads)
 
 
 @_tap_conv_backward_op.register_fake
 def _(grad_y, x, packed, weight_shape, weight_channels_last, kernel_size, padding, n_taps, groups, strict,
-      interleaved, has_bias, grad_x, grad_params, relu_input):
+      interleaved, has_bias, grad_x, grad_params, input_activation):
     shape, like = _weight_like(weight_shape, weight_channels_last, x)
     grad_input = library.nothing(x)
     if grad_x:  # as the launch: zeros_like without work, else an empty tensor in x's memory format
@@ -604,18 +710,18 @@ def _weight_like(weight_shape, channels_last: bool, x: torch.Tensor):
 
 
 def _setup_tap_conv(ctx, inputs, output):
-    x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, relu_input = inputs
-    ctx.save_for_backward(x, output[1])  # x before the relu
+    x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, input_activation = inputs
+    ctx.save_for_backward(x, output[1])  # x before the activation
     ctx.args = (list(weight.shape), memory_format_of(weight) == torch.channels_last, kernel_size, padding, n_taps,
                 groups, strict, interleaved, bias is not None)
-    ctx.relu_input = relu_input
+    ctx.input_activation = input_activation
 
 
 def _tap_conv_op_backward(ctx, grad_y, _grad_packed):
     x, packed = ctx.saved_tensors
     want_x, want_weight, want_bias = ctx.needs_input_grad[:3]
     grad_x, grad_weight, grad_bias = torch.ops.fastgen.tap_conv2d_backward(
-        grad_y, x, packed, *ctx.args, want_x, want_weight or want_bias, ctx.relu_input)
+        grad_y, x, packed, *ctx.args, want_x, want_weight or want_bias, ctx.input_activation)
     return ((grad_x if want_x else None), (grad_weight if want_weight else None),
             (grad_bias if want_bias else None), None, None, None, None, None, None, None)
 
@@ -623,7 +729,46 @@ def _tap_conv_op_backward(ctx, grad_y, _grad_packed):
 _tap_conv_op.register_autograd(_tap_conv_op_backward, setup_context=_setup_tap_conv)
 
 
-def _check_arguments(x, weight, bias, taps: TapSet) -> None:
+@library.custom_op("tap_conv2d_gated_residual", f"(Tensor x, Tensor weight, Tensor? bias, {_TAPS_SCHEMA}, "
+                   "Tensor residual, str? input_activation) -> (Tensor, Tensor, Tensor)")
+def _gated_op(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, residual, input_activation):
+    """(y, c = [a, b], the packed live taps or a placeholder without work)."""
+    taps = _taps_of(kernel_size, padding, n_taps, groups, strict, interleaved)
+    y, c, packed = _gated_forward(x, weight, bias, taps, residual, input_activation)
+    return y, c, library.nothing(weight) if packed is None else packed
+
+
+@_gated_op.register_fake
+def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, residual, input_activation):
+    c_out, c_in = weight.shape[:2]
+    no_work = x.numel() == 0 or weight.numel() == 0 or n_taps == 0
+    return (_like_input(x, c_out // 2), _like_input(x, c_out),
+            library.nothing(weight) if no_work else weight.new_empty((n_taps, c_in, c_out)))
+
+
+def _setup_gated(ctx, inputs, output):
+    x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, residual, input_activation = inputs
+    ctx.save_for_backward(x, output[1], output[2])
+    ctx.args = (list(weight.shape), memory_format_of(weight) == torch.channels_last, kernel_size, padding, n_taps,
+                groups, strict, interleaved, bias is not None)
+    ctx.input_activation = input_activation
+
+
+def _gated_op_backward(ctx, grad_y, _grad_c, _grad_packed):
+    x, c, packed = ctx.saved_tensors
+    want_x, want_weight, want_bias = ctx.needs_input_grad[:3]
+    grad_x, grad_weight, grad_bias = torch.ops.fastgen.tap_conv2d_backward(
+        _gate_grad(grad_y, c), x, packed, *ctx.args, want_x, want_weight or want_bias, ctx.input_activation)
+    return ((grad_x if want_x else None), (grad_weight if want_weight else None),
+            (grad_bias if want_bias else None), None, None, None, None, None, None,
+            grad_y if ctx.needs_input_grad[9] else None, None)
+
+
+_gated_op.register_autograd(_gated_op_backward, setup_context=_setup_gated)
+
+
+def _check_arguments(x, weight, bias, taps: TapSet, input_activation: str | None = None) -> None:
+    check_choice("input_activation", input_activation, INPUT_ACTIVATIONS)
     check_float_tensor("x", x)
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-d tensor [B, C_in, H, W], got shape {tuple(x.shape)}")
@@ -632,9 +777,16 @@ def _check_arguments(x, weight, bias, taps: TapSet) -> None:
         raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
     if weight.dtype != x.dtype:
         raise TypeError(f"weight has dtype {weight.dtype} but x has dtype {x.dtype}")
-    if weight.dim() != 4 or tuple(weight.shape[2:]) != tuple(taps.kernel_size) or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"weight must have shape [C_out, {x.shape[1]}, {taps.kernel_size[0]}, "
-                         f"{taps.kernel_size[1]}] for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
+    c_in = 2 * x.shape[1] if input_activation == "concat_elu" else x.shape[1]
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != tuple(taps.kernel_size) or weight.shape[1] != c_in:
+        raise ValueError(f"weight must have shape [C_out, {c_in}, {taps.kernel_size[0]}, {taps.kernel_size[1]}] "
+                         f"for x of shape {tuple(x.shape)}"
+                         + (" with input_activation='concat_elu' (2 * C_x input channels)"
+                            if input_activation == "concat_elu" else "") + f", got {tuple(weight.shape)}")
+    if input_activation == "concat_elu" and taps.groups > 1:
+        raise ValueError(f"input_activation='concat_elu' needs a tap set without channel groups (PixelCNN++'s "
+                         f"shifted convolutions), got taps with data_channels={taps.groups}: the groups of the "
+                         "2 C_x channels of concat_elu(x) are not those of x's channels")
     if bias is not None:
         check_like("bias", bias, "x", x, shape=(weight.shape[0],))
     if taps.groups > 1 and not taps.interleaved:  # interleaved groups (c % groups) take any channel count
@@ -645,7 +797,7 @@ def _check_arguments(x, weight, bias, taps: TapSet) -> None:
 
 
 def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: TapSet, *,
-               relu_input: bool = False) -> torch.Tensor:
+               input_activation: str | None = None) -> torch.Tensor:
     """Causal convolution of ``x`` [B, C_in, H, W] with the live taps of ``weight`` [C_out, C_in, kh, kw].
 
     Equals ``F.conv2d(F.pad(x, taps.pads()), weight * taps.mask(C_out, C_in), bias)``: stride 1, output of
@@ -661,9 +813,17 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     operand (error up to about 2**-9 of |x| |w| per product), accumulated in float32. Otherwise float32 is
     exact FP32. float64 is always exact; float16/bfloat16 multiply on tensor cores with float32 accumulation.
 
-    ``relu_input=True`` convolves ``F.relu(x)`` instead of ``x`` without storing it (PixelCNN's ReLU before each
-    convolution): the kernels apply the relu to the tiles they read, and the gradient of ``x`` is
-    ``F.relu``'s: zero where ``x <= 0``, passed where ``x`` is nan (as ``torch.relu``, which keeps nan).
+    ``input_activation`` convolves an activation of ``x`` instead of ``x`` without storing it: the kernels apply
+    it to the tiles they read and its gradient in their epilogues.
+
+    * ``"relu"``: ``F.relu(x)`` (PixelCNN's ReLU before each convolution); the gradient of ``x`` is ``F.relu``'s:
+      zero where ``x <= 0``, passed where ``x`` is nan (as ``torch.relu``, which keeps nan).
+    * ``"concat_elu"``: ``F.elu(torch.cat([x, -x], 1))`` (PixelCNN++'s concat_elu, a [B, 2 C_x, H, W] tensor
+      never written), so ``weight`` has ``2 * C_x`` input channels: ``W[:, :C_x]`` sees ``elu(x)``,
+      ``W[:, C_x:]`` sees ``elu(-x)``. The gradient of ``x`` is ``F.elu``'s (alpha 1) through both halves (at a
+      nan ``x`` as CUDA's elu backward: the gradient passes; torch's vectorized CPU kernel gives nan). Only
+      for tap sets without channel groups (``taps.groups == 1``): RGB groups split the 2 C_x channels otherwise
+      than x's, so a grouped tap set raises.
     """
     if not isinstance(taps, TapSet):
         raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
@@ -672,13 +832,41 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
-    _check_arguments(x, weight, bias, taps)
-    relu_input = bool(relu_input)
+    _check_arguments(x, weight, bias, taps, input_activation)
     if backend_for(x) == "reference":
-        return reference.tap_conv2d(x, weight, bias, taps, relu_input=relu_input)
+        return reference.tap_conv2d(x, weight, bias, taps, input_activation=input_activation)
     if library.traced():
-        return torch.ops.fastgen.tap_conv2d(x, weight, bias, *_tap_fields(taps), relu_input)[0]
-    return TapConv.apply(x, weight, bias, taps, relu_input)
+        return torch.ops.fastgen.tap_conv2d(x, weight, bias, *_tap_fields(taps), input_activation)[0]
+    return TapConv.apply(x, weight, bias, taps, input_activation)
+
+
+def tap_conv2d_gated_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
+                              residual: torch.Tensor, *, input_activation: str | None = None) -> torch.Tensor:
+    """``residual + a * torch.sigmoid(b)`` where ``a, b = tap_conv2d(x, weight, bias, taps,
+    input_activation=input_activation).chunk(2, 1)``: PixelCNN++'s gated residual (openai's gated_resnet
+    output), the gate and the residual add in the convolution's epilogue (the gated [B, C_out / 2, H, W]
+    output and the convolution, which the backward reads, are written; nothing else).
+
+    ``weight`` has an even C_out; ``residual`` is [B, C_out / 2, H, W], x's dtype and device. Precision and
+    the rest as :func:`tap_conv2d`.
+    """
+    if not isinstance(taps, TapSet):
+        raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight, residual = x.to(dtype), weight.to(dtype), residual.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    _check_arguments(x, weight, bias, taps, input_activation)
+    if weight.shape[0] % 2:
+        raise ValueError(f"weight must have an even number of output channels (the halves a and b of the gate), "
+                         f"got {weight.shape[0]}")
+    check_like("residual", residual, "x", x, shape=(x.shape[0], weight.shape[0] // 2, *x.shape[2:]))
+    if backend_for(x) == "reference":
+        return reference.tap_conv2d_gated_residual(x, weight, bias, taps, residual, input_activation=input_activation)
+    if library.traced():
+        return torch.ops.fastgen.tap_conv2d_gated_residual(x, weight, bias, *_tap_fields(taps), residual,
+                                                           input_activation)[0]
+    return GatedResidualTapConv.apply(x, weight, bias, taps, residual, input_activation)
 
 
 # the tap set of a validated (kernel size, mask type, data channels): built once, not on every call
@@ -704,7 +892,7 @@ def check_mask_args(kernel_size, mask_type, data_channels) -> int:
 
 
 def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, mask_type: str = "B",
-                  data_channels: int = 1, padding=None, *, relu_input: bool = False) -> torch.Tensor:
+                  data_channels: int = 1, padding=None, *, input_activation: str | None = None) -> torch.Tensor:
     """PixelCNN masked convolution: ``F.conv2d(x, weight * mask, bias, padding=k // 2)``.
 
     Args:
@@ -717,7 +905,8 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         data_channels: 1, or 3 for RGB with the PixelRNN channel groups at the centre tap (channel c of C is
             in group c*3//C; output group g sees input groups < g under A, <= g under B).
         padding: None, "same" or k // 2 (the output keeps x's size; nothing else is supported).
-        relu_input: convolve ``F.relu(x)`` without storing it (see :func:`tap_conv2d`).
+        input_activation: None, "relu" (convolve ``F.relu(x)`` without storing it) or "concat_elu" (with
+            ``data_channels=1``; ``weight`` has 2 C_in input channels), see :func:`tap_conv2d`.
 
     float32 inputs multiply on TF32 tensor cores when ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's
     default for convolutions, so this rounds as ``F.conv2d`` does), in exact FP32 when it is False; float64
@@ -730,7 +919,7 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if padding not in (None, "same", k // 2, (k // 2, k // 2)):
         raise ValueError(f"padding must be None, 'same' or {k // 2} (same-size causal output), got {padding!r}")
     taps = (masked if library.traced() else _masked_taps)(k, mask_type, int(data_channels))  # dynamo: no cache
-    return tap_conv2d(x, weight, bias, taps, relu_input=relu_input)
+    return tap_conv2d(x, weight, bias, taps, input_activation=input_activation)
 
 
 # The layouts the compile check builds each GEMM kernel for: which stride Triton sees as the constant 1 (it
@@ -750,21 +939,23 @@ def _layout_hints(kernel, layout: str) -> dict:
                 divisible=tuple(n for n in strides if n[-1] in divisible) + channels, variant=layout)
 
 
-def _class_configs(table, math: str, layout: str, relu_input: bool = False, fold: bool = False) -> list[triton.Config]:
-    """Every config of every shape class of (math, layout), each once; with ``relu_input`` the ones that
-    relu_input launches take (see :func:`relu_class`); with ``fold`` those of the fold class (the FOLD
-    variant), else those of the other classes."""
+def _class_configs(table, math: str, layout: str, input_activation: str | None = None,
+                   fold: bool = False, gated: bool = False) -> list[triton.Config]:
+    """Every config of every shape class of (math, layout), each once; with an ``input_activation`` or
+    ``gated`` the ones its launches take (see :func:`activation_class`); with ``fold`` those of the fold class
+    (the FOLD variant), else those of the other classes."""
     classes = [c for c in table[math, layout] if (c == "fold") == fold]
-    if relu_input:
+    if input_activation is not None or gated:
         kind = "gemm" if table is GEMM_CONFIGS else "weight_grad"
-        return _unique(table[math, layout][relu_class(kind, c, math)][0] for c in classes)
+        return _unique(activation_configs(kind, math, layout, c, input_activation, gated)[0] for c in classes)
     return _unique(c for name in classes for c in table[math, layout][name])
 
 
 def kernel_launches():
     """Every kernel configuration the op can launch, for the sm_90/sm_80 compile check: each config of each
     class (GEMM_CONFIGS, WEIGHT_GRAD_CONFIGS), with the math (16-bit, TF32 or exact FP32/FP64) and layout it
-    serves, the relu_input variants (RELU_INPUT: the configs of :func:`relu_class`) and the fold class's FOLD
+    serves, the input-activation variants (INPUT_ACT: the configs of :func:`activation_class`) and the fold
+    class's FOLD
     variants (forward and weight gradient; C_in < 16 is never a multiple of 16). 16-bit and TF32 tiles must run
     on tensor cores (HGMMA on sm_90, HMMA on sm_80)."""
     from fastgen.compile_check import KernelLaunch
@@ -779,9 +970,9 @@ def kernel_launches():
             # float32 and float64 are compiled for the default NCHW layout only
             layouts = ("nchw", "nhwc") if tensor_cores else ("nchw",)
             kernel = kernels.tap_conv_gemm_kernel
-            for relu, backward, layout, fold in itertools.product((False, True), (False, True), layouts,
-                                                                  (False, True)):
-                if fold and backward:  # FOLD is a forward variant
+            for activation, backward, layout, fold, gated in itertools.product(
+                    INPUT_ACTIVATIONS, (False, True), layouts, (False, True), (False, True)):
+                if (fold or gated) and backward:  # FOLD and GATED are forward variants
                     continue
                 hints = _layout_hints(kernel, layout)
                 if fold:
@@ -790,13 +981,15 @@ def kernel_launches():
                 unit, other = ("stride_pk", "stride_pn") if backward else ("stride_pn", "stride_pk")
                 hints["ones"] += (unit,)
                 hints["divisible"] += (other,)
-                if not (relu and backward):  # GATE's strides are never read: the placeholder zeros
-                    hints["ones"] = tuple(n for n in hints["ones"] if not n.startswith("stride_g"))
-                    hints["divisible"] = tuple(n for n in hints["divisible"] if not n.startswith("stride_g")) + tuple(
-                        f"stride_g{d}" for d in "bchw")
-                for config in _class_configs(GEMM_CONFIGS, math, layout, relu, fold):
-                    yield KernelLaunch.build(kernel, dtype, constexprs=dict(BACKWARD=backward, RELU_INPUT=relu, **common,
-                                                                            **config.kwargs, FOLD=fold),
+                # GATE's (SAVED's) strides are never read unless INPUT_ACT and BACKWARD (GATED): placeholder zeros
+                for unread in ("g" if not (activation and backward) else "") + ("s" if not gated else ""):
+                    hints["ones"] = tuple(n for n in hints["ones"] if not n.startswith(f"stride_{unread}"))
+                    hints["divisible"] = tuple(n for n in hints["divisible"] if not n.startswith(
+                        f"stride_{unread}")) + tuple(f"stride_{unread}{d}" for d in "bchw")
+                for config in _class_configs(GEMM_CONFIGS, math, layout, activation, fold, gated):
+                    act = INPUT_ACTIVATIONS.index(activation)
+                    yield KernelLaunch.build(kernel, dtype, constexprs=dict(BACKWARD=backward, INPUT_ACT=act, **common,
+                                                                            **config.kwargs, FOLD=fold, GATED=gated),
                                              num_warps=config.num_warps, num_stages=config.num_stages,
                                              tensor_cores=tensor_cores, **hints)
             kernel = kernels.tap_conv_weight_grad_kernel
@@ -804,7 +997,8 @@ def kernel_launches():
             # the target's dtype: the gradient's (direct store; float32/float64 atomics too) and, for 16-bit,
             # the fp32 sums of the split paths (atomic and deterministic): two compiled variants
             targets = (dtype,) if acc == dtype else (dtype, acc)
-            for relu, layout, fold, target in itertools.product((False, True), layouts, (False, True), targets):
+            for activation, layout, fold, target in itertools.product(INPUT_ACTIVATIONS, layouts, (False, True),
+                                                                      targets):
                 hints = _layout_hints(kernel, layout)
                 # the target's strides are not specialized (_WEIGHT_GRAD_TARGET_ARGS): only the activations'
                 hints = dict(hints, **{key: tuple(n for n in hints[key] if n not in kernels._WEIGHT_GRAD_TARGET_ARGS)
@@ -813,9 +1007,10 @@ def kernel_launches():
                     hints["divisible"] = tuple(n for n in hints["divisible"] if n != "c_in")
                 if target != dtype:
                     hints["variant"] += " into " + str(target).removeprefix("torch.")
-                for config in _class_configs(WEIGHT_GRAD_CONFIGS, wmath, layout, relu, fold):
+                for config in _class_configs(WEIGHT_GRAD_CONFIGS, wmath, layout, activation, fold):
                     yield KernelLaunch.build(kernel, dtype, {"GRAD_W": target, "GRAD_B": target},
-                                             constexprs=dict(common, RELU_INPUT=relu, **config.kwargs, FOLD=fold),
+                                             constexprs=dict(common, INPUT_ACT=INPUT_ACTIVATIONS.index(activation),
+                                                             **config.kwargs, FOLD=fold),
                                              num_warps=config.num_warps, num_stages=config.num_stages,
                                              tensor_cores=tensor_cores, **hints)
         # the dense weight and its gradient are contiguous [C_out, C_in, kh, kw] parameters

@@ -10,9 +10,10 @@ from fastgen.taps import TapSet, masked
 
 
 def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
-               mask: torch.Tensor | None = None, *, relu_input: bool = False) -> torch.Tensor:
+               mask: torch.Tensor | None = None, *, input_activation: str | None = None) -> torch.Tensor:
     """``F.conv2d`` of the zero-padded input with the masked weight (``mask`` from ``taps`` when not given);
-    of ``F.relu(x)`` with ``relu_input``.
+    of ``F.relu(x)`` with ``input_activation="relu"``, of ``F.elu(torch.cat([x, -x], 1))`` with
+    ``"concat_elu"``.
 
     The masked weight is ``torch.where(mask != 0, weight, 0)``, ``weight * mask`` for finite weights: a nan or
     inf in a masked-out tap is dropped, not turned into nan (0 * nan), as the kernels never read those taps.
@@ -20,8 +21,12 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """
     if mask is None:
         mask = taps.mask(weight.shape[0], weight.shape[1], weight.dtype, weight.device)
-    if relu_input:
+    if input_activation == "relu":
         x = F.relu(x)
+    elif input_activation == "concat_elu":
+        x = F.elu(torch.cat([x, -x], 1))
+    elif input_activation is not None:
+        raise ValueError(f"input_activation must be None, 'relu' or 'concat_elu', got {input_activation!r}")
     masked_weight = torch.where(mask != 0, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
     left, right, top, bottom = taps.pads()
     if left == right and top == bottom:
@@ -29,8 +34,15 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return F.conv2d(F.pad(x, (left, right, top, bottom)), masked_weight, bias)
 
 
-def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, mask=None, *, relu_input=False):
+def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, mask=None, *, input_activation=None):
     """``F.conv2d(x, weight * mask, bias, padding=k // 2)``: the PixelCNN masked convolution (of ``F.relu(x)``
-    with ``relu_input``)."""
+    or concat_elu(x) with ``input_activation``, see :func:`tap_conv2d`)."""
     return tap_conv2d(x, weight, bias, masked(weight.shape[-1], mask_type, data_channels), mask,
-                      relu_input=relu_input)
+                      input_activation=input_activation)
+
+
+def tap_conv2d_gated_residual(x, weight, bias, taps: TapSet, residual, mask=None, *, input_activation=None):
+    """``residual + a * torch.sigmoid(b)``, ``a, b = tap_conv2d(x, weight, bias, taps, mask,
+    input_activation=input_activation).chunk(2, 1)``: PixelCNN++'s gated residual, as openai's gated_resnet."""
+    value, gate = tap_conv2d(x, weight, bias, taps, mask, input_activation=input_activation).chunk(2, 1)
+    return residual + value * torch.sigmoid(gate)
