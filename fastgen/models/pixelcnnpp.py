@@ -88,11 +88,19 @@ def _fusable(conv: nn.Module) -> bool:
 def gated_residual_concat_elu(conv: nn.Module, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x + a * sigmoid(b)``, ``a, b = conv(concat_elu(c)).chunk(2, 1)``; with a fusable ``conv`` (see
     :func:`conv_concat_elu`) one launch: concat_elu on the loaded tiles, the gate and the residual add in the
-    epilogue (:func:`fastgen.ops.tap_conv.tap_conv2d_gated_residual`), else as written."""
-    if _fusable(conv):
+    epilogue (:func:`fastgen.ops.tap_conv.tap_conv2d_gated_residual`), else as written. A ``conv`` with forward
+    hooks is called as a module (the fused op would bypass them), e.g. by :class:`PixelCNNppFullSteps`."""
+    if _fusable(conv) and not _hooked(conv):
         return tap_conv2d_gated_residual(c, conv.weight, conv.bias, conv.taps, x, input_activation="concat_elu")
     value, gate = conv(concat_elu(c)).chunk(2, 1)
     return x + value * torch.sigmoid(gate)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a call of ``module`` runs forward hooks (its own or the global ones)."""
+    hooks = nn.modules.module
+    return bool(module._forward_pre_hooks or module._forward_hooks or hooks._global_forward_pre_hooks
+                or hooks._global_forward_hooks)
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
