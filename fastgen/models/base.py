@@ -392,7 +392,8 @@ class IncrementalSampler:
         [n, K + C]) into ``out`` [n, C] (long) and feeds the drawn value(s) back into the image cache."""
         model, out_x = self.model, self.output(x)
         if channel is None:
-            values = draw_dmol(out_x, u, model.n_mixtures, model.levels, self.temperature)
+            with model._backend():  # the draw on the model's backend too (use_reference: the reference draw)
+                values = draw_dmol(out_x, u, model.n_mixtures, model.levels, self.temperature)
             out.copy_(values)
             self.image.put(x, self.scaled(values))
             return
