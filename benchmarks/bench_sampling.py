@@ -36,6 +36,7 @@ never estimated) when one timed forward times the number of forwards passes ``NA
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -122,6 +123,21 @@ def own_cached_sampler(model) -> bool:
     return getattr(model, "has_cached_sampler", False)
 
 
+@contextlib.contextmanager
+def _counting_step(model, n: int):
+    """(the model's first parameter, labels [n] or None) with the model in eval mode under inference mode, as
+    the step counters run it; the model's training flag is restored after."""
+    parameter = next(model.parameters())
+    labels = None if model.n_classes is None else torch.zeros(n, dtype=torch.long, device=parameter.device)
+    training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield parameter, labels
+    finally:
+        model.train(training)
+
+
 def cached_step_launches(model, n: int = 1) -> int:
     """Kernels one sub-pixel step of a model's own cached sampler starts (:meth:`PixelRNN.sample_cached`, plain
     PyTorch), counted as :func:`step_launches` counts: the last sub-pixel of pixel 1 of row 1 of a 2 x 2 image,
@@ -129,25 +145,18 @@ def cached_step_launches(model, n: int = 1) -> int:
     ``end_row``, the Diagonal BiLSTM's right-to-left pass, is not part of it)."""
     from fastgen.benchmarks.harness import count_launches
 
-    parameter = next(model.parameters())
-    labels = None if model.n_classes is None else torch.zeros(n, dtype=torch.long, device=parameter.device)
-    training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            steps = model.cached_steps(n, 2, 2, labels)
-            value = torch.zeros(n, dtype=torch.long, device=parameter.device)
-            for row, col in ((0, 0), (0, 1), (1, 0), (1, 1)):
-                for channel in range(model.data_channels):
-                    if (row, col, channel) == (1, 1, model.data_channels - 1):
-                        return count_launches(lambda: steps.column(row, col))[0]
-                    steps.column(row, col)
-                    steps.put_pixel(row, col, channel, value)
-                steps.column(row, col)  # the caches of this column, from the whole pixel
-                if col == 1:
-                    steps.end_row()
-    finally:
-        model.train(training)
+    with _counting_step(model, n) as (parameter, labels):
+        steps = model.cached_steps(n, 2, 2, labels)
+        value = torch.zeros(n, dtype=torch.long, device=parameter.device)
+        for row, col in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            for channel in range(model.data_channels):
+                if (row, col, channel) == (1, 1, model.data_channels - 1):
+                    return count_launches(lambda: steps.column(row, col))[0]
+                steps.column(row, col)
+                steps.put_pixel(row, col, channel, value)
+            steps.column(row, col)  # the caches of this column, from the whole pixel
+            if col == 1:
+                steps.end_row()
 
 
 def step_launches(model, n: int = 1) -> int:
@@ -159,29 +168,22 @@ def step_launches(model, n: int = 1) -> int:
     ``model.use_reference(False)``, else the plain-PyTorch step is counted."""
     from fastgen.benchmarks.harness import count_launches
 
-    parameter = next(model.parameters())
-    labels = None if model.n_classes is None else torch.zeros(n, dtype=torch.long, device=parameter.device)
-    training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            steps = model.incremental_sampler(n, 2, labels)
-            pixels = torch.zeros((n, model.data_channels, 2), dtype=torch.long, device=parameter.device)
-            u = torch.full((n, sampling.uniforms_shape(model, n, (1, 2))[1]), 0.5, dtype=parameter.dtype,
-                           device=parameter.device)
-            channels = [None] if model.output_kind == "dmol" else list(range(model.data_channels))
+    with _counting_step(model, n) as (parameter, labels):
+        steps = model.incremental_sampler(n, 2, labels)
+        pixels = torch.zeros((n, model.data_channels, 2), dtype=torch.long, device=parameter.device)
+        u = torch.full((n, sampling.uniforms_shape(model, n, (1, 2))[1]), 0.5, dtype=parameter.dtype,
+                       device=parameter.device)
+        channels = [None] if model.output_kind == "dmol" else list(range(model.data_channels))
 
-            def sub_pixel(col, channel):
-                steps.sample(col, channel, u if channel is None else u[:, channel], pixels[:, :, col])
+        def sub_pixel(col, channel):
+            steps.sample(col, channel, u if channel is None else u[:, channel], pixels[:, :, col])
 
-            steps.start_row(True)
-            for channel in channels:
-                sub_pixel(0, channel)
-            for channel in channels[:-1]:
-                sub_pixel(1, channel)
-            return count_launches(lambda: sub_pixel(1, channels[-1]))[0]
-    finally:
-        model.train(training)
+        steps.start_row(True)
+        for channel in channels:
+            sub_pixel(0, channel)
+        for channel in channels[:-1]:
+            sub_pixel(1, channel)
+        return count_launches(lambda: sub_pixel(1, channels[-1]))[0]
 
 
 def cases(device: str, quick: bool = True) -> list[SamplingCase]:
