@@ -1,4 +1,5 @@
-"""Benchmark cases of fastgen.masked_conv2d against F.conv2d(x, weight * mask) (cuDNN on a GPU).
+"""Benchmark cases of fastgen.masked_conv2d against F.conv2d(x, weight * mask) (cuDNN on a GPU), and of
+fastgen.tap_conv2d_gated (the Gated PixelCNN's stack convolution and gate) against the eager convolution + gate.
 
 PixelCNN shapes: the 7x7 mask-A input layer and the mask-B hidden layers, 28x28 (MNIST) and 32x32 (CIFAR),
 channels-last bf16 activations (the layout both cuDNN and fastgen's kernels are fastest in). FLOPs are
@@ -105,6 +106,71 @@ for _dtype, _suffix in ((torch.bfloat16, "bf16"), (torch.float32, "fp32 tf32")):
     for _name, _batch, _c_in, _c_out, _size, _k, _mask, _groups, _input_grad in ISSUE_SHAPES:
         CASES.append(_case(f"{_name} {_suffix}", _batch, _c_in, _c_out, _size, _k, _mask, data_channels=_groups,
                            dtype=_dtype, input_grad=_input_grad, quick=False))
+
+
+
+# tap_conv2d_gated: one Gated PixelCNN layer's stack convolution with its gate in the epilogue, against the eager
+# model's convolution then gate (reference.tap_conv2d_gated: F.conv2d, add, add, tanh, sigmoid, mul). The
+# horizontal stack adds the vertical stack's link and a class embedding before the gate (RGB: 3 gate groups);
+# the vertical stack also returns its convolution (the link's input).
+def _gated_inputs(spec, device, batch=None, check=False):
+    full_batch, n, size, taps, other, dtype = spec
+    batch = batch or full_batch
+    shapes = dict(x=(batch, n, size, size), weight=(2 * n, n, *taps.kernel_size), bias=(2 * n,),
+                  sample_bias=(batch, 2 * n))
+    if other:
+        shapes["other"] = (batch, 2 * n, size, size)
+    if device == "meta":
+        return {name: torch.empty(shape, dtype=dtype, device="meta") for name, shape in shapes.items()}
+    gen = torch.Generator().manual_seed(0)
+    fan_in = n * taps.kernel_size[0] * taps.kernel_size[1]
+    inputs = {name: ((fan_in ** -0.5 if name == "weight" else 1.0) * torch.randn(shape, generator=gen)).to(device, dtype)
+              for name, shape in shapes.items()}
+    for name in ("x", "other"):
+        if name in inputs:
+            inputs[name] = inputs[name].to(memory_format=torch.channels_last)
+    return {name: t.requires_grad_() for name, t in inputs.items()}
+
+
+def _gated_case(name, batch, n, size, stack, dtype, quick=False):
+    groups = 3 if stack == "horizontal rgb" else 1
+    taps = masks.horizontal_stack(3, "B", 3) if groups == 3 else masks.vertical_stack(3, "B")
+    other, return_conv = groups == 3, groups == 1
+    spec = (batch, n, size, taps, other, dtype)
+
+    def run(fn, x, weight, bias, sample_bias, other=None):
+        return fn(x, weight, bias, taps, other=other, sample_bias=sample_bias, groups=groups,
+                  return_conv=return_conv)
+
+    def pixels_bytes(inputs):  # one [B, n, H, W] tensor's bytes
+        return nbytes(inputs["x"]) // inputs["x"].shape[1] * n
+
+    def bytes_forward(inputs):  # read x, weight, (other), write y (n) and the saved conv / sum (2n)
+        return nbytes(inputs["x"], inputs["weight"], inputs["bias"], inputs["sample_bias"], inputs.get("other")) \
+            + 3 * pixels_bytes(inputs)
+
+    def bytes_backward(inputs):  # gate: read s (2n), grad_y (n), write grad_s (2n); conv: as masked_conv2d's
+        conv = 2 * 2 * pixels_bytes(inputs) + 2 * nbytes(inputs["weight"], inputs["bias"]) + 2 * nbytes(inputs["x"])
+        return 5 * pixels_bytes(inputs) + conv
+
+    def flops(inputs, mode):
+        x, w = inputs["x"], inputs["weight"]
+        dense = 2 * x.shape[0] * x.shape[2] * x.shape[3] * w.numel()
+        live = round(dense * taps.live_fraction(w.shape[0], w.shape[1]))
+        passes = 1 if mode == "forward" else 3
+        return live * passes, dense * passes
+
+    return Case(op="tap_conv2d_gated", name=name, make_inputs=functools.partial(_gated_inputs, spec),
+                fastgen=functools.partial(run, fastgen.tap_conv2d_gated),
+                reference=functools.partial(run, reference.tap_conv2d_gated), bytes_forward=bytes_forward,
+                bytes_backward=bytes_backward, quick=quick, flops=flops)
+
+
+CASES += [
+    _gated_case("horizontal rgb B=32 n=192 32x32 bf16", 32, 192, 32, "horizontal rgb", torch.bfloat16),
+    _gated_case("vertical B=64 n=64 28x28 bf16", 64, 64, 28, "vertical", torch.bfloat16),
+    _gated_case("vertical B=64 n=64 28x28 fp32", 64, 64, 28, "vertical", torch.float32),
+]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -15,7 +15,7 @@ from fastgen.ops.pixel_losses import (DiscretizedLogisticMixtureNLL, PixelCrossE
                                       dmol_sample, pixel_cross_entropy)
 from fastgen.ops.reparameterize_kl import ReparameterizeKL, reparameterize_kl
 from fastgen.ops.row_lstm import RowLSTMRecurrence, diagonal_bilstm, diagonal_lstm, row_lstm
-from fastgen.ops.tap_conv import TapConv, masked_conv2d, tap_conv2d
+from fastgen.ops.tap_conv import TapConv, masked_conv2d, tap_conv2d, tap_conv2d_gated, tap_conv2d_gated_residual
 from fastgen import compat, estimators, nn  # noqa: E402  (after the ops they build on)
 from fastgen import models  # noqa: E402  (after fastgen.nn)
 from fastgen import sampling  # noqa: E402  (after fastgen.models)
@@ -27,4 +27,4 @@ __all__ = ["Conv1x1CrossEntropy", "DiscretizedLogisticMixtureNLL", "GANDiscrimin
            "backend_for", "bits_per_dim", "compat", "conv1x1_cross_entropy", "diagonal_bilstm", "diagonal_lstm", "dmol_nll", "dmol_sample", "estimators", "gan_d_loss",
            "gan_g_loss", "gated_activation", "gradient_penalty", "gumbel_softmax", "interpreting", "masked_conv2d",
            "models", "nn", "pixel_cross_entropy", "reparameterize_kl", "row_lstm", "sampling", "tap_conv2d",
-           "use_backend", "__version__"]
+           "tap_conv2d_gated", "tap_conv2d_gated_residual", "use_backend", "__version__"]

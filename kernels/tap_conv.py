@@ -50,15 +50,24 @@ without storing it:
   weight grad  the tile's rows c < C_x reduce elu(X[., c]) tiles, rows C_x + c reduce elu(-X[., c]) tiles.
   elu(z) = z for z > 0, else exp(z) - 1 (F.elu with alpha 1; nan stays nan), computed in ACC, rounded to x's dtype
   before the tl.dot as F.elu's output would be.
-GATED (a constexpr of the forward: PixelCNN++'s gated residual) computes y = r + a * sigmoid(b) for the conv
-output c = [a, b] (C_out = 2F): each program keeps two accumulators, a (P's columns j) and b (columns F + j),
-stores c to SAVED (the backward's input) and writes RESIDUAL + a * sigmoid(b) to OUT [B, F, H, W].
+GATE_KIND (a constexpr of the forward) gates the convolution c (C_out = 2F channels) in the epilogue, writing
+F channels to OUT:
+* 1, PixelCNN++'s gated residual: y = r + a * sigmoid(b), r = ADDEND [B, F, H, W];
+* 2, the Gated PixelCNN's gate: y = tanh(a) * sigmoid(b) of c + other (ADDEND [B, 2F, H, W], optional: the
+  vertical stack's link into the horizontal one).
+Each program keeps two accumulators, a and b, for its output channels j. c's channels form G groups of
+2 m = 2F / G (``gate_group`` = m; G = 3 for an RGB Gated PixelCNN, 1 otherwise): a of channel j = g m + i is
+c's channel 2 g m + i, b the channel m after it (with one group a = c[:, :F], b = c[:, F:]). SAVED (the
+backward's input) gets c (+ other); then a per-image SAMPLE_BIAS [B, 2F] (a class embedding, optional) is
+added to both before the gate, and not saved.
 Pixel indices are int32 (fewer than 2**31 pixels); the batch offset b * stride_b is int64, so a tensor may
 hold more than 2**31 elements.
 """
 
 import triton
 import triton.language as tl
+
+from .numerics import sigmoids, tanh_and_slope
 
 # The tap set and split arguments are not specialized (Triton would compile a variant whenever one equals 1),
 # so one compiled kernel per dtype, layout and tile serves every tap set.
@@ -134,23 +143,28 @@ def _centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved):
     return in_group[:, None] < out_group[None, :] + 1 - strict
 
 
-@triton.jit(do_not_specialize=_TAP_SET_ARGS + ["has_bias"])
+@triton.jit(do_not_specialize=_TAP_SET_ARGS + ["has_bias", "has_addend", "has_sample_bias", "gate_group"])
 def tap_conv_gemm_kernel(
     A,  # activations read: the input x [B, C_in, H, W] (forward) or the output gradient [B, C_out, H, W]
     P,  # packed weight [n_taps, C_in, C_out] ([n_taps, 2 C_x, C_out] with concat_elu), contiguous
     BIAS,  # bias [C_out] (read only when has_bias)
     GATE,  # the forward input x [B, C_x, H, W] (read only with INPUT_ACT and BACKWARD: the activation's gate)
-    OUT,  # written: the output y [B, C_out, H, W] (forward; [B, C_out / 2, H, W] with GATED) or the input
+    OUT,  # written: the output y [B, C_out, H, W] (forward; [B, C_out / 2, H, W] with GATE_KIND) or the input
     # gradient [B, C_x, H, W]
-    RESIDUAL,  # with GATED: the residual r [B, C_out / 2, H, W], OUT's strides (read only with GATED)
-    SAVED,  # with GATED: written, the convolution c = [a, b] [B, C_out, H, W] the backward reads
+    ADDEND,  # with GATE_KIND 1: the residual r [B, C_out / 2, H, W]; 2: other [B, C_out, H, W] (if has_addend)
+    SAVED,  # with GATE_KIND: written, the convolution c = [a, b] [B, C_out, H, W] (+ other) the backward reads
+    SAMPLE_BIAS,  # with GATE_KIND: [B, C_out] added to c before the gate (read only when has_sample_bias)
     n_pixels, height, width, n_red, n_out,  # n_pixels = B * H * W; channels reduced (of A) and produced (of OUT)
     n_taps, kernel_w, pad_top, pad_left,  # the tap set
     has_bias,  # 1: add BIAS in the epilogue (a runtime flag: one compiled variant with and without)
+    has_addend, has_sample_bias,  # with GATE_KIND: read ADDEND, SAMPLE_BIAS (runtime flags, as has_bias)
+    gate_group,  # with GATE_KIND: m, the gated output channels per channel group (n_out without groups)
     stride_ab, stride_ac, stride_ah, stride_aw,
     stride_ob, stride_oc, stride_oh, stride_ow,
     stride_gb, stride_gc, stride_gh, stride_gw,  # GATE's strides (placeholders unless INPUT_ACT and BACKWARD)
-    stride_sb, stride_sc, stride_sh, stride_sw,  # SAVED's strides (placeholders unless GATED)
+    stride_sb, stride_sc, stride_sh, stride_sw,  # SAVED's strides (placeholders unless GATE_KIND)
+    stride_rb, stride_rc, stride_rh, stride_rw,  # ADDEND's strides (placeholders unless GATE_KIND)
+    stride_qb, stride_qc,  # SAMPLE_BIAS's strides (placeholders unless GATE_KIND)
     stride_pk, stride_pn,  # P's strides over the reduced and the produced channels: (C_out, 1) or (1, C_out)
     BACKWARD: tl.constexpr,  # the input gradient: pixel m gathers A at m - shift instead of m + shift
     INPUT_ACT: tl.constexpr,  # 0: conv(x); 1: conv(relu(x)); 2: conv(elu(cat([x, -x]))) (see the module doc)
@@ -161,7 +175,7 @@ def tap_conv_gemm_kernel(
     BLOCK_N: tl.constexpr,  # produced channels per program
     BLOCK_K: tl.constexpr,  # reduced channels per step (with FOLD: (tap, channel) pairs per step)
     FOLD: tl.constexpr = False,  # the forward of a small-C_in layer: reduce over k = tap * n_red + c (not BACKWARD)
-    GATED: tl.constexpr = False,  # the forward's gated residual epilogue: OUT = r + a * sigmoid(b), n_out = C_out / 2
+    GATE_KIND: tl.constexpr = 0,  # the forward's gate (n_out = C_out / 2): 1, OUT = r + a * sigmoid(b); 2, tanh(a) * sigmoid(b)
 ):
     """The forward (OUT[m, o] = sum_t sum_c A[m + shift_t, c] P[t, c, o]) and, with BACKWARD, the input
     gradient (OUT[m, c] = sum_t sum_o A[m - shift_t, o] P[t, c, o]): the same GEMM over the live taps. With
@@ -169,11 +183,12 @@ def tap_conv_gemm_kernel(
     INPUT_ACT 2 (concat_elu) the forward reduces elu(A) and elu(-A) against P's two row halves and the input
     gradient keeps one accumulator per half (see the module doc). With FOLD (the forward only) the reduction runs
     over the flattened k = tap * n_red + c, BLOCK_K at a time, each column of the A tile gathering its own tap's
-    pixel shift: P's rows are k (tap * 2 n_red + c and + n_red with concat_elu). With GATED (the forward only)
-    the program's output channels j are those of a = c[:, j] and b = c[:, n_out + j] (P's columns j and
-    n_out + j, one accumulator each): it writes c to SAVED and OUT = RESIDUAL + a * sigmoid(b)."""
+    pixel shift: P's rows are k (tap * 2 n_red + c and + n_red with concat_elu). With GATE_KIND (the forward only)
+    the program's output channels j are those of a = c[:, cols] and b = c[:, cols + m] (P's columns, one
+    accumulator each; cols = j without groups): it writes c (+ ADDEND with GATE_KIND 2) to SAVED, then OUT =
+    ADDEND + a * sigmoid(b) (GATE_KIND 1) or tanh(a) * sigmoid(b) (GATE_KIND 2), SAMPLE_BIAS added to a and b."""
     tl.static_assert(not (FOLD and BACKWARD), "FOLD is a forward variant")
-    tl.static_assert(not (GATED and BACKWARD), "GATED is a forward variant")
+    tl.static_assert(not (GATE_KIND != 0 and BACKWARD), "GATE_KIND is a forward variant")
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -185,14 +200,18 @@ def tap_conv_gemm_kernel(
     a_batch = A + b.to(tl.int64) * stride_ab
     # P's elements per tap, and the offset of the second row half (-x's channels) with concat_elu: P's input
     # channels are the reduced ones in the forward (stride_pk), the produced ones in the input gradient
-    tap_size = n_red * n_out * (2 if INPUT_ACT == 2 else 1) * (2 if GATED else 1)
+    tap_size = n_red * n_out * (2 if INPUT_ACT == 2 else 1) * (2 if GATE_KIND != 0 else 1)
     second_half = n_out * stride_pn if BACKWARD else n_red * stride_pk
-    gate_columns = n_out * stride_pn  # with GATED: P's columns of b
+    if GATE_KIND != 0:  # channel j = g m + i of the output gates c's channels 2 g m + i (a) and 2 g m + m + i (b)
+        cols = (offs_n // gate_group) * (2 * gate_group) + offs_n % gate_group
+    else:
+        cols = offs_n
+    gate_columns = gate_group * stride_pn  # with GATE: from P's column of a to that of b
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     if INPUT_ACT == 2 and BACKWARD:
         acc_neg = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)  # dY W2^T: the gradient reaching elu(-x)
-    if GATED:
+    if GATE_KIND != 0:
         acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)  # b = c[:, n_out + j]
     if FOLD:  # k = tap * n_red + c: no padded channels (C_in = 3 in steps of 16 would multiply 13 zeros)
         n_k = n_taps * n_red
@@ -206,13 +225,13 @@ def tap_conv_gemm_kernel(
             a = tl.load(a_batch[:, None] + ay * stride_ah + ax * stride_aw + cs[None, :] * stride_ac, mask=a_ok,
                         other=0.0)
             rows = ks + tap * n_red if INPUT_ACT == 2 else ks  # P as [n_taps * n_red (x2 with concat_elu), C_out]
-            w_ptrs = P + rows[:, None] * stride_pk + offs_n[None, :] * stride_pn
+            w_ptrs = P + rows[:, None] * stride_pk + cols[None, :] * stride_pn
             w_ok = (ks < n_k)[:, None] & n_ok[None, :]
             w = tl.load(w_ptrs, mask=w_ok, other=0.0)
             if INPUT_ACT == 2:
                 a_pos = _elu(a, False, ACC, UPCAST)
                 acc = _mma(a_pos, w, acc, UPCAST, PRECISION)
-                if GATED:
+                if GATE_KIND != 0:
                     acc_gate = _mma(a_pos, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST,
                                     PRECISION)
                 w_ptrs += second_half
@@ -221,7 +240,7 @@ def tap_conv_gemm_kernel(
             elif INPUT_ACT == 1:
                 a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
             acc = _mma(a, w, acc, UPCAST, PRECISION)
-            if GATED:
+            if GATE_KIND != 0:
                 acc_gate = _mma(a, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST, PRECISION)
     else:
         k_blocks = tl.cdiv(n_red, BLOCK_K)
@@ -239,7 +258,7 @@ def tap_conv_gemm_kernel(
             k_ok = ks < n_red
             a = tl.load(a_batch[:, None] + (ay * stride_ah + ax * stride_aw)[:, None] + ks[None, :] * stride_ac,
                         mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
-            w_ptrs = P + tap.to(tl.int64) * tap_size + ks[:, None] * stride_pk + offs_n[None, :] * stride_pn
+            w_ptrs = P + tap.to(tl.int64) * tap_size + ks[:, None] * stride_pk + cols[None, :] * stride_pn
             w_ok = k_ok[:, None] & n_ok[None, :]
             w = tl.load(w_ptrs, mask=w_ok, other=0.0)
             if INPUT_ACT == 2 and BACKWARD:
@@ -247,7 +266,7 @@ def tap_conv_gemm_kernel(
             elif INPUT_ACT == 2:
                 a_pos = _elu(a, False, ACC, UPCAST)
                 acc = _mma(a_pos, w, acc, UPCAST, PRECISION)
-                if GATED:
+                if GATE_KIND != 0:
                     acc_gate = _mma(a_pos, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST,
                                     PRECISION)
                 w_ptrs += second_half
@@ -256,13 +275,13 @@ def tap_conv_gemm_kernel(
             elif INPUT_ACT == 1 and not BACKWARD:
                 a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
             acc = _mma(a, w, acc, UPCAST, PRECISION)
-            if GATED:
+            if GATE_KIND != 0:
                 acc_gate = _mma(a, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST, PRECISION)
 
     if has_bias != 0:
-        acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
-        if GATED:
-            acc_gate += tl.load(BIAS + n_out + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
+        acc += tl.load(BIAS + cols, mask=n_ok, other=0.0).to(ACC)[None, :]
+        if GATE_KIND != 0:
+            acc_gate += tl.load(BIAS + cols + gate_group, mask=n_ok, other=0.0).to(ACC)[None, :]
     if INPUT_ACT != 0 and BACKWARD:
         gate = tl.load(GATE + (b.to(tl.int64) * stride_gb + y * stride_gh + x * stride_gw)[:, None]
                        + offs_n[None, :] * stride_gc, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
@@ -274,12 +293,29 @@ def tap_conv_gemm_kernel(
             acc = tl.where(gate <= 0, 0.0, acc)
     out_ok = m_ok[:, None] & n_ok[None, :]
     out_offsets = (b.to(tl.int64) * stride_ob + y * stride_oh + x * stride_ow)[:, None] + offs_n[None, :] * stride_oc
-    if GATED:  # c = [a, b] for the backward (rounded as it is stored), then r + a * sigmoid(b)
-        saved = SAVED + (b.to(tl.int64) * stride_sb + y * stride_sh + x * stride_sw)[:, None] + offs_n[None, :] * stride_sc
+    if GATE_KIND != 0:
+        if GATE_KIND == 2:  # c + other: the gate's input
+            addend = (ADDEND + (b.to(tl.int64) * stride_rb + y * stride_rh + x * stride_rw)[:, None]
+                      + cols[None, :] * stride_rc)
+            add_ok = out_ok & (has_addend != 0)
+            acc += tl.load(addend, mask=add_ok, other=0.0).to(ACC)
+            acc_gate += tl.load(addend + gate_group * stride_rc, mask=add_ok, other=0.0).to(ACC)
+        # saved for the backward (rounded as it is stored), without the sample bias
+        saved = SAVED + (b.to(tl.int64) * stride_sb + y * stride_sh + x * stride_sw)[:, None] + cols[None, :] * stride_sc
         tl.store(saved, acc.to(SAVED.dtype.element_ty), mask=out_ok)
-        tl.store(saved + n_out * stride_sc, acc_gate.to(SAVED.dtype.element_ty), mask=out_ok)
-        residual = tl.load(RESIDUAL + out_offsets, mask=out_ok, other=0.0).to(ACC)
-        acc = residual + acc / (1.0 + tl.exp(-acc_gate))
+        tl.store(saved + gate_group * stride_sc, acc_gate.to(SAVED.dtype.element_ty), mask=out_ok)
+        sample_bias = SAMPLE_BIAS + b.to(tl.int64)[:, None] * stride_qb + cols[None, :] * stride_qc
+        bias_ok = out_ok & (has_sample_bias != 0)
+        acc += tl.load(sample_bias, mask=bias_ok, other=0.0).to(ACC)
+        acc_gate += tl.load(sample_bias + gate_group * stride_qc, mask=bias_ok, other=0.0).to(ACC)
+        if GATE_KIND == 1:  # r + a * sigmoid(b)
+            residual = (ADDEND + (b.to(tl.int64) * stride_rb + y * stride_rh + x * stride_rw)[:, None]
+                        + offs_n[None, :] * stride_rc)
+            acc = tl.load(residual, mask=out_ok, other=0.0).to(ACC) + acc / (1.0 + tl.exp(-acc_gate))
+        else:  # tanh(a) * sigmoid(b), accurate at both ends (the gated_activation kernel's helpers)
+            tanh_a, _ = tanh_and_slope(acc)
+            sigmoid_b, _, _ = sigmoids(acc_gate)
+            acc = tanh_a * sigmoid_b
     tl.store(OUT + out_offsets, acc.to(OUT.dtype.element_ty), mask=out_ok)
 
 

@@ -14,7 +14,7 @@ from fastgen import reference
 from fastgen.nn import masks
 from fastgen.reference import tap_conv as ref
 from peer_models import InPlaceMaskedConv2d
-from tolerances import assert_close
+from tolerances import TOLERANCES, assert_close
 
 KERNEL_SIZES = (1, 3, 5, 7)
 # (batch, H, W): odd sizes, H != W, H or W smaller than the kernel, batch 1
@@ -410,7 +410,7 @@ def test_launch_space_covers_the_heuristics():
     class)."""
     def launch_key(kernel, dtype_name, constexprs, num_warps, num_stages):
         return (kernel, dtype_name, tuple(sorted((k, str(v)) for k, v in constexprs.items() if k.startswith("BLOCK")
-                                                 or k in ("PRECISION", "BACKWARD", "INPUT_ACT", "FOLD", "GATED"))),
+                                                 or k in ("PRECISION", "BACKWARD", "INPUT_ACT", "FOLD", "GATE_KIND"))),
                 num_warps,
                 num_stages)
 
@@ -427,15 +427,19 @@ def test_launch_space_covers_the_heuristics():
         math = op.math_of(dtype, tf32)
         precision = "tf32" if math == "tf32" else "ieee"
         for backward, (n_red, n_out) in ((False, (c_in, c_out)), (True, (c_out, c_in))):
-            for (act, activation), gated in itertools.product(enumerate(op.INPUT_ACTIVATIONS), (False, True)):
-                if gated and backward:  # the gated residual epilogue is the forward's
+            for (act, activation), (kind, gate) in itertools.product(enumerate(op.INPUT_ACTIVATIONS),
+                                                                     enumerate(op.GATE_KINDS)):
+                gated = gate is not None
+                if gated and backward:  # the gate epilogues are the forward's
+                    continue
+                if gate == "tanh" and activation is not None:  # tap_conv2d_gated takes no input activation
                     continue
                 # gated: n_out is half the weight's output channels
                 shape_class = op.gemm_class(n_red, n_out // 2 if gated else n_out, backward)
                 for config in configs(op.GEMM_CONFIGS, "gemm", math, layout, shape_class, activation, gated):
                     key = launch_key("tap_conv_gemm_kernel", names[dtype],
                                      dict(config.kwargs, PRECISION=precision, BACKWARD=backward, INPUT_ACT=act,
-                                          FOLD=shape_class == "fold", GATED=gated),
+                                          FOLD=shape_class == "fold", GATE_KIND=kind),
                                      config.num_warps, config.num_stages)
                     assert key in launched, key
         wmath = op._weight_grad_math(dtype, tf32)
@@ -1310,11 +1314,13 @@ def test_concat_elu_input_module_compile_and_autocast(device):
     assert_close(y16, y.double(), torch.bfloat16)
 
 
-def test_pixelcnnpp_gated_resnet_fuses_concat_elu(device, monkeypatch):
+@pytest.mark.parametrize("n_classes", [None, 3])
+def test_pixelcnnpp_gated_resnet_fuses_concat_elu(device, monkeypatch, n_classes):
     """PixelCNN++'s GatedResnet runs conv_input and the skip 1x1 on x with input_activation="concat_elu", and
-    conv_out with its gate and residual add as tap_conv2d_gated_residual (concat_elu fused too), unless dropout
-    is active in training (conv_out then unfused): values and every gradient as the unfused block of the same
-    parameters, in training and eval, and which form each convolution got."""
+    conv_out with its gate, class embedding and residual add as tap_conv2d_gated_residual (concat_elu fused
+    too), unless dropout is active in training (conv_out then unfused): values and every gradient as the unfused
+    block of the same parameters, in training and eval, unconditional and class-conditional, and which form
+    each convolution got."""
     from fastgen.models import pixelcnnpp
 
     calls, gated_calls = [], []
@@ -1328,12 +1334,17 @@ def test_pixelcnnpp_gated_resnet_fuses_concat_elu(device, monkeypatch):
         gated_calls.append((weight.shape[1], x.shape[1], kwargs.get("input_activation")))
         return real_gated(x, weight, *args, **kwargs)
 
-    def unfused_gate(conv, c, x):  # the block as written before
-        value, gate = conv(pixelcnnpp.concat_elu(c)).chunk(2, 1)
+    def unfused_gate(conv, c, x, sample_bias=None):  # the block as written before
+        c = conv(pixelcnnpp.concat_elu(c))
+        if sample_bias is not None:
+            c = c + sample_bias[:, :, None, None]
+        value, gate = c.chunk(2, 1)
         return x + value * torch.sigmoid(gate)
 
     torch.manual_seed(0)
-    block = pixelcnnpp.GatedResnet(4, fastgen.nn.DownRightShiftedConv2d, skip_channels=4, dropout=0.5).to(device)
+    block = pixelcnnpp.GatedResnet(4, fastgen.nn.DownRightShiftedConv2d, skip_channels=4, dropout=0.5,
+                                   n_classes=n_classes).to(device)
+    labels = None if n_classes is None else torch.tensor([0, 2], device=device)
     x = make((2, 4, 3, 5), torch.float32, device, "gated resnet x")
     a = make((2, 4, 3, 5), torch.float32, device, "gated resnet a")
     monkeypatch.setattr(fastgen.nn.TapConv2d, "forward", spy)
@@ -1350,7 +1361,7 @@ def test_pixelcnnpp_gated_resnet_fuses_concat_elu(device, monkeypatch):
             gated_calls.clear()
             leaves = [t.detach().clone().requires_grad_() for t in (x, a)]
             torch.manual_seed(1)  # the same dropout mask for both forms
-            y = block(*leaves)
+            y = block(*leaves, labels)
             results.append((y, *torch.autograd.grad(y.square().sum(), [*leaves, *block.parameters()])))
             if forms is fused_forms:
                 fused = [(c_in, c_x, act) for c_in, c_x, act in calls + gated_calls if act == "concat_elu"]
@@ -1372,12 +1383,14 @@ def gated_inputs(taps, batch, height, width, c_x, channels, dtype, device, input
     return x, w, b, residual
 
 
-def reference_gated(x, w, b, taps, residual, input_activation, dtype):
+def reference_gated(x, w, b, taps, residual, input_activation, dtype, sample_bias=None):
     """The float64 reference; 16-bit: the convolution's halves rounded to the dtype, as the kernel stores the
     c = [a, b] its backward reads (the output itself comes from the unrounded accumulators: within tolerance)."""
     c = ref.tap_conv2d(x, w, b, taps, input_activation=input_activation)
     if dtype.itemsize == 2 and input_activation == "concat_elu" and not op._upcast(dtype):
         c = ref.tap_conv2d(F.elu(torch.cat([x, -x], 1)).to(dtype).double(), w, b, taps)
+    if sample_bias is not None:
+        c = c + sample_bias[:, :, None, None]
     value, gate = c.chunk(2, 1)
     return residual + value * torch.sigmoid(gate)
 
@@ -1390,22 +1403,27 @@ GATED_CASES = {
 }
 
 
-@pytest.mark.parametrize("input_activation", ["concat_elu", None])
+@pytest.mark.parametrize("input_activation,with_sample_bias", [("concat_elu", False), (None, False),
+                                                               ("concat_elu", True)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", GATED_CASES)
-def test_tap_conv2d_gated_residual(device, case, dtype, layout, input_activation):
+def test_tap_conv2d_gated_residual(device, case, dtype, layout, input_activation, with_sample_bias):
     """tap_conv2d_gated_residual (the gate and residual add in the GEMM's epilogue, concat_elu on its loads or
-    none) against residual + a * sigmoid(b) of the float64 reference: the output and the gradients of x,
-    weight, bias and residual."""
+    none, a per-image sample bias before the gate or none) against residual + a * sigmoid(b) of the float64
+    reference: the output and the gradients of x, weight, bias, residual and sample bias."""
     taps, c_x, channels, (batch, height, width) = GATED_CASES[case]
     x, w, b, residual = gated_inputs(taps, batch, height, width, c_x, channels, dtype, device, input_activation)
     if layout == "channels_last":
         x, residual = (t.to(memory_format=torch.channels_last) for t in (x, residual))
-    leaves = [t.requires_grad_() for t in (x, w, b, residual)]
-    y = op.tap_conv2d_gated_residual(x, w, b, taps, residual, input_activation=input_activation)
+    inputs = (x, w, b, residual)
+    if with_sample_bias:
+        inputs += (make((batch, 2 * channels), dtype, device, f"sample bias {case}"),)
+    leaves = [t.requires_grad_() for t in inputs]
+    y = op.tap_conv2d_gated_residual(*leaves[:3], taps, leaves[3], input_activation=input_activation,
+                                     sample_bias=leaves[4] if with_sample_bias else None)
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
-    y_ref = reference_gated(*leaves64[:3], taps, leaves64[3], input_activation, dtype)
+    y_ref = reference_gated(*leaves64[:3], taps, leaves64[3], input_activation, dtype, *leaves64[4:])
     assert y.dtype == dtype and y.shape == y_ref.shape == residual.shape
     if layout == "channels_last":
         assert y.is_contiguous(memory_format=torch.channels_last)
@@ -1413,7 +1431,8 @@ def test_tap_conv2d_gated_residual(device, case, dtype, layout, input_activation
     grad_y = make(y.shape, dtype, device, "gated grad_y")
     grads = torch.autograd.grad(y, leaves, grad_y)
     grads_ref = torch.autograd.grad(y_ref, leaves64, grad_y.double())
-    for name, grad, grad_ref in zip(("x", "weight", "bias", "residual"), grads, grads_ref, strict=True):
+    names = ("x", "weight", "bias", "residual", "sample bias")[:len(leaves)]
+    for name, grad, grad_ref in zip(names, grads, grads_ref, strict=True):
         assert grad.dtype == dtype and grad.shape == grad_ref.shape
         assert_close(grad, grad_ref, dtype, f"grad of {name}")
 
@@ -1422,10 +1441,13 @@ def test_tap_conv2d_gated_residual(device, case, dtype, layout, input_activation
 @pytest.mark.parametrize("case", ["down_shifted 2x3 C_x=3 F=3 (fold)", "down_right_shifted 2x2 C_x=20 F=20"])
 def test_tap_conv2d_gated_residual_gradcheck_float64(device, case, input_activation):
     taps, c_x, channels, _ = GATED_CASES[case]
-    inputs = gated_inputs(taps, 1, 3, 4, c_x, min(channels, 5), torch.float64, device, input_activation)
+    channels = min(channels, 5)
+    inputs = gated_inputs(taps, 2, 3, 4, c_x, channels, torch.float64, device, input_activation)
+    inputs += (make((2, 2 * channels), torch.float64, device, f"gradcheck sample bias {case}"),)
     inputs = tuple(t.requires_grad_() for t in inputs)
     assert torch.autograd.gradcheck(
-        lambda x, w, b, r: op.tap_conv2d_gated_residual(x, w, b, taps, r, input_activation=input_activation),
+        lambda x, w, b, r, e: op.tap_conv2d_gated_residual(x, w, b, taps, r, input_activation=input_activation,
+                                                           sample_bias=e),
         inputs, fast_mode=True)
 
 
@@ -1442,7 +1464,7 @@ def test_tap_conv2d_gated_residual_tf32_fold(device):
 
 
 def test_tap_conv2d_gated_residual_strided_without_work_and_errors(device):
-    """A sliced residual (copied to the output's strides), the reference backend, no live tap and an empty
+    """A sliced residual (read through its strides), the reference backend, no live tap and an empty
     batch (no kernel: the gate of the bias), and named errors for an odd C_out and a residual of the wrong
     shape."""
     taps = masks.down_shifted((2, 3))
@@ -1467,7 +1489,7 @@ def test_tap_conv2d_gated_residual_strided_without_work_and_errors(device):
         s = torch.sigmoid(b0.detach()[5:])
         expected_b = torch.cat([s, b0.detach()[:5] * s * (1 - s)]) * (batch * 12)
         torch.testing.assert_close(grad_b, expected_b)
-    with pytest.raises(ValueError, match="weight must have an even number of output channels"):
+    with pytest.raises(ValueError, match="weight must have a multiple of 2 \\* groups = 2 output channels"):
         op.tap_conv2d_gated_residual(x, w[:9], b[:9], taps, residual, input_activation="concat_elu")
     with pytest.raises(ValueError, match=r"residual has shape \(2, 4, 3, 4\) but must have shape \(2, 5, 3, 4\)"):
         op.tap_conv2d_gated_residual(x, w, b, taps, residual[:, :4], input_activation="concat_elu")
@@ -1483,7 +1505,168 @@ def test_tap_conv2d_gated_residual_opcheck_and_compile(device):
     x, w, b, residual = gated_inputs(taps, 1, 3, 4, 3, 4, torch.float32, device, "concat_elu")
     x, residual = (t.to(memory_format=torch.channels_last) for t in (x, residual))
     leaves = [t.requires_grad_() for t in (x, w, b, residual)]
-    check_opcheck(torch.ops.fastgen.tap_conv2d_gated_residual.default, *leaves[:3], *_taps_args(taps), leaves[3],
-                  "concat_elu")
+    check_opcheck(torch.ops.fastgen.tap_conv2d_gated.default, *leaves[:3], *_taps_args(taps), "residual", leaves[3],
+                  None, 1, "concat_elu")
     check_fullgraph(lambda x, w, b, r: op.tap_conv2d_gated_residual(x, w, b, taps, r, input_activation="concat_elu"),
                     *leaves)
+
+
+# ------------------------------------------------------------------------------------------ issue 13: gated stacks
+# (taps, C_in, n (the weight has 2n outputs), groups, other, sample bias, return_conv, (batch, H, W)): the Gated
+# PixelCNN's stacks: RGB horizontal (3 gate groups, the link as other, a class embedding), vertical (the
+# pre-activation returned for the link), the mask-A input layers (FOLD) and channel-block loops, partial tiles
+GATED_STACK_CASES = {
+    "horizontal B RGB C=24 n=24 other+bias": (masks.horizontal_stack(3, "B", 3), 24, 24, 3, True, True, False,
+                                              (2, 3, 5)),
+    "vertical B C=20 n=8 bias return_conv": (masks.vertical_stack(3, "B"), 20, 8, 1, False, True, True, (1, 4, 5)),
+    "horizontal A RGB C=3 n=6 other (fold)": (masks.horizontal_stack(7, "A", 3), 3, 6, 3, True, False, False,
+                                              (2, 3, 6)),
+    "vertical A C=1 n=17 return_conv (fold)": (masks.vertical_stack(7, "A"), 1, 17, 1, False, False, True,
+                                               (1, 5, 4)),
+}
+
+
+def gated_stack_inputs(case, dtype, device, layout="nchw"):
+    """(leaves x, weight, bias[, other][, sample bias], keywords of tap_conv2d_gated but those tensors)."""
+    taps, c_in, n, groups, other, sample_bias, return_conv, (batch, height, width) = GATED_STACK_CASES[case]
+    x, w, b = conv_inputs(taps, batch, height, width, c_in, 2 * n, dtype, device)
+    tensors = [x, w, b]
+    if other:
+        tensors.append(make((batch, 2 * n, height, width), dtype, device, f"other {case}"))
+    if sample_bias:
+        tensors.append(make((batch, 2 * n), dtype, device, f"sample bias {case}"))
+    if layout == "channels_last":
+        tensors = [t.to(memory_format=torch.channels_last) if t.dim() == 4 and t is not w else t for t in tensors]
+    return [t.requires_grad_() for t in tensors], dict(groups=groups, return_conv=return_conv)
+
+
+def call_gated_stack(fn, case, leaves, **keywords):
+    taps, _, _, _, other, sample_bias, _, _ = GATED_STACK_CASES[case]
+    rest = iter(leaves[3:])
+    return fn(*leaves[:3], taps, other=next(rest) if other else None, sample_bias=next(rest) if sample_bias else None,
+              **keywords)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", GATED_STACK_CASES)
+def test_tap_conv2d_gated(device, case, dtype, layout):
+    """tap_conv2d_gated (the Gated PixelCNN's tanh * sigmoid gate, with the link and a per-image bias, in the
+    GEMM's epilogue) against the float64 reference (the convolution, then gated_activation): the output, the
+    returned pre-activation, and the gradients of every input through both."""
+    leaves, keywords = gated_stack_inputs(case, dtype, device, layout)
+    got = call_gated_stack(fastgen.tap_conv2d_gated, case, leaves, **keywords)
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    expected = call_gated_stack(ref.tap_conv2d_gated, case, leaves64, **keywords)
+    got, expected = ((got,), (expected,)) if not keywords["return_conv"] else (got, expected)
+    for name, y, y_ref in zip(("output", "pre-activation")[:len(got)], got, expected, strict=True):
+        assert y.dtype == dtype and y.shape == y_ref.shape
+        if layout == "channels_last" and leaves[0].shape[1] > 1:  # 1 channel: both layouts at once
+            assert y.is_contiguous(memory_format=torch.channels_last)
+        assert_close(y, y_ref, dtype, name)
+    grads_out = [make(y.shape, dtype, device, f"gated stack grad {i} {case}") for i, y in enumerate(got)]
+    grads = torch.autograd.grad(got, leaves, grads_out)
+    grads_ref = torch.autograd.grad(expected, leaves64, [g.double() for g in grads_out])
+    for i, (grad, grad_ref) in enumerate(zip(grads, grads_ref, strict=True)):
+        assert grad.dtype == dtype and grad.shape == grad_ref.shape
+        if dtype.itemsize == 2 and i in (1, 2):
+            # the weight and bias gradients reduce over the pixels the gradient of the convolution's output,
+            # which is formed in the dtype (as eager autograd forms it): rounding errors of that size, summed
+            tolerance = TOLERANCES[dtype]["atol"] * max(1.0, grad_ref.abs().max().item())
+            torch.testing.assert_close(grad.double(), grad_ref, rtol=0, atol=tolerance, msg=f"grad of input {i}")
+        else:
+            assert_close(grad, grad_ref, dtype, f"grad of input {i}")
+
+
+@pytest.mark.parametrize("case", ["horizontal B RGB C=24 n=24 other+bias", "vertical A C=1 n=17 return_conv (fold)"])
+def test_tap_conv2d_gated_gradcheck_float64(device, case):
+    leaves, keywords = gated_stack_inputs(case, torch.float64, device)
+
+    def fn(*tensors):
+        out = call_gated_stack(fastgen.tap_conv2d_gated, case, list(tensors), **keywords)
+        return out if keywords["return_conv"] else (out,)
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves), fast_mode=True)
+
+
+def test_tap_conv2d_gated_only_the_output_or_the_conv_used(device):
+    """With return_conv, a loss of the output alone or of the pre-activation alone: the other output's
+    gradient is absent (not materialized), and each matches the reference's."""
+    case = "vertical B C=20 n=8 bias return_conv"
+    leaves, keywords = gated_stack_inputs(case, torch.float64, device)
+    leaves64 = [t.detach().clone().requires_grad_() for t in leaves]
+    got = call_gated_stack(fastgen.tap_conv2d_gated, case, leaves, **keywords)
+    expected = call_gated_stack(ref.tap_conv2d_gated, case, leaves64, **keywords)
+    for index in (0, 1):
+        grads = torch.autograd.grad(got[index].sum(), leaves, retain_graph=True, allow_unused=True)
+        grads_ref = torch.autograd.grad(expected[index].sum(), leaves64, retain_graph=True, allow_unused=True)
+        for grad, grad_ref in zip(grads, grads_ref, strict=True):
+            if grad_ref is None:  # the sample bias does not reach the pre-activation
+                assert grad is None or (grad == 0).all()
+            else:
+                torch.testing.assert_close(grad, grad_ref)
+
+
+def test_tap_conv2d_gated_strided_without_work_and_errors(device):
+    """A sliced other (read through its strides), the reference backend, no live tap and an empty batch (no
+    kernel: the gate of the bias), nan/inf in the link (as the reference), and named errors."""
+    taps = masks.horizontal_stack(3, "B", 3)
+    x, w, b = conv_inputs(taps, 2, 3, 4, 6, 12, torch.float32, device)
+    other = torch.cat([make((2, 12, 3, 4), torch.float32, device, "sliced other")] * 2, 3)[..., ::2]
+    bias = make((2, 12), torch.float32, device, "strided sample bias")
+    other[0, 0, 0, 0], other[1, 7, 2, 1] = float("inf"), float("-inf")
+    other[0, 6, 1, 1] = float("nan")
+    y = fastgen.tap_conv2d_gated(x, w, b, taps, other=other, sample_bias=bias, groups=3)
+    expected = ref.tap_conv2d_gated(x.double(), w.double(), b.double(), taps, other=other.double(),
+                                    sample_bias=bias.double(), groups=3)
+    torch.testing.assert_close(y.double(), expected, equal_nan=True, rtol=1e-5, atol=1e-5)
+    with fastgen.use_backend("reference"):
+        torch.testing.assert_close(fastgen.tap_conv2d_gated(x, w, b, taps, other=other, sample_bias=bias, groups=3),
+                                   expected.float(), equal_nan=True)
+    for no_work_taps, batch in ((masks.masked(1, "A"), 2), (masks.vertical_stack(3, "B"), 0)):
+        x0, w0, b0 = conv_inputs(no_work_taps, batch, 3, 4, 3, 10, torch.float32, device)
+        e0 = make((batch, 10), torch.float32, device, "no work sample bias")
+        leaves = [t.requires_grad_() for t in (x0, w0, b0, e0)]
+        y0, t0 = fastgen.tap_conv2d_gated(*leaves[:3], no_work_taps, sample_bias=leaves[3], return_conv=True)
+        t_expected = b0.detach().view(1, 10, 1, 1).expand(batch, 10, 3, 4)
+        torch.testing.assert_close(t0, t_expected)
+        torch.testing.assert_close(y0, reference.gated_activation(t_expected, None, e0.detach()))
+        grads = torch.autograd.grad((y0.sum() + t0.sum()), leaves)
+        grads_ref = torch.autograd.grad(sum(o.sum() for o in ref.tap_conv2d_gated(
+            *leaves[:3], no_work_taps, sample_bias=leaves[3], return_conv=True)), leaves)
+        for grad, grad_ref in zip(grads, grads_ref, strict=True):
+            torch.testing.assert_close(grad, grad_ref)
+    with pytest.raises(ValueError, match=r"weight must have a multiple of 2 \* groups = 6 output channels"):
+        fastgen.tap_conv2d_gated(x, w[:9], b[:9], taps, groups=3)
+    with pytest.raises(ValueError, match=r"other has shape \(2, 6, 3, 4\) but must have shape \(2, 12, 3, 4\)"):
+        fastgen.tap_conv2d_gated(x, w, b, taps, other=other[:, :6], groups=3)
+    with pytest.raises(ValueError, match=r"sample_bias has shape \(1, 12\)"):
+        fastgen.tap_conv2d_gated(x, w, b, taps, sample_bias=bias[:1], groups=3)
+    with pytest.raises(ValueError, match="return_conv=True needs other=None"):
+        fastgen.tap_conv2d_gated(x, w, b, taps, other=other, groups=3, return_conv=True)
+    with pytest.raises(ValueError, match="groups"):
+        fastgen.tap_conv2d_gated(x, w, b, taps, groups=0)
+
+
+def test_tap_conv2d_gated_opcheck_compile_and_autocast(device):
+    """The custom op passes opcheck; compiled with fullgraph=True the op gives eager's values and gradients;
+    under autocast it runs in the autocast dtype, like the convolution."""
+    from library_checks import check_fullgraph, check_opcheck
+
+    case = "horizontal B RGB C=24 n=24 other+bias"
+    taps = GATED_STACK_CASES[case][0]
+    leaves, keywords = gated_stack_inputs(case, torch.float32, device, "channels_last")
+    check_opcheck(torch.ops.fastgen.tap_conv2d_gated.default, *leaves[:3], *_taps_args(taps), "tanh", leaves[3],
+                  leaves[4], 3, None)
+    check_fullgraph(lambda x, w, b, o, e: fastgen.tap_conv2d_gated(x, w, b, taps, other=o, sample_bias=e, groups=3),
+                    *leaves)
+    vertical = "vertical B C=20 n=8 bias return_conv"
+    leaves, keywords = gated_stack_inputs(vertical, torch.float32, device)
+    check_fullgraph(lambda x, w, b, e: fastgen.tap_conv2d_gated(x, w, b, GATED_STACK_CASES[vertical][0], sample_bias=e,
+                                                                return_conv=True), *leaves)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y, t = call_gated_stack(fastgen.tap_conv2d_gated, vertical, leaves, **keywords)
+    assert y.dtype == t.dtype == torch.bfloat16
+    expected = call_gated_stack(ref.tap_conv2d_gated, vertical, [t.detach().to(torch.bfloat16).double()
+                                                                  for t in leaves], **keywords)
+    assert_close(y, expected[0], torch.bfloat16)

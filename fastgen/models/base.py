@@ -240,6 +240,19 @@ class RowCache:
         self.data[:, :, -1, self.pad:self.pad + self.width] = value
 
 
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Whether a call of ``module`` runs forward hooks (its own or the global ones)."""
+    hooks = nn.modules.module
+    return bool(module._forward_pre_hooks or module._forward_hooks or hooks._global_forward_pre_hooks
+                or hooks._global_forward_hooks)
+
+
+def fusable_tap_conv(conv: nn.Module) -> bool:
+    """Whether a fused op may take ``conv``'s place (:func:`fastgen.tap_conv2d_gated` and the like): a
+    :class:`fastgen.nn.TapConv2d` without forward hooks (the fused op would bypass them)."""
+    return isinstance(conv, TapConv2d) and not has_forward_hooks(conv)
+
+
 def masked_weight(conv: TapConv2d) -> torch.Tensor:
     """``weight * mask`` of a tap convolution (its dead taps exactly zero)."""
     return conv.weight * conv.taps.mask(conv.out_channels, conv.in_channels, conv.weight.dtype, conv.weight.device)

@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, bias_of, check_divisible,
-                                 check_positive_int, conv1x1, embedding_of, masked_weight)
+                                 check_positive_int, conv1x1, embedding_of, fusable_tap_conv, masked_weight)
 from fastgen.nn import HorizontalStackConv2d, VerticalStackConv2d
 from fastgen.ops import pixel_step
 from fastgen.ops.gated_activation import gated_activation as fused_gated_activation
+from fastgen.ops.tap_conv import tap_conv2d_gated
 from fastgen.reference.gated_activation import gated_activation as reference_gated_activation
 
 
@@ -60,12 +61,23 @@ class GatedLayer(nn.Module):
         self.class_embedding = nn.Embedding(n_classes, 2 * n) if n_classes is not None else None
 
     def forward(self, v: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None):
-        v_pre = self.vertical(v)
         c = self.class_embedding(y) if self.class_embedding is not None else None  # [B, 2n]
-        # gate(v_pre + c) and gate(horizontal(h) + 1x1(v_pre) + c): the sums are done inside the gate's kernel
-        v_out = fused_gated_activation(v_pre, bias=c, groups=self.data_channels)
-        h_gate = fused_gated_activation(self.horizontal(h), self.vertical_to_horizontal(v_pre), c,
-                                        groups=self.data_channels)
+        groups = self.data_channels
+        # gate(v_pre + c) and gate(horizontal(h) + 1x1(v_pre) + c): each stack's gate (the sums included) in its
+        # convolution's epilogue (fastgen.tap_conv2d_gated; v_pre written for the link), or in one gate kernel
+        # after a convolution that has forward hooks
+        if fusable_tap_conv(self.vertical):
+            v_out, v_pre = tap_conv2d_gated(v, self.vertical.weight, self.vertical.bias, self.vertical.taps,
+                                            sample_bias=c, groups=groups, return_conv=True)
+        else:
+            v_pre = self.vertical(v)
+            v_out = fused_gated_activation(v_pre, bias=c, groups=groups)
+        link = self.vertical_to_horizontal(v_pre)
+        if fusable_tap_conv(self.horizontal):
+            h_gate = tap_conv2d_gated(h, self.horizontal.weight, self.horizontal.bias, self.horizontal.taps,
+                                      other=link, sample_bias=c, groups=groups)
+        else:
+            h_gate = fused_gated_activation(self.horizontal(h), link, c, groups=groups)
         h_out = self.horizontal_out(h_gate)
         return v_out, (h_out + h if self.residual else h_out)
 

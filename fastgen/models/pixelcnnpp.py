@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgen.models.base import (IncrementalSampler, Linear1x1, PixelModel, bias_of, check_positive_int, conv1x1,
-                                 embedding_of, masked_weight)
+                                 embedding_of, fusable_tap_conv, masked_weight)
 from fastgen.nn import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                         DownShiftedConvTranspose2d, StridedDownRightShiftedConv2d, StridedDownShiftedConv2d)
 from fastgen.nn.shifted_resample import ShiftedConvTranspose2d, StridedShiftedConv2d
@@ -85,22 +85,21 @@ def _fusable(conv: nn.Module) -> bool:
     return isinstance(conv, TapConv2d) and conv.taps.groups == 1
 
 
-def gated_residual_concat_elu(conv: nn.Module, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``x + a * sigmoid(b)``, ``a, b = conv(concat_elu(c)).chunk(2, 1)``; with a fusable ``conv`` (see
-    :func:`conv_concat_elu`) one launch: concat_elu on the loaded tiles, the gate and the residual add in the
+def gated_residual_concat_elu(conv: nn.Module, c: torch.Tensor, x: torch.Tensor,
+                              sample_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x + a * sigmoid(b)``, ``a, b = (conv(concat_elu(c)) + sample_bias[:, :, None, None]).chunk(2, 1)``
+    (``sample_bias`` [B, 2F]: a class embedding, or None); with a fusable ``conv`` (see :func:`conv_concat_elu`)
+    one launch: concat_elu on the loaded tiles, the class embedding, the gate and the residual add in the
     epilogue (:func:`fastgen.ops.tap_conv.tap_conv2d_gated_residual`), else as written. A ``conv`` with forward
     hooks is called as a module (the fused op would bypass them), e.g. by :class:`PixelCNNppFullSteps`."""
-    if _fusable(conv) and not _hooked(conv):
-        return tap_conv2d_gated_residual(c, conv.weight, conv.bias, conv.taps, x, input_activation="concat_elu")
-    value, gate = conv(concat_elu(c)).chunk(2, 1)
+    if _fusable(conv) and fusable_tap_conv(conv):
+        return tap_conv2d_gated_residual(c, conv.weight, conv.bias, conv.taps, x, input_activation="concat_elu",
+                                         sample_bias=sample_bias)
+    c = conv(concat_elu(c))
+    if sample_bias is not None:
+        c = c + sample_bias[:, :, None, None]
+    value, gate = c.chunk(2, 1)
     return x + value * torch.sigmoid(gate)
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether a call of ``module`` runs forward hooks (its own or the global ones)."""
-    hooks = nn.modules.module
-    return bool(module._forward_pre_hooks or module._forward_hooks or hooks._global_forward_pre_hooks
-                or hooks._global_forward_hooks)
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -141,12 +140,12 @@ class GatedResnet(nn.Module):
         c = conv_concat_elu(self.conv_input, x)
         if self.skip is not None:
             c = c + conv_concat_elu(self.skip, a)
-        dropout = self.training and self.dropout.p > 0  # dropout between concat_elu and conv_out: not fused
-        if not dropout and self.class_embedding is None:  # conv_out, its gate and the residual add in one
-            return gated_residual_concat_elu(self.conv_out, c, x)
-        c = self.conv_out(self.dropout(concat_elu(c))) if dropout else conv_concat_elu(self.conv_out, c)
-        if self.class_embedding is not None:
-            c = c + self.class_embedding(y)[:, :, None, None]
+        embedding = self.class_embedding(y) if self.class_embedding is not None else None
+        if not (self.training and self.dropout.p > 0):  # conv_out, the class embedding, the gate, the residual
+            return gated_residual_concat_elu(self.conv_out, c, x, embedding)
+        c = self.conv_out(self.dropout(concat_elu(c)))  # dropout between concat_elu and conv_out: not fused
+        if embedding is not None:
+            c = c + embedding[:, :, None, None]
         value, gate = c.chunk(2, 1)
         return x + value * torch.sigmoid(gate)
 

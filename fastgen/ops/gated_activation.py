@@ -106,8 +106,9 @@ def _gated_forward(t, other, bias, groups, keep_sum):
     return out, (s if write_sum else None)
 
 
-def _gated_backward(t, bias, grad_out, groups):
-    """grad_s, laid out like ``t`` (dense) or contiguous. ``t`` is s = t + other + bias (``bias`` None) when the
+def gated_backward(t, bias, grad_out, groups):
+    """The backward kernel's launch (also the Gated PixelCNN's gated convolution's, fastgen.ops.tap_conv):
+    grad_s, laid out like ``t`` (dense) or contiguous. ``t`` is s = t + other + bias (``bias`` None) when the
     forward had other, else t itself with its bias."""
     batch, channels, height, width = t.shape
     n_out = channels // 2
@@ -146,7 +147,7 @@ class GatedActivation(torch.autograd.Function):
         t, bias = ctx.saved_tensors  # (s, None) or (t, bias)
         if t is None:
             raise RuntimeError("GatedActivation: a call with other and keep_sum=False has no gradient")
-        grad_s = _gated_backward(t, bias, grad_out, ctx.groups)
+        grad_s = gated_backward(t, bias, grad_out, ctx.groups)
         grad_bias = grad_s.sum((2, 3)) if ctx.needs_input_grad[2] else None
         grad_other = grad_s if ctx.needs_input_grad[1] else None
         return grad_s if ctx.needs_input_grad[0] else None, grad_other, grad_bias, None, None
@@ -170,7 +171,7 @@ def _(t, other, bias, groups, keep_sum):
 
 @library.custom_op("gated_activation_backward", "(Tensor t, Tensor? bias, Tensor grad_out, int groups) -> Tensor")
 def _gated_backward_op(t, bias, grad_out, groups):
-    return _gated_backward(t, bias, grad_out, groups)
+    return gated_backward(t, bias, grad_out, groups)
 
 
 @_gated_backward_op.register_fake

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import typing
 
 import torch
 import triton
@@ -20,7 +21,9 @@ from fastgen.dtypes import FLOAT_DTYPES, compute_dtype, tl_compute_dtype
 from fastgen.kernels import tap_conv as kernels
 from fastgen.launch import cdiv, Kernel, plan_cache
 from fastgen.layout import memory_format_of
+from fastgen.ops import gated_activation as gated_ops
 from fastgen.reference import tap_conv as reference
+from fastgen.reference.gated_activation import gated_activation as reference_gated_activation
 from fastgen.registry import register_family
 from fastgen.taps import DATA_CHANNELS, MASK_TYPES, TapSet, masked
 from fastgen.validation import check_choice, check_float_tensor, check_int, check_int_choice, check_like
@@ -224,7 +227,7 @@ FAMILY = register_family(
 _pack_kernel = Kernel(kernels.tap_conv_pack_weight_kernel, key=[])
 _unpack_kernel = Kernel(kernels.tap_conv_unpack_grad_kernel, key=[])
 # autotune keys: the exact channel counts (and the pass); the tensors' dtypes are part of every key
-_KEYS = {"gemm": ["n_red", "n_out", "BACKWARD", "INPUT_ACT", "GATED"], "weight_grad": ["c_in", "c_out", "INPUT_ACT"]}
+_KEYS = {"gemm": ["n_red", "n_out", "BACKWARD", "INPUT_ACT", "GATE_KIND"], "weight_grad": ["c_in", "c_out", "INPUT_ACT"]}
 # the weight gradient's atomic paths add into their targets: zeroed again around each timed run of a tuning
 _RESET_TO_ZERO = {"weight_grad": ["GRAD_W", "GRAD_B"]}
 
@@ -345,22 +348,37 @@ def pack_weight(weight: torch.Tensor, taps: TapSet) -> torch.Tensor:
     return packed
 
 
+GATE_KINDS = (None, "residual", "tanh")  # the kernels' GATE_KIND: none, r + a * sigmoid(b), tanh(a) * sigmoid(b)
+
+
+class GateEpilogue(typing.NamedTuple):
+    """A gate in the forward GEMM's epilogue (see the kernel's GATE): ``kind`` "residual" (y = addend +
+    a * sigmoid(b), addend [B, F, H, W]) or "tanh" (y = tanh(a) * sigmoid(b) of c + addend, addend
+    [B, 2F, H, W] or None); ``sample_bias`` [B, 2F] or None is added to a and b (not to the saved c);
+    ``groups``: c's channels form that many groups of [a, b] halves."""
+    kind: str
+    addend: torch.Tensor | None
+    sample_bias: torch.Tensor | None
+    groups: int = 1
+
+
 def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
           backward: bool, like: torch.Tensor, input_activation: str | None = None,
-          gate_residual: torch.Tensor | None = None):
+          gate: GateEpilogue | None = None):
     """The forward (``source`` = x) or, with ``backward``, the input gradient (``source`` = grad of y).
     ``like``: x (the output's memory format; with an ``input_activation`` and ``backward`` also its gate);
     ``input_activation``: the convolution of relu(x) or concat_elu(x) (``packed`` then has 2 C_x input channels);
-    ``gate_residual`` (the forward only): the gated residual epilogue, returns (r + a * sigmoid(b), c = [a, b])."""
+    ``gate`` (the forward only): the gate epilogue, returns (y, c = the convolution + bias (+ the "tanh" gate's
+    addend))."""
     batch, n_red, height, width = source.shape
     c_out = packed.shape[2]
-    gated = gate_residual is not None
-    # x's channels (half the weight's with concat_elu), or the output's (half the weight's with gate_residual)
+    gated = gate is not None
+    # x's channels (half the weight's with concat_elu), or the output's (half the weight's with a gate)
     n_out = like.shape[1] if backward else (c_out // 2 if gated else c_out)
     out = _like_input(like, n_out)
     saved = _like_input(like, c_out) if gated else out
-    if gated and gate_residual.stride() != out.stride():  # the kernel reads it with out's strides
-        gate_residual = torch.empty_like(out).copy_(gate_residual)
+    addend = gate.addend if gated and gate.addend is not None else out
+    sample_bias = gate.sample_bias if gated and gate.sample_bias is not None else None
     n_pixels = batch * height * width
     tf32 = source.dtype == torch.float32 and conv_uses_tf32()
     shape_class = gemm_class(n_red, n_out, backward)
@@ -368,14 +386,18 @@ def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
     gate_read = input_activation is not None and backward  # else GATE is never read: placeholders
     kernel[lambda meta: (cdiv(n_pixels, meta["BLOCK_M"]), cdiv(n_out, meta["BLOCK_N"]))](
         source, packed, bias if bias is not None else packed, like if gate_read else out, out,
-        gate_residual if gated else out, saved,
+        addend, saved, sample_bias if sample_bias is not None else packed,
         n_pixels, height, width, n_red, n_out, *_tap_args(taps), int(bias is not None),
+        int(gated and gate.addend is not None), int(sample_bias is not None),
+        n_out // gate.groups if gated else n_out,
         *source.stride(), *out.stride(), *(like.stride() if gate_read else (0, 0, 0, 0)),
-        *(saved.stride() if gated else (0, 0, 0, 0)),
+        *(saved.stride() if gated else (0, 0, 0, 0)), *(addend.stride() if gated else (0, 0, 0, 0)),
+        *(sample_bias.stride() if sample_bias is not None else (0, 0)),
         *((1, c_out) if backward else (c_out, 1)),
         BACKWARD=backward, INPUT_ACT=INPUT_ACTIVATIONS.index(input_activation), UPCAST=_upcast(source.dtype),
         PRECISION="tf32" if tf32 else "ieee",
-        ACC=tl_compute_dtype(source.dtype), FOLD=shape_class == "fold", GATED=gated,
+        ACC=tl_compute_dtype(source.dtype), FOLD=shape_class == "fold",
+        GATE_KIND=GATE_KINDS.index(gate.kind) if gated else 0,
     )
     return (out, saved) if gated else out
 
@@ -581,61 +603,108 @@ class TapConv(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None
 
 
-# ---------------------------------------------------------------------------------------------- gated residual
+# ---------------------------------------------------------------------------------------------- gated
 # PixelCNN++'s gated resnet ends in y = r + a * sigmoid(b), [a, b] = c = conv(...) (2F channels): eagerly c is
 # written (2F), b read and sigmoid(b) written (F + F), a and sigmoid(b) read and their product written (3F), r and
 # the product read and y written (3F): 10F values per pixel, and autograd keeps c (a is a view) and sigmoid(b)
-# (3F). The GATED epilogue computes a and b in two accumulators of one program (P's columns j and F + j) and
+# (3F). The GATE_KIND 1 epilogue computes a and b in two accumulators of one program (P's columns j and F + j) and
 # writes c (2F, for the backward) and y (F) after reading r (F): 4F values, and c alone kept (2F). The
 # backward forms dc = [dy * s, dy * a * s * (1 - s)] (s = sigmoid(b), from the saved c) and runs the
 # convolution's backward on it; dr = dy.
-def _gated_forward(x, weight, bias, taps: TapSet, residual, input_activation: str | None = None):
-    """(y = residual + a * sigmoid(b), c = [a, b] = the convolution, the packed live taps; None without work:
-    no kernel runs)."""
+# The Gated PixelCNN's stacks end in y = tanh(a) * sigmoid(b) of c + other + e (other: the vertical stack's
+# link into the horizontal one, e: a class embedding [B, 2F]): unfused the convolution writes c (2F) and the
+# gate kernel (fastgen.gated_activation) reads c and other (4F) and writes the sum s (2F, for the backward)
+# and y (F): 9F values per pixel. The GATE_KIND 2 epilogue reads other (2F) and writes s and y: 5F (the vertical
+# stack, without other: 3F of 5F, c saved as the link's input). Its backward is gated_activation's (one
+# kernel from s to ds), then the convolution's.
+def _gate_value(gate: GateEpilogue, c: torch.Tensor) -> torch.Tensor:
+    """The gate of the saved ``c`` in plain PyTorch (the no-work path; nothing is launched there)."""
+    if gate.kind == "tanh":
+        return reference_gated_activation(c, None, gate.sample_bias, groups=gate.groups)
+    if gate.sample_bias is not None:
+        c = c + gate.sample_bias[:, :, None, None]
+    value, gate_half = c.chunk(2, 1)
+    return gate.addend + value * torch.sigmoid(gate_half)
+
+
+def _gated_forward(x, weight, bias, taps: TapSet, gate: GateEpilogue, input_activation: str | None = None):
+    """(y, c = the convolution + bias (+ the "tanh" gate's addend): what the backward reads, the packed live
+    taps; None without work: no kernel runs)."""
     if x.numel() == 0 or weight.numel() == 0 or taps.n_taps == 0:
         c = _like_input(x, weight.shape[0])
         c = c.zero_() if bias is None else c.copy_(bias.view(1, -1, 1, 1).expand(c.shape))
-        value, gate = c.chunk(2, 1)
-        return _like_input(x, weight.shape[0] // 2).copy_(residual + value * torch.sigmoid(gate)), c, None
+        if gate.kind == "tanh" and gate.addend is not None:
+            c += gate.addend
+        return _like_input(x, weight.shape[0] // 2).copy_(_gate_value(gate, c)), c, None
     packed = pack_weight(weight, taps)
-    y, c = _gemm(x, packed, bias, taps, backward=False, like=x, input_activation=input_activation,
-                 gate_residual=residual)
+    y, c = _gemm(x, packed, bias, taps, backward=False, like=x, input_activation=input_activation, gate=gate)
     return y, c, packed
 
 
-def _gate_grad(grad_y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """The gradient of c = [a, b] from that of y = r + a * sigmoid(b), computed in float32 for 16-bit inputs
-    (rounded once, as the kernels' epilogues round)."""
-    compute = torch.float32 if c.dtype.itemsize == 2 else c.dtype
-    value, gate = c.to(compute).chunk(2, 1)
+def _gate_grad(kind: str, grad_y: torch.Tensor, c: torch.Tensor, sample_bias: torch.Tensor | None,
+               groups: int, tanh_backward) -> torch.Tensor:
+    """The gradient of the saved c from that of y. "residual" (y = r + a * sigmoid(b)): computed in float32 for
+    16-bit inputs (rounded once, as the kernels' epilogues round); "tanh": ``tanh_backward(c, sample_bias, grad_y,
+    groups)``, gated_activation's backward kernel (its eager launcher, or its custom op when traced)."""
+    if kind == "tanh":
+        return tanh_backward(c, sample_bias, grad_y, groups) if c.numel() else torch.zeros_like(c)
+    dtype = c.dtype
+    compute = torch.float32 if dtype.itemsize == 2 else dtype
+    c = c.to(compute)
+    if sample_bias is not None:
+        c = c + sample_bias.to(compute)[:, :, None, None]
+    value, gate = c.chunk(2, 1)
     s = torch.sigmoid(gate)
     grad_value = grad_y.to(compute) * s
-    return torch.cat([grad_value, grad_value * value * (1 - s)], 1).to(c.dtype)
+    return torch.cat([grad_value, grad_value * value * (1 - s)], 1).to(dtype)
 
 
-class GatedResidualTapConv(torch.autograd.Function):
-    """(x, weight, bias, taps, residual, input_activation=None) -> residual + a * sigmoid(b), where [a, b] (the
-    first and second halves of the output channels) is the causal convolution of x (or of its
-    ``input_activation``) with the live taps of weight: one GEMM whose epilogue applies the gate and adds the
-    residual (see ``_gated_forward``); the backward is the convolution's on the gate's gradient.
-    Prefer :func:`fastgen.ops.tap_conv.tap_conv2d_gated_residual`."""
+def _gated_grads(ctx, grad_y, grad_c, c, sample_bias, tanh_backward):
+    """(the gradient reaching the convolution's output, that of the addend, that of the sample bias), None
+    where not wanted: ``ctx.needs_input_grad``'s addend and sample bias entries are at ``ctx.gate_inputs``."""
+    grad_s = None if grad_y is None else _gate_grad(ctx.gate_kind, grad_y, c, sample_bias, ctx.gate_groups,
+                                                    tanh_backward)
+    grad_conv = grad_s if grad_c is None else grad_c if grad_s is None else grad_s + grad_c
+    want_addend, want_sample_bias = (ctx.needs_input_grad[i] for i in ctx.gate_inputs)
+    grad_addend = grad_sample_bias = None
+    if want_addend and grad_y is not None:
+        grad_addend = grad_y if ctx.gate_kind == "residual" else grad_s
+    if want_sample_bias and grad_s is not None:
+        grad_sample_bias = grad_s.sum((2, 3))
+    return grad_conv, grad_addend, grad_sample_bias
+
+
+class GatedTapConv(torch.autograd.Function):
+    """(x, weight, bias, taps, gate_kind, addend, sample_bias, gate_groups, input_activation) -> (y, c): the
+    causal convolution of x (or of its ``input_activation``) with the live taps of weight, gated in the GEMM's
+    epilogue (see :class:`GateEpilogue`): "residual", y = addend + a * sigmoid(b); "tanh", y = tanh(a) *
+    sigmoid(b) of c + addend; ``sample_bias`` added to a and b. c is the convolution (+ bias, + the "tanh" gate's
+    addend), which the backward reads. The backward forms the gate's gradient, then runs the convolution's.
+    Prefer :func:`fastgen.ops.tap_conv.tap_conv2d_gated_residual` and :func:`fastgen.tap_conv2d_gated`."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, taps, residual, input_activation=None):
+    def forward(ctx, x, weight, bias, taps, gate_kind, addend, sample_bias, gate_groups, input_activation=None):
         ctx.taps, ctx.has_bias, ctx.input_activation = taps, bias is not None, input_activation
+        ctx.gate_kind, ctx.gate_groups, ctx.gate_inputs = gate_kind, gate_groups, (5, 6)
         ctx.weight_like = (weight.shape, dict(dtype=weight.dtype, device=weight.device,
                                               memory_format=memory_format_of(weight)))
-        y, c, packed = _gated_forward(x, weight, bias, taps, residual, input_activation)
-        ctx.save_for_backward(x, c, packed)
-        return y
+        gate = GateEpilogue(gate_kind, addend, sample_bias, gate_groups)
+        y, c, packed = _gated_forward(x, weight, bias, taps, gate, input_activation)
+        ctx.save_for_backward(x, c, packed, sample_bias)
+        ctx.set_materialize_grads(False)
+        return y, c
 
     @staticmethod
-    def backward(ctx, grad_y):
-        x, c, packed = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = _tap_conv_backward(
-            _gate_grad(grad_y, c), x, packed, ctx.taps, ctx.weight_like, ctx.has_bias, ctx.needs_input_grad[0],
-            ctx.needs_input_grad[1] or ctx.needs_input_grad[2], ctx.input_activation)
-        return grad_x, grad_weight, grad_bias, None, grad_y if ctx.needs_input_grad[4] else None, None
+    def backward(ctx, grad_y, grad_c):
+        x, c, packed, sample_bias = ctx.saved_tensors
+        grad_conv, grad_addend, grad_sample_bias = _gated_grads(ctx, grad_y, grad_c, c, sample_bias,
+                                                                gated_ops.gated_backward)
+        grad_x = grad_weight = grad_bias = None
+        if grad_conv is not None:
+            grad_x, grad_weight, grad_bias = _tap_conv_backward(
+                grad_conv, x, packed, ctx.taps, ctx.weight_like, ctx.has_bias, ctx.needs_input_grad[0],
+                ctx.needs_input_grad[1] or ctx.needs_input_grad[2], ctx.input_activation)
+        return grad_x, grad_weight, grad_bias, None, None, grad_addend, grad_sample_bias, None, None
 
 
 # ---------------------------------------------------------------------------------------------- custom ops
@@ -729,17 +798,21 @@ def _tap_conv_op_backward(ctx, grad_y, _grad_packed):
 _tap_conv_op.register_autograd(_tap_conv_op_backward, setup_context=_setup_tap_conv)
 
 
-@library.custom_op("tap_conv2d_gated_residual", f"(Tensor x, Tensor weight, Tensor? bias, {_TAPS_SCHEMA}, "
-                   "Tensor residual, str? input_activation) -> (Tensor, Tensor, Tensor)")
-def _gated_op(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, residual, input_activation):
-    """(y, c = [a, b], the packed live taps or a placeholder without work)."""
+@library.custom_op("tap_conv2d_gated", f"(Tensor x, Tensor weight, Tensor? bias, {_TAPS_SCHEMA}, str gate_kind, "
+                   "Tensor? addend, Tensor? sample_bias, int gate_groups, str? input_activation) "
+                   "-> (Tensor, Tensor, Tensor)")
+def _gated_op(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, gate_kind, addend,
+              sample_bias, gate_groups, input_activation):
+    """(y, c, the packed live taps or a placeholder without work): :class:`GatedTapConv`'s launches."""
     taps = _taps_of(kernel_size, padding, n_taps, groups, strict, interleaved)
-    y, c, packed = _gated_forward(x, weight, bias, taps, residual, input_activation)
+    y, c, packed = _gated_forward(x, weight, bias, taps, GateEpilogue(gate_kind, addend, sample_bias, gate_groups),
+                                  input_activation)
     return y, c, library.nothing(weight) if packed is None else packed
 
 
 @_gated_op.register_fake
-def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, residual, input_activation):
+def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, gate_kind, addend, sample_bias,
+      gate_groups, input_activation):
     c_out, c_in = weight.shape[:2]
     no_work = x.numel() == 0 or weight.numel() == 0 or n_taps == 0
     return (_like_input(x, c_out // 2), _like_input(x, c_out),
@@ -747,21 +820,27 @@ def _(x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved
 
 
 def _setup_gated(ctx, inputs, output):
-    x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, residual, input_activation = inputs
-    ctx.save_for_backward(x, output[1], output[2])
+    (x, weight, bias, kernel_size, padding, n_taps, groups, strict, interleaved, gate_kind, addend, sample_bias,
+     gate_groups, input_activation) = inputs
+    ctx.save_for_backward(x, output[1], output[2], sample_bias)
     ctx.args = (list(weight.shape), memory_format_of(weight) == torch.channels_last, kernel_size, padding, n_taps,
                 groups, strict, interleaved, bias is not None)
     ctx.input_activation = input_activation
+    ctx.gate_kind, ctx.gate_groups, ctx.gate_inputs = gate_kind, gate_groups, (10, 11)
 
 
-def _gated_op_backward(ctx, grad_y, _grad_c, _grad_packed):
-    x, c, packed = ctx.saved_tensors
+def _gated_op_backward(ctx, grad_y, grad_c, _grad_packed):
+    x, c, packed, sample_bias = ctx.saved_tensors
+    grad_conv, grad_addend, grad_sample_bias = _gated_grads(ctx, grad_y, grad_c, c, sample_bias,
+                                                            torch.ops.fastgen.gated_activation_backward)
     want_x, want_weight, want_bias = ctx.needs_input_grad[:3]
-    grad_x, grad_weight, grad_bias = torch.ops.fastgen.tap_conv2d_backward(
-        _gate_grad(grad_y, c), x, packed, *ctx.args, want_x, want_weight or want_bias, ctx.input_activation)
+    grad_x = grad_weight = grad_bias = None
+    if grad_conv is not None:
+        grad_x, grad_weight, grad_bias = torch.ops.fastgen.tap_conv2d_backward(
+            grad_conv, x, packed, *ctx.args, want_x, want_weight or want_bias, ctx.input_activation)
     return ((grad_x if want_x else None), (grad_weight if want_weight else None),
-            (grad_bias if want_bias else None), None, None, None, None, None, None,
-            grad_y if ctx.needs_input_grad[9] else None, None)
+            (grad_bias if want_bias else None), None, None, None, None, None, None, None,
+            grad_addend, grad_sample_bias, None, None)
 
 
 _gated_op.register_autograd(_gated_op_backward, setup_context=_setup_gated)
@@ -840,33 +919,94 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return TapConv.apply(x, weight, bias, taps, input_activation)
 
 
-def tap_conv2d_gated_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
-                              residual: torch.Tensor, *, input_activation: str | None = None) -> torch.Tensor:
-    """``residual + a * torch.sigmoid(b)`` where ``a, b = tap_conv2d(x, weight, bias, taps,
-    input_activation=input_activation).chunk(2, 1)``: PixelCNN++'s gated residual (openai's gated_resnet
-    output), the gate and the residual add in the convolution's epilogue (the gated [B, C_out / 2, H, W]
-    output and the convolution, which the backward reads, are written; nothing else).
+def _autocast_gated(x, weight, bias, *others):
+    """x, weight, bias and the gate's tensors in the autocast dtype when autocast is on (as F.conv2d)."""
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return tuple(None if t is None else t.to(dtype) for t in (x, weight, bias, *others))
+    return (x, weight, bias, *others)
 
-    ``weight`` has an even C_out; ``residual`` is [B, C_out / 2, H, W], x's dtype and device. Precision and
-    the rest as :func:`tap_conv2d`.
+
+def _check_gated(x, weight, taps: TapSet, sample_bias, groups: int = 1) -> None:
+    """The checks the gated convolutions add to :func:`_check_arguments`."""
+    if weight.shape[0] % (2 * groups):
+        raise ValueError(f"weight must have a multiple of 2 * groups = {2 * groups} output channels (the halves a "
+                         f"and b of the gate in each of the groups={groups} channel groups), got {weight.shape[0]}")
+    if sample_bias is not None:
+        check_like("sample_bias", sample_bias, "x", x, shape=(x.shape[0], weight.shape[0]))
+
+
+def tap_conv2d_gated_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: TapSet,
+                              residual: torch.Tensor, *, input_activation: str | None = None,
+                              sample_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + a * torch.sigmoid(b)`` where ``a, b = (tap_conv2d(x, weight, bias, taps,
+    input_activation=input_activation) + sample_bias[:, :, None, None]).chunk(2, 1)``: PixelCNN++'s gated
+    residual (openai's gated_resnet output), the gate and the residual add in the convolution's epilogue (the
+    gated [B, C_out / 2, H, W] output and the convolution, which the backward reads, are written; nothing else).
+
+    ``weight`` has an even C_out; ``residual`` is [B, C_out / 2, H, W], x's dtype and device; ``sample_bias``
+    (optional) [B, C_out], one bias per image (the class embedding of a class-conditional PixelCNN++). Precision
+    and the rest as :func:`tap_conv2d`.
     """
     if not isinstance(taps, TapSet):
         raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight, residual = x.to(dtype), weight.to(dtype), residual.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias, residual, sample_bias = _autocast_gated(x, weight, bias, residual, sample_bias)
     _check_arguments(x, weight, bias, taps, input_activation)
-    if weight.shape[0] % 2:
-        raise ValueError(f"weight must have an even number of output channels (the halves a and b of the gate), "
-                         f"got {weight.shape[0]}")
+    _check_gated(x, weight, taps, sample_bias)
     check_like("residual", residual, "x", x, shape=(x.shape[0], weight.shape[0] // 2, *x.shape[2:]))
     if backend_for(x) == "reference":
-        return reference.tap_conv2d_gated_residual(x, weight, bias, taps, residual, input_activation=input_activation)
+        return reference.tap_conv2d_gated_residual(x, weight, bias, taps, residual, input_activation=input_activation,
+                                                   sample_bias=sample_bias)
     if library.traced():
-        return torch.ops.fastgen.tap_conv2d_gated_residual(x, weight, bias, *_tap_fields(taps), residual,
-                                                           input_activation)[0]
-    return GatedResidualTapConv.apply(x, weight, bias, taps, residual, input_activation)
+        return torch.ops.fastgen.tap_conv2d_gated(x, weight, bias, *_tap_fields(taps), "residual", residual,
+                                                  sample_bias, 1, input_activation)[0]
+    return GatedTapConv.apply(x, weight, bias, taps, "residual", residual, sample_bias, 1, input_activation)[0]
+
+
+def tap_conv2d_gated(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: TapSet, *,
+                     other: torch.Tensor | None = None, sample_bias: torch.Tensor | None = None, groups: int = 1,
+                     return_conv: bool = False):
+    """``fastgen.gated_activation(t, other, sample_bias, groups=groups)``, i.e. tanh(a) * sigmoid(b) of
+    ``t + other + sample_bias``, where ``t = tap_conv2d(x, weight, bias, taps)``: the Gated PixelCNN's stack
+    convolution and gate in one kernel, the gate in the convolution's epilogue (t is never written alone).
+
+    Args:
+        x, weight, bias, taps: as :func:`tap_conv2d` (C_out = 2n, a multiple of 2 * groups).
+        other: optional [B, 2n, H, W] added before the gate (the vertical stack's 1x1 link into the horizontal
+            stack); x's dtype and device, any strides.
+        sample_bias: optional [B, 2n], one bias per image added before the gate (a class embedding).
+        groups: t's 2n channels form ``groups`` equal groups, a the first half of each, b the second (3 for an
+            RGB Gated PixelCNN's horizontal stack: output group g reads input group g), as
+            :func:`fastgen.gated_activation`.
+        return_conv: also return t (bias included, ``sample_bias`` not): the vertical stack's pre-activation,
+            which its link reads. Only without ``other`` (with it, only the sum is written).
+
+    Returns:
+        y [B, n, H, W] in x's dtype and memory format, or (y, t) with ``return_conv``. The backward is
+        gated_activation's kernel, then the convolution's. Precision as :func:`tap_conv2d`; the gate runs in
+        float32 (float64 for float64).
+    """
+    if not isinstance(taps, TapSet):
+        raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
+    x, weight, bias, other, sample_bias = _autocast_gated(x, weight, bias, other, sample_bias)
+    _check_arguments(x, weight, bias, taps)
+    groups = check_int("groups", groups, low=1)
+    _check_gated(x, weight, taps, sample_bias, groups)
+    if other is not None:
+        check_like("other", other, "x", x, shape=(x.shape[0], weight.shape[0], *x.shape[2:]))
+    if not isinstance(return_conv, bool):
+        raise TypeError(f"return_conv must be a bool, got {type(return_conv).__name__}")
+    if return_conv and other is not None:
+        raise ValueError("return_conv=True needs other=None: with other the kernel writes t + other, never t alone")
+    if backend_for(x) == "reference":
+        return reference.tap_conv2d_gated(x, weight, bias, taps, other=other, sample_bias=sample_bias, groups=groups,
+                                          return_conv=return_conv)
+    if library.traced():
+        y, t, _ = torch.ops.fastgen.tap_conv2d_gated(x, weight, bias, *_tap_fields(taps), "tanh", other,
+                                                     sample_bias, groups, None)
+    else:
+        y, t = GatedTapConv.apply(x, weight, bias, taps, "tanh", other, sample_bias, groups, None)
+    return (y, t) if return_conv else y
 
 
 # the tap set of a validated (kernel size, mask type, data channels): built once, not on every call
@@ -970,9 +1110,12 @@ def kernel_launches():
             # float32 and float64 are compiled for the default NCHW layout only
             layouts = ("nchw", "nhwc") if tensor_cores else ("nchw",)
             kernel = kernels.tap_conv_gemm_kernel
-            for activation, backward, layout, fold, gated in itertools.product(
-                    INPUT_ACTIVATIONS, (False, True), layouts, (False, True), (False, True)):
-                if (fold or gated) and backward:  # FOLD and GATED are forward variants
+            for activation, backward, layout, fold, gate in itertools.product(
+                    INPUT_ACTIVATIONS, (False, True), layouts, (False, True), GATE_KINDS):
+                gated = gate is not None
+                if (fold or gated) and backward:  # FOLD and GATE are forward variants
+                    continue
+                if gate == "tanh" and activation is not None:  # tap_conv2d_gated takes no input activation
                     continue
                 hints = _layout_hints(kernel, layout)
                 if fold:
@@ -981,15 +1124,20 @@ def kernel_launches():
                 unit, other = ("stride_pk", "stride_pn") if backward else ("stride_pn", "stride_pk")
                 hints["ones"] += (unit,)
                 hints["divisible"] += (other,)
-                # GATE's (SAVED's) strides are never read unless INPUT_ACT and BACKWARD (GATED): placeholder zeros
-                for unread in ("g" if not (activation and backward) else "") + ("s" if not gated else ""):
+                # GATE's strides are never read unless INPUT_ACT and BACKWARD, SAVED's, ADDEND's and SAMPLE_BIAS's
+                # unless GATE: placeholder zeros. SAMPLE_BIAS [B, C_out] is contiguous.
+                if gated:
+                    hints["ones"] = tuple(n for n in hints["ones"] if n != "stride_qc") + ("stride_qc",)
+                    hints["divisible"] = tuple(n for n in hints["divisible"] if n != "stride_qc")
+                for unread in ("g" if not (activation and backward) else "") + ("srq" if not gated else ""):
                     hints["ones"] = tuple(n for n in hints["ones"] if not n.startswith(f"stride_{unread}"))
                     hints["divisible"] = tuple(n for n in hints["divisible"] if not n.startswith(
-                        f"stride_{unread}")) + tuple(f"stride_{unread}{d}" for d in "bchw")
+                        f"stride_{unread}")) + tuple(f"stride_{unread}{d}" for d in ("bc" if unread == "q" else "bchw"))
                 for config in _class_configs(GEMM_CONFIGS, math, layout, activation, fold, gated):
                     act = INPUT_ACTIVATIONS.index(activation)
                     yield KernelLaunch.build(kernel, dtype, constexprs=dict(BACKWARD=backward, INPUT_ACT=act, **common,
-                                                                            **config.kwargs, FOLD=fold, GATED=gated),
+                                                                            **config.kwargs, FOLD=fold,
+                                                                            GATE_KIND=GATE_KINDS.index(gate)),
                                              num_warps=config.num_warps, num_stages=config.num_stages,
                                              tensor_cores=tensor_cores, **hints)
             kernel = kernels.tap_conv_weight_grad_kernel

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastgen.reference.gated_activation import gated_activation
 from fastgen.taps import TapSet, masked
 
 
@@ -41,8 +42,23 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, mask=Non
                       input_activation=input_activation)
 
 
-def tap_conv2d_gated_residual(x, weight, bias, taps: TapSet, residual, mask=None, *, input_activation=None):
-    """``residual + a * torch.sigmoid(b)``, ``a, b = tap_conv2d(x, weight, bias, taps, mask,
-    input_activation=input_activation).chunk(2, 1)``: PixelCNN++'s gated residual, as openai's gated_resnet."""
-    value, gate = tap_conv2d(x, weight, bias, taps, mask, input_activation=input_activation).chunk(2, 1)
+def tap_conv2d_gated_residual(x, weight, bias, taps: TapSet, residual, mask=None, *, input_activation=None,
+                              sample_bias=None):
+    """``residual + a * torch.sigmoid(b)``, ``a, b = (tap_conv2d(x, weight, bias, taps, mask,
+    input_activation=input_activation) + sample_bias[:, :, None, None]).chunk(2, 1)``: PixelCNN++'s gated
+    residual, as openai's gated_resnet (``sample_bias`` [B, C_out], e.g. its class embedding, or None)."""
+    c = tap_conv2d(x, weight, bias, taps, mask, input_activation=input_activation)
+    if sample_bias is not None:
+        c = c + sample_bias[:, :, None, None]
+    value, gate = c.chunk(2, 1)
     return residual + value * torch.sigmoid(gate)
+
+
+def tap_conv2d_gated(x, weight, bias, taps: TapSet, mask=None, *, other=None, sample_bias=None, groups=1,
+                     return_conv=False):
+    """``gated_activation(t, other, sample_bias, groups=groups)`` (tanh(a) * sigmoid(b) of t + other +
+    sample_bias, see :func:`fastgen.reference.gated_activation`) of ``t = tap_conv2d(x, weight, bias, taps,
+    mask)``: the Gated PixelCNN's stack convolution and gate; with ``return_conv`` also t."""
+    t = tap_conv2d(x, weight, bias, taps, mask)
+    y = gated_activation(t, other, sample_bias, groups=groups)
+    return (y, t) if return_conv else y
