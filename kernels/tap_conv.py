@@ -135,6 +135,30 @@ def _input_activation(xt, negated, INPUT_ACT: tl.constexpr, ACC: tl.constexpr, U
 
 
 @triton.jit
+def _forward_step(a, w_ptrs, w_ok, acc, acc_gate, second_half, gate_columns, INPUT_ACT: tl.constexpr,
+                  GATED: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """One reduction step of the forward GEMM (both loops): (acc, acc_gate) += act(a) @ P's tile at ``w_ptrs``
+    (a's columns; b's ``gate_columns`` further with GATED, else acc_gate is returned as given). relu (INPUT_ACT
+    1) is applied to a; concat_elu (2) multiplies elu(a) against the tile and elu(-a) against the one of -x's
+    rows, ``second_half`` further."""
+    w = tl.load(w_ptrs, mask=w_ok, other=0.0)
+    if INPUT_ACT == 2:
+        a_pos = _elu(a, False, ACC, UPCAST)
+        acc = _mma(a_pos, w, acc, UPCAST, PRECISION)
+        if GATED:
+            acc_gate = _mma(a_pos, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST, PRECISION)
+        w_ptrs += second_half
+        w = tl.load(w_ptrs, mask=w_ok, other=0.0)
+        a = _elu(a, True, ACC, UPCAST)
+    elif INPUT_ACT == 1:
+        a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
+    acc = _mma(a, w, acc, UPCAST, PRECISION)
+    if GATED:
+        acc_gate = _mma(a, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST, PRECISION)
+    return acc, acc_gate
+
+
+@triton.jit
 def _centre_live(offs_c, offs_o, c_in, c_out, groups, strict, interleaved):
     """[BLOCK_C, BLOCK_O] mask of the centre tap: input group < (strict) or <= output group; channel c of C is in
     group c * groups // C (contiguous groups) or, with ``interleaved``, c % groups."""
@@ -213,6 +237,8 @@ def tap_conv_gemm_kernel(
         acc_neg = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)  # dY W2^T: the gradient reaching elu(-x)
     if GATE_KIND != 0:
         acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)  # b = c[:, n_out + j]
+    else:
+        acc_gate = acc  # unused: _forward_step passes it through
     if FOLD:  # k = tap * n_red + c: no padded channels (C_in = 3 in steps of 16 would multiply 13 zeros)
         n_k = n_taps * n_red
         for k0 in range(0, n_k, BLOCK_K):
@@ -227,21 +253,8 @@ def tap_conv_gemm_kernel(
             rows = ks + tap * n_red if INPUT_ACT == 2 else ks  # P as [n_taps * n_red (x2 with concat_elu), C_out]
             w_ptrs = P + rows[:, None] * stride_pk + cols[None, :] * stride_pn
             w_ok = (ks < n_k)[:, None] & n_ok[None, :]
-            w = tl.load(w_ptrs, mask=w_ok, other=0.0)
-            if INPUT_ACT == 2:
-                a_pos = _elu(a, False, ACC, UPCAST)
-                acc = _mma(a_pos, w, acc, UPCAST, PRECISION)
-                if GATE_KIND != 0:
-                    acc_gate = _mma(a_pos, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST,
-                                    PRECISION)
-                w_ptrs += second_half
-                w = tl.load(w_ptrs, mask=w_ok, other=0.0)
-                a = _elu(a, True, ACC, UPCAST)
-            elif INPUT_ACT == 1:
-                a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
-            acc = _mma(a, w, acc, UPCAST, PRECISION)
-            if GATE_KIND != 0:
-                acc_gate = _mma(a, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST, PRECISION)
+            acc, acc_gate = _forward_step(a, w_ptrs, w_ok, acc, acc_gate, second_half, gate_columns, INPUT_ACT,
+                                          GATE_KIND != 0, ACC, UPCAST, PRECISION)
     else:
         k_blocks = tl.cdiv(n_red, BLOCK_K)
         for step in range(0, n_taps * k_blocks):
@@ -260,23 +273,13 @@ def tap_conv_gemm_kernel(
                         mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
             w_ptrs = P + tap.to(tl.int64) * tap_size + ks[:, None] * stride_pk + cols[None, :] * stride_pn
             w_ok = k_ok[:, None] & n_ok[None, :]
-            w = tl.load(w_ptrs, mask=w_ok, other=0.0)
-            if INPUT_ACT == 2 and BACKWARD:
-                acc_neg = _mma(a, tl.load(w_ptrs + second_half, mask=w_ok, other=0.0), acc_neg, UPCAST, PRECISION)
-            elif INPUT_ACT == 2:
-                a_pos = _elu(a, False, ACC, UPCAST)
-                acc = _mma(a_pos, w, acc, UPCAST, PRECISION)
-                if GATE_KIND != 0:
-                    acc_gate = _mma(a_pos, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST,
-                                    PRECISION)
-                w_ptrs += second_half
-                w = tl.load(w_ptrs, mask=w_ok, other=0.0)
-                a = _elu(a, True, ACC, UPCAST)
-            elif INPUT_ACT == 1 and not BACKWARD:
-                a = tl.where(a < 0, 0.0, a)  # relu(x), nan kept
-            acc = _mma(a, w, acc, UPCAST, PRECISION)
-            if GATE_KIND != 0:
-                acc_gate = _mma(a, tl.load(w_ptrs + gate_columns, mask=w_ok, other=0.0), acc_gate, UPCAST, PRECISION)
+            if BACKWARD:  # the activation's gradient is the epilogue's: dY W (W2 too with concat_elu)
+                if INPUT_ACT == 2:
+                    acc_neg = _mma(a, tl.load(w_ptrs + second_half, mask=w_ok, other=0.0), acc_neg, UPCAST, PRECISION)
+                acc = _mma(a, tl.load(w_ptrs, mask=w_ok, other=0.0), acc, UPCAST, PRECISION)
+            else:
+                acc, acc_gate = _forward_step(a, w_ptrs, w_ok, acc, acc_gate, second_half, gate_columns, INPUT_ACT,
+                                              GATE_KIND != 0, ACC, UPCAST, PRECISION)
 
     if has_bias != 0:
         acc += tl.load(BIAS + cols, mask=n_ok, other=0.0).to(ACC)[None, :]
@@ -292,30 +295,35 @@ def tap_conv_gemm_kernel(
         else:  # torch.relu's backward: 0 where x <= 0; x nan passes the gradient
             acc = tl.where(gate <= 0, 0.0, acc)
     out_ok = m_ok[:, None] & n_ok[None, :]
-    out_offsets = (b.to(tl.int64) * stride_ob + y * stride_oh + x * stride_ow)[:, None] + offs_n[None, :] * stride_oc
-    if GATE_KIND != 0:
+    if GATE_KIND != 0:  # each [BLOCK_M, BLOCK_N] pointer tile is formed where it is used (few live at once)
         if GATE_KIND == 2:  # c + other: the gate's input
-            addend = (ADDEND + (b.to(tl.int64) * stride_rb + y * stride_rh + x * stride_rw)[:, None]
-                      + cols[None, :] * stride_rc)
+            add_rows = b.to(tl.int64) * stride_rb + y * stride_rh + x * stride_rw
             add_ok = out_ok & (has_addend != 0)
-            acc += tl.load(addend, mask=add_ok, other=0.0).to(ACC)
-            acc_gate += tl.load(addend + gate_group * stride_rc, mask=add_ok, other=0.0).to(ACC)
+            acc += tl.load(ADDEND + add_rows[:, None] + (cols * stride_rc)[None, :], mask=add_ok, other=0.0).to(ACC)
+            acc_gate += tl.load(ADDEND + add_rows[:, None] + ((cols + gate_group) * stride_rc)[None, :], mask=add_ok,
+                                other=0.0).to(ACC)
         # saved for the backward (rounded as it is stored), without the sample bias
-        saved = SAVED + (b.to(tl.int64) * stride_sb + y * stride_sh + x * stride_sw)[:, None] + cols[None, :] * stride_sc
-        tl.store(saved, acc.to(SAVED.dtype.element_ty), mask=out_ok)
-        tl.store(saved + gate_group * stride_sc, acc_gate.to(SAVED.dtype.element_ty), mask=out_ok)
-        sample_bias = SAMPLE_BIAS + b.to(tl.int64)[:, None] * stride_qb + cols[None, :] * stride_qc
+        saved_rows = b.to(tl.int64) * stride_sb + y * stride_sh + x * stride_sw
+        tl.store(SAVED + saved_rows[:, None] + (cols * stride_sc)[None, :], acc.to(SAVED.dtype.element_ty),
+                 mask=out_ok)
+        tl.store(SAVED + saved_rows[:, None] + ((cols + gate_group) * stride_sc)[None, :],
+                 acc_gate.to(SAVED.dtype.element_ty), mask=out_ok)
+        bias_rows = b.to(tl.int64) * stride_qb
         bias_ok = out_ok & (has_sample_bias != 0)
-        acc += tl.load(sample_bias, mask=bias_ok, other=0.0).to(ACC)
-        acc_gate += tl.load(sample_bias + gate_group * stride_qc, mask=bias_ok, other=0.0).to(ACC)
+        acc_gate += tl.load(SAMPLE_BIAS + bias_rows[:, None] + ((cols + gate_group) * stride_qc)[None, :],
+                            mask=bias_ok, other=0.0).to(ACC)
+        acc += tl.load(SAMPLE_BIAS + bias_rows[:, None] + (cols * stride_qc)[None, :], mask=bias_ok,
+                       other=0.0).to(ACC)
         if GATE_KIND == 1:  # r + a * sigmoid(b)
-            residual = (ADDEND + (b.to(tl.int64) * stride_rb + y * stride_rh + x * stride_rw)[:, None]
-                        + offs_n[None, :] * stride_rc)
-            acc = tl.load(residual, mask=out_ok, other=0.0).to(ACC) + acc / (1.0 + tl.exp(-acc_gate))
+            acc = acc / (1.0 + tl.exp(-acc_gate))
+            residual_rows = b.to(tl.int64) * stride_rb + y * stride_rh + x * stride_rw
+            acc += tl.load(ADDEND + residual_rows[:, None] + (offs_n * stride_rc)[None, :], mask=out_ok,
+                           other=0.0).to(ACC)
         else:  # tanh(a) * sigmoid(b), accurate at both ends (the gated_activation kernel's helpers)
             tanh_a, _ = tanh_and_slope(acc)
             sigmoid_b, _, _ = sigmoids(acc_gate)
             acc = tanh_a * sigmoid_b
+    out_offsets = (b.to(tl.int64) * stride_ob + y * stride_oh + x * stride_ow)[:, None] + offs_n[None, :] * stride_oc
     tl.store(OUT + out_offsets, acc.to(OUT.dtype.element_ty), mask=out_ok)
 
 

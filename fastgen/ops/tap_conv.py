@@ -144,21 +144,29 @@ WEIGHT_GRAD_CONFIGS = {
 INPUT_ACTIVATIONS = (None, "relu", "concat_elu")  # the kernels' INPUT_ACT is the index
 
 
-# The gated residual epilogue's fold launches (GATED and FOLD: two accumulators beside the gathered activation
-# tiles) on float32: the fold class's tile spilled with concat_elu (sm_80 TF32 channels-last 64x64x32: 16 bytes;
-# sm_90 exact-FP32 NCHW 64x32x16: 4 bytes), so they run these (16 reduced steps on TF32 tensor cores keep
-# HGMMA's 64 rows; FMA units take 32 pixels). Compiled, every GATED launch (48 x (sm_90, sm_80), each with the
-# one config of its class as the input activations'): 0 spill bytes, at most 244 registers (sm_90 16-bit NCHW
-# with relu: little margin), HGMMA / HMMA in 16-bit and TF32; 113 s of compile time on 2 cores. UNMEASURED on a GPU.
-GATED_FOLD_CONFIGS = {"tf32": _tiles(64, 64, 16, 4, 3), "fma": _tiles(32, 32, 16, 4, 3)}
+# The gate epilogues' fold launches (GATE_KIND and FOLD: two accumulators beside the gathered activation tiles) on
+# float32: the fold class's tile spilled with concat_elu (sm_80 TF32 channels-last 64x64x32: 16 bytes; sm_90
+# exact-FP32 NCHW 64x32x16: 4 bytes), and 64x64x16 on TF32 spilled 68-108 bytes on sm_80 once the epilogue took
+# the link and the class embedding, so they run these (16 reduced steps; FMA units take 32 pixels). UNMEASURED on
+# a GPU.
+GATED_FOLD_CONFIGS = {"tf32": _tiles(64, 32, 16, 4, 3), "fma": _tiles(32, 32, 16, 4, 3)}
+# Every other gated launch (GATE_KIND 1 and 2) takes 64 x 32 tiles: two accumulators (a and b) make it the
+# registers of a 64 x 64 tile, and the epilogue's loads (residual or link, class embedding) and stores (c, y)
+# and, with GATE_KIND 2, tanh and sigmoid come on top: 64 x 64 gated tiles spilled 16-84 bytes (sm_90 16-bit
+# tanh gate; sm_80 TF32 and 16-bit concat_elu residual gate). The 16-bit fold launch of the tanh gate too (the
+# RGB Gated PixelCNN's input layer). UNMEASURED on a GPU.
+GATED_CONFIGS = {"mma": _tiles(64, 32, 32, 4, 3), "tf32": _tiles(64, 32, 32, 4, 3), "fma": _tiles(64, 32, 16, 4, 3)}
 
 
 def activation_configs(kind: str, math: str, layout: str, shape_class: str, input_activation: str | None,
                        gated: bool = False) -> list[triton.Config]:
     """The one config a launch with ``input_activation`` or ``gated`` takes: the first of
-    :func:`activation_class`'s list, or GATED_FOLD_CONFIGS' for a float32 gated fold launch."""
+    :func:`activation_class`'s list; a gated launch GATED_CONFIGS' (GATED_FOLD_CONFIGS' for a float32 fold
+    launch)."""
     if gated and shape_class == "fold" and math in GATED_FOLD_CONFIGS:
         return [GATED_FOLD_CONFIGS[math]]
+    if gated:
+        return [GATED_CONFIGS[math]]
     table = GEMM_CONFIGS if kind == "gemm" else WEIGHT_GRAD_CONFIGS
     return table[math, layout][activation_class(kind, shape_class, math, input_activation, gated)][:1]
 
@@ -217,7 +225,7 @@ FAMILY = register_family(
     "tap_conv", __name__, benchmarks="fastgen.benchmarks.bench_tap_conv",
     configs={
         kernels.tap_conv_gemm_kernel: _unique([*(c for classes in GEMM_CONFIGS.values() for cs in classes.values()
-                                                 for c in cs), *GATED_FOLD_CONFIGS.values()]),
+                                                 for c in cs), *GATED_FOLD_CONFIGS.values(), *GATED_CONFIGS.values()]),
         kernels.tap_conv_weight_grad_kernel: _unique(c for classes in WEIGHT_GRAD_CONFIGS.values()
                                                      for cs in classes.values() for c in cs),
         kernels.tap_conv_pack_weight_kernel: [triton.Config({}, num_warps=4)],
