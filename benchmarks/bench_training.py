@@ -20,9 +20,12 @@ latents, non-saturating loss, fixed seeded z; its step back-propagates the D los
 Adam step: the compute of one alternating D and G step. R1 is left out here because torch.compile does not
 compile double backward; ``fastgen.gradient_penalty`` has its own op benchmark). Per row: step time (``triton.testing.do_bench`` on CUDA; a wall-clock median
 on CPU), images/s, launches per step, peak memory on CUDA, and the MB autograd keeps for the backward of the
-full case (``saved_mb``; fastgen's counted with no-op launches on CPU). On CPU fastgen's kernels run under Triton's
-interpreter: a correctness pass (loss and every parameter gradient against eager) and a launch count on a
-tiny model and batch (``INTERPRETER_BATCH``), never a time, and only without --quick (an interpreted
+full case (``saved_mb``; fastgen's counted with no-op launches on CPU), and on fastgen's rows three errors of the
+step's loss and parameter gradients (:func:`step_errors`): against eager at the row's precision, against an
+eager float64 step, and eager's own against that float64 step (the precision's floor: with bfloat16, a step
+``max_rel_err_vs_fp64`` near ``eager_max_rel_err_vs_fp64`` is as accurate as eager's, however far the two are
+from each other). On CPU fastgen's kernels run under Triton's interpreter: a correctness pass (those errors) and
+a launch count on a tiny model and batch (``INTERPRETER_BATCH``), never a time, and only without --quick (an interpreted
 step takes ~10 s even there); the CPU steps are timed with ``CPU_THREADS`` = 1
 intra-op thread, as the sampling benchmark (on the shared 2-core CI machine two OpenMP threads made an 8x8
 batch-64 eager PixelCNN step take 7.3 s).
@@ -44,7 +47,8 @@ import fastgen
 from fastgen.benchmarks import harness
 from fastgen.benchmarks import bench_sampling
 from fastgen.benchmarks.bench_sampling import CPU_THREADS, FAMILIES, SHAPES, Shape, build_model
-from fastgen.models import DCGAN, VAE, PixelRNN, scale_pixels
+from fastgen.dtypes import compute_dtype
+from fastgen.models import DCGAN, VAE, PixelRNN, dmol_targets
 from fastgen.reference import pixel_losses as reference_losses
 
 PROVIDERS = ("fastgen", "eager", "fastgen reduce-overhead", "torch.compile reduce-overhead", "torch.compile")
@@ -76,9 +80,9 @@ def build_training_model(family: str, shape: Shape, tiny: bool = False):
     raise ValueError(f"family must be one of {TRAIN_FAMILIES}, got {family!r}")
 
 
-def _seeded_normal(rows: int, columns: int, like: torch.Tensor) -> torch.Tensor:
+def _seeded_normal(rows: int, columns: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     generator = torch.Generator().manual_seed(2)
-    return torch.randn(rows, columns, generator=generator).to(like.device)
+    return torch.randn(rows, columns, generator=generator).to(like.device, dtype)
 
 
 @dataclasses.dataclass
@@ -130,15 +134,23 @@ def compiled(provider: str) -> bool:
 
 
 def fixed_noise(model, x: torch.Tensor) -> torch.Tensor | None:
-    """The seeded noise of the VAE (eps) and the DCGAN (z) for a batch like x, made once, outside every compiled
-    function (a torch.Generator cannot be created inside one); None for the PixelCNN families."""
-    return _seeded_normal(len(x), model.latent_dim, x) if isinstance(model, (VAE, DCGAN)) else None
+    """The seeded noise of the VAE (eps) and the DCGAN (z) for a batch like x, in the model's parameter dtype (the
+    same draws for a float64 copy), made once, outside every compiled function (a torch.Generator cannot be
+    created inside one); None for the PixelCNN families."""
+    if not isinstance(model, (VAE, DCGAN)):
+        return None
+    return _seeded_normal(len(x), model.latent_dim, x, next(model.parameters()).dtype)
 
 
 def loss_of(model, x: torch.Tensor, reference: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of integer images x [B, C, H, W] under ``model``: nats per sub-pixel for the PixelCNN
     families, the negative ELBO (nats per image) for the VAE, D loss + G loss for the DCGAN; the noise of the
-    VAE and the DCGAN is fixed and seeded."""
+    VAE and the DCGAN is fixed and seeded. The reference loss of the PixelCNN families runs in the compute dtype
+    of the model's output (float32 for the bfloat16 output of autocast, float64 for a float64 model) on the pixel
+    values scaled in it (:func:`fastgen.models.dmol_targets`), as fastgen's fused losses compute it. (The DMOL
+    evaluated in bfloat16, as it was here before, put eager's bfloat16 step on the tiny 32x32x3 PixelCNN++,
+    batch 1, 0.40 away from float64 in :func:`max_relative_error` and its loss 4% away: fastgen's was 0.03 and
+    7e-5.)"""
     if isinstance(model, (VAE, DCGAN)) and noise is None:
         noise = fixed_noise(model, x)
     if isinstance(model, VAE):
@@ -150,10 +162,11 @@ def loss_of(model, x: torch.Tensor, reference: bool, noise: torch.Tensor | None 
         # range: no per-step range check (a device sync that eager's loss does not make)
         return model.nll(x, pixels_checked=True)
     out = model(x)
+    params = out.to(compute_dtype(out.dtype))
     if model.output_kind == "dmol":
-        return reference_losses.dmol_nll(out, scale_pixels(x, model.levels, out.dtype), model.n_mixtures,
+        return reference_losses.dmol_nll(params, dmol_targets(x, model.levels, out.dtype), model.n_mixtures,
                                          levels=model.levels)
-    return reference_losses.pixel_cross_entropy(out.float(), x, model.levels)
+    return reference_losses.pixel_cross_entropy(params, x, model.levels)
 
 
 def training_step(model, x: torch.Tensor, provider: str, precision: str = "float32") -> Callable[[], torch.Tensor]:
@@ -202,21 +215,57 @@ def exact_float32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
-def max_error_vs_eager(eager_model, x: torch.Tensor, loss: torch.Tensor, model, precision: str = "float32") -> float:
-    """Largest difference of the loss and of every parameter gradient of ``model`` (its ``.grad`` after one
-    step that returned ``loss``) against ``eager_model`` (a copy of its parameters before that step) on x,
-    relative to the largest eager value of that tensor; eager at the same precision (bfloat16 autocast)."""
-    eager_model.use_reference(True)
+def eager_step_values(model, x: torch.Tensor, precision: str) -> list[torch.Tensor]:
+    """[loss, the gradient of every parameter (zeros where unused)] of one eager step (reference layers and
+    losses) of ``model`` on x, without changing ``model``: under bfloat16 autocast for "bfloat16", on a float64
+    copy for "float64", else in exact float32 (:func:`exact_float32`)."""
+    if precision == "float64":
+        model = copy.deepcopy(model).double()
+    model.use_reference(True)
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    params = list(model.parameters())
     with fastgen.use_backend("reference"), exact_float32():
         with autocast:
-            eager_loss = loss_of(eager_model, x, True)
-        grads = torch.autograd.grad(eager_loss, list(eager_model.parameters()), allow_unused=True)
-    pairs = [(loss.detach(), eager_loss.detach())] + [
-        (p.grad if p.grad is not None else torch.zeros_like(p), g if g is not None else torch.zeros_like(p))
-        for p, g in zip(model.parameters(), grads)]
-    return max(((a - b).abs().max().item() / max(b.abs().max().item(), 1e-30) for a, b in pairs if b.numel()),
-               default=0.0)
+            loss = loss_of(model, x, True)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [loss.detach()] + [g if g is not None else torch.zeros_like(p) for p, g in zip(params, grads)]
+
+
+def max_relative_error(values: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """The largest over the pairs of tensors of max |value - reference| / max |reference| (in float64)."""
+    errors = [(a.double() - b.double()).abs().max().item() / max(b.double().abs().max().item(), 1e-30)
+              for a, b in zip(values, reference, strict=True) if b.numel()]
+    return max(errors, default=0.0)
+
+
+def step_errors(eager_model, x: torch.Tensor, loss: torch.Tensor, model, precision: str = "float32") -> dict:
+    """Errors of the loss and of every parameter gradient of ``model`` (its ``.grad`` after one step that
+    returned ``loss``), each :func:`max_relative_error` (per tensor relative to its largest reference value,
+    the largest over the tensors):
+
+    * ``max_rel_err_vs_eager``: against ``eager_model`` (a copy of its parameters before that step) on x at the
+      same precision (bfloat16 autocast);
+    * ``max_rel_err_vs_fp64``: against the eager step of a float64 copy;
+    * ``eager_max_rel_err_vs_fp64``: the eager step at the row's precision against that float64 step: the
+      precision's own error on this model and batch, the floor of the two above.
+
+    In float32 all three are rounding (1e-7 to 1e-5 on the tiny CPU cases). In bfloat16 a gradient that sums
+    many terms to a small total can be 1e-2 to 1e-1 off in any of the steps (eager's on the tiny 32x32x3
+    PixelCNN, batch 1: 0.12), and a ReLU input within a rounding of 0 can take the other branch at a pixel in
+    one step and not in the other (the tiny 32x32x3 Gated PixelCNN, batch 1: a head ReLU input of +4.9e-4 in
+    float64 came out -4.7e-4 with fastgen's fused gate, which rounds t + other once where eager rounds three
+    bfloat16 ops; its layer-0 weight gradients were then 3.5e-2 from float64, eager's 7e-3): read
+    ``max_rel_err_vs_fp64`` against ``eager_max_rel_err_vs_fp64``, not against 0. Under Triton's interpreter
+    every float32 -> bfloat16 conversion truncates (Triton 3.6, with ``fp_downcast_rounding="rtne"`` too) where
+    a GPU rounds to nearest, which adds to fastgen's bfloat16 errors on CPU: on the tiny 32x32x3 PixelCNN++,
+    batch 1, 2.7e-2 interpreted and 7.1e-3 with the interpreter patched to round to nearest (eager: 8.2e-3)."""
+    fastgen_values = [loss.detach()] + [p.grad if p.grad is not None else torch.zeros_like(p)
+                                        for p in model.parameters()]
+    eager = eager_step_values(eager_model, x, precision)
+    exact = eager_step_values(eager_model, x, "float64")
+    return dict(max_rel_err_vs_eager=max_relative_error(fastgen_values, eager),
+                max_rel_err_vs_fp64=max_relative_error(fastgen_values, exact),
+                eager_max_rel_err_vs_fp64=max_relative_error(eager, exact))
 
 
 def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batch: int | None = None) -> dict:
@@ -238,18 +287,16 @@ def measure(case: TrainingCase, provider: str, device: str, *, timed: bool, batc
     counted = not compiled(provider)  # its generated kernels are not counted (as in the op benchmarks)
     if batch is None:  # warm-up (compile, autotune, Adam state) outside of every count, then a counted step
         first_step()
-        error = (max_error_vs_eager(eager_copy, x, first[0], model, case.precision) if eager_copy is not None
-                 else None)
+        errors = step_errors(eager_copy, x, first[0], model, case.precision) if eager_copy is not None else {}
         launches = harness.count_launches(step)[0] if counted else None
     else:  # interpreted: one step, counted, then its gradients checked
         launches = harness.count_launches(first_step)[0]
-        error = (max_error_vs_eager(eager_copy, x, first[0], model, case.precision) if eager_copy is not None
-                 else None)
+        errors = step_errors(eager_copy, x, first[0], model, case.precision) if eager_copy is not None else {}
     row = dict(suite="train", model=case.family, size=case.shape.name, batch=x.shape[0], provider=provider,
                precision=case.precision,
                params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 3), tiny=case.tiny,
                launches=launches, p20_ms=None, p50_ms=None, p80_ms=None, images_per_s=None, peak_mb=None,
-               max_rel_err_vs_eager=error)
+               **{name: errors.get(name) for name in ERROR_COLUMNS})
     row["saved_mb"] = None if compiled(provider) else saved_mb(case, provider, device)
     if timed:
         p20, p50, p80 = harness.time_ms(step, device, budget_s=1.0)
@@ -275,6 +322,8 @@ def saved_mb(case: TrainingCase, provider: str, device: str) -> float:
     return round(saved / 2**20, 2)
 
 
+# fastgen's rows (None on the others), see step_errors
+ERROR_COLUMNS = ("max_rel_err_vs_eager", "max_rel_err_vs_fp64", "eager_max_rel_err_vs_fp64")
 COMPILE_RESERVE_S = 45.0  # a torch.compile job (build + time) is not started with less of the budget left
 
 
@@ -321,7 +370,8 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", pro
                       file=sys.stderr, flush=True)
                 row = dict(suite="train", model=case.family, size=case.shape.name, batch=case.batch,
                            provider=provider, params_m=None, tiny=case.tiny, launches=None, p20_ms=None,
-                           p50_ms=None, p80_ms=None, images_per_s=None, peak_mb=None, max_rel_err_vs_eager=None)
+                           p50_ms=None, p80_ms=None, images_per_s=None, peak_mb=None,
+                           **dict.fromkeys(ERROR_COLUMNS))
                 row["status"] = f"failed: {type(error).__name__}: {str(error)[:200]}"
                 rows.append(row)
                 if on_row is not None:
@@ -342,8 +392,8 @@ def run(device: str, quick: bool = True, full: bool = False, only: str = "", pro
 
 
 COLUMNS = ["suite", "model", "size", "batch", "precision", "provider", "status", "p20_ms", "p50_ms", "p80_ms", "images_per_s",
-           "launches", "peak_mb", "saved_mb", "max_rel_err_vs_eager", "params_m", "tiny", "threads", "load", "device", "torch",
-           "triton", "date"]
+           "launches", "peak_mb", "saved_mb", *ERROR_COLUMNS, "params_m", "tiny", "threads", "load", "device",
+           "torch", "triton", "date"]
 
 
 def _case_key(r: dict) -> tuple:
@@ -398,17 +448,17 @@ def markdown(rows: list[dict]) -> str:
 
     eager = {_case_key(r): r for r in rows if r["provider"] == "eager"}
     lines = ["| model | size | batch | precision | provider | step ms (p50) | images/s | speed-up vs eager | launches "
-             "| peak MB | saved MB | max rel. err vs eager | params (M) | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak MB | saved MB | max rel. err vs eager | vs float64 | eager's vs float64 | params (M) | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = eager.get(_case_key(r), {})
         speedup = base["p50_ms"] / r["p50_ms"] if r.get("p50_ms") and base.get("p50_ms") else None
+        errors = " | ".join(fmt(r.get(name), ".1e") for name in ERROR_COLUMNS)
         lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r.get('precision', 'float32')} | "
                      f"{r['provider']} | {fmt(r['p50_ms'], '.2f')} | "
                      f"{fmt(r['images_per_s'], '.0f')} | {fmt(speedup, '.2f')} | {fmt(r['launches'])} | "
-                     f"{fmt(r['peak_mb'], '.1f')} | {fmt(r.get('saved_mb'), '.1f')} | "
-                     f"{fmt(r.get('max_rel_err_vs_eager'), '.1e')} | {r['params_m']} | "
-                     f"{r['status']} |")
+                     f"{fmt(r['peak_mb'], '.1f')} | {fmt(r.get('saved_mb'), '.1f')} | {errors} | "
+                     f"{r['params_m']} | {r['status']} |")
     return "\n".join(lines)
 
 

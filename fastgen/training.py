@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from fastgen.data import train_test_indices
-from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp, PixelModel, PixelRNN, scale_pixels
+from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp, PixelModel, PixelRNN, dmol_targets
 from fastgen.ops.pixel_losses import bits_per_dim, dmol_nll, pixel_cross_entropy
 from fastgen.validation import check_choice
 
@@ -67,7 +67,7 @@ def loss_of(model: PixelModel, output: torch.Tensor, pixels: torch.Tensor, *,
         if model.output_kind == "logits":
             return pixel_cross_entropy(output, pixels, check_targets=not pixels_checked)
         if model.output_kind == "dmol":
-            x = scale_pixels(pixels, model.levels, output.dtype)
+            x = dmol_targets(pixels, model.levels, output.dtype)
             return dmol_nll(output, x, model.n_mixtures, levels=model.levels)
     raise ValueError(f"model.output_kind must be 'logits' or 'dmol', got {model.output_kind!r}")
 

@@ -1,12 +1,14 @@
 """One training step of every model under ``torch.autocast`` (bfloat16): the ops take the dtypes autocast
 hands them and return what the matching eager op would (convolutions in the autocast dtype, losses in
 float32), the step updates every parameter with finite float32 gradients, and the loss agrees with the same
-model on the reference backend under the same autocast (bfloat16 rounding apart)."""
+model on the reference backend under the same autocast (bfloat16 rounding apart). PixelCNN++'s loss scores
+the exact pixel values under autocast, not their bfloat16 roundings."""
 
 import pytest
 import torch
 
-from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp, PixelRNN
+from fastgen.models import DCGAN, VAE, GatedPixelCNN, PixelCNN, PixelCNNpp, PixelRNN, dmol_targets, scale_pixels
+from fastgen.reference import pixel_losses as reference_losses
 from fastgen.training import loss_of
 
 LEVELS = 7
@@ -61,6 +63,30 @@ def test_pixel_model_trains_one_step_under_autocast(name, device):
     reference_loss, _ = _step(twin, lambda: loss_of(twin, twin(pixels), pixels))
     assert loss.dtype == torch.float32 and moved
     torch.testing.assert_close(loss, reference_loss, rtol=BF16_LOSS_RTOL, atol=0.0)
+
+
+@pytest.mark.parametrize("data_channels", [1, 3])
+@pytest.mark.parametrize("reference", [False, True], ids=["kernels", "reference"])
+def test_pixelcnnpp_loss_under_autocast_scores_the_exact_pixels(data_channels, reference, device):
+    """Under bfloat16 autocast the DMOL parameters are bfloat16; ``model.nll`` and ``training.loss_of`` score
+    the 256-level pixel values in float32 (``dmol_targets``): per pixel, the float64 NLL of the same bfloat16
+    parameters at the exact values, to float32 rounding. Pixel values scaled in bfloat16 (as they were) sit up to
+    0.99 half bin widths off and put this per-pixel NLL up to 6e-3 nats (3e-4 relative) away on this model."""
+    torch.manual_seed(0)
+    model = PixelCNNpp(data_channels, 256, hidden_channels=6, n_layers=1, n_mixtures=2).to(device)
+    model.use_reference(reference)
+    pixels = torch.randint(0, 256, (2, data_channels, 5, 5), generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        params = model(pixels)
+        per_pixel = model.nll(pixels, reduction="none")
+        mean = loss_of(model, params, pixels)
+    assert params.dtype == torch.bfloat16 and per_pixel.dtype == mean.dtype == torch.float32
+    expected = reference_losses.dmol_nll(params.double(), scale_pixels(pixels, 256, torch.float64), 2, levels=256,
+                                         reduction="none")
+    torch.testing.assert_close(per_pixel.double(), expected, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(mean.double(), expected.sum() / pixels.numel(), rtol=1e-5, atol=0.0)
+    assert dmol_targets(pixels, 256, torch.bfloat16).dtype == torch.float32
+    assert dmol_targets(pixels, 256, torch.float64).dtype == torch.float64
 
 
 def test_vae_trains_one_step_under_autocast(device):

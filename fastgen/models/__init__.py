@@ -11,7 +11,7 @@ Inputs: integer pixels 0..levels-1 or floats in [-1, 1] (see :mod:`fastgen.model
 models built with ``n_classes``. ``type(model)(**model.config)`` rebuilds a model for a checkpoint.
 """
 
-from fastgen.models.base import PixelModel, scale_pixels
+from fastgen.models.base import PixelModel, dmol_targets, scale_pixels
 from fastgen.models.dcgan import DCGAN, DLoss
 from fastgen.models.gated_pixelcnn import GatedLayer, GatedPixelCNN, gated_activation
 from fastgen.models.pixelcnn import PixelCNN, ResidualBlock
@@ -21,4 +21,4 @@ from fastgen.models.vae import VAE, NegativeELBO, VAEOutput
 
 __all__ = ["DCGAN", "DLoss", "GatedLayer", "GatedPixelCNN", "GatedResnet", "NegativeELBO", "PixelCNN", "PixelCNNpp",
            "PixelModel", "PixelRNN", "PixelRNNLayer", "ResidualBlock", "VAE", "VAEOutput", "concat_elu",
-           "dmol_channels", "down_shift", "gated_activation", "right_shift", "scale_pixels"]
+           "dmol_channels", "dmol_targets", "down_shift", "gated_activation", "right_shift", "scale_pixels"]

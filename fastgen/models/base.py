@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgen.dispatch import backend_for, use_backend
+from fastgen.dtypes import compute_dtype
 from fastgen.nn import MaskedConv2d
 from fastgen.nn.tap_conv import TapConv2d
 from fastgen.taps import DATA_CHANNELS
@@ -34,6 +35,15 @@ from fastgen.validation import check_choice
 def scale_pixels(pixels: torch.Tensor, levels: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Integer pixel values 0..levels-1 -> ``2 * v / (levels - 1) - 1`` in [-1, 1], as ``dtype``."""
     return pixels.to(dtype) * (2.0 / (levels - 1)) - 1.0
+
+
+def dmol_targets(pixels: torch.Tensor, levels: int, params_dtype: torch.dtype) -> torch.Tensor:
+    """Integer pixels 0..levels-1 as the DMOL loss's targets x for parameters of ``params_dtype``: scaled in the
+    loss's compute dtype (:func:`fastgen.dtypes.compute_dtype`: float32 for 16-bit parameters, float64 for
+    float64), not in ``params_dtype``. In bfloat16 (the parameters' dtype under autocast) 2 v / 255 - 1 is off
+    by up to 0.99 of the half bin width 1/255 (158 of the 256 values by more than a quarter of it), so the loss
+    would score a bin centred elsewhere."""
+    return scale_pixels(pixels, levels, compute_dtype(params_dtype))
 
 
 def check_positive_int(name: str, value, minimum: int = 1) -> int:
@@ -155,7 +165,7 @@ class PixelModel(ReferenceSwitch):
                 return self.output_conv.cross_entropy(self._features(x, y), pixels, reduction,
                                                       check_targets=not pixels_checked)
             params = self._forward(x, y)
-            return dmol_nll(params, scale_pixels(pixels, self.levels, params.dtype), self.n_mixtures,
+            return dmol_nll(params, dmol_targets(pixels, self.levels, params.dtype), self.n_mixtures,
                             levels=self.levels, reduction=reduction)
 
     def _features(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
