@@ -18,7 +18,11 @@ PUBLIC_OPS = {
     "gated_activation": "gated_activation", "masked_conv2d": "tap_conv2d", "tap_conv2d": "tap_conv2d",
     "row_lstm": "row_lstm", "diagonal_lstm": "row_lstm", "diagonal_bilstm": "row_lstm",
     "conv1x1_cross_entropy": "conv1x1_cross_entropy",
+    "tap_conv2d_gated": "tap_conv2d_gated", "tap_conv2d_gated_residual": "tap_conv2d_gated",
 }
+# ops whose backward is other ops' backward ops: the GAN losses' gan_logit_loss_backward; the gated convolutions'
+# gated_activation_backward (the tanh gate; the residual gate's gradient is PyTorch ops) and tap_conv2d_backward
+REUSED_BACKWARD = {"gan_d_loss", "gan_g_loss", "tap_conv2d_gated"}
 
 
 def test_every_public_op_has_a_custom_op():
@@ -27,8 +31,8 @@ def test_every_public_op_has_a_custom_op():
         assert callable(getattr(fastgen, public)), public
         assert op in registered, f"fastgen.{public}: no torch.ops.fastgen.{op}"
     differentiable = set(PUBLIC_OPS.values()) - {"dmol_sample"}
-    assert {f"{op}_backward" for op in differentiable if op not in ("gan_d_loss", "gan_g_loss")} <= registered
-    assert "gan_logit_loss_backward" in registered
+    assert {f"{op}_backward" for op in differentiable if op not in REUSED_BACKWARD} <= registered
+    assert {"gan_logit_loss_backward", "gated_activation_backward", "tap_conv2d_backward"} <= registered
 
 
 @pytest.mark.parametrize("family", ["PixelCNN", "GatedPixelCNN", "PixelCNNpp", "VAE", "DCGAN"])

@@ -1670,3 +1670,40 @@ def test_tap_conv2d_gated_opcheck_compile_and_autocast(device):
     expected = call_gated_stack(ref.tap_conv2d_gated, vertical, [t.detach().to(torch.bfloat16).double()
                                                                   for t in leaves], **keywords)
     assert_close(y, expected[0], torch.bfloat16)
+
+
+@pytest.mark.parametrize("data_channels,n_classes", [(1, None), (3, 4)])
+def test_gated_layer_fuses_both_gates(device, monkeypatch, data_channels, n_classes):
+    """GatedLayer runs each stack's convolution and gate as tap_conv2d_gated (the link and the class embedding in
+    the horizontal one's epilogue): values and every gradient as the same layer with the gates unfused (the
+    convolution, then fastgen.gated_activation: a forward hook on each stack convolution makes the layer
+    call it as a module), grey and class-conditional RGB."""
+    from fastgen.models import gated_pixelcnn
+
+    calls = []
+    real = gated_pixelcnn.tap_conv2d_gated
+
+    def spy(x, weight, *args, **kwargs):
+        calls.append((weight.shape, kwargs.get("other") is not None, kwargs.get("return_conv", False)))
+        return real(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(gated_pixelcnn, "tap_conv2d_gated", spy)
+    torch.manual_seed(0)
+    n = 6
+    layer = gated_pixelcnn.GatedLayer(n, n, 3, "B", True, data_channels, n_classes).to(device)
+    v, h = (make((2, n, 4, 5), torch.float32, device, f"gated layer {name}") for name in "vh")
+    labels = None if n_classes is None else torch.tensor([1, 3], device=device)
+    results = []
+    for fused in (True, False):
+        handles = [] if fused else [conv.register_forward_hook(lambda module, args, out: None)
+                                    for conv in (layer.vertical, layer.horizontal)]
+        calls.clear()
+        leaves = [t.detach().clone().requires_grad_() for t in (v, h)]
+        v_out, h_out = layer(*leaves, labels)
+        loss = (v_out * torch.cos(v_out)).sum() + (h_out * h_out).sum()
+        results.append((v_out, h_out, *torch.autograd.grad(loss, [*leaves, *layer.parameters()])))
+        assert calls == ([((2 * n, n, 2, 3), False, True), ((2 * n, n, 1, 2), True, False)] if fused else [])
+        for handle in handles:
+            handle.remove()
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
