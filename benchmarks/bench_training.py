@@ -206,13 +206,26 @@ def exact_float32():
     """TF32 off for CUDA matmuls and convolutions inside the block (PyTorch lets cuDNN convolutions use TF32 by
     default, ``torch.backends.cudnn.allow_tf32``), restored after: the correctness pass compares fastgen's
     float32 step with an eager float32 step, not with a TF32 one (on the H200, TF32 put eager 1e-3 to 2e-2 away
-    from fastgen's exact float32)."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    from fastgen's exact float32). On torch >= 2.9 through the per-operation precisions (cuDNN's convolutions and
+    CUDA matmuls), each restored: the legacy ``allow_tf32`` getter raises once a user has set them apart with that
+    newer API (e.g. ``torch.backends.cudnn.conv.fp32_precision = "ieee"``)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None:  # torch < 2.9: the legacy switches only
+        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        return
+    saved = [(switch, switch.fp32_precision) for switch in (conv, torch.backends.cuda.matmul)]
+    for switch, _ in saved:
+        switch.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        for switch, precision in saved:
+            switch.fp32_precision = precision
 
 
 def eager_step_values(model, x: torch.Tensor, precision: str) -> list[torch.Tensor]:

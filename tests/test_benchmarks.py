@@ -101,6 +101,24 @@ def test_training_rows_fastgen_checked_against_eager(device):
     assert all(eager[name] is None for name in bench_training.ERROR_COLUMNS)  # errors are fastgen's rows'
 
 
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="torch < 2.9: no per-operation precision")
+def test_exact_float32_with_the_per_operation_precision_api():
+    """exact_float32 turns TF32 off and restores each switch exactly, also after a user set cuDNN's convolution
+    precision apart from the RNN's (the newer API), where the legacy ``cudnn.allow_tf32`` getter raises."""
+    conv, rnn, matmul = torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul
+    saved = [(switch, switch.fp32_precision) for switch in (conv, rnn, matmul)]
+    try:
+        conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
+        rnn.fp32_precision = "ieee"
+        with bench_training.exact_float32():
+            assert conv.fp32_precision == matmul.fp32_precision == "ieee"
+            assert not fastgen.ops.tap_conv.conv_uses_tf32()
+        assert (conv.fp32_precision, rnn.fp32_precision, matmul.fp32_precision) == ("tf32", "ieee", "tf32")
+    finally:
+        for switch, precision in saved:
+            switch.fp32_precision = precision
+
+
 @pytest.mark.parametrize("family", ["VAE", "DCGAN"])
 def test_training_rows_vae_and_dcgan(family, device):
     case = bench_training.TrainingCase(family, bench_sampling.SHAPES["8x8 grey"], 2, tiny=True)
