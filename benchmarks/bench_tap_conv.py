@@ -108,7 +108,6 @@ for _dtype, _suffix in ((torch.bfloat16, "bf16"), (torch.float32, "fp32 tf32")):
                            dtype=_dtype, input_grad=_input_grad, quick=False))
 
 
-
 # tap_conv2d_gated: one Gated PixelCNN layer's stack convolution with its gate in the epilogue, against the eager
 # model's convolution then gate (reference.tap_conv2d_gated: F.conv2d, add, add, tanh, sigmoid, mul). The
 # horizontal stack adds the vertical stack's link and a class embedding before the gate (RGB: 3 gate groups);

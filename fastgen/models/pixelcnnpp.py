@@ -59,6 +59,7 @@ from fastgen.nn.shifted_resample import ShiftedConvTranspose2d, StridedShiftedCo
 from fastgen.nn.tap_conv import TapConv2d
 from fastgen.ops import pixel_step
 from fastgen.ops.tap_conv import tap_conv2d_gated_residual
+from fastgen.reference.tap_conv import gated_residual
 from fastgen.validation import check_choice
 
 ARCHITECTURES = ("lite", "full")
@@ -95,11 +96,7 @@ def gated_residual_concat_elu(conv: nn.Module, c: torch.Tensor, x: torch.Tensor,
     if _fusable(conv) and fusable_tap_conv(conv):
         return tap_conv2d_gated_residual(c, conv.weight, conv.bias, conv.taps, x, input_activation="concat_elu",
                                          sample_bias=sample_bias)
-    c = conv(concat_elu(c))
-    if sample_bias is not None:
-        c = c + sample_bias[:, :, None, None]
-    value, gate = c.chunk(2, 1)
-    return x + value * torch.sigmoid(gate)
+    return gated_residual(conv(concat_elu(c)), x, sample_bias)
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -143,11 +140,8 @@ class GatedResnet(nn.Module):
         embedding = self.class_embedding(y) if self.class_embedding is not None else None
         if not (self.training and self.dropout.p > 0):  # conv_out, the class embedding, the gate, the residual
             return gated_residual_concat_elu(self.conv_out, c, x, embedding)
-        c = self.conv_out(self.dropout(concat_elu(c)))  # dropout between concat_elu and conv_out: not fused
-        if embedding is not None:
-            c = c + embedding[:, :, None, None]
-        value, gate = c.chunk(2, 1)
-        return x + value * torch.sigmoid(gate)
+        # dropout between concat_elu and conv_out: not fused
+        return gated_residual(self.conv_out(self.dropout(concat_elu(c))), x, embedding)
 
 
 class PixelCNNpp(PixelModel):

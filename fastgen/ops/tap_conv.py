@@ -360,7 +360,7 @@ GATE_KINDS = (None, "residual", "tanh")  # the kernels' GATE_KIND: none, r + a *
 
 
 class GateEpilogue(typing.NamedTuple):
-    """A gate in the forward GEMM's epilogue (see the kernel's GATE): ``kind`` "residual" (y = addend +
+    """A gate in the forward GEMM's epilogue (see the kernel's GATE_KIND): ``kind`` "residual" (y = addend +
     a * sigmoid(b), addend [B, F, H, W]) or "tanh" (y = tanh(a) * sigmoid(b) of c + addend, addend
     [B, 2F, H, W] or None); ``sample_bias`` [B, 2F] or None is added to a and b (not to the saved c);
     ``groups``: c's channels form that many groups of [a, b] halves."""
@@ -386,7 +386,7 @@ def _gemm(source: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
     out = _like_input(like, n_out)
     saved = _like_input(like, c_out) if gated else out
     addend = gate.addend if gated and gate.addend is not None else out
-    sample_bias = gate.sample_bias if gated and gate.sample_bias is not None else None
+    sample_bias = gate.sample_bias if gated else None
     n_pixels = batch * height * width
     tf32 = source.dtype == torch.float32 and conv_uses_tf32()
     shape_class = gemm_class(n_red, n_out, backward)
@@ -629,10 +629,7 @@ def _gate_value(gate: GateEpilogue, c: torch.Tensor) -> torch.Tensor:
     """The gate of the saved ``c`` in plain PyTorch (the no-work path; nothing is launched there)."""
     if gate.kind == "tanh":
         return reference_gated_activation(c, None, gate.sample_bias, groups=gate.groups)
-    if gate.sample_bias is not None:
-        c = c + gate.sample_bias[:, :, None, None]
-    value, gate_half = c.chunk(2, 1)
-    return gate.addend + value * torch.sigmoid(gate_half)
+    return reference.gated_residual(c, gate.addend, gate.sample_bias)
 
 
 def _gated_forward(x, weight, bias, taps: TapSet, gate: GateEpilogue, input_activation: str | None = None):
@@ -883,6 +880,15 @@ def _check_arguments(x, weight, bias, taps: TapSet, input_activation: str | None
                                  "the centre tap splits channels into data_channels equal groups")
 
 
+def _in_autocast_dtype(x, *others):
+    """x and the other tensors (None kept) in the autocast dtype when autocast is on for x's device, as F.conv2d
+    convolves there (bf16/fp16 tensor-core kernels); else as given."""
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return tuple(None if t is None else t.to(dtype) for t in (x, *others))
+    return (x, *others)
+
+
 def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: TapSet, *,
                input_activation: str | None = None) -> torch.Tensor:
     """Causal convolution of ``x`` [B, C_in, H, W] with the live taps of ``weight`` [C_out, C_in, kh, kw].
@@ -914,25 +920,13 @@ def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """
     if not isinstance(taps, TapSet):
         raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
-        # like F.conv2d under autocast: convolve in the autocast dtype (bf16/fp16 tensor-core kernels)
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias = _in_autocast_dtype(x, weight, bias)
     _check_arguments(x, weight, bias, taps, input_activation)
     if backend_for(x) == "reference":
         return reference.tap_conv2d(x, weight, bias, taps, input_activation=input_activation)
     if library.traced():
         return torch.ops.fastgen.tap_conv2d(x, weight, bias, *_tap_fields(taps), input_activation)[0]
     return TapConv.apply(x, weight, bias, taps, input_activation)
-
-
-def _autocast_gated(x, weight, bias, *others):
-    """x, weight, bias and the gate's tensors in the autocast dtype when autocast is on (as F.conv2d)."""
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        return tuple(None if t is None else t.to(dtype) for t in (x, weight, bias, *others))
-    return (x, weight, bias, *others)
 
 
 def _check_gated(x, weight, taps: TapSet, sample_bias, groups: int = 1) -> None:
@@ -958,7 +952,7 @@ def tap_conv2d_gated_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch
     """
     if not isinstance(taps, TapSet):
         raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
-    x, weight, bias, residual, sample_bias = _autocast_gated(x, weight, bias, residual, sample_bias)
+    x, weight, bias, residual, sample_bias = _in_autocast_dtype(x, weight, bias, residual, sample_bias)
     _check_arguments(x, weight, bias, taps, input_activation)
     _check_gated(x, weight, taps, sample_bias)
     check_like("residual", residual, "x", x, shape=(x.shape[0], weight.shape[0] // 2, *x.shape[2:]))
@@ -996,7 +990,7 @@ def tap_conv2d_gated(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """
     if not isinstance(taps, TapSet):
         raise TypeError(f"taps must be a fastgen.nn.masks.TapSet, got {type(taps).__name__}")
-    x, weight, bias, other, sample_bias = _autocast_gated(x, weight, bias, other, sample_bias)
+    x, weight, bias, other, sample_bias = _in_autocast_dtype(x, weight, bias, other, sample_bias)
     _check_arguments(x, weight, bias, taps)
     groups = check_int("groups", groups, low=1)
     _check_gated(x, weight, taps, sample_bias, groups)

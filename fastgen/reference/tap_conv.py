@@ -47,7 +47,13 @@ def tap_conv2d_gated_residual(x, weight, bias, taps: TapSet, residual, mask=None
     """``residual + a * torch.sigmoid(b)``, ``a, b = (tap_conv2d(x, weight, bias, taps, mask,
     input_activation=input_activation) + sample_bias[:, :, None, None]).chunk(2, 1)``: PixelCNN++'s gated
     residual, as openai's gated_resnet (``sample_bias`` [B, C_out], e.g. its class embedding, or None)."""
-    c = tap_conv2d(x, weight, bias, taps, mask, input_activation=input_activation)
+    return gated_residual(tap_conv2d(x, weight, bias, taps, mask, input_activation=input_activation), residual,
+                          sample_bias)
+
+
+def gated_residual(c, residual, sample_bias=None):
+    """``residual + a * torch.sigmoid(b)``, ``a, b = (c + sample_bias[:, :, None, None]).chunk(2, 1)``: the gate
+    ending PixelCNN++'s gated resnet, of its convolution c [B, 2F, H, W] (``sample_bias`` [B, 2F] or None)."""
     if sample_bias is not None:
         c = c + sample_bias[:, :, None, None]
     value, gate = c.chunk(2, 1)
